@@ -1,0 +1,56 @@
+"""The LoRA baselines of the paper, through HF PEFT.
+
+  qv_lora             LoRA on attention q_proj, v_proj (the MoE-agnostic baseline)
+  router_lora         LoRA on the frozen router's weight only
+  expert_lora         LoRA on every FFN expert's fused 3-D weights (HF PEFT `target_parameters`)
+  router_expert_lora  both
+Rank = perft.bottleneck, alpha = perft.alpha (2 r unless set). HF PEFT cannot apply dropout to LoRA on
+raw parameters (router/experts), so those baselines run with dropout 0 and say so in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.models.arch import get_architecture
+
+log = logging.getLogger(__name__)
+
+
+def lora_config(cfg: PerftConfig, model_type: str) -> LoraConfig:
+    arch = get_architecture(model_type)
+    targets = {
+        "qv_lora": ([*arch.attention_qv], []),
+        "router_lora": ([], [f"{arch.router_attr}.weight"]),
+        "expert_lora": ([], [f"{arch.experts_attr}.{p}" for p in arch.expert_params]),
+        "router_expert_lora": (
+            [],
+            [f"{arch.router_attr}.weight", *(f"{arch.experts_attr}.{p}" for p in arch.expert_params)],
+        ),
+    }
+    if cfg.variant not in targets:
+        raise ValueError(f"not a LoRA baseline: {cfg.variant!r}; choose one of {', '.join(targets)}")
+    modules, parameters = targets[cfg.variant]
+    dropout = cfg.dropout
+    if parameters and dropout:
+        log.warning("%s: HF PEFT applies no dropout to LoRA on parameters; using dropout 0", cfg.variant)
+        dropout = 0.0
+    return LoraConfig(
+        r=cfg.bottleneck,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=dropout,
+        target_modules=modules,
+        target_parameters=parameters or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
+    peft_model = get_peft_model(model, lora_config(cfg, model.config.model_type))
+    peft_model.perft_config = cfg
+    return peft_model

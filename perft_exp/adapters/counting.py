@@ -1,0 +1,66 @@
+"""Parameter accounting read off an instantiated model (works on the `meta` device and under ZeRO-3).
+
+  trainable            parameters that require grad
+  activated_trainable  of those, what one token uses: R's K of N experts plus its router, E's k of E,
+                       all of D and S, all of attention LoRA, k/E of LoRA on the fused experts
+  base_total           the frozen model's parameters
+  base_active          of those, what one token uses: all but the (E - k) / E unchosen FFN experts
+The paper's efficiency ratio is activated_trainable / base_active.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from perft_exp.adapters.layer import PerftLayer
+from perft_exp.models.arch import get_architecture, supported_architectures
+
+
+@dataclass
+class ParamCounts:
+    trainable: int
+    activated_trainable: int
+    base_total: int
+    base_active: int
+
+    @property
+    def trainable_ratio(self) -> float:
+        return self.trainable / self.base_total
+
+    @property
+    def activated_ratio(self) -> float:
+        return self.activated_trainable / self.base_active
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "trainable_ratio": self.trainable_ratio, "activated_ratio": self.activated_ratio}
+
+
+def _numel(p: nn.Parameter) -> int:
+    return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves a 0-size shard in p
+
+
+def count_parameters(model: nn.Module) -> ParamCounts:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    arch = get_architecture(model_type) if model_type in supported_architectures() else None
+    expert_fraction = arch.top_k(config) / arch.num_experts(config) if arch else 1.0
+    expert_marker = f".{arch.experts_attr}." if arch else None
+
+    perft_prefixes = {name + ".": m for name, m in model.named_modules() if isinstance(m, PerftLayer)}
+    trainable = activated = base_total = base_active = 0
+    for name, p in model.named_parameters():
+        n = _numel(p)
+        layer = next((m for prefix, m in perft_prefixes.items() if name.startswith(prefix)), None)
+        if layer is not None:
+            fraction = 1.0 if ".router." in name else layer.activated_fraction()
+        else:
+            fraction = expert_fraction if expert_marker and expert_marker in name else 1.0
+        if p.requires_grad:
+            trainable += n
+            activated += round(n * fraction)
+        else:
+            base_total += n
+            base_active += round(n * fraction)
+    return ParamCounts(trainable, activated, base_total, base_active)

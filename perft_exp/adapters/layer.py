@@ -1,0 +1,90 @@
+"""`PerftLayer`: one layer's PEFT experts and their routing, for each of the four variants.
+
+  R: own router over N experts, top-K, renormalised weights      y = sum_{j in J} v_j expert_j(x)
+  E: one expert per FFN expert, the frozen router's S and p_i    y = sum_{i in S} p_i expert_i(x)
+  D: N experts always on                                          y = sum_j expert_j(x)
+  S: one expert always on                                         y = expert(x)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.experts import PeftExperts
+from perft_exp.adapters.router import PeftRouter
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class PerftLayer(nn.Module):
+    def __init__(
+        self,
+        cfg: PerftConfig,
+        hidden_size: int,
+        base_num_experts: int,
+        base_top_k: int,
+        *,
+        model_dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.variant, self.impl = cfg.variant, cfg.impl
+        self.authors_weighting_defect = cfg.authors_weighting_defect
+        dtype = model_dtype if cfg.adapter_dtype == "model" else _DTYPES[cfg.adapter_dtype]
+        num_experts = base_num_experts if cfg.variant == "E" else cfg.num_experts
+        self.top_k = {"R": cfg.top_k, "E": base_top_k}.get(cfg.variant, num_experts)
+        if self.authors_weighting_defect and cfg.top_k > base_top_k:
+            raise ValueError(
+                f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
+            )
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.experts = PeftExperts(
+            num_experts,
+            hidden_size,
+            cfg.bottleneck,
+            form=cfg.form,
+            activation=cfg.activation,
+            scaling=cfg.scaling,
+            init=cfg.init,
+            dtype=dtype,
+            device=device,
+        )
+        self.router = (
+            PeftRouter(hidden_size, num_experts, cfg.top_k, dtype=torch.float32, device=device)
+            if cfg.variant == "R"
+            else None
+        )
+        # Set on each forward of R: what the aux loss and the routing statistics read.
+        self.router_logits: torch.Tensor | None = None
+        self.routing_indices: torch.Tensor | None = None
+
+    @property
+    def needs_base_routing(self) -> bool:
+        return self.variant == "E" or self.authors_weighting_defect
+
+    @property
+    def num_experts(self) -> int:
+        return self.experts.num_experts
+
+    def activated_fraction(self) -> float:
+        """Fraction of the PEFT experts' parameters that one token activates."""
+        return self.top_k / self.num_experts
+
+    def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
+        """x (T, D) -> y (T, D) in x's dtype. `base_routing` is the frozen router's output (E, defect)."""
+        h = self.dropout(x.to(self.experts.A.dtype))
+        if self.variant in ("D", "S"):
+            y = self.experts.forward_all(h)
+        else:
+            if self.variant == "R":
+                logits, weights, indices = self.router(x)
+                self.router_logits, self.routing_indices = logits, indices
+                if self.authors_weighting_defect:
+                    weights = base_routing[1][:, : self.top_k]  # the defect: base weights, sorted descending
+            else:
+                _, weights, indices = base_routing
+                self.routing_indices = indices
+            y = self.experts.forward_routed(h, weights, indices, self.impl)
+        return y.to(x.dtype)

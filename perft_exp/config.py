@@ -1,0 +1,195 @@
+"""Typed schemas for the Hydra config tree (`conf/`), and their validation.
+
+Every config group has a dataclass here, registered in Hydra's ConfigStore as the group's schema, so a
+misspelled key or a wrong type fails at composition time with the key's name. Cross-field rules that a
+type cannot express live in `validate()`, which runs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from perft_exp.adapters.config import PerftConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+EVAL_MODES = ("greedy", "paper", "score")
+ZERO_STAGES = (0, 2, 3)
+TASK_KINDS = ("commonsense", "math")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # == the YAML file name under conf/model/
+    pretrained: str = MISSING  # hub id, local directory, or "tiny:<name>" (built locally, cached)
+    model_type: str = MISSING  # transformers model_type; selects perft_exp/models/arch/<type>.py
+    # The architecture numbers (HF config kwargs), so the model builds offline on the meta device.
+    architecture: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "auto"  # auto: bf16 where the hardware has it, else fp32
+    experts_implementation: str | None = "grouped_mm"  # eager | grouped_mm | batched_mm
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False  # never run a hub repo's code unless the user says so
+    revision: str | None = None
+    quantization: str = "none"  # bitsandbytes; quantises nn.Linear only: fused experts stay full precision
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    kind: str = MISSING  # commonsense | math: picks extraction rules and generation length
+    data_dir: str = MISSING  # LLM-Adapters layout: <data_dir>/<train_file>.json, <data_dir>/dataset/<Set>/test.json
+    train_file: str = MISSING
+    test_sets: list[str] = field(default_factory=list)
+    synthetic: bool = False  # generate the shipped synthetic suite into data_dir on first use
+    hub_id: str | None = None  # optional `datasets` hub id for online users
+    val_size: int = 120
+    val_seed: int = 42
+    cutoff_len: int = 256
+    train_on_inputs: bool = True
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None  # per test set, for quick looks
+
+
+@dataclass
+class TrainerConfig:
+    name: str = MISSING
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 16
+    per_device_eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    warmup_steps: int = 100
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_steps: int = 80
+    save_steps: int = 80
+    save_total_limit: int = 3
+    logging_steps: int = 10
+    base_aux_loss: bool = True  # keep the base model's router aux loss on (the authors did)
+    nonfinite_loss: str = "stop"  # stop | skip
+    dataloader_num_workers: int = 0
+    seed: int = 42
+
+
+@dataclass
+class DeepSpeedConfig:
+    name: str = "none"
+    stage: int = 0  # 0 = no DeepSpeed
+    offload_optimizer: bool = False
+    offload_param: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "perft-exp"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    mode: str = "greedy"
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    base: bool = False  # also evaluate the untuned base model (results.json: base_eval)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = MISSING
+    perft: PerftConfig = field(default_factory=PerftConfig)
+    task: TaskConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = MISSING
+    resume: bool = True  # continue from the newest checkpoint in output_dir
+    debug: bool = False  # full stack traces on errors
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    for group, node in (
+        ("model", ModelConfig),
+        ("task", TaskConfig),
+        ("trainer", TrainerConfig),
+        ("deepspeed", DeepSpeedConfig),
+        ("logger", LoggerConfig),
+        ("eval", EvalConfig),
+    ):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+class ConfigError(ValueError):
+    """A bad value in the composed config; the message names the key."""
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value, strict: bool = True) -> None:
+    if value is None or (value <= 0 if strict else value < 0):
+        raise ConfigError(f"{key}={value!r} must be {'>' if strict else '>='} 0")
+
+
+def perft_config(cfg: DictConfig) -> PerftConfig:
+    """The validated PerftConfig of a composed run config (raises ConfigError naming the key)."""
+    try:
+        return PerftConfig(**OmegaConf.to_container(cfg.perft, resolve=True))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def validate(cfg: DictConfig) -> PerftConfig:
+    """Check cross-field rules before any model loads; returns the run's PerftConfig."""
+    perft = perft_config(cfg)
+    m, t, tr, ds, ev = cfg.model, cfg.task, cfg.trainer, cfg.deepspeed, cfg.eval
+    _one_of("model.dtype", m.dtype, DTYPES)
+    _one_of("model.quantization", m.quantization, QUANTIZATIONS)
+    _one_of("task.kind", t.kind, TASK_KINDS)
+    _one_of("eval.mode", ev.mode, EVAL_MODES)
+    _one_of("deepspeed.stage", ds.stage, ZERO_STAGES)
+    _one_of("trainer.nonfinite_loss", tr.nonfinite_loss, ("stop", "skip"))
+    _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
+    _positive("trainer.learning_rate", tr.learning_rate, strict=False)
+    _positive("trainer.per_device_train_batch_size", tr.per_device_train_batch_size)
+    _positive("trainer.gradient_accumulation_steps", tr.gradient_accumulation_steps)
+    _positive("trainer.warmup_steps", tr.warmup_steps, strict=False)
+    _positive("trainer.eval_steps", tr.eval_steps)
+    _positive("trainer.save_steps", tr.save_steps)
+    _positive("eval.batch_size", ev.batch_size)
+    _positive("task.cutoff_len", t.cutoff_len)
+    _positive("task.val_size", t.val_size, strict=False)
+    if tr.max_steps <= 0 and tr.num_train_epochs <= 0:
+        raise ConfigError("trainer.num_train_epochs must be > 0 when trainer.max_steps is not set")
+    if tr.save_steps % tr.eval_steps:
+        raise ConfigError(
+            f"trainer.save_steps={tr.save_steps} must be a multiple of trainer.eval_steps={tr.eval_steps} "
+            "(the best checkpoint is chosen by validation loss)"
+        )
+    if m.quantization != "none" and ds.stage == 3:
+        raise ConfigError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
+    data_dir = Path(t.data_dir)
+    if not t.synthetic and t.hub_id is None and not data_dir.is_dir():
+        raise ConfigError(
+            f"task.data_dir={t.data_dir!r} does not exist; fetch the LLM-Adapters files with "
+            "`python scripts/fetch_data.py --data-dir <dir>` or point task.data_dir at them"
+        )
+    return perft

@@ -1,0 +1,107 @@
+"""Loading a base model: hub id or local directory through `from_pretrained`, or offline on `meta`.
+
+One code path serves a 7B hub checkpoint and the tiny local model: `tiny:<name>` resolves to a
+directory built (once, then cached) by perft_exp.models.tiny, and is then loaded like any other.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+from perft_exp.config import ModelConfig
+from perft_exp.models.arch import get_architecture
+
+log = logging.getLogger(__name__)
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU: bf16 matmuls are slower than fp32 here, and fp32 keeps resume bit-exact
+
+
+def resolve_pretrained(cfg: ModelConfig) -> str:
+    """A hub id or local path for from_pretrained; builds `tiny:<name>` models on first use."""
+    if cfg.pretrained.startswith("tiny:"):
+        from perft_exp.models.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(cfg.pretrained.split(":", 1)[1]))
+    return cfg.pretrained
+
+
+def build_config(cfg: ModelConfig) -> PretrainedConfig:
+    """The HF config from our YAML's architecture numbers alone (no hub, no files)."""
+    arch = get_architecture(cfg.model_type)
+    if not cfg.architecture:
+        raise ValueError(f"model {cfg.name!r} has no `architecture` numbers; cannot build it offline")
+    config_cls = getattr(transformers, arch.config_class)
+    return config_cls(**dict(cfg.architecture))
+
+
+def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:
+    """The full-size model on the meta device: shapes and parameter counts, no memory, no download."""
+    config = build_config(cfg)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(cfg.dtype))
+
+
+def _quantization_config(cfg: ModelConfig):
+    if cfg.quantization == "none":
+        return None
+    log.warning(
+        "bitsandbytes %s quantises nn.Linear layers only (attention, dense MLPs); the fused 3-D MoE experts "
+        "stay in %s, so memory savings on MoE models are much smaller than the bit width suggests",
+        cfg.quantization,
+        cfg.dtype,
+    )
+    compute = resolve_dtype(cfg.dtype)
+    if cfg.quantization == "4bit":
+        return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
+    return transformers.BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    path = path or resolve_pretrained(cfg)
+    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, device: str | torch.device | None = None):
+    """(model, tokenizer) from the hub id / local path / tiny model named by `cfg`."""
+    path = resolve_pretrained(cfg)
+    kwargs = {
+        "dtype": resolve_dtype(cfg.dtype),
+        "revision": cfg.revision,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    if cfg.experts_implementation:
+        kwargs["experts_implementation"] = cfg.experts_implementation
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    quant = _quantization_config(cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if model.config.model_type != cfg.model_type:
+        raise ValueError(
+            f"model.model_type={cfg.model_type!r} but {path} holds a {model.config.model_type!r} model"
+        )
+    if device is not None and quant is None:
+        model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model, load_tokenizer(cfg, path)
+
+
+def is_local(path: str) -> bool:
+    return Path(path).exists()
