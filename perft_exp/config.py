@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
 
@@ -116,6 +116,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = MISSING  # run name; the run directory is outputs/runs/<task>/<model>/<name>
     output_dir: str = MISSING
     resume: bool = True  # continue from the newest checkpoint in output_dir
     debug: bool = False  # full stack traces on errors
@@ -193,3 +194,67 @@ def validate(cfg: DictConfig) -> PerftConfig:
             "`python scripts/fetch_data.py --data-dir <dir>` or point task.data_dir at them"
         )
     return perft
+
+
+def cache_root() -> Path:
+    """Where built tiny models and generated synthetic data live (env PERFT_CACHE overrides)."""
+    import os
+
+    return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))
+
+
+def run_tag(perft: DictConfig | dict) -> str:
+    """A directory-safe run name from the PERFT knobs: `R-n4-k2-r16`, `E-r16`, `qv_lora-r16`, `none`.
+
+    Only knobs that differ from the paper's defaults are added, so the tag is stable and readable.
+    """
+    p = dict(perft)
+    v = p["variant"]
+    if v == "none":
+        return "none"
+    parts = [v]
+    if v in ("R", "D"):
+        parts.append(f"n{p['num_experts']}")
+    if v == "R":
+        parts.append(f"k{p['top_k']}")
+    parts.append(f"r{p['bottleneck']}")
+    if p.get("alpha") is not None and p["alpha"] != 2 * p["bottleneck"]:
+        parts.append(f"a{p['alpha']:g}")
+    if p.get("form", "lora") != "lora":
+        parts.append(p["form"])
+    if p.get("init", "paper") != "paper":
+        parts.append(p["init"])
+    if p.get("authors_weighting_defect"):
+        parts.append("defect")
+    return "-".join(parts)
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_tag"):
+        OmegaConf.register_new_resolver("run_tag", run_tag)
+    if not OmegaConf.has_resolver("perft_cache"):
+        OmegaConf.register_new_resolver("perft_cache", lambda: str(cache_root()))
+
+
+def setup() -> None:
+    """Register schemas and resolvers (idempotent); call before Hydra composes."""
+    register_schemas()
+    register_resolvers()
+
+
+CONF_DIR = REPO_ROOT / "conf"
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose the app's config outside @hydra.main (scripts, tests). `output_dir` gets a placeholder."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    setup()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
+    with open_dict(cfg):
+        del cfg["hydra"]
+    cfg.output_dir = run_dir
+    return cfg

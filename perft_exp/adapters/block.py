@@ -20,6 +20,7 @@ class PerftMoEBlock(nn.Module):
         self.base_layer = base_layer
         self.perft = perft
         self._base_routing: tuple | None = None
+        self.enabled = True  # False: the frozen block alone (base-model evaluation)
         if perft.needs_base_routing:
             router.register_forward_hook(self._capture_routing)
 
@@ -29,6 +30,8 @@ class PerftMoEBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         out = self.base_layer(hidden_states, *args, **kwargs)
         routing, self._base_routing = self._base_routing, None
+        if not self.enabled:
+            return out
         if self.perft.needs_base_routing and routing is None:
             raise RuntimeError("the base router did not run in this block's forward; cannot route the E experts")
         y = self.perft(hidden_states.reshape(-1, hidden_states.shape[-1]), routing)

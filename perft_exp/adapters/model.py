@@ -11,6 +11,7 @@ Replace modules before the model's first forward: transformers installs its rout
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -92,3 +93,20 @@ def adapter_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = Non
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the frozen base model: PERFT blocks skip their PEFT experts, HF PEFT disables its LoRA."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+        return
+    blocks = [m for m in model.modules() if isinstance(m, PerftMoEBlock)]
+    for b in blocks:
+        b.enabled = False
+    try:
+        yield
+    finally:
+        for b in blocks:
+            b.enabled = True

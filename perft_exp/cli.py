@@ -1,0 +1,151 @@
+"""The `train.py` command line: Hydra app plus the checks and error reporting around it.
+
+Before Hydra runs anything, every job of the command (all of a `-m` grid) is composed and validated,
+so a typo or a bad value fails at once, as one line naming the key, with exit code 2. `debug=true`
+(or PERFT_DEBUG=1) shows full stack traces instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from perft_exp.config import CONF_DIR, compose, setup, validate
+
+log = logging.getLogger("perft_exp")
+EXIT_CONFIG, EXIT_RUN, EXIT_PREEMPTED = 2, 1, 143
+FAILED_NAME = "failed.json"  # a multirun job's error, so the sweep goes on and the failure is on record
+_NOISE = re.compile(r"^\s*(full_key|object_type|reference_type|To append|Set the environment variable|$)")
+
+
+def _strip_launcher_args(argv: list[str]) -> list[str]:
+    """The `deepspeed` launcher passes --local_rank=N, which Hydra would reject: move it to the env."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        m = re.match(r"--local[_-]rank(?:=(\d+))?$", arg)
+        if m:
+            value = m.group(1)
+            if value is None and i + 1 < len(argv):
+                value, skip = argv[i + 1], True
+            os.environ.setdefault("LOCAL_RANK", value or "0")
+            continue
+        out.append(arg)
+    return out
+
+
+def _schema_fields(class_name: str) -> list[str]:
+    import dataclasses
+
+    from perft_exp import config
+
+    cls = getattr(config, class_name, None)
+    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception chain as one line: the offending key first, then what is allowed."""
+    chain, e = [], exc
+    while e is not None:
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    text = "\n".join(chain)
+    missing = re.search(r"Could not find '(\w+)/([^']*)'", text)
+    if missing:
+        group, option = missing.groups()
+        block = text.split(f"Available options in '{group}':", 1)[-1].split("Config search path", 1)[0]
+        options = [o.strip() for o in block.split() if o.strip() and not o.strip().endswith("_schema")]
+        return f"{group}={option}: no such option; choose one of {', '.join(options)}"
+    unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
+    full_key = re.search(r"full_key:\s*(\S+)", text)
+    if unknown:
+        key = full_key.group(1) if full_key else unknown.group(1)
+        known = _schema_fields(unknown.group(2))
+        return f"{key}: no such key" + (f"; known keys here: {', '.join(known)}" if known else "")
+    parts = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not _NOISE.match(line) and "$VALUE" not in line and line not in parts:
+            parts.append(line)
+    message = "; ".join(parts)
+    key = full_key.group(1) if full_key else None
+    return f"{key}: {message}" if key and not message.startswith(key) else message
+
+
+def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose and validate every job the command line describes; exit 2 with one line on the first error."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
+    try:
+        for job in _job_overrides(overrides, multirun):
+            validate(compose(job))
+    except Exception as e:  # noqa: BLE001 - reported as one line below; debug=true shows the trace
+        if _debug(argv):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def _debug(argv: list[str]) -> bool:
+    return os.environ.get("PERFT_DEBUG") == "1" or "debug=true" in argv
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _app(cfg: DictConfig) -> float | None:
+    from perft_exp.adapters.io import AdapterError, atomic_write_json
+    from perft_exp.config import ConfigError
+    from perft_exp.training.run import train
+    from perft_exp.training.trainer import NonFiniteLossError, Preempted
+
+    try:
+        results = train(cfg)
+    except Preempted as e:
+        log.warning("%s", e)
+        sys.exit(EXIT_PREEMPTED)
+    except (ConfigError, AdapterError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
+        if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
+            raise
+        if _is_multirun():  # record the failure; the sweep goes on with the next job
+            log.error("job %s failed: %s", cfg.name, one_line(e))
+            out = Path(cfg.output_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / FAILED_NAME, {"error": one_line(e), "type": type(e).__name__})
+            return None
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUN)
+    return (results.get("eval") or {}).get("average")
+
+
+def main() -> None:
+    sys.argv = [sys.argv[0], *_strip_launcher_args(sys.argv[1:])]
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
+    setup()
+    precheck(sys.argv[1:])
+    _app()

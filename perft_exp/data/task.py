@@ -1,0 +1,38 @@
+"""A run's data: training records split into train/validation, and the test sets, from a task config.
+
+Synthetic tasks are generated into `task.data_dir` on first use; real ones are read from an
+LLM-Adapters directory, or from a `datasets` hub id when the user is online and has no local copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perft_exp.data.formats import load_from_hub, load_test_sets, load_train, split_validation
+
+
+@dataclass
+class TaskData:
+    train: list[dict]
+    val: list[dict]
+    tests: dict[str, list[dict]] = field(default_factory=dict)
+
+
+def load_task_data(task) -> TaskData:
+    data_dir = Path(task.data_dir)
+    if task.synthetic:
+        from perft_exp.data.synthetic import ensure_suite
+
+        ensure_suite(task.kind, data_dir)
+    if task.hub_id and not data_dir.is_dir():
+        records = load_from_hub(task.hub_id, "train")
+    else:
+        records = load_train(data_dir, task.train_file)
+    train, val = split_validation(records, task.val_size, task.val_seed) if task.val_size else (records, [])
+    if task.max_train_examples:
+        train = train[: task.max_train_examples]
+    tests = load_test_sets(data_dir, list(task.test_sets)) if task.test_sets else {}
+    if task.max_test_examples:
+        tests = {name: recs[: task.max_test_examples] for name, recs in tests.items()}
+    return TaskData(train, val, tests)

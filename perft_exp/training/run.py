@@ -1,0 +1,223 @@
+"""`train(cfg) -> dict`: one fine-tuning run, from a composed config to `results.json`.
+
+validate config -> data -> base model -> adapters -> HF Trainer (+DeepSpeed, W&B) -> best adapter
+-> evaluation (and the base model's, cached) -> results.json in the run directory.
+Relaunching the same command resumes from the newest checkpoint, or returns the finished results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint, set_seed
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.counting import count_parameters
+from perft_exp.adapters.io import CONFIG_NAME, atomic_write_json, check_compatible, read_adapter_config, save_adapter
+from perft_exp.adapters.model import adapters_disabled, apply_adapters
+from perft_exp.config import validate
+from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
+from perft_exp.data.formats import contaminated_test_sets
+from perft_exp.data.task import load_task_data
+from perft_exp.evaluation import evaluate
+from perft_exp.models.arch import get_architecture
+from perft_exp.models.loading import load_model
+from perft_exp.training.distributed import deepspeed_config, ensure_distributed_env, is_main_process, world_size
+from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
+from perft_exp.training.tracking import display_name, init_wandb, log_final
+
+log = logging.getLogger(__name__)
+RESULTS_NAME = "results.json"
+
+
+def _check_checkpoint(checkpoint: str, model_config, perft: PerftConfig) -> None:
+    if (Path(checkpoint) / CONFIG_NAME).is_file():
+        check_compatible(read_adapter_config(checkpoint), model_config, perft, where=checkpoint)
+
+
+def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingArguments:
+    tr = cfg.trainer
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+    return TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=tr.learning_rate,
+        num_train_epochs=tr.num_train_epochs,
+        max_steps=tr.max_steps,
+        per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_eval_batch_size=tr.per_device_eval_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        warmup_steps=tr.warmup_steps,
+        lr_scheduler_type=tr.lr_scheduler_type,
+        weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm,
+        optim="adamw_torch",
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=tr.eval_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=tr.logging_steps,
+        seed=tr.seed,
+        data_seed=tr.seed,
+        bf16=bf16,
+        dataloader_num_workers=tr.dataloader_num_workers,
+        remove_unused_columns=False,
+        report_to=["wandb"] if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" else [],
+        run_name=cfg.name,
+        deepspeed=deepspeed_config(cfg.deepspeed),
+        use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False,
+        save_safetensors=True,
+    )
+
+
+def _distributed_info(trainer: PerftTrainer) -> dict:
+    """What the live trainer runs on (not what the config asked for)."""
+    if trainer.is_deepspeed_enabled:
+        engine = trainer.model_wrapped
+        return {
+            "backend": "deepspeed",
+            "zero_stage": int(engine.zero_optimization_stage()),
+            "world_size": int(engine.world_size),
+        }
+    return {"backend": "none", "zero_stage": 0, "world_size": trainer.args.world_size}
+
+
+def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path) -> dict:
+    """The untuned base model's evaluation, cached per (model, task, mode) across runs."""
+    cache = out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    with adapters_disabled(model):
+        result = evaluate(
+            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.parent / cfg.eval.mode,
+        )  # fmt: skip
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cache, result)
+    return result
+
+
+def print_table(results: dict) -> None:
+    ev, base = results.get("eval") or {}, results.get("base_eval") or {}
+    sets = [k for k, v in ev.items() if isinstance(v, dict)]
+    rows = [f"{'test set':<16}{'base':>8}{'tuned':>8}"]
+    for s in [*sets, "average"]:
+        b = base.get(s, {}).get("accuracy") if s != "average" else base.get("average")
+        t = ev.get(s, {}).get("accuracy") if s != "average" else ev.get("average")
+        rows.append(f"{s:<16}{'' if b is None else f'{100 * b:.1f}':>8}{'' if t is None else f'{100 * t:.1f}':>8}")
+    print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
+    print("\n".join(rows))
+    print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
+
+
+def train(cfg: DictConfig) -> dict:
+    perft = validate(cfg)
+    out = Path(cfg.output_dir)
+    results_path = out / RESULTS_NAME
+    if cfg.resume and results_path.is_file():
+        log.info("%s exists: the run is finished, nothing to do", results_path)
+        return json.loads(results_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_distributed_env() if cfg.deepspeed.stage else None
+    set_seed(cfg.trainer.seed)
+    t0 = time.perf_counter()
+
+    data = load_task_data(cfg.task)
+    model, tokenizer = load_model(cfg.model)
+    checkpoint = get_last_checkpoint(str(out / "checkpoints")) if cfg.resume and (out / "checkpoints").is_dir() else None
+    if checkpoint:
+        _check_checkpoint(checkpoint, model.config, perft)
+    model = apply_adapters(model, perft)
+    arch = get_architecture(cfg.model.model_type)
+    if cfg.deepspeed.stage == 3:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, list({type(m) for m in model.modules() if arch.is_block(m)}))
+    params = count_parameters(model).to_dict()
+
+    train_set, n_truncated = tokenize_dataset(
+        tokenizer, data.train, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
+    )
+    val_set, _ = tokenize_dataset(
+        tokenizer, data.val, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
+    )
+    if is_main_process():
+        log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
+                 cfg.task.cutoff_len, len(val_set))  # fmt: skip
+    tracking = is_main_process() and init_wandb(cfg, perft, out, {"params": params, "world_size": world_size()})
+
+    aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
+    preemption = PreemptionCallback()
+    trainer = PerftTrainer(
+        model=model,
+        args=_training_arguments(cfg, out, has_eval=len(val_set) > 0),
+        train_dataset=train_set,
+        eval_dataset=val_set or None,
+        data_collator=CausalLMCollator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[preemption],
+        adapter_aux_coef=aux_coef,
+        base_aux_loss=cfg.trainer.base_aux_loss,
+        nonfinite_loss=cfg.trainer.nonfinite_loss,
+        base_model_name=cfg.model.pretrained,
+    )
+    preemption.install()
+    try:
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        preemption.uninstall()
+    if preemption.signal is not None:
+        raise Preempted(f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
+                        "the same command resumes from the checkpoint")  # fmt: skip
+
+    distributed = _distributed_info(trainer)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    results: dict = {
+        "variant": perft.variant,
+        "variant_name": display_name(perft),
+        "perft": perft.to_dict(),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "train_file": cfg.task.train_file,
+        "contaminated_test_sets": contaminated_test_sets(cfg.task.train_file, list(data.tests)),
+        "params": params,
+        "distributed": distributed,
+        "train": {
+            "steps": trainer.state.global_step,
+            "final_loss": train_output.training_loss,
+            "best_eval_loss": trainer.state.best_metric,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "skipped_steps": trainer.skipped_steps,
+            "truncated_examples": n_truncated,
+            "runtime_s": train_output.metrics.get("train_runtime"),
+        },
+        "output_dir": str(out),
+    }
+    if is_main_process():
+        save_adapter(model, out / "adapter", cfg.model.pretrained)
+        if cfg.eval.enabled and data.tests:
+            model.eval()
+            results["eval"] = evaluate(
+                model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+                max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval",
+            )  # fmt: skip
+            if cfg.eval.base:
+                results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, Path("outputs"))
+        results["runtime_s"] = time.perf_counter() - t0
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        atomic_write_json(results_path, results)
+        if tracking:
+            log_final({f"eval/{k}": v["accuracy"] for k, v in results.get("eval", {}).items() if isinstance(v, dict)}
+                      | {"eval/average": results.get("eval", {}).get("average")})  # fmt: skip
+        print_table(results)
+    return results

@@ -1,0 +1,177 @@
+"""`PerftTrainer`: the HF Trainer with PERFT's losses, adapter-only checkpoints and safe stopping.
+
+  - loss = LM loss + base router aux loss (transformers, `output_router_logits=True`)
+           + perft.aux_loss_coef * R's adapter-router aux loss; the terms are logged separately
+  - tokens/s in the training logs
+  - checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
+  - a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
+  - SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
+from perft_exp.adapters.model import adapter_aux_loss, trainable_parameters
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint is written; the same command resumes the run."""
+
+
+class PreemptionCallback(TrainerCallback):
+    """On SIGTERM/SIGINT: finish the current step, save a checkpoint, stop."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: signals cannot be handled there
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        log.warning("received signal %d: saving a checkpoint at the end of this step, then stopping", signum)
+        self.signal = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signal is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class PerftTrainer(Trainer):
+    def __init__(
+        self,
+        *args,
+        adapter_aux_coef: float = 0.0,
+        base_aux_loss: bool = True,
+        nonfinite_loss: str = "stop",
+        base_model_name: str = "",
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.adapter_aux_coef = adapter_aux_coef
+        self.base_aux_loss = base_aux_loss
+        self.nonfinite_loss = nonfinite_loss
+        self.base_model_name = base_model_name
+        self.skipped_steps = 0
+        self._terms: dict[str, float] = {}
+        self._term_count = 0
+        self._tokens = 0
+        self._tokens_since = time.perf_counter()
+
+    # ---- loss ---------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.base_aux_loss:
+            inputs = {**inputs, "output_router_logits": True}
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        terms = {}
+        base_aux = getattr(outputs, "aux_loss", None)
+        if base_aux is not None:
+            terms["base_aux_loss"] = float(base_aux.detach())
+        aux = adapter_aux_loss(model, inputs.get("attention_mask"))
+        if aux is not None:
+            terms["adapter_aux_loss"] = float(aux.detach())
+            loss = loss + self.adapter_aux_coef * aux.to(loss.device)
+        if model.training:
+            base_coef = getattr(getattr(self._unwrapped(), "config", None), "router_aux_loss_coef", 0.0)
+            terms["lm_loss"] = float(outputs.loss.detach()) - base_coef * terms.get("base_aux_loss", 0.0)
+            for k, v in terms.items():
+                self._terms[k] = self._terms.get(k, 0.0) + v
+            self._term_count += 1
+            if "attention_mask" in inputs:
+                self._tokens += int(inputs["attention_mask"].sum())
+        return (loss, outputs) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            if self.nonfinite_loss == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({loss.item()}) at step {step}; the last good checkpoint is kept. "
+                    "Lower trainer.learning_rate, or set trainer.nonfinite_loss=skip to skip such steps."
+                )
+            log.warning("non-finite loss at step %d: skipping the update", step)
+            self.skipped_steps += 1
+            model.zero_grad(set_to_none=True)  # the optimizer skips parameters without gradients
+            loss = torch.zeros_like(loss)
+        return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._term_count:
+            for k, v in self._terms.items():
+                logs[k] = v / self._term_count
+            now = time.perf_counter()
+            logs["tokens_per_s"] = self._tokens / max(now - self._tokens_since, 1e-9)
+            logs["skipped_steps"] = self.skipped_steps
+            self._terms, self._term_count, self._tokens, self._tokens_since = {}, 0, 0, now
+        super().log(logs, start_time)
+
+    # ---- adapter-only checkpoints ---------------------------------------------------------------
+    def _unwrapped(self):
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def _gathered(self):
+        """Under ZeRO-3 the trainable tensors are partitioned: gather them for saving."""
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            import deepspeed
+
+            return deepspeed.zero.GatheredParameters(list(trainable_parameters(self._unwrapped()).values()))
+        return contextlib.nullcontext()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        self._save(output_dir or self.args.output_dir)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        with self._gathered():
+            if self.args.should_save:
+                save_adapter(self._unwrapped(), output_dir, self.base_model_name)
+        if self.args.should_save and self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+
+    def _load_adapter_weights(self, checkpoint_dir: str) -> None:
+        from safetensors.torch import load_file
+
+        path = os.path.join(checkpoint_dir, WEIGHTS_NAME)
+        state = load_file(path)
+        params = trainable_parameters(self._unwrapped())
+        if set(state) != set(params):
+            raise ValueError(f"{path} does not hold this run's adapter tensors")
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state[name])
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self._load_adapter_weights(resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        if self.is_deepspeed_enabled:
+            return super()._load_best_model()
+        log.info("loading the best checkpoint %s (eval_loss %s)", self.state.best_model_checkpoint, self.state.best_metric)
+        self._load_adapter_weights(self.state.best_model_checkpoint)
