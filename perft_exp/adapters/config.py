@@ -71,10 +71,10 @@ class PerftConfig:
                     f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
                 )
         elif self.variant == "E":
-            if self.num_experts is not None or self.top_k is not None:
+            overridden = [f"perft.{k}={getattr(self, k)}" for k in ("num_experts", "top_k") if getattr(self, k) is not None]
+            if overridden:
                 raise ValueError(
-                    "variant E takes its expert count and top-k from the model's router; "
-                    f"do not set perft.num_experts ({self.num_experts}) or perft.top_k ({self.top_k})"
+                    f"variant E takes its expert count and top-k from the model's router; remove {', '.join(overridden)}"
                 )
         if self.authors_weighting_defect and self.variant != "R":
             raise ValueError("perft.authors_weighting_defect applies to variant R only")

@@ -1,0 +1,40 @@
+"""Parameter accounting for any model/variant, from the full-size config on the `meta` device.
+
+    python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16
+
+Prints one JSON object: trainable, activated_trainable, base_total, base_active and their ratios. Takes the
+same `key=value` overrides as train.py; builds nothing in memory and downloads nothing. Tiny local
+models (no `architecture` numbers in their YAML) are loaded for real instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from perft_exp.adapters.counting import count_parameters
+from perft_exp.adapters.model import apply_adapters
+from perft_exp.cli import one_line
+from perft_exp.config import compose, perft_config
+from perft_exp.models.loading import build_meta_model, load_model
+
+
+def count(overrides: list[str]) -> dict:
+    cfg = compose(overrides)
+    perft = perft_config(cfg)
+    model = build_meta_model(cfg.model) if cfg.model.architecture else load_model(cfg.model)[0]
+    model = apply_adapters(model, perft)
+    return {"model": cfg.model.name, "config": f"{perft.display_name()} r{perft.bottleneck}",
+            **count_parameters(model).to_dict()}  # fmt: skip
+
+
+def main() -> None:
+    try:
+        print(json.dumps(count(sys.argv[1:]), indent=2))
+    except Exception as e:  # noqa: BLE001 - a CLI: one line, non-zero exit
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

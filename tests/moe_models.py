@@ -1,0 +1,64 @@
+"""Tiny random MoE models of every supported architecture, built from the HF config classes."""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import torch
+import transformers
+
+VOCAB = 97
+
+TINY_CONFIGS = {
+    "olmoe": lambda: transformers.OlmoeConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    ),
+    "mixtral": lambda: transformers.MixtralConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=6, num_experts_per_tok=2,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    ),
+    "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=32, moe_intermediate_size=16,
+        shared_expert_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=False,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    ),
+    "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+    ),
+}  # fmt: skip
+ARCHS = sorted(TINY_CONFIGS)
+
+
+def tiny_moe(arch: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
+    """A fresh copy of the (cached) tiny model: HF's from_config is slow next to a deepcopy."""
+    return copy.deepcopy(_build(arch, seed, tuple(sorted(overrides.items(), key=str))))
+
+
+@functools.cache
+def _build(arch: str, seed: int, overrides: tuple) -> transformers.PreTrainedModel:
+    config = TINY_CONFIGS[arch]()
+    for k, v in overrides:
+        setattr(config, k, list(v) if isinstance(v, tuple) else v)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    # HF leaves some fused expert weights uninitialised under from_config; give every tensor a value.
+    with torch.no_grad():
+        for p in model.parameters():
+            if not torch.isfinite(p).all() or p.abs().max() == 0:
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def batch(seed: int = 1, b: int = 3, t: int = 7) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[0, :2] = 0  # some left padding
+    return {"input_ids": ids, "attention_mask": mask}

@@ -1,0 +1,277 @@
+"""PERFT adapters on tiny random models of every architecture: the batched paths against a Python-loop
+oracle, freezing, routing, the aux loss, init, save/load, and argument errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from moe_models import ARCHS, batch, tiny_moe
+
+from perft_exp.adapters.block import PerftMoEBlock
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.io import AdapterError, load_adapter, save_adapter
+from perft_exp.adapters.model import adapter_aux_loss, adapters_disabled, apply_adapters, perft_layers
+from perft_exp.models.arch import get_architecture
+
+VARIANTS = {
+    "R": dict(variant="R", num_experts=4, top_k=2),
+    "R_many": dict(variant="R", num_experts=32, top_k=2),  # large N: the grouped path
+    "E": dict(variant="E", num_experts=None, top_k=None),
+    "D": dict(variant="D", num_experts=3),
+    "S": dict(variant="S", num_experts=None),
+}
+
+
+def oracle(block: PerftMoEBlock, x: torch.Tensor, config) -> torch.Tensor:
+    """PERFT by the book, one expert at a time: routing recomputed from the raw weights."""
+    layer, (T, D) = block.perft, x.reshape(-1, x.shape[-1]).shape
+    h = x.reshape(T, D).to(layer.experts.A.dtype)
+    A, B, s = layer.experts.A, layer.experts.B, layer.experts.scaling
+    f = layer.experts.act or (lambda t: t)
+    if layer.variant in ("D", "S"):
+        weights = torch.ones(T, A.shape[0])
+        chosen = torch.arange(A.shape[0]).expand(T, -1)
+    elif layer.variant == "R":
+        probs = torch.softmax(x.reshape(T, D).float() @ layer.router.weight.float().T, dim=-1)
+        top, chosen = torch.topk(probs, layer.top_k, dim=-1)
+        weights = top / top.sum(-1, keepdim=True)
+    else:  # E: the frozen router, recomputed
+        router = get_architecture(config.model_type).router(block.base_layer)
+        probs = torch.softmax(x.reshape(T, D).float() @ router.weight.float().T, dim=-1)
+        weights, chosen = torch.topk(probs, layer.top_k, dim=-1)
+        if getattr(config, "norm_topk_prob", True):
+            weights = weights / weights.sum(-1, keepdim=True)
+    y = torch.zeros(T, D, dtype=h.dtype)
+    for t in range(T):
+        for k in range(chosen.shape[1]):
+            e = int(chosen[t, k])
+            y[t] += weights[t, k].to(h.dtype) * (f(h[t] @ A[e]) @ B[e]) * s
+    return block.base_layer(x) + y.reshape(x.shape).to(x.dtype)
+
+
+def _perft_model(arch: str, variant: str, dtype: str = "float32", impl: str = "auto", **kw):
+    model = tiny_moe(arch)
+    spec = {"bottleneck": 8, **VARIANTS[variant], **kw}
+    cfg = PerftConfig(dropout=0.0, init="zero_b", impl=impl, adapter_dtype=dtype, **spec)
+    model = apply_adapters(model, cfg)
+    with torch.no_grad():  # non-trivial B so the PEFT path contributes
+        for layer in perft_layers(model):
+            layer.experts.B.normal_(0, 0.1)
+    return model
+
+
+ROUTED_IMPLS = [(v, i) for v in sorted(VARIANTS) for i in ("auto", "dense", "grouped") if v[0] in "RE" or i == "auto"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant, impl", ROUTED_IMPLS)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fast_path_matches_loop_oracle(arch, variant, impl, dtype):
+    model = _perft_model(arch, variant, dtype, impl)
+    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    x = torch.randn(2, 5, model.config.hidden_size, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+
+    fast = block(x)
+    slow = oracle(block, x2, model.config)
+    _close(fast, slow, dtype)
+
+    g = torch.randn_like(fast)
+    params = [p for p in block.perft.parameters()]
+    grads_fast = torch.autograd.grad(fast, [x, *params], g)
+    grads_slow = torch.autograd.grad(slow, [x2, *params], g, allow_unused=True)
+    for gf, gs in zip(grads_fast, grads_slow):
+        _close(gf, gs, dtype)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: str) -> None:
+    if dtype == "float32":
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    else:  # bf16 keeps ~3 significant digits: bound the error by the tensor's own scale
+        err, scale = (a.float() - b.float()).abs().max(), b.float().abs().max()
+        assert err <= 2e-2 * scale + 1e-4, f"max error {err} vs scale {scale}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant", ["R", "E", "D", "S"])
+def test_zero_b_leaves_logits_unchanged(arch, variant):
+    inputs = batch()
+    base = tiny_moe(arch)
+    with torch.no_grad():
+        ref = base(**inputs).logits
+    model = apply_adapters(tiny_moe(arch), PerftConfig(bottleneck=4, init="zero_b", **VARIANTS[variant]))
+    with torch.no_grad():
+        out = model(**inputs).logits
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant", ["R", "E", "D", "S", "qv_lora", "router_lora", "expert_lora"])
+def test_only_adapter_parameters_train(arch, variant):
+    spec = VARIANTS.get(variant, {"variant": variant, "num_experts": None, "top_k": None})
+    model = apply_adapters(tiny_moe(arch), PerftConfig(bottleneck=4, **spec))
+    model.train()
+    out = model(**batch(), labels=batch()["input_ids"], output_router_logits=True)
+    loss = out.loss + (adapter_aux_loss(model) or 0.0)
+    loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "nothing trains"
+    for n, p in model.named_parameters():
+        is_adapter = ".perft." in n or "lora_" in n
+        assert p.requires_grad == is_adapter, n
+        if is_adapter:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), n
+        else:
+            assert p.grad is None, n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_base_router_logits_still_collected(arch):
+    model = apply_adapters(tiny_moe(arch), PerftConfig(bottleneck=4, **VARIANTS["E"]))
+    out = model(**batch(), labels=batch()["input_ids"], output_router_logits=True)
+    assert out.router_logits is not None and len(out.router_logits) == model.config.num_hidden_layers
+    assert out.aux_loss is not None and torch.isfinite(out.aux_loss)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_E_is_routed_by_the_base_routers_choices(arch):
+    model = _perft_model(arch, "E")
+    arch_facts = get_architecture(model.config.model_type)
+    seen = {}
+    for name, block in ((n, m) for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)):
+        arch_facts.router(block.base_layer).register_forward_hook(
+            lambda mod, args, out, name=name: seen.__setitem__(name, out[2].clone())
+        )
+    with torch.no_grad():
+        model(**batch())
+    blocks = {n: m for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)}
+    assert seen.keys() == blocks.keys()
+    for name, block in blocks.items():
+        assert torch.equal(block.perft.routing_indices, seen[name])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_R_router_learns_from_task_loss_and_aux_loss(arch):
+    model = _perft_model(arch, "R")
+    routers = [layer.router.weight for layer in perft_layers(model)]
+    inputs = batch()
+    out = model(**inputs, labels=inputs["input_ids"])
+    g_task = torch.autograd.grad(out.loss, routers)
+    assert all(g.abs().sum() > 0 for g in g_task), "no task-loss gradient reaches W_r"
+    model(**inputs)
+    aux = adapter_aux_loss(model, inputs["attention_mask"])
+    g_aux = torch.autograd.grad(aux, routers)
+    assert all(g.abs().sum() > 0 for g in g_aux), "no aux-loss gradient reaches W_r"
+
+
+def test_authors_defect_cuts_the_routers_task_gradient():
+    model = _perft_model("olmoe", "R", authors_weighting_defect=True)
+    routers = [layer.router.weight for layer in perft_layers(model)]
+    out = model(**batch(), labels=batch()["input_ids"])
+    grads = torch.autograd.grad(out.loss, routers, allow_unused=True)
+    assert all(g is None or g.abs().sum() == 0 for g in grads)
+
+
+def test_aux_loss_masks_padding():
+    model = _perft_model("olmoe", "R")
+    inputs = batch()
+    model(**inputs)
+    masked = adapter_aux_loss(model, inputs["attention_mask"])
+    model(**inputs)
+    unmasked = adapter_aux_loss(model, None)
+    assert not torch.allclose(masked, unmasked)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("variant", ["R", "E", "D", "S", "qv_lora", "router_expert_lora"])
+def test_save_load_reproduces_logits(tmp_path, arch, variant):
+    spec = VARIANTS.get(variant, {"variant": variant, "num_experts": None, "top_k": None})
+    model = apply_adapters(tiny_moe(arch), PerftConfig(bottleneck=4, dropout=0.0, **spec))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    model.eval()
+    with torch.no_grad():
+        ref = model(**batch()).logits
+    save_adapter(model, tmp_path, base_model="tiny")
+    loaded = load_adapter(tiny_moe(arch), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch()).logits, ref, atol=0, rtol=0)
+
+
+def test_load_refuses_other_base_model_or_variant(tmp_path):
+    model = apply_adapters(tiny_moe("olmoe"), PerftConfig(bottleneck=4, **VARIANTS["R"]))
+    save_adapter(model, tmp_path, base_model="tiny")
+    with pytest.raises(AdapterError, match="model_type"):
+        load_adapter(tiny_moe("mixtral"), tmp_path)
+    with pytest.raises(AdapterError, match="hidden_size"):
+        load_adapter(tiny_moe("olmoe", hidden_size=64, num_attention_heads=4), tmp_path)
+    with pytest.raises(AdapterError, match="variant"):
+        load_adapter(tiny_moe("olmoe"), tmp_path, PerftConfig(variant="D", num_experts=4, bottleneck=4))
+
+
+def test_corrupted_adapter_file_is_reported(tmp_path):
+    model = apply_adapters(tiny_moe("olmoe"), PerftConfig(bottleneck=4, **VARIANTS["S"]))
+    save_adapter(model, tmp_path, base_model="tiny")
+    weights = tmp_path / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-40])
+    with pytest.raises(AdapterError, match="truncated or corrupted"):
+        load_adapter(tiny_moe("olmoe"), tmp_path)
+
+
+def test_adapters_disabled_gives_the_base_model():
+    inputs = batch()
+    with torch.no_grad():
+        ref = tiny_moe("olmoe")(**inputs).logits
+        model = _perft_model("olmoe", "R")
+        assert not torch.allclose(model(**inputs).logits, ref)
+        with adapters_disabled(model):
+            torch.testing.assert_close(model(**inputs).logits, ref, atol=0, rtol=0)
+
+
+def test_adapter_form_runs():
+    model = _perft_model("olmoe", "R", form="adapter")
+    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    x = torch.randn(1, 4, 32)
+    torch.testing.assert_close(block(x), oracle(block, x, model.config), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(variant="R", num_experts=4, top_k=5), "top_k=5 > perft.num_experts=4"),
+        (dict(variant="R", num_experts=4, top_k=0), "top_k=0"),
+        (dict(variant="S", bottleneck=0), "bottleneck=0"),
+        (dict(variant="E", num_experts=8, top_k=None), "variant E takes its expert count"),
+        (dict(variant="X"), "perft.variant='X'"),
+        (dict(variant="D", num_experts=0), "num_experts=0"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        PerftConfig(**kwargs)
+
+
+def test_E_on_a_model_without_moe_blocks():
+    model = tiny_moe("qwen2_moe", mlp_only_layers=(0, 1))
+    with pytest.raises(ValueError, match="has none"):
+        apply_adapters(model, PerftConfig(bottleneck=4, **VARIANTS["E"]))
+
+
+def test_unknown_architecture():
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2)  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    with pytest.raises(ValueError, match="unknown MoE architecture 'llama'"):
+        apply_adapters(model, PerftConfig(bottleneck=4, **VARIANTS["E"]))
+
+
+def test_grouped_falls_back_when_kernel_cannot_take_the_shape():
+    # bf16 with r=4 rows are 8 bytes: not 16-byte aligned, so the grouped request must still be right.
+    model = _perft_model("olmoe", "R_many", "bfloat16", "grouped", bottleneck=4)
+    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    x = torch.randn(1, 4, 32)
+    _close(block(x), oracle(block, x, model.config), "bfloat16")
