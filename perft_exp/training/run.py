@@ -76,7 +76,6 @@ def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingA
         deepspeed=deepspeed_config(cfg.deepspeed),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
-        save_safetensors=True,
     )
 
 

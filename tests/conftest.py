@@ -1,0 +1,70 @@
+"""Shared pytest fixtures. Everything is built offline in seconds; nothing is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perft_exp.data.prompts import COMMONSENSE_PREFILL, build_prompt
+
+# --- tiny_tokenizer / tiny_lm: a byte-level BPE and a random 2-layer OLMoE, for evaluation tests ---
+
+_TOKENIZER_CORPUS = [
+    build_prompt("Please answer the following question with true or false, question: is water wet?"),
+    build_prompt("Please choose the correct answer to the question: Answer1: red Answer2: blue"),
+    build_prompt("A train travels 120 km in 2 hours. What is its speed?", "in km/h"),
+    f"{COMMONSENSE_PREFILL} true false solution1 solution2 answer1 answer2 answer3 answer4 answer5",
+    "ending1 ending2 ending3 ending4 option1 option2 The answer is 1,234.5 or -7 (A) (B) (C) (D) (E)",
+]
+
+
+def build_tiny_tokenizer():
+    """A byte-level BPE (any text round-trips) with EOS and pad tokens, as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|padding|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TOKENIZER_CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|padding|>")
+
+
+def build_tiny_lm(tokenizer, seed: int = 0):
+    """A random fp32 OLMoE (2 layers, 4 experts, top-2) sized to `tokenizer`, in eval mode."""
+    from transformers import OlmoeConfig, OlmoeForCausalLM
+
+    config = OlmoeConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=32,
+        num_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=512,
+        # Wider than the default 0.02 so the random logits are decisive and greedy paths vary.
+        initializer_range=0.2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return OlmoeForCausalLM(config).float().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_tokenizer):
+    return build_tiny_lm(tiny_tokenizer)
