@@ -187,6 +187,13 @@ def validate(cfg: DictConfig) -> PerftConfig:
         )
     if m.quantization != "none" and ds.stage == 3:
         raise ConfigError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
+    from perft_exp.data.formats import canonical_test_set
+
+    for name in t.test_sets:
+        try:
+            canonical_test_set(name)
+        except ValueError as e:
+            raise ConfigError(f"task.test_sets: {e}") from e
     data_dir = Path(t.data_dir)
     if not t.synthetic and t.hub_id is None and not data_dir.is_dir():
         raise ConfigError(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -68,3 +73,43 @@ def tiny_tokenizer():
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_tokenizer):
     return build_tiny_lm(tiny_tokenizer)
+
+
+# ---- the app through train.py (subprocesses) ----------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory) -> Path:
+    """A micro OLMoE (2 layers, hidden 64) with the project's real tokenizer, built in seconds."""
+    import dataclasses
+
+    from perft_exp.models import tiny
+
+    spec = dataclasses.replace(
+        tiny.TINY_SPECS["tiny_olmoe"], hidden_size=64, num_hidden_layers=2, steps=2, corpus_docs=300
+    )
+    return tiny.build_tiny_model("tiny_olmoe", tmp_path_factory.mktemp("micro") / "olmoe", progress=False, spec=spec)
+
+
+@pytest.fixture(scope="session")
+def app_env(tmp_path_factory) -> dict:
+    """Environment for train.py subprocesses: a private cache, no W&B network, one thread."""
+    env = dict(os.environ)
+    env.update(
+        PERFT_CACHE=str(tmp_path_factory.mktemp("cache")),
+        WANDB_MODE="offline",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        HYDRA_FULL_ERROR="0",
+    )
+    env.pop("PERFT_DEBUG", None)
+    return env
+
+
+def run_train(args: list[str], env: dict, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=timeout, **popen,
+    )  # fmt: skip

@@ -94,10 +94,18 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
     return meta
 
 
-def check_compatible(meta: dict, model_config, cfg: PerftConfig | None = None, where: str = "") -> None:
-    """Raise AdapterError naming the first mismatch between an adapter and a base model / variant."""
-    sig = base_signature(model_config)
-    for key, saved in meta["base_signature"].items():
+def check_compatible(
+    meta: dict, model_config, cfg: PerftConfig | None = None, where: str = "", base_model: str | None = None
+) -> None:
+    """Raise AdapterError naming the first mismatch between an adapter and a base model / variant.
+
+    `model_config` None skips the architecture check (used before the model is loaded); `base_model`
+    compares the base model's hub id / path as recorded at save time.
+    """
+    if base_model is not None and meta.get("base_model") not in (None, base_model):
+        raise AdapterError(f"adapter {where} was trained on base model {meta['base_model']!r}, not {base_model!r}")
+    sig = base_signature(model_config) if model_config is not None else {}
+    for key, saved in meta["base_signature"].items() if model_config is not None else ():
         if sig.get(key) != saved:
             raise AdapterError(
                 f"adapter {where} was trained on base model {meta.get('base_model')!r} with {key}={saved}, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint, set_seed
+from transformers.trainer_utils import set_seed
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
@@ -36,9 +36,27 @@ log = logging.getLogger(__name__)
 RESULTS_NAME = "results.json"
 
 
-def _check_checkpoint(checkpoint: str, model_config, perft: PerftConfig) -> None:
-    if (Path(checkpoint) / CONFIG_NAME).is_file():
-        check_compatible(read_adapter_config(checkpoint), model_config, perft, where=checkpoint)
+def latest_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint that was fully written (HF writes trainer_state.json last).
+
+    A run killed while saving leaves a partial checkpoint-N behind; resuming skips it.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        (p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in found:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", ckpt)
+            continue
+        if (ckpt / CONFIG_NAME).is_file():
+            return str(ckpt)
+    return None
 
 
 def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingArguments:
@@ -131,11 +149,14 @@ def train(cfg: DictConfig) -> dict:
     set_seed(cfg.trainer.seed)
     t0 = time.perf_counter()
 
+    checkpoint = latest_complete_checkpoint(out / "checkpoints") if cfg.resume else None
+    if checkpoint:  # refuse another variant's or base model's checkpoints before loading anything
+        check_compatible(read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained)
+        log.info("resuming from %s", checkpoint)
     data = load_task_data(cfg.task)
     model, tokenizer = load_model(cfg.model)
-    checkpoint = get_last_checkpoint(str(out / "checkpoints")) if cfg.resume and (out / "checkpoints").is_dir() else None
     if checkpoint:
-        _check_checkpoint(checkpoint, model.config, perft)
+        check_compatible(read_adapter_config(checkpoint), model.config, perft, where=checkpoint)
     model = apply_adapters(model, perft)
     arch = get_architecture(cfg.model.model_type)
     if cfg.deepspeed.stage == 3:
