@@ -1,0 +1,51 @@
+# perft-exp: every target installs what it needs into .venv on first use (python3 -m venv + pip).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export WANDB_MODE ?= offline
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-fast lint format bench bench-quick sweep-toy results clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install the project with its pinned dependencies
+
+demo: $(STAMP) ## the embedded default: tiny OLMoE-architecture model, PERFT-R, synthetic task, CPU
+	$(BIN)/python train.py
+
+test: $(STAMP) ## the whole test suite (CPU; includes the end-to-end runs through train.py)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP) ## the unit tests only (skips the `slow` end-to-end runs)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(STAMP) ## ruff autofix and format
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: $(STAMP) ## CPU benchmark of a training step per variant vs the frozen model (writes outputs/bench/)
+	$(BIN)/python scripts/bench.py --json outputs/bench/bench_cpu.json
+
+bench-quick: $(STAMP) ## a short benchmark smoke run
+	$(BIN)/python scripts/bench.py --quick
+
+sweep-toy: $(STAMP) ## the toy sweep: the paper's comparison in miniature on the embedded default (CPU)
+	$(BIN)/python scripts/sweep.py run toy
+
+results: $(STAMP) ## tables and figures from every results.json under outputs/runs
+	$(BIN)/python scripts/collect_results.py outputs/runs --out outputs/results
+
+clean: ## remove caches and run outputs (keeps .venv)
+	rm -rf outputs/runs outputs/results outputs/bench multirun .pytest_cache .ruff_cache

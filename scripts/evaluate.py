@@ -1,0 +1,68 @@
+"""Re-evaluate a finished run's adapter without retraining; other tasks or modes by override.
+
+    python scripts/evaluate.py run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16
+    python scripts/evaluate.py run_dir=<run> eval.mode=paper
+    python scripts/evaluate.py run_dir=<run> task=synthetic_math task.max_test_examples=20
+    python scripts/evaluate.py run_dir=<run> variant=none          # the frozen base model
+
+The run's own overrides (its .hydra/overrides.yaml) are replayed first, so the model and adapter match;
+results go to <run>/evaluations/<task>-<mode>[-base]/ (per-example JSONL + results.json).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from perft_exp.adapters.io import atomic_write_json, load_adapter
+from perft_exp.cli import one_line
+from perft_exp.config import compose, perft_config
+from perft_exp.data.task import load_task_data
+from perft_exp.evaluation import evaluate
+from perft_exp.models.loading import load_model
+
+
+def run(argv: list[str]) -> dict:
+    args = dict(a.split("=", 1) for a in argv if a.startswith("run_dir="))
+    if "run_dir" not in args:
+        raise ValueError("usage: scripts/evaluate.py run_dir=<a finished run> [overrides ...]")
+    run_dir = Path(args["run_dir"])
+    if not (run_dir / "adapter").is_dir():
+        raise ValueError(f"{run_dir} has no adapter/ (is it a finished run directory?)")
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    replay = [o for o in (yaml.safe_load(saved.read_text()) if saved.is_file() else []) if not o.startswith("hydra.")]
+    overrides = [a for a in argv if not a.startswith("run_dir=")]
+    cfg = compose([*replay, *overrides])
+    base_only = perft_config(cfg).variant == "none"
+
+    model, tokenizer = load_model(cfg.model)
+    if not base_only:
+        model = load_adapter(model, run_dir / "adapter")
+    model.eval()
+    tests = load_task_data(cfg.task).tests
+    out = run_dir / "evaluations" / f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}"
+    result = evaluate(
+        model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out,
+    )  # fmt: skip
+    atomic_write_json(out / "results.json", {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
+    print(f"{'test set':<16}{'accuracy':>10}")
+    for name, r in result.items():
+        if isinstance(r, dict):
+            print(f"{name:<16}{100 * r['accuracy']:>10.1f}")
+    print(f"{'average':<16}{100 * result['average']:>10.1f}\nwritten to {out}")
+    return result
+
+
+def main() -> None:
+    try:
+        run(sys.argv[1:])
+    except Exception as e:  # noqa: BLE001 - a CLI: one line, non-zero exit
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""The experiment app: every config option composes and instantiates; DeepSpeed ZeRO-2/3 run for real
+on CPU, single process and under torchrun; the launcher's --local_rank does not break Hydra."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, run_train
+from moe_models import tiny_moe
+
+from perft_exp.adapters.model import apply_adapters
+from perft_exp.cli import _strip_launcher_args
+from perft_exp.config import CONF_DIR, compose, perft_config, validate
+from perft_exp.data.task import load_task_data
+from perft_exp.models.loading import build_meta_model
+from perft_exp.training.distributed import deepspeed_config
+from perft_exp.training.run import _training_arguments
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.fixture
+def llm_adapters_dir(tmp_path):
+    """A miniature of the LLM-Adapters layout with every real file name, a few records each."""
+    rec = {"instruction": "q", "input": "", "output": "the correct answer is true", "answer": "true"}
+    for name in ("commonsense_170k", "math_50k"):
+        (tmp_path / f"{name}.json").write_text(json.dumps([rec] * 130))
+    for name in ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
+                 "openbookqa", "AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP"):  # fmt: skip
+        (tmp_path / "dataset" / name).mkdir(parents=True)
+        (tmp_path / "dataset" / name / "test.json").write_text(json.dumps([rec] * 3))
+    return tmp_path
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_options(model):
+    cfg = compose([f"model={model}"])
+    validate(cfg)
+    if cfg.model.architecture:  # full size: built offline on meta, no download
+        built = build_meta_model(cfg.model)
+        assert built.config.model_type == cfg.model.model_type
+        assert all(p.device.type == "meta" for p in built.parameters())
+    else:
+        from perft_exp.models.tiny import TINY_SPECS
+
+        assert cfg.model.pretrained.startswith("tiny:") and cfg.model.pretrained[5:] in TINY_SPECS
+
+
+@pytest.mark.parametrize("variant", options("variant"))
+def test_variant_options(variant):
+    cfg = compose([f"variant={variant}", "perft.bottleneck=4"])
+    perft = perft_config(cfg)
+    model = apply_adapters(tiny_moe("olmoe"), perft)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert (n_trainable == 0) == (variant == "none")
+
+
+@pytest.mark.parametrize("task", options("task"))
+def test_task_options(task, llm_adapters_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PERFT_CACHE", str(tmp_path / "cache"))
+    cfg = compose([f"task={task}"] + ([] if "synthetic" in task else [f"task.data_dir={llm_adapters_dir}"]))
+    validate(cfg)
+    data = load_task_data(cfg.task)
+    assert data.train and len(data.val) == cfg.task.val_size
+    assert sorted(data.tests) == sorted(cfg.task.test_sets)
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_options(trainer, tmp_path):
+    cfg = compose([f"trainer={trainer}"])
+    validate(cfg)
+    args = _training_arguments(cfg, tmp_path, has_eval=True)
+    assert args.learning_rate == cfg.trainer.learning_rate
+    assert args.eval_steps == cfg.trainer.eval_steps and args.metric_for_best_model == "eval_loss"
+
+
+@pytest.mark.parametrize("ds", options("deepspeed"))
+def test_deepspeed_options(ds):
+    cfg = compose([f"deepspeed={ds}"])
+    validate(cfg)
+    ds_config = deepspeed_config(cfg.deepspeed)
+    assert (ds_config is None) == (cfg.deepspeed.stage == 0)
+    if ds_config:
+        assert ds_config["zero_optimization"]["stage"] == cfg.deepspeed.stage
+
+
+@pytest.mark.parametrize("group", ["logger", "eval"])
+def test_other_groups(group):
+    for option in options(group):
+        validate(compose([f"{group}={option}"]))
+
+
+def test_paper_trainer_settings():
+    t = compose(["trainer=olmoe"]).trainer
+    assert (t.learning_rate, t.per_device_train_batch_size, t.warmup_steps, t.num_train_epochs) == (1e-5, 16, 100, 3)
+    assert (t.eval_steps, t.save_steps, t.save_total_limit, t.max_grad_norm) == (80, 80, 3, 1.0)
+    assert compose(["trainer=mixtral"]).trainer.learning_rate == 2e-5
+
+
+def test_local_rank_argument_goes_to_the_environment(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert _strip_launcher_args(["--local_rank=3", "variant=S"]) == ["variant=S"]
+    assert os.environ["LOCAL_RANK"] == "3"
+    assert _strip_launcher_args(["--local-rank", "1", "variant=S"]) == ["variant=S"]
+
+
+def _ds_args(model_dir, run_dir, stage: str) -> list[str]:
+    return [f"deepspeed={stage}", "trainer=debug", "logger=none", "eval.enabled=false",
+            f"model.pretrained={model_dir}", "task.max_train_examples=64", f"hydra.run.dir={run_dir}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ds_env(app_env):
+    # DeepSpeed JIT-compiles a communication op on first use; keep it between runs.
+    return {**app_env, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_single_process(stage, micro_model_dir, ds_env, tmp_path):
+    r = run_train(_ds_args(micro_model_dir, tmp_path, stage), ds_env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dist = json.loads((tmp_path / "results.json").read_text())["distributed"]
+    assert dist == {"backend": "deepspeed", "zero_stage": int(stage[-1]), "world_size": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + int(stage[-1])), str(REPO / "train.py"),
+           *_ds_args(micro_model_dir, tmp_path, stage)]  # fmt: skip
+    r = subprocess.run(cmd, cwd=REPO, env=ds_env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dist = json.loads((tmp_path / "results.json").read_text())["distributed"]
+    assert dist == {"backend": "deepspeed", "zero_stage": int(stage[-1]), "world_size": 2}
