@@ -188,7 +188,7 @@ def test_save_load_reproduces_logits(tmp_path, arch, variant):
     spec = VARIANTS.get(variant, {"variant": variant, "num_experts": None, "top_k": None})
     model = apply_adapters(tiny_moe(arch), PerftConfig(bottleneck=4, dropout=0.0, **spec))
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for _n, p in model.named_parameters():
             if p.requires_grad:
                 p.normal_(0, 0.1)
     model.eval()

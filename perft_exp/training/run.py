@@ -17,9 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
-from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
-from perft_exp.adapters.io import CONFIG_NAME, atomic_write_json, check_compatible, read_adapter_config, save_adapter
+from perft_exp.adapters.io import (
+    CONFIG_NAME,
+    atomic_write_json,
+    check_compatible,
+    read_adapter_config,
+    save_adapter,
+)
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.config import validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
@@ -28,9 +33,14 @@ from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
-from perft_exp.training.distributed import deepspeed_config, ensure_distributed_env, is_main_process, world_size
-from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
+from perft_exp.training.distributed import (
+    deepspeed_config,
+    ensure_distributed_env,
+    is_main_process,
+    world_size,
+)
 from perft_exp.training.tracking import display_name, init_wandb, log_final
+from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "results.json"

@@ -20,7 +20,8 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
-from perft_exp.adapters.model import adapter_aux_loss, trainable_parameters
+from perft_exp.adapters.model import adapter_aux_loss, perft_layers, trainable_parameters
+from perft_exp.analysis.routing import track_routing
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,16 @@ class PerftTrainer(Trainer):
             logs["skipped_steps"] = self.skipped_steps
             self._terms, self._term_count, self._tokens, self._tokens_since = {}, 0, 0, now
         super().log(logs, start_time)
+
+    def evaluate(self, *args, **kwargs):
+        """Validation loss, plus per-layer PEFT-router statistics (expert load, entropy) for R and E."""
+        if not any(layer.variant in ("R", "E") for layer in perft_layers(self._unwrapped())):
+            return super().evaluate(*args, **kwargs)
+        with track_routing(self._unwrapped()) as stats:
+            metrics = super().evaluate(*args, **kwargs)
+        routing = stats.metrics(prefix="eval_routing")
+        self.log(routing)
+        return {**metrics, **routing}
 
     # ---- adapter-only checkpoints ---------------------------------------------------------------
     def _unwrapped(self):
