@@ -7,7 +7,7 @@ export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format bench bench-quick sweep-toy results clean
+.PHONY: help install demo test test-fast lint format bench bench-eval bench-quick sweep-toy results clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,17 +35,21 @@ lint: $(STAMP) ## ruff lint and format check
 format: $(STAMP) ## ruff autofix and format
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
-bench: $(STAMP) ## CPU benchmark of a training step per variant vs the frozen model (writes outputs/bench/)
-	$(BIN)/python scripts/bench.py --json outputs/bench/bench_cpu.json
+bench: $(STAMP) ## CPU benchmark: a training step per variant vs the frozen model, eval throughput (docs/benchmarks.md)
+	$(BIN)/python scripts/bench.py --eval --json outputs/bench/cpu_olmoe_mini.json
+
+bench-eval: $(STAMP) ## evaluation throughput at batch size 1 vs 16 on the tiny model (greedy)
+	$(BIN)/python scripts/bench_eval.py --tiny tiny_olmoe --threads 1
 
 bench-quick: $(STAMP) ## a short benchmark smoke run
 	$(BIN)/python scripts/bench.py --quick
 
 sweep-toy: $(STAMP) ## the toy sweep: the paper's comparison in miniature on the embedded default (CPU)
 	$(BIN)/python scripts/sweep.py run toy
+	$(BIN)/python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
 
 results: $(STAMP) ## tables and figures from every results.json under outputs/runs
-	$(BIN)/python scripts/collect_results.py outputs/runs --out outputs/results
+	$(BIN)/python scripts/collect_results.py outputs/runs --out outputs/report
 
 clean: ## remove caches and run outputs (keeps .venv)
-	rm -rf outputs/runs outputs/results outputs/bench multirun .pytest_cache .ruff_cache
+	rm -rf outputs/runs outputs/report outputs/base_eval outputs/bench multirun .pytest_cache .ruff_cache

@@ -44,7 +44,9 @@ class ModelConfig:
 class TaskConfig:
     name: str = MISSING
     kind: str = MISSING  # commonsense | math: picks extraction rules and generation length
-    data_dir: str = MISSING  # LLM-Adapters layout: <data_dir>/<train_file>.json, <data_dir>/dataset/<Set>/test.json
+    data_dir: str = (
+        MISSING  # LLM-Adapters layout: <data_dir>/<train_file>.json, <data_dir>/dataset/<Set>/test.json
+    )
     train_file: str = MISSING
     test_sets: list[str] = field(default_factory=list)
     synthetic: bool = False  # generate the shipped synthetic suite into data_dir on first use
@@ -259,7 +261,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
 
     setup()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+        cfg = hydra_compose(
+            config_name=config_name, overrides=list(overrides or []), return_hydra_config=True
+        )
     run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
     with open_dict(cfg):
         del cfg["hydra"]

@@ -32,7 +32,11 @@ def run(argv: list[str]) -> dict:
     if not (run_dir / "adapter").is_dir():
         raise ValueError(f"{run_dir} has no adapter/ (is it a finished run directory?)")
     saved = run_dir / ".hydra" / "overrides.yaml"
-    replay = [o for o in (yaml.safe_load(saved.read_text()) if saved.is_file() else []) if not o.startswith("hydra.")]
+    replay = [
+        o
+        for o in (yaml.safe_load(saved.read_text()) if saved.is_file() else [])
+        if not o.startswith("hydra.")
+    ]
     overrides = [a for a in argv if not a.startswith("run_dir=")]
     cfg = compose([*replay, *overrides])
     base_only = perft_config(cfg).variant == "none"

@@ -90,7 +90,9 @@ def micro_model_dir(tmp_path_factory) -> Path:
     spec = dataclasses.replace(
         tiny.TINY_SPECS["tiny_olmoe"], hidden_size=64, num_hidden_layers=2, steps=2, corpus_docs=300
     )
-    return tiny.build_tiny_model("tiny_olmoe", tmp_path_factory.mktemp("micro") / "olmoe", progress=False, spec=spec)
+    return tiny.build_tiny_model(
+        "tiny_olmoe", tmp_path_factory.mktemp("micro") / "olmoe", progress=False, spec=spec
+    )
 
 
 @pytest.fixture(scope="session")

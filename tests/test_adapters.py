@@ -60,7 +60,9 @@ def _perft_model(arch: str, variant: str, dtype: str = "float32", impl: str = "a
     return model
 
 
-ROUTED_IMPLS = [(v, i) for v in sorted(VARIANTS) for i in ("auto", "dense", "grouped") if v[0] in "RE" or i == "auto"]
+ROUTED_IMPLS = [
+    (v, i) for v in sorted(VARIANTS) for i in ("auto", "dense", "grouped") if v[0] in "RE" or i == "auto"
+]
 
 
 @pytest.mark.parametrize("arch", ARCHS)

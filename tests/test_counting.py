@@ -49,9 +49,13 @@ def test_qwen_families_count(model_name):
     cfg = compose([f"model={model_name}"]).model.architecture
     per_layer = 4 * 2 * cfg.hidden_size * 16 + cfg.hidden_size * 4
     assert counts.trainable == cfg.num_hidden_layers * per_layer
-    assert counts.activated_trainable == cfg.num_hidden_layers * (2 * 2 * cfg.hidden_size * 16 + cfg.hidden_size * 4)
+    assert counts.activated_trainable == cfg.num_hidden_layers * (
+        2 * 2 * cfg.hidden_size * 16 + cfg.hidden_size * 4
+    )
 
 
 def test_expert_lora_counts_only_the_chosen_experts_as_active():
-    counts = count_parameters(_meta("olmoe_1b_7b", PerftConfig(variant="expert_lora", num_experts=None, top_k=None, bottleneck=4)))
+    counts = count_parameters(
+        _meta("olmoe_1b_7b", PerftConfig(variant="expert_lora", num_experts=None, top_k=None, bottleneck=4))
+    )
     assert counts.activated_trainable * 8 == counts.trainable  # top-8 of 64 experts

@@ -71,7 +71,9 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(micro_model_dir
     args = _base(micro_model_dir, tmp_path / "run", "trainer.max_steps=400", "trainer.save_steps=200",
                  "trainer.eval_steps=200")  # fmt: skip
     cmd = [sys.executable, str(REPO / "train.py"), *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=app_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=app_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     for line in proc.stdout:  # wait until training steps are running
         lines.append(line)
@@ -119,7 +121,10 @@ BAD_INPUTS = [
     (["variant=E", "perft.num_experts=8"], "variant E takes its expert count"),
     (["deepspeed.stage=4"], "deepspeed.stage=4 is not allowed; choose one of 0, 2, 3"),
     (["deepspeed=zero4"], "deepspeed=zero4: no such option"),
-    (["task=commonsense", "task.data_dir=/nonexistent/dir"], "task.data_dir='/nonexistent/dir' does not exist"),
+    (
+        ["task=commonsense", "task.data_dir=/nonexistent/dir"],
+        "task.data_dir='/nonexistent/dir' does not exist",
+    ),
     (["task.test_sets=[boolq,piqa2]"], "task.test_sets: unknown test set 'piqa2'"),
     (["-m", "perft.bottleneck=4,0"], "perft.bottleneck=0 must be an integer >= 1"),
 ]
@@ -182,3 +187,33 @@ def test_remote_code_is_not_trusted_by_default():
 
     for model in ("olmoe_1b_7b", "mixtral_8x7b", "tiny_olmoe"):
         assert compose([f"model={model}"]).model.trust_remote_code is False
+
+
+def test_killed_multirun_relaunched_finishes_without_redoing_jobs(micro_model_dir, app_env, tmp_path):
+    """`train.py -m` over three jobs, SIGKILL once the first has finished, relaunch: the first is skipped."""
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        "-m", "trainer=debug", "logger=none", "eval.enabled=false", f"model.pretrained={micro_model_dir}",
+        "task.max_train_examples=200", f"hydra.sweep.dir={sweep_dir}", "variant=S", "perft.bottleneck=2,4,8",
+    ]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "train.py"), *args]
+    first = sweep_dir / "S-r2" / "results.json"
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=app_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert first.exists(), "the sweep never finished its first job"
+    assert not (sweep_dir / "S-r8" / "results.json").exists(), "killed too late: the sweep had finished"
+    finished = first.read_text()
+    stamp = first.stat().st_mtime_ns
+
+    again = subprocess.run(cmd, cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert first.stat().st_mtime_ns == stamp and first.read_text() == finished  # not redone
+    for name in ("S-r4", "S-r8"):
+        results = json.loads((sweep_dir / name / "results.json").read_text())
+        assert results["variant"] == "S" and results["train"]["steps"] > 0

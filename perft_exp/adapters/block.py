@@ -33,7 +33,9 @@ class PerftMoEBlock(nn.Module):
         if not self.enabled:
             return out
         if self.perft.needs_base_routing and routing is None:
-            raise RuntimeError("the base router did not run in this block's forward; cannot route the E experts")
+            raise RuntimeError(
+                "the base router did not run in this block's forward; cannot route the E experts"
+            )
         y = self.perft(hidden_states.reshape(-1, hidden_states.shape[-1]), routing)
         if isinstance(out, tuple):  # blocks that also return their router logits
             return (out[0] + y.view_as(out[0]), *out[1:])

@@ -19,7 +19,9 @@ ADAPTER_DTYPES = ("float32", "bfloat16", "model")
 
 def _one_of(key: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"perft.{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        raise ValueError(
+            f"perft.{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+        )
 
 
 @dataclass
@@ -58,7 +60,9 @@ class PerftConfig:
             raise ValueError(f"perft.aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
         if self.variant == "S":
             if self.num_experts not in (None, 1):
-                raise ValueError(f"perft.num_experts={self.num_experts} with variant S; S has one expert (use D)")
+                raise ValueError(
+                    f"perft.num_experts={self.num_experts} with variant S; S has one expert (use D)"
+                )
             self.num_experts, self.top_k = 1, None
         elif self.variant == "D":
             self._check_count("num_experts", self.num_experts)
@@ -71,7 +75,11 @@ class PerftConfig:
                     f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
                 )
         elif self.variant == "E":
-            overridden = [f"perft.{k}={getattr(self, k)}" for k in ("num_experts", "top_k") if getattr(self, k) is not None]
+            overridden = [
+                f"perft.{k}={getattr(self, k)}"
+                for k in ("num_experts", "top_k")
+                if getattr(self, k) is not None
+            ]
             if overridden:
                 raise ValueError(
                     f"variant E takes its expert count and top-k from the model's router; remove {', '.join(overridden)}"

@@ -34,7 +34,11 @@ class ParamCounts:
         return self.activated_trainable / self.base_active
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "trainable_ratio": self.trainable_ratio, "activated_ratio": self.activated_ratio}
+        return {
+            **asdict(self),
+            "trainable_ratio": self.trainable_ratio,
+            "activated_ratio": self.activated_ratio,
+        }
 
 
 def _numel(p: nn.Parameter) -> int:

@@ -87,7 +87,9 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise AdapterError(f"adapter config {path} is not valid JSON ({e}); the file is truncated or corrupted") from e
+        raise AdapterError(
+            f"adapter config {path} is not valid JSON ({e}); the file is truncated or corrupted"
+        ) from e
     for key in ("variant", "perft", "base_signature"):
         if key not in meta:
             raise AdapterError(f"adapter config {path} lacks the key {key!r}")
@@ -103,7 +105,9 @@ def check_compatible(
     compares the base model's hub id / path as recorded at save time.
     """
     if base_model is not None and meta.get("base_model") not in (None, base_model):
-        raise AdapterError(f"adapter {where} was trained on base model {meta['base_model']!r}, not {base_model!r}")
+        raise AdapterError(
+            f"adapter {where} was trained on base model {meta['base_model']!r}, not {base_model!r}"
+        )
     sig = base_signature(model_config) if model_config is not None else {}
     for key, saved in meta["base_signature"].items() if model_config is not None else ():
         if sig.get(key) != saved:
@@ -120,7 +124,9 @@ def check_compatible(
                 )
 
 
-def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, cfg: PerftConfig | None = None) -> nn.Module:
+def load_adapter(
+    model: nn.Module, adapter_dir: str | os.PathLike, cfg: PerftConfig | None = None
+) -> nn.Module:
     """Attach the adapter saved in `adapter_dir` to a freshly loaded base `model` and load its weights."""
     adapter_dir = Path(adapter_dir)
     meta = read_adapter_config(adapter_dir)
@@ -143,6 +149,8 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, cfg: PerftCon
     with torch.no_grad():
         for name, p in params.items():
             if p.shape != state[name].shape:
-                raise AdapterError(f"{weights}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}")
+                raise AdapterError(
+                    f"{weights}: {name} has shape {tuple(state[name].shape)}, expected {tuple(p.shape)}"
+                )
             p.copy_(state[name].to(p.dtype))
     return model

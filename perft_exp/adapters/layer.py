@@ -1,9 +1,9 @@
 """`PerftLayer`: one layer's PEFT experts and their routing, for each of the four variants.
 
-  R: own router over N experts, top-K, renormalised weights      y = sum_{j in J} v_j expert_j(x)
-  E: one expert per FFN expert, the frozen router's S and p_i    y = sum_{i in S} p_i expert_i(x)
-  D: N experts always on                                          y = sum_j expert_j(x)
-  S: one expert always on                                         y = expert(x)
+R: own router over N experts, top-K, renormalised weights      y = sum_{j in J} v_j expert_j(x)
+E: one expert per FFN expert, the frozen router's S and p_i    y = sum_{i in S} p_i expert_i(x)
+D: N experts always on                                          y = sum_j expert_j(x)
+S: one expert always on                                         y = expert(x)
 """
 
 from __future__ import annotations

@@ -31,7 +31,11 @@ def routed_loop(
 
 
 def all_loop(
-    x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, f: Callable[[torch.Tensor], torch.Tensor], scaling: float
+    x: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    f: Callable[[torch.Tensor], torch.Tensor],
+    scaling: float,
 ) -> torch.Tensor:
     y = torch.zeros_like(x)
     for e in range(A.shape[0]):

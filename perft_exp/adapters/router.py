@@ -24,7 +24,9 @@ class PeftRouter(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
-        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype, device=device))  # (N, D)
+        self.weight = nn.Parameter(
+            torch.empty(num_experts, hidden_size, dtype=dtype, device=device)
+        )  # (N, D)
         with torch.no_grad():  # nn.Linear's default init
             bound = 1.0 / math.sqrt(hidden_size)
             self.weight.uniform_(-bound, bound)

@@ -335,7 +335,10 @@ def plot_loads(per_layer: list[dict], path, title: str = "") -> None:
             text += f"  H_router={row['router_entropy_norm']:.2f}"
         ax.set_title(text, fontsize=9)
         ax.set_xlabel(f"PEFT expert (top-{row['top_k']} of {row['num_experts']})", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(row["num_experts"], 16)))
+        if row["num_experts"] <= 16:
+            ax.set_xticks(range(row["num_experts"]))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("share of assignments (%)", fontsize=8)
         ax.tick_params(labelsize=7)
     if axes:

@@ -32,6 +32,22 @@ def ensure_distributed_env() -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         os.environ.setdefault("LOCAL_RANK", os.environ["RANK"])
         return
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if "SLURM_PROCID" in os.environ and ntasks > 1:
+        # `srun` started one process per task (e.g. the submitit launcher with tasks_per_node=GPUs):
+        # take ranks from Slurm. The rendezvous address must be shared by all tasks.
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError(
+                f"Slurm started {ntasks} tasks but MASTER_ADDR is not set: export MASTER_ADDR (the first node, "
+                "e.g. $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)) and MASTER_PORT in the job script"
+            )
+        os.environ.update(
+            RANK=os.environ["SLURM_PROCID"],
+            WORLD_SIZE=str(ntasks),
+            LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"),
+        )
+        os.environ.setdefault("MASTER_PORT", "29500")
+        return
     os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))

@@ -7,6 +7,7 @@ Relaunching the same command resumes from the newest checkpoint, or returns the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -71,7 +72,11 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
 
 def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingArguments:
     tr = cfg.trainer
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() and cfg.model.dtype in ("auto", "bfloat16")
+    bf16 = (
+        torch.cuda.is_available()
+        and torch.cuda.is_bf16_supported()
+        and cfg.model.dtype in ("auto", "bfloat16")
+    )
     return TrainingArguments(
         output_dir=str(out / "checkpoints"),
         learning_rate=tr.learning_rate,
@@ -120,14 +125,29 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
 
 
 def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path) -> dict:
-    """The untuned base model's evaluation, cached per (model, task, mode) across runs."""
-    cache = out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}.json"
+    """The untuned base model's evaluation, cached across runs.
+
+    The cache key covers everything the result depends on: the resolved weights (a tiny model's
+    directory name carries its build hash), dtype, decoding settings and the exact test records
+    (so `task.max_test_examples` or edited data never reuse a stale score).
+    """
+    key_src = {
+        "weights": str(getattr(model, "name_or_path", "") or cfg.model.pretrained),
+        "pretrained": cfg.model.pretrained,
+        "dtype": cfg.model.dtype,
+        "mode": cfg.eval.mode,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "tests": {name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
+                  for name, recs in sorted(tests.items())},
+    }  # fmt: skip
+    key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
+    cache = out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     with adapters_disabled(model):
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.parent / cfg.eval.mode,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix(""),
         )  # fmt: skip
     cache.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(cache, result)
@@ -141,7 +161,9 @@ def print_table(results: dict) -> None:
     for s in [*sets, "average"]:
         b = base.get(s, {}).get("accuracy") if s != "average" else base.get("average")
         t = ev.get(s, {}).get("accuracy") if s != "average" else ev.get("average")
-        rows.append(f"{s:<16}{'' if b is None else f'{100 * b:.1f}':>8}{'' if t is None else f'{100 * t:.1f}':>8}")
+        rows.append(
+            f"{s:<16}{'' if b is None else f'{100 * b:.1f}':>8}{'' if t is None else f'{100 * t:.1f}':>8}"
+        )
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
     print("\n".join(rows))
     print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
@@ -161,10 +183,13 @@ def train(cfg: DictConfig) -> dict:
 
     checkpoint = latest_complete_checkpoint(out / "checkpoints") if cfg.resume else None
     if checkpoint:  # refuse another variant's or base model's checkpoints before loading anything
-        check_compatible(read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained)
+        check_compatible(
+            read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained
+        )
         log.info("resuming from %s", checkpoint)
     data = load_task_data(cfg.task)
     model, tokenizer = load_model(cfg.model)
+    set_seed(cfg.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
     if checkpoint:
         check_compatible(read_adapter_config(checkpoint), model.config, perft, where=checkpoint)
     model = apply_adapters(model, perft)
@@ -184,7 +209,9 @@ def train(cfg: DictConfig) -> dict:
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  cfg.task.cutoff_len, len(val_set))  # fmt: skip
-    tracking = is_main_process() and init_wandb(cfg, perft, out, {"params": params, "world_size": world_size()})
+    tracking = is_main_process() and init_wandb(
+        cfg, perft, out, {"params": params, "world_size": world_size()}
+    )
 
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()

@@ -1,11 +1,11 @@
 """`PerftTrainer`: the HF Trainer with PERFT's losses, adapter-only checkpoints and safe stopping.
 
-  - loss = LM loss + base router aux loss (transformers, `output_router_logits=True`)
-           + perft.aux_loss_coef * R's adapter-router aux loss; the terms are logged separately
-  - tokens/s in the training logs
-  - checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
-  - a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
-  - SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
+- loss = LM loss + base router aux loss (transformers, `output_router_logits=True`)
+         + perft.aux_loss_coef * R's adapter-router aux loss; the terms are logged separately
+- tokens/s in the training logs
+- checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
+- a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
+- SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ class PerftTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.base_aux_loss:
             inputs = {**inputs, "output_router_logits": True}
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        loss, outputs = super().compute_loss(
+            model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+        )
         terms = {}
         base_aux = getattr(outputs, "aux_loss", None)
         if base_aux is not None:
@@ -184,5 +186,9 @@ class PerftTrainer(Trainer):
     def _load_best_model(self) -> None:
         if self.is_deepspeed_enabled:
             return super()._load_best_model()
-        log.info("loading the best checkpoint %s (eval_loss %s)", self.state.best_model_checkpoint, self.state.best_metric)
+        log.info(
+            "loading the best checkpoint %s (eval_loss %s)",
+            self.state.best_model_checkpoint,
+            self.state.best_metric,
+        )
         self._load_adapter_weights(self.state.best_model_checkpoint)

@@ -1,0 +1,381 @@
+"""Training-step and evaluation throughput of PERFT against the frozen base and the LoRA baselines.
+
+The library side of scripts/bench.py (see it for usage). A *case* is the base model with one adapter
+configuration; a step is forward, backward and an AdamW step over the case's trainable parameters, on
+the LM loss (with `output_router_logits=True`, so the base router's aux loss is in it) plus R's
+adapter aux loss. The `frozen` case trains nothing but makes the input embeddings' output require
+grad, so its backward runs through every layer: the floor every adapter is compared with.
+
+Timing: every case lives in one process, on one copy of the base weights (each case is a shallow copy
+of the base model whose parameters are the base's own tensors), so every case sees the same weights
+and the same routing. Cases are timed interleaved, in rounds: each round visits every case once, in
+a shuffled order, with a `frozen` step before, between and after the visits. A case's ratio to
+`frozen` is taken per round against the frozen steps on either side of its visit and summarised by
+its median and quartiles over the rounds, so a slow stretch on a shared machine moves both sides of
+a ratio. (Measured: the first step after switching cases is no slower than the next.)
+
+Memory: each case runs in a fresh subprocess (so no other case's memory is in its peak): the base
+is built, then the case trains two steps (three on CPU, see below). `peak_mem_mb` is the peak of tensor memory above the
+base weights: adapter weights, optimizer state, gradients, activations and workspace. On CUDA that
+is `torch.cuda.max_memory_allocated()` minus the memory allocated after the build. On CPU torch has
+no peak counter, so the third step runs under `torch.profiler` with `profile_memory=True` and the
+peak is the largest running sum of its allocations and frees, plus what persists between steps
+(trainable parameters and optimizer state): every tensor the step allocates is counted.
+`total_mem_mb` adds the base weights. On Linux CPUs `rss_peak_mb` is the process's resident-set
+high-water mark over the first two steps (VmHWM, reset after the build and after handing free heap
+back to the OS): what the OS sees, allocator slack included; it moves by tens of MB between
+identical runs, so the targets read `peak_mem_mb`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from omegaconf import OmegaConf
+from torch import nn
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.model import adapter_aux_loss, apply_adapters, freeze, trainable_parameters
+from perft_exp.config import CONF_DIR, cache_root
+from perft_exp.models.arch import get_architecture
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """An OLMoE-architecture model with random weights: conf/model/olmoe_1b_7b.yaml plus overrides."""
+
+    name: str
+    batch_size: int
+    seq_len: int
+    dtype: str
+    overrides: dict = field(default_factory=dict)
+
+    def config(self) -> transformers.OlmoeConfig:
+        arch = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "olmoe_1b_7b.yaml").architecture)
+        return transformers.OlmoeConfig(**{**arch, **self.overrides})
+
+
+BENCH_MODELS = {
+    # The OLMoE block in miniature: 64 fine-grained experts, top-8, no top-k renormalisation.
+    "olmoe_mini": BenchModel(
+        "olmoe_mini", batch_size=8, seq_len=128, dtype="float32",
+        overrides=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                       intermediate_size=64, vocab_size=8000, max_position_embeddings=512,
+                       pad_token_id=1, eos_token_id=2),
+    ),
+    "olmoe_1b_7b": BenchModel("olmoe_1b_7b", batch_size=16, seq_len=256, dtype="bfloat16"),
+}  # fmt: skip
+DEFAULT_MODEL = {"cpu": "olmoe_mini", "cuda": "olmoe_1b_7b"}
+
+# PerftConfig fields per case (None: the frozen floor). Rank 16 throughout, dropout 0 so that the
+# timings are the adapters' compute, not dropout's.
+CASES: dict[str, dict | None] = {
+    "frozen": None,
+    "qv_lora": dict(variant="qv_lora"),
+    "expert_lora": dict(variant="expert_lora"),
+    "R_top2of4_r16": dict(variant="R", num_experts=4, top_k=2),
+    "R_top2of8_r16": dict(variant="R", num_experts=8, top_k=2),
+    "E_r16": dict(variant="E", num_experts=None, top_k=None),
+    "D4_r16": dict(variant="D", num_experts=4),
+    "S_r16": dict(variant="S", num_experts=None),
+    "R_loop": dict(variant="R", num_experts=4, top_k=2, impl="loop"),
+    "E_loop": dict(variant="E", num_experts=None, top_k=None, impl="loop"),
+}
+
+
+def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
+    """The base model with random weights, in train mode, experts computed by grouped matmuls."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        base = transformers.AutoModelForCausalLM.from_config(
+            model.config(), dtype=getattr(torch, model.dtype), experts_implementation="grouped_mm"
+        )
+    assert base.config._experts_implementation == "grouped_mm", base.config._experts_implementation
+    for name, p in base.named_parameters():
+        assert torch.isfinite(p).all(), f"{name} was left uninitialised"
+    return base.train()
+
+
+def make_batch(model: BenchModel, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(model.config().vocab_size, (model.batch_size, model.seq_len), generator=g)
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+
+def _share_weights(base: nn.Module) -> nn.Module:
+    """A copy of `base` whose modules are new but whose parameters are the base's own tensors."""
+    return copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
+
+
+class Case:
+    """One adapter configuration on (a weight-sharing copy of) the base model, ready to train."""
+
+    def __init__(self, name: str, base: nn.Module, adapter_dtype: str = "float32") -> None:
+        self.name, spec = name, CASES[name]
+        model = _share_weights(base)
+        if spec is None:
+            freeze(model)
+            model.enable_input_require_grads()  # backward through every layer, no parameter gradient
+            self.aux_coef = 0.0
+        else:
+            cfg = PerftConfig(bottleneck=16, dropout=0.0, adapter_dtype=adapter_dtype, **spec)
+            model = apply_adapters(model, cfg)
+            arch = get_architecture(base.config.model_type)
+            self.aux_coef = cfg.aux_loss_coef if cfg.aux_loss_coef is not None else arch.adapter_aux_loss_coef
+        self.model = model.train()
+        params = list(trainable_parameters(model).values())
+        self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0) if params else None
+
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
+        out = self.model(**batch, labels=batch["input_ids"], output_router_logits=True)
+        loss = out.loss  # LM loss + the base router's aux loss
+        aux = adapter_aux_loss(self.model, batch["attention_mask"])
+        if aux is not None:
+            loss = loss + self.aux_coef * aux
+        loss.backward()
+        if self.optimizer is not None:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed_step(case: Case, batch: dict[str, torch.Tensor], device: str) -> dict[str, float]:
+    """Seconds of one step: wall clock and process CPU time (all threads)."""
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    case.step(batch)
+    _sync(device)
+    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    if len(xs) == 1:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def time_cases(
+    cases: dict[str, Case],
+    batch: dict[str, torch.Tensor],
+    device: str,
+    *,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    clock: str,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Per case: median step time, tokens/s and the per-round ratio to `frozen` (median and quartiles).
+
+    A round visits the other cases in a shuffled order with one frozen step before, between and after
+    them (F c1 F c2 ... F cn F); a case's ratio in the round is its median step over the mean of the
+    two frozen steps around it, so a drift in the machine's speed cancels.
+    """
+    assert "frozen" in cases, "the ratios need the frozen case"
+    for name, case in cases.items():
+        start = time.perf_counter()
+        for _ in range(warmup):
+            case.step(batch)
+        log(f"  warm-up {name:14s} {(time.perf_counter() - start) / max(warmup, 1) * 1e3:8.1f} ms/step")
+    rng = random.Random(seed)
+    others = [name for name in cases if name != "frozen"]
+    times: dict[str, list[dict[str, float]]] = {name: [] for name in cases}  # every timed step
+    ratios: dict[str, list[float]] = {name: [] for name in others}  # one per round
+    for r in range(rounds):
+        rng.shuffle(others)
+        before = _timed_step(cases["frozen"], batch, device)
+        times["frozen"].append(before)
+        for name in others:
+            visit = [_timed_step(cases[name], batch, device) for _ in range(steps)]
+            after = _timed_step(cases["frozen"], batch, device)
+            times[name] += visit
+            times["frozen"].append(after)
+            ratios[name].append(
+                statistics.median(t[clock] for t in visit) / ((before[clock] + after[clock]) / 2)
+            )
+            before = after
+        worst = max(others, key=lambda n: ratios[n][-1])
+        frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(others) - 1 :]) * 1e3
+        log(
+            f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, slowest {worst} {ratios[worst][-1]:.2f}x"
+        )
+    tokens = batch["input_ids"].numel()
+    results = {}
+    for name in cases:
+        q1, med, q3 = _quartiles(ratios[name]) if name != "frozen" else (1.0, 1.0, 1.0)
+        step = {k: statistics.median(t[k] for t in times[name]) for k in ("wall", "cpu")}
+        results[name] = {
+            "step_ms": step[clock] * 1e3,
+            "wall_ms": step["wall"] * 1e3,
+            "cpu_ms": step["cpu"] * 1e3,
+            "tokens_per_s": tokens / step[clock],
+            "ratio_vs_frozen": med,
+            "ratio_q1": q1,
+            "ratio_q3": q3,
+            "ratio_spread": q3 - q1,  # interquartile range of the per-round ratios
+            "ratio_min": min(ratios.get(name, [1.0])),
+            "ratio_max": max(ratios.get(name, [1.0])),
+            "timed_steps": len(times[name]),
+        }
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory (one fresh subprocess per case)
+
+
+def _proc_status_mb(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name == key:
+            return int(value.split()[0]) / 1024  # kB
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _reset_rss_peak() -> float | None:
+    """Hand free heap back to the OS (glibc), reset VmHWM to the current RSS; RSS in MB (None: not Linux)."""
+    clear_refs = Path("/proc/self/clear_refs")
+    if not clear_refs.exists():
+        return None
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the baseline may hold free heap
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    clear_refs.write_text("5")
+    return _proc_status_mb("VmRSS")
+
+
+def _tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _step_peak_bytes(step: Callable[[], None]) -> int:
+    """Peak, over one step, of the bytes allocated minus freed by the CPU allocator since the step began."""
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
+
+
+def memory_of_case(model: BenchModel, case: str, device: str, adapter_dtype: str) -> dict:
+    """Runs in the subprocess: build the base, train two steps (CPU: and a profiled third); MB."""
+    base = build_base(model, device)
+    batch = make_batch(model, device)
+    weights = _tensor_bytes(base.parameters()) / 2**20
+    if device.startswith("cuda"):
+        built = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        built_rss = _reset_rss_peak()
+    runner = Case(case, base, adapter_dtype)
+    runner.step(batch)  # creates the optimizer state
+    runner.step(batch)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - built) / 2**20
+        return {"peak_mem_mb": peak, "total_mem_mb": peak + weights, "base_weights_mb": weights}
+    rss = None if built_rss is None else _proc_status_mb("VmHWM") - built_rss  # before the profiler's buffers
+    state = [t for s in (runner.optimizer.state.values() if runner.optimizer else ()) for t in s.values()]
+    persistent = _tensor_bytes(trainable_parameters(runner.model).values()) + _tensor_bytes(state)
+    peak = (persistent + _step_peak_bytes(lambda: runner.step(batch))) / 2**20
+    result = {"peak_mem_mb": peak, "total_mem_mb": peak + weights, "base_weights_mb": weights}
+    return result if rss is None else {**result, "rss_peak_mb": rss}
+
+
+def measure_memory(model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str) -> dict:
+    """`memory_of_case` in a fresh Python process, so that no other case's memory is in the peak."""
+    cmd = [sys.executable, "-m", __name__, "--model", model.name, "--case", case, "--device", device,
+           "--threads", str(threads), "--adapter-dtype", adapter_dtype]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory subprocess for {case} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation throughput
+
+
+def eval_throughput(
+    device: str,
+    batch_sizes: tuple[int, ...] = (1, 8, 16),
+    mode: str = "paper",
+    n_per_set: int = 16,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Questions/s of `perft_exp.evaluation.evaluate` on the tiny model and the synthetic commonsense sets.
+
+    Every batch size answers the same questions, after one untimed warm-up call.
+    """
+    from perft_exp.data.formats import COMMONSENSE_TEST_SETS, load_test_sets
+    from perft_exp.data.synthetic import ensure_suite
+    from perft_exp.evaluation import evaluate
+    from perft_exp.models.tiny import ensure_tiny_model
+
+    log("  tiny model (built on first use) ...")
+    path = ensure_tiny_model("tiny_olmoe")
+    root = ensure_suite("commonsense", cache_root() / "data" / "synthetic_commonsense")
+    sets = {
+        name: recs[:n_per_set] for name, recs in load_test_sets(root, list(COMMONSENSE_TEST_SETS)).items()
+    }
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).to(device)
+    warm = dict([next(iter(sets.items()))])
+    evaluate(model, tokenizer, warm, mode=mode, batch_size=max(batch_sizes), progress=False)
+    speeds = {}
+    for bs in batch_sizes:
+        speeds[bs] = evaluate(model, tokenizer, sets, mode=mode, batch_size=bs, progress=False)[
+            "questions_per_s"
+        ]
+        log(f"  eval batch size {bs:3d}: {speeds[bs]:8.2f} questions/s")
+    result = {"model": "tiny_olmoe", "mode": mode, "questions": sum(map(len, sets.values())),
+              "questions_per_s": speeds}  # fmt: skip
+    if 1 in speeds and 16 in speeds:
+        result["speedup_bs16_vs_bs1"] = speeds[16] / speeds[1]
+    return result
+
+
+def _memory_main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="one case's peak memory (used by scripts/bench.py)")
+    parser.add_argument("--model", required=True, choices=sorted(BENCH_MODELS))
+    parser.add_argument("--case", required=True, choices=list(CASES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--adapter-dtype", default="float32")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = memory_of_case(BENCH_MODELS[args.model], args.case, args.device, args.adapter_dtype)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _memory_main()

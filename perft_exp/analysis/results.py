@@ -1,0 +1,481 @@
+"""Results tables and figures: every `results.json` below a directory -> CSV, the paper's table, PNGs.
+
+    python scripts/collect_results.py outputs/runs --out outputs/report
+
+writes into --out:
+  results.csv                     one row per run (and one per model/task for the base model), flat columns
+  results.md                      per model/task: config (`R (Top2/4)`), r, trainable and activated-trainable
+                                  parameter ratios (% of the base model's total / active parameters),
+                                  accuracy per test set, average; the base model first; contaminated sets marked
+  efficiency-<task>-<model>.png   average accuracy vs activated-trainable ratio (log x), one marker per
+                                  variant family, the qv-LoRA baseline as a line
+  bottleneck-<task>-<model>.png   average accuracy vs bottleneck r, one line per config
+
+Reads run directories only (results.json, and adapter/adapter_config.json for E's top-k/E label); trains nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+
+from perft_exp.data.formats import ALL_TEST_SETS
+
+RESULTS_NAME = "results.json"
+FAILED_NAME = "failed.json"
+BASELINE_LABELS = {
+    "qv_lora": "qv-LoRA",
+    "router_lora": "router-LoRA",
+    "expert_lora": "expert-LoRA",
+    "router_expert_lora": "router+expert-LoRA",
+    "none": "base model",
+}
+FAMILY_ORDER = ("none", "qv_lora", "router_lora", "expert_lora", "router_expert_lora", "R", "E", "D", "S")
+SHORT_SET_NAMES = {
+    "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS.", "winogrande": "WinoG.",
+    "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA", "gsm8k": "GSM8K",
+}  # fmt: skip
+# One marker and colour per variant family in the figures.
+FAMILY_STYLE = {
+    "R": dict(marker="o", color="tab:red"),
+    "E": dict(marker="^", color="tab:blue"),
+    "D": dict(marker="s", color="tab:green"),
+    "S": dict(marker="D", color="tab:purple"),
+    "qv_lora": dict(marker=".", color="tab:gray"),
+    "router_lora": dict(marker="x", color="tab:olive"),
+    "expert_lora": dict(marker="+", color="tab:brown"),
+    "router_expert_lora": dict(marker="*", color="tab:cyan"),
+}
+BASELINES = ("qv_lora", "router_lora", "expert_lora", "router_expert_lora")
+
+
+@dataclass
+class Run:
+    """One finished run (or the base model of a model/task), flattened for tables and plots."""
+
+    model: str
+    task: str
+    variant: str
+    config: str  # the paper's label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`
+    bottleneck: int | None
+    accuracy: dict[str, float]  # test set -> accuracy in [0, 1]
+    average: float | None
+    num_experts: int | None = None
+    top_k: int | None = None
+    params: dict = field(default_factory=dict)
+    train_file: str = ""
+    contaminated: list[str] = field(default_factory=list)
+    run_dir: str = ""
+    name: str = ""  # run directory name
+    train: dict = field(default_factory=dict)
+    perft: dict = field(default_factory=dict)
+
+    @property
+    def family(self) -> str:
+        return self.variant
+
+    @property
+    def trainable_ratio(self) -> float | None:
+        return self.params.get("trainable_ratio")
+
+    @property
+    def activated_ratio(self) -> float | None:
+        return self.params.get("activated_ratio")
+
+    def sort_key(self) -> tuple:
+        family = FAMILY_ORDER.index(self.variant) if self.variant in FAMILY_ORDER else len(FAMILY_ORDER)
+        return (family, self.num_experts or 0, self.top_k or 0, self.config, self.bottleneck or 0, self.name)
+
+
+def _knob_suffix(perft: dict) -> str:
+    """Non-default knobs that change what a row means (the paper's runs all use the defaults)."""
+    r = perft.get("bottleneck")
+    knobs = []
+    if perft.get("alpha") is not None and r and perft["alpha"] != 2 * r:
+        knobs.append(f"alpha={perft['alpha']:g}")
+    if perft.get("form", "lora") != "lora":
+        knobs.append(perft["form"])
+    if perft.get("init", "paper") != "paper":
+        knobs.append(f"init={perft['init']}")
+    if perft.get("authors_weighting_defect"):
+        knobs.append("authors' defect")
+    return f" [{', '.join(knobs)}]" if knobs else ""
+
+
+def config_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
+    """The paper's config name from results.json's `perft` (E needs the base model's k and E)."""
+    v = perft["variant"]
+    if v == "R":
+        label = f"R (Top{perft['top_k']}/{perft['num_experts']})"
+    elif v == "E":
+        label = f"E (Top{base_top_k}/{base_experts})" if base_top_k and base_experts else "E"
+    elif v == "D":
+        label = f"D ({perft['num_experts']})"
+    elif v == "S":
+        label = "S (1)"
+    else:
+        label = BASELINE_LABELS.get(v, v)
+    return label + _knob_suffix(perft)
+
+
+def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
+    """(top-k, experts) of the base model, from the saved adapter's signature."""
+    path = run_dir / "adapter" / "adapter_config.json"
+    if not path.is_file():
+        return None, None
+    sig = json.loads(path.read_text()).get("base_signature", {})
+    return sig.get("num_experts_per_tok"), sig.get("num_experts") or sig.get("num_local_experts")
+
+
+def _accuracies(ev: dict | None) -> tuple[dict[str, float], float | None]:
+    ev = ev or {}
+    acc = {k: v["accuracy"] for k, v in ev.items() if isinstance(v, dict) and "accuracy" in v}
+    return acc, ev.get("average")
+
+
+def run_from_results(results: dict, run_dir: Path) -> Run:
+    perft = results.get("perft") or {"variant": results.get("variant", "none")}
+    acc, average = _accuracies(results.get("eval"))
+    top_k, experts = _base_routing(run_dir) if perft["variant"] == "E" else (None, None)
+    return Run(
+        model=results.get("model", "?"),
+        task=results.get("task", "?"),
+        variant=perft["variant"],
+        config=config_label(perft, top_k, experts),
+        bottleneck=perft.get("bottleneck") if perft["variant"] != "none" else None,
+        accuracy=acc,
+        average=average,
+        num_experts=perft.get("num_experts") if perft["variant"] in ("R", "D") else None,
+        top_k=perft.get("top_k") if perft["variant"] == "R" else None,
+        params=results.get("params") or {},
+        train_file=results.get("train_file", ""),
+        contaminated=list(results.get("contaminated_test_sets") or []),
+        run_dir=str(run_dir),
+        name=run_dir.name,
+        train=results.get("train") or {},
+        perft=perft,
+    )
+
+
+def base_run(results: dict, run_dir: Path) -> Run | None:
+    """The untuned base model's row from a run's `base_eval` (None when the run has none)."""
+    if not results.get("base_eval"):
+        return None
+    acc, average = _accuracies(results["base_eval"])
+    return Run(
+        model=results.get("model", "?"), task=results.get("task", "?"), variant="none", config="base model",
+        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file", ""),
+        contaminated=list(results.get("contaminated_test_sets") or []), run_dir=str(run_dir), name="(base_eval)",
+    )  # fmt: skip
+
+
+@dataclass
+class Collection:
+    runs: list[Run]  # finished runs, and one base-model row per (model, task) where any run has base_eval
+    failed: list[tuple[str, str]]  # (run dir, error) of runs with failed.json and no results.json
+
+    def groups(self) -> dict[tuple[str, str], list[Run]]:
+        out: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for run in sorted(self.runs, key=lambda r: (r.model, r.task, r.sort_key())):
+            out[(run.model, run.task)].append(run)
+        return dict(out)
+
+
+# Below a run directory: checkpoints, and re-evaluations (scripts/evaluate.py) with their own results.json.
+_NOT_RUNS = ("checkpoints", "evaluations")
+
+
+def find_run_dirs(root: str | Path, pattern: str = "*") -> Iterable[Path]:
+    """Directories below `root` whose name matches `pattern`, holding results.json (finished) or failed.json."""
+    root = Path(root)
+    seen = set()
+    for name in (RESULTS_NAME, FAILED_NAME):
+        for path in sorted(root.rglob(name)):
+            run_dir = path.parent
+            inside = run_dir.relative_to(root).parts if run_dir != root else ()
+            if (
+                run_dir in seen
+                or any(part in _NOT_RUNS for part in inside)
+                or not fnmatch(run_dir.name, pattern)
+            ):
+                continue
+            seen.add(run_dir)
+            yield run_dir
+
+
+def collect(root: str | Path, pattern: str = "*") -> Collection:
+    """Every run below `root` (run directory names matching `pattern`, e.g. "toy-*")."""
+    runs, failed, bases = [], [], {}
+    for run_dir in find_run_dirs(root, pattern):
+        results_path = run_dir / RESULTS_NAME
+        if not results_path.is_file():
+            error = json.loads((run_dir / FAILED_NAME).read_text()).get("error", "")
+            failed.append((str(run_dir), error))
+            continue
+        results = json.loads(results_path.read_text())
+        if "variant" not in results and "perft" not in results:
+            continue  # not a train.py run's results.json
+        run = run_from_results(results, run_dir)
+        runs.append(run)
+        base = base_run(results, run_dir)
+        if base is not None:
+            bases.setdefault((base.model, base.task), base)
+    have_base_run = {(r.model, r.task) for r in runs if r.variant == "none"}
+    runs += [b for key, b in bases.items() if key not in have_base_run]
+    return Collection(runs, failed)
+
+
+def ordered_test_sets(runs: Iterable[Run]) -> list[str]:
+    names = {name for run in runs for name in run.accuracy}
+    known = [s for s in ALL_TEST_SETS if s in names]
+    return known + sorted(names - set(known))
+
+
+# --- tables -----------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _ratio(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return "0" if x == 0 else f"{100 * x:.3g}"
+
+
+def clean_average(run: Run, contaminated: set[str]) -> float | None:
+    values = [a for s, a in run.accuracy.items() if s not in contaminated]
+    return sum(values) / len(values) if values else None
+
+
+def csv_rows(collection: Collection) -> list[dict]:
+    sets = ordered_test_sets(collection.runs)
+    rows = []
+    for run in sorted(collection.runs, key=lambda r: (r.model, r.task, r.sort_key())):
+        p = run.params
+        rows.append({
+            "model": run.model, "task": run.task, "train_file": run.train_file, "config": run.config,
+            "variant": run.variant, "num_experts": run.num_experts, "top_k": run.top_k, "bottleneck": run.bottleneck,
+            "alpha": run.perft.get("alpha"), "form": run.perft.get("form"), "init": run.perft.get("init"),
+            "trainable": p.get("trainable"), "activated_trainable": p.get("activated_trainable"),
+            "base_total": p.get("base_total"), "base_active": p.get("base_active"),
+            "trainable_ratio": p.get("trainable_ratio"), "activated_ratio": p.get("activated_ratio"),
+            **{s: run.accuracy.get(s) for s in sets}, "average": run.average,
+            "contaminated": ";".join(run.contaminated), "steps": run.train.get("steps"),
+            "final_loss": run.train.get("final_loss"), "best_eval_loss": run.train.get("best_eval_loss"),
+            "train_runtime_s": run.train.get("runtime_s"), "run": run.name, "run_dir": run.run_dir,
+        })  # fmt: skip
+    return rows
+
+
+def write_csv(collection: Collection, path: str | Path) -> Path:
+    rows = csv_rows(collection)
+    columns = list(dict.fromkeys(k for row in rows for k in row)) if rows else ["model", "task", "config"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """One model/task: the paper's layout, best value per test-set column in bold (base model excluded)."""
+    sets = ordered_test_sets(runs)
+    tainted = sorted({s for r in runs for s in r.contaminated})
+    header = ["Config", "r", "Trainable %", "Activated %"]
+    header += [SHORT_SET_NAMES.get(s, s) + (" †" if s in tainted else "") for s in sets] + ["Avg."]
+    if tainted:
+        header.append("Avg. w/o †")
+    header.append("Run")
+    tuned = [r for r in runs if r.variant != "none"]
+    best = {s: max((r.accuracy.get(s, -1) for r in tuned), default=None) for s in sets}
+    best["average"] = max((r.average for r in tuned if r.average is not None), default=None)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 2) + ["---"]) + "|",
+    ]
+    for run in runs:
+
+        def cell(value: float | None, key: str, run: Run = run) -> str:
+            text = _pct(value)
+            return (
+                f"**{text}**"
+                if run.variant != "none" and value is not None and value == best.get(key)
+                else text
+            )
+
+        row = [run.config, "–" if run.bottleneck is None else str(run.bottleneck)]
+        row += [_ratio(run.trainable_ratio), _ratio(run.activated_ratio)]
+        row += [cell(run.accuracy.get(s), s) for s in sets] + [cell(run.average, "average")]
+        if tainted:
+            row.append(_pct(clean_average(run, set(tainted))))
+        row.append(run.name)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_markdown(collection: Collection, path: str | Path) -> Path:
+    parts = ["# Results", "",
+             "Accuracy in %; ratios are trainable (activated trainable) parameters over the base model's "
+             "total (active) parameters, in %. Best value per column in bold.", ""]  # fmt: skip
+    for (model, task), runs in collection.groups().items():
+        train_files = sorted({r.train_file for r in runs if r.train_file})
+        parts += [
+            f"## {model} / {task}",
+            "",
+            f"Trained on {', '.join(train_files) or '?'}; {len(runs)} rows.",
+            "",
+        ]
+        parts.append(markdown_table(runs))
+        tainted = sorted({s for r in runs for s in r.contaminated})
+        if tainted:
+            parts += ["", f"† contaminated: the training file overlaps {', '.join(tainted)} (MAWPS problems in "
+                          "math_10k); `Avg. w/o †` leaves these sets out."]  # fmt: skip
+        parts.append("")
+    if collection.failed:
+        parts += ["## Failed runs", ""] + [f"- `{d}`: {err}" for d, err in collection.failed] + [""]
+    Path(path).write_text("\n".join(parts))
+    return Path(path)
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _legend(ax, n_entries: int) -> None:
+    if n_entries > 8:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=9, loc="best")
+
+
+def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
+    """Average accuracy vs activated-trainable-parameter ratio: the paper's efficiency picture."""
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    by_family: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.average is not None and run.variant != "none" and run.activated_ratio:
+            by_family[run.variant].append(run)
+    entries, labelled = 0, []
+    for family, members in sorted(by_family.items(), key=lambda kv: FAMILY_ORDER.index(kv[0])):
+        style = FAMILY_STYLE.get(family, dict(marker="o", color="black"))
+        members = sorted(members, key=lambda r: r.activated_ratio)
+        x = [100 * r.activated_ratio for r in members]
+        y = [100 * r.average for r in members]
+        label = BASELINE_LABELS.get(family, f"PERFT-{family}")
+        if family in BASELINES:  # MoE-agnostic / -aware LoRA baselines: a line over their ranks
+            ax.plot(x, y, linestyle="-" if family == "qv_lora" else "--", linewidth=1.5, markersize=8,
+                    label=label, **style)  # fmt: skip
+        else:
+            ax.scatter(x, y, s=36, label=label, alpha=0.85, edgecolors="black", linewidths=0.4, **style)
+        entries += 1
+        if len(runs) <= 30:
+            for r, xi, yi in zip(members, x, y):
+                # labels of (nearly) coincident points are stacked downwards instead of overprinted
+                stack = sum(abs(math.log10(xi / xl)) < 0.04 and abs(yi - yl) < 0.8 for xl, yl in labelled)
+                labelled.append((xi, yi))
+                text = f"{r.config.split(' [')[0].replace(' (', '(')} r{r.bottleneck}"
+                ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3 - 9 * stack),
+                            fontsize=7, color="0.3")  # fmt: skip
+    base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
+    if base is not None:
+        ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")
+        entries += 1
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.margins(x=0.12)
+    ax.set_xlabel("activated trainable parameters / active base parameters (%)")
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_title(title or "accuracy vs activated trainable parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    if entries:
+        _legend(ax, entries)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:
+    """Average accuracy vs bottleneck r, one line per config (R (Top2/4), S (1), qv-LoRA, ...)."""
+    plt = _pyplot()
+    from matplotlib import ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    by_config: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if run.average is not None and run.bottleneck:
+            by_config[run.config].append(run)
+    configs = sorted(by_config, key=lambda c: by_config[c][0].sort_key())
+    # tab20 without its greys (kept for the baseline), so a grid's ~20 configs get distinct colours.
+    palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
+    tuned = [c for c in configs if by_config[c][0].variant not in BASELINES]
+    per_family = Counter(by_config[c][0].variant for c in configs)
+    for config in configs:
+        members = sorted(by_config[config], key=lambda r: r.bottleneck)
+        variant = members[0].variant
+        style = FAMILY_STYLE.get(variant, dict(marker="o", color="black"))
+        if variant in BASELINES:
+            color, linestyle = style["color"], "--"
+        elif per_family[variant] == 1:  # one config of its family: the family's colour, as in the other plot
+            color, linestyle = style["color"], "-"
+        else:
+            i = tuned.index(config)
+            color, linestyle = palette[i % len(palette)], "-" if i < len(palette) else "-."
+        ax.plot([r.bottleneck for r in members], [100 * r.average for r in members], marker=style["marker"],
+                linestyle=linestyle, color=color, label=config)  # fmt: skip
+    base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
+    if base is not None:
+        ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_xlabel("bottleneck size r")
+    ax.set_ylabel("average accuracy (%)")
+    ax.set_title(title or "accuracy vs bottleneck size")
+    ax.grid(True, which="both", alpha=0.3)
+    if configs:
+        _legend(ax, len(configs) + (base is not None))
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(root: str | Path, out: str | Path, pattern: str = "*") -> dict[str, Path]:
+    """Collect the runs below `root` into `out`: results.csv, results.md and two PNGs per model/task."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    collection = collect(root, pattern)
+    files = {
+        "csv": write_csv(collection, out / "results.csv"),
+        "md": write_markdown(collection, out / "results.md"),
+    }
+    for (model, task), runs in collection.groups().items():
+        title = f"{model} / {task}"
+        files[f"efficiency/{task}/{model}"] = plot_efficiency(
+            runs, out / f"efficiency-{task}-{model}.png", title
+        )
+        files[f"bottleneck/{task}/{model}"] = plot_bottleneck(
+            runs, out / f"bottleneck-{task}-{model}.png", title
+        )
+    return files

@@ -1,0 +1,317 @@
+"""Tiny OLMoE / Mixtral models, pre-trained on the synthetic world, for CPU runs and tests.
+
+A tiny model is built from the Hugging Face config classes, given a byte-level BPE tokenizer
+trained offline on the synthetic text, briefly pre-trained (full parameters, plain causal LM) on
+`perft_exp.data.synthetic.pretraining_corpus()` so that its frozen weights know the world's
+facts, and saved with `save_pretrained`: it then loads through the same
+`AutoModelForCausalLM.from_pretrained(path)` / `AutoTokenizer.from_pretrained(path)` path as a
+hub checkpoint.
+
+Usage:
+    from perft_exp.models.tiny import ensure_tiny_model
+    path = ensure_tiny_model("tiny_olmoe")   # built once (about a minute on 2 cores), cached after
+
+    python -m perft_exp.models.tiny tiny_olmoe [--cache-root DIR]   # build (or find) and print the path
+
+The cache root is $PERFT_CACHE or <repo>/.cache/perft_exp; each model lives in
+`<name>-<hash of spec and data version>`, so a changed spec builds a new directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tqdm.auto import tqdm
+
+from perft_exp.data import synthetic
+from perft_exp.data.prompts import build_prompt
+
+# Bump when the build recipe below changes in a way the spec does not capture.
+BUILD_VERSION = "1"
+BOS, EOS, PAD = "<|bos|>", "<|endoftext|>", "<|pad|>"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Architecture and pre-training recipe of one tiny model."""
+
+    arch: str  # "olmoe" | "mixtral"
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    num_experts: int
+    num_experts_per_tok: int
+    intermediate_size: int  # per expert
+    norm_topk_prob: bool  # OLMoE: False; Mixtral always renormalises
+    vocab_size: int  # BPE target; the model's vocab is the trained tokenizer's size
+    max_position_embeddings: int = 512
+    router_aux_loss_coef: float = 0.01
+    # Pre-training
+    steps: int = 500
+    batch_size: int = 32
+    seq_len: int = 128
+    lr: float = 3e-3
+    warmup_steps: int = 30
+    corpus_docs: int = 12000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        assert self.arch in ("olmoe", "mixtral"), self.arch
+        assert self.hidden_size % self.num_attention_heads == 0
+        assert self.num_attention_heads % self.num_key_value_heads == 0
+        assert 1 <= self.num_experts_per_tok <= self.num_experts
+        assert self.arch == "olmoe" or self.norm_topk_prob, "Mixtral always renormalises top-k weights"
+
+    def key(self) -> str:
+        """Short hash of everything that determines the built weights."""
+        blob = json.dumps(
+            {"spec": asdict(self), "data": synthetic.SYNTHETIC_VERSION, "build": BUILD_VERSION},
+            sort_keys=True,
+        )
+        return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+TINY_SPECS: dict[str, TinySpec] = {
+    # OLMoE-like: no GQA, top-k weights not renormalised, many small experts.
+    "tiny_olmoe": TinySpec(
+        arch="olmoe", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+        num_experts=8, num_experts_per_tok=2, intermediate_size=128, norm_topk_prob=False, vocab_size=2048,
+    ),
+    # Mixtral-like: GQA, 8 experts top-2, renormalised.
+    "tiny_mixtral": TinySpec(
+        arch="mixtral", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        num_experts=8, num_experts_per_tok=2, intermediate_size=128, norm_topk_prob=True, vocab_size=2048,
+        router_aux_loss_coef=0.02,
+    ),
+}  # fmt: skip
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _tokenizer_texts(spec: TinySpec) -> list[str]:
+    """What the tokenizer should encode compactly: the corpus, prompts and both suites."""
+    texts = synthetic.pretraining_corpus(seed=spec.seed, n=min(spec.corpus_docs, 4000))
+    for kind in synthetic.TEST_SETS:
+        train, tests = synthetic.make_suite(kind, n_train=800, n_test=10, seed=spec.seed)
+        for rec in train + [r for recs in tests.values() for r in recs]:
+            texts.append(build_prompt(rec["instruction"], rec["input"]) + rec["output"])
+    return texts
+
+
+def build_tokenizer(spec: TinySpec) -> transformers.PreTrainedTokenizerFast:
+    """Byte-level BPE (any text encodes, no UNK), digits one per token, BOS prepended."""
+    tok = Tokenizer(models.BPE())
+    # Split before each digit (keeping a leading space) so numbers are read digit by digit.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r" ?\d"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD, BOS, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tokenizer_texts(spec), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        model_max_length=spec.max_position_embeddings,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+
+
+def build_config(
+    spec: TinySpec, tokenizer: transformers.PreTrainedTokenizerFast
+) -> transformers.PretrainedConfig:
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        num_experts_per_tok=spec.num_experts_per_tok,
+        router_aux_loss_coef=spec.router_aux_loss_coef,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    if spec.arch == "olmoe":
+        return transformers.OlmoeConfig(
+            num_experts=spec.num_experts, norm_topk_prob=spec.norm_topk_prob, **common
+        )
+    return transformers.MixtralConfig(num_local_experts=spec.num_experts, **common)
+
+
+def _batches(spec: TinySpec, tokenizer: transformers.PreTrainedTokenizerFast) -> torch.Tensor:
+    """(steps, batch, seq_len) token ids: the corpus packed into BOS-led rows, documents EOS-separated."""
+    docs = synthetic.pretraining_corpus(seed=spec.seed, n=spec.corpus_docs)
+    ids = tokenizer(docs, add_special_tokens=False)["input_ids"]
+    stream = torch.tensor([t for doc in ids for t in doc + [tokenizer.eos_token_id]])
+    body = spec.seq_len - 1
+    need = spec.steps * spec.batch_size * body
+    stream = stream.repeat(math.ceil(need / len(stream)))[:need]  # cycle: several epochs over the facts
+    rows = stream.view(spec.steps * spec.batch_size, body)
+    rows = torch.cat([torch.full((len(rows), 1), tokenizer.bos_token_id), rows], dim=1)
+    g = torch.Generator().manual_seed(spec.seed)
+    return rows[torch.randperm(len(rows), generator=g)].view(spec.steps, spec.batch_size, spec.seq_len)
+
+
+def _lr_lambda(spec: TinySpec):
+    def f(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        progress = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine to 10%
+
+    return f
+
+
+def pretrain(
+    model: transformers.PreTrainedModel, batches: torch.Tensor, spec: TinySpec, progress: bool
+) -> list[float]:
+    """Full-parameter causal-LM training with the router's load-balancing loss; returns LM losses."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec))
+    losses: list[float] = []
+    bar = tqdm(batches, desc="pretrain", disable=not progress, dynamic_ncols=True)
+    for batch in bar:
+        out = model(input_ids=batch, labels=batch, output_router_logits=True)
+        out.loss.backward()  # LM loss + aux_coef * load balancing
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        lm_loss = (out.loss - spec.router_aux_loss_coef * out.aux_loss).item()
+        losses.append(lm_loss)
+        bar.set_postfix(loss=f"{lm_loss:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def fact_recall(
+    model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerFast
+) -> float:
+    """Share of `synthetic.fact_probes()` whose next word the model ranks first (greedy, first token)."""
+    probes = synthetic.fact_probes()
+    prefixes = [tokenizer(p)["input_ids"] for p, _ in probes]
+    targets = [tokenizer(" " + a, add_special_tokens=False)["input_ids"][0] for _, a in probes]
+    width = max(map(len, prefixes))
+    ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prefixes])
+    mask = (torch.arange(width)[None] < torch.tensor([len(p) for p in prefixes])[:, None]).long()
+    logits = model(input_ids=ids, attention_mask=mask).logits  # (P, width, V)
+    last = logits[torch.arange(len(probes)), mask.sum(1) - 1].argmax(-1)
+    return (last == torch.tensor(targets)).float().mean().item()
+
+
+def build_tiny_model(
+    name: str, out_dir: str | Path, progress: bool = True, spec: TinySpec | None = None
+) -> Path:
+    """Build, pre-train and save `name` (or `spec`, which overrides the registry) into out_dir."""
+    spec = spec or TINY_SPECS[name]
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    tokenizer = build_tokenizer(spec)
+    t_tok = time.perf_counter()
+    model = transformers.AutoModelForCausalLM.from_config(build_config(spec, tokenizer))
+    batches = _batches(spec, tokenizer)
+    losses = pretrain(model, batches, spec, progress)
+    t_train = time.perf_counter()
+    recall = fact_recall(model, tokenizer)
+    final_loss = sum(losses[-20:]) / len(losses[-20:])
+    if progress:
+        print(f"{name}: pretraining loss {losses[0]:.3f} -> {final_loss:.3f}, fact recall {recall:.1%}, "
+              f"{t_train - t0:.0f}s")  # fmt: skip
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    build = {
+        "name": name,
+        "spec": asdict(spec),
+        "key": spec.key(),
+        "seed": spec.seed,
+        "n_params": n_params,
+        "pretrain_tokens": batches.numel(),
+        "pretrain_loss_first": losses[0],
+        "pretrain_loss_final": final_loss,
+        "fact_recall": recall,
+        "seconds": {"tokenizer": t_tok - t0, "pretrain": t_train - t_tok, "total": time.perf_counter() - t0},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+    (out / "perft_build.json").write_text(json.dumps(build, indent=1))
+    return out
+
+
+def ensure_tiny_model(
+    name: str, cache_root: str | Path | None = None, spec: TinySpec | None = None, progress: bool = True
+) -> Path:
+    """Path of the cached model for `name` (or `spec`), building it on first use."""
+    spec = spec or TINY_SPECS[name]
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    final = root / f"{name}-{spec.key()}"
+    if (final / "perft_build.json").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: an interrupted build leaves only a hidden temp dir.
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
+    try:
+        build_tiny_model(name, tmp, progress=progress, spec=spec)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "perft_build.json").exists():  # not a concurrent build that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("name", choices=sorted(TINY_SPECS))
+    parser.add_argument("--cache-root", default=None)
+    args = parser.parse_args()
+    print(ensure_tiny_model(args.name, args.cache_root))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Benchmark a full training step of PERFT (R, E, D, S), the LoRA baselines and the frozen floor.
+
+    python scripts/bench.py                              # CPU: OLMoE in miniature, about 5 min on 2 cores
+    python scripts/bench.py --quick                      # smoke run: 2 rounds, no memory subprocesses
+    python scripts/bench.py --eval --json outputs/bench/cpu.json   # + evaluation throughput, write JSON
+    python scripts/bench.py --device cuda                # OLMoE-1B-7B architecture, bf16, random weights
+
+Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (median [quartiles]),
+and peak memory; then the performance targets, PASS or FAIL. How cases are timed and how memory is
+measured: perft_exp/analysis/bench.py.
+
+On CPU the default clock is process CPU time with one torch thread: on a shared machine a 2-thread
+OpenMP region stalls whenever either core is taken (single steps ran 10-30x slower), while one
+thread's CPU time counts only the work done. `--threads 2 --clock wall` measures the other way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from perft_exp.analysis import bench
+
+# The performance targets (CPU, all read from one run).
+STEP_TARGETS = {"R_top2of4_r16": 1.05, "E_r16": 1.10, "D4_r16": 1.05, "S_r16": 1.05}
+LOOP_SHARE = 1 / 3  # batched E adds at most this share of what E_loop adds over frozen
+MEMORY_SLACK = 0.10  # every PERFT case's peak memory within 10% of frozen
+PERFT_CASES = ("R_top2of4_r16", "R_top2of8_r16", "E_r16", "D4_r16", "S_r16")
+
+
+def machine(device: str, threads: int) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    return f"{cpu}, {os.cpu_count()} cores, {threads} torch thread(s), torch {torch.__version__}"
+
+
+def check_targets(cases: dict[str, dict]) -> list[dict]:
+    """Each target whose cases were run: what it asks, the measured value, and whether it passes."""
+    checks = []
+    for name, limit in STEP_TARGETS.items():
+        if name in cases:
+            ratio = cases[name]["ratio_vs_frozen"]
+            checks.append({"target": f"{name} step <= {limit:.2f}x frozen", "value": f"{ratio:.3f}x",
+                           "pass": ratio <= limit})  # fmt: skip
+    if "E_r16" in cases and "E_loop" in cases:
+        added, loop_added = cases["E_r16"]["ratio_vs_frozen"] - 1, cases["E_loop"]["ratio_vs_frozen"] - 1
+        share = f" ({added / loop_added:.0%})" if loop_added > 0 else ""
+        checks.append({"target": "E_r16 adds <= 1/3 of what E_loop adds over frozen",
+                       "value": f"{added:+.3f} vs {loop_added:+.3f}{share}",
+                       "pass": added <= LOOP_SHARE * loop_added})  # fmt: skip
+    frozen_mem = cases.get("frozen", {}).get("peak_mem_mb")
+    for name in PERFT_CASES:
+        mem = cases.get(name, {}).get("peak_mem_mb")
+        if frozen_mem and mem is not None:
+            checks.append({"target": f"{name} peak memory <= {1 + MEMORY_SLACK:.2f}x frozen",
+                           "value": f"{mem / frozen_mem:.3f}x",
+                           "pass": mem <= (1 + MEMORY_SLACK) * frozen_mem})  # fmt: skip
+    return checks
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"| case | step ms ({result['clock']}) | wall ms | tokens/s | ratio vs frozen [IQR] | peak MB "
+        "| mem vs frozen | RSS MB |",
+        "|---|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    frozen_mem = result["cases"]["frozen"].get("peak_mem_mb")
+    for name, c in result["cases"].items():
+        mem, rss = c.get("peak_mem_mb"), c.get("rss_peak_mb")
+        mem_cols = f"{mem:.1f} | {mem / frozen_mem:.3f}x" if mem is not None and frozen_mem else "- | -"
+        lines.append(
+            f"| {name} | {c['step_ms']:.1f} | {c['wall_ms']:.1f} | {c['tokens_per_s']:.0f} | "
+            f"{c['ratio_vs_frozen']:.3f} [{c['ratio_q1']:.3f}-{c['ratio_q3']:.3f}] | {mem_cols} | "
+            f"{'-' if rss is None else f'{rss:.0f}'} |"
+        )
+    ev = result.get("eval_throughput")
+    if ev and "questions_per_s" in ev:
+        lines += ["", f"Evaluation throughput ({ev['model']}, mode={ev['mode']}, {ev['questions']} questions):", "",
+                  "| eval batch size | questions/s |", "|---:|---:|"]  # fmt: skip
+        lines += [f"| {bs} | {qps:.2f} |" for bs, qps in ev["questions_per_s"].items()]
+        if "speedup_bs16_vs_bs1" in ev:
+            lines.append(f"| bs16 / bs1 | {ev['speedup_bs16_vs_bs1']:.2f}x |")
+    elif ev:
+        lines += ["", f"Evaluation throughput: skipped ({ev['skipped']})"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", choices=sorted(bench.BENCH_MODELS), help="default: olmoe_mini on CPU, olmoe_1b_7b on CUDA"
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 1 warm-up step, no memory")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--cases", nargs="+", choices=list(bench.CASES), help="subset (frozen is always added)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=15, help="interleaved rounds (timed steps = rounds x steps)"
+    )
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per case per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per case before the rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (fixed for the whole run)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], help="default: cpu on CPU, wall on CUDA")
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
+    parser.add_argument("--eval", action="store_true", help="add evaluation throughput at batch size 1/8/16")
+    parser.add_argument("--eval-mode", default="paper", choices=["paper", "greedy", "score"])
+    args = parser.parse_args()
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device here; nothing to benchmark (skipped)")
+        return
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.rounds, args.warmup, args.no_memory = 2, 1, True
+    clock = args.clock or ("cpu" if args.device == "cpu" else "wall")
+    model = bench.BENCH_MODELS[args.model or bench.DEFAULT_MODEL[args.device]]
+    # grouped_mm on CUDA takes bf16 operands only: the adapters there run in the model's dtype.
+    adapter_dtype = "float32" if args.device == "cpu" else "model"
+    names = ["frozen", *[c for c in (args.cases or bench.CASES) if c != "frozen"]]
+    cfg = model.config()
+    print(f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
+          f"top-{cfg.num_experts_per_tok}, expert intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+          f"batch {model.batch_size}x{model.seq_len}, {model.dtype}; device {args.device}, clock {clock}, "
+          f"{args.threads} thread(s)", flush=True)  # fmt: skip
+
+    mem: dict[str, dict] = {}
+    if args.no_memory:
+        print("peak memory: skipped (--no-memory)")
+    else:
+        print("peak memory, one subprocess per case:", flush=True)
+        for name in names:
+            mem[name] = bench.measure_memory(model, name, args.device, args.threads, adapter_dtype)
+            print(f"  {name:14s} {mem[name]['peak_mem_mb']:8.1f} MB above the base weights", flush=True)
+
+    start = time.perf_counter()
+    base = bench.build_base(model, args.device)
+    batch = bench.make_batch(model, args.device)
+    cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
+    print(
+        f"timing {len(cases)} cases: {args.warmup} warm-up steps each, then {args.rounds} rounds", flush=True
+    )
+    timings = bench.time_cases(cases, batch, args.device, rounds=args.rounds, steps=args.steps,
+                               warmup=args.warmup, clock=clock, log=lambda s: print(s, flush=True))  # fmt: skip
+    del cases, base
+    result = {
+        "device": args.device,
+        "model": model.name,
+        "machine": machine(args.device, args.threads),
+        "batch": [model.batch_size, model.seq_len],
+        "clock": clock,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "command": " ".join(["python", *sys.argv]),
+        "timing_seconds": time.perf_counter() - start,
+        "cases": {name: {**timings[name], **mem.get(name, {})} for name in names},
+    }
+    if args.eval:
+        print("evaluation throughput:", flush=True)
+        try:
+            result["eval_throughput"] = bench.eval_throughput(args.device, mode=args.eval_mode)
+        except Exception as e:  # noqa: BLE001 - an optional section must not lose the timings above
+            reason = f"perft_exp.evaluation or the tiny model is not usable: {type(e).__name__}: {e}"
+            result["eval_throughput"] = {"skipped": reason}
+            print(f"  skipped: {reason}")
+    result["targets"] = check_targets(result["cases"])
+
+    print()
+    print(format_table(result))
+    print()
+    for check in result["targets"]:
+        print(f"{'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['value']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

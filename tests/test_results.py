@@ -1,0 +1,151 @@
+"""The results collector on synthetic results.json fixtures: CSV / Markdown / PNG files, the table's rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from perft_exp.analysis.results import collect, config_label, markdown_table, write_report
+from perft_exp.data.formats import COMMONSENSE_TEST_SETS
+
+COMMONSENSE = list(COMMONSENSE_TEST_SETS)
+MATH = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP"]
+BASE_ACTIVE, BASE_TOTAL, D_MODEL, LAYERS = 1_280_000_000, 6_920_000_000, 2048, 16
+
+
+def _eval(sets: list[str], level: float) -> dict:
+    ev = {s: {"accuracy": min(1.0, level + 0.01 * i), "n": 100, "correct": 0} for i, s in enumerate(sets)}
+    ev["average"] = sum(v["accuracy"] for v in ev.values()) / len(sets)
+    return ev
+
+
+def _params(variant: str, r: int, n: int | None, k: int | None) -> dict:
+    """OLMoE-1B-7B-like counts (PERFT.md formulas), good enough for a fixture."""
+    per_expert = 2 * D_MODEL * r * LAYERS
+    n, k = n or 1, k or 1
+    trainable, activated = {
+        "R": (n * per_expert + D_MODEL * n * LAYERS, k * per_expert + D_MODEL * n * LAYERS),
+        "E": (64 * per_expert, 8 * per_expert),
+        "D": (n * per_expert, n * per_expert),
+        "S": (per_expert, per_expert),
+        "qv_lora": (2 * per_expert, 2 * per_expert),
+    }[variant]
+    return {"trainable": trainable, "activated_trainable": activated, "base_total": BASE_TOTAL,
+            "base_active": BASE_ACTIVE, "trainable_ratio": trainable / BASE_TOTAL,
+            "activated_ratio": activated / BASE_ACTIVE}  # fmt: skip
+
+
+def write_run(root: Path, task: str, variant: str, r: int, n=None, k=None, level=0.6, *, train_file=None,
+              base=True, model="olmoe_1b_7b") -> Path:  # fmt: skip
+    name = {"R": f"R-n{n}-k{k}-r{r}", "D": f"D-n{n}-r{r}"}.get(variant, f"{variant}-r{r}")
+    run_dir = root / task / model / name
+    (run_dir / "adapter").mkdir(parents=True)
+    sets = COMMONSENSE if task == "commonsense" else MATH
+    train_file = train_file or ("commonsense_170k" if task == "commonsense" else "math_50k")
+    perft = {"variant": variant, "num_experts": n, "top_k": k, "bottleneck": r, "alpha": None, "dropout": 0.05,
+             "form": "lora", "init": "paper", "authors_weighting_defect": False}  # fmt: skip
+    results = {
+        "variant": variant, "variant_name": f"{variant} r{r}", "perft": perft, "model": model, "task": task,
+        "train_file": train_file,
+        "contaminated_test_sets": ["AddSub", "MultiArith", "SingleEq"] if train_file == "math_10k" else [],
+        "params": _params(variant, r, n, k), "train": {"steps": 100, "final_loss": 0.5, "runtime_s": 10.0},
+        "eval": _eval(sets, level), "output_dir": str(run_dir),
+    }  # fmt: skip
+    if base:
+        results["base_eval"] = _eval(sets, 0.3)
+    (run_dir / "results.json").write_text(json.dumps(results))
+    signature = {"num_experts": 64, "num_experts_per_tok": 8}
+    (run_dir / "adapter" / "adapter_config.json").write_text(json.dumps({"base_signature": signature}))
+    return run_dir
+
+
+@pytest.fixture
+def runs_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for r, level in ((4, 0.62), (16, 0.66)):
+        write_run(root, "commonsense", "R", r, 4, 2, level)
+        write_run(root, "commonsense", "E", r, level=level + 0.04)
+        write_run(root, "commonsense", "S", r, level=level - 0.05)
+        write_run(root, "commonsense", "D", r, 4, level=level - 0.02)
+        write_run(root, "commonsense", "qv_lora", r, level=level - 0.08)
+    write_run(root, "math", "R", 8, 2, 2, 0.4, train_file="math_10k", base=False)
+    write_run(root, "math", "qv_lora", 8, level=0.35, train_file="math_10k", base=False)
+    failed = root / "commonsense" / "olmoe_1b_7b" / "S-r64"
+    failed.mkdir(parents=True)
+    (failed / "failed.json").write_text(json.dumps({"error": "CUDA out of memory", "type": "RuntimeError"}))
+    return root
+
+
+def test_config_labels_follow_the_paper():
+    assert config_label({"variant": "R", "num_experts": 4, "top_k": 2, "bottleneck": 16}) == "R (Top2/4)"
+    assert config_label({"variant": "E", "bottleneck": 16}, 8, 64) == "E (Top8/64)"
+    assert config_label({"variant": "D", "num_experts": 4, "bottleneck": 16}) == "D (4)"
+    assert config_label({"variant": "S", "bottleneck": 16}) == "S (1)"
+    assert config_label({"variant": "qv_lora", "bottleneck": 16}) == "qv-LoRA"
+    assert config_label({"variant": "R", "num_experts": 4, "top_k": 2, "bottleneck": 16, "alpha": 8.0,
+                         "authors_weighting_defect": True}) == "R (Top2/4) [alpha=8, authors' defect]"  # fmt: skip
+
+
+def test_collector_writes_csv_markdown_and_figures(runs_root: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    files = write_report(runs_root, out)
+    for name in ("results.csv", "results.md", "efficiency-commonsense-olmoe_1b_7b.png",
+                 "bottleneck-commonsense-olmoe_1b_7b.png", "efficiency-math-olmoe_1b_7b.png"):  # fmt: skip
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        assert (out / name) in files.values()
+    assert (out / "efficiency-commonsense-olmoe_1b_7b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    commonsense = [r for r in rows if r["task"] == "commonsense"]
+    assert len(commonsense) == 11  # 10 runs + the base model
+    assert [r["config"] for r in commonsense].count("base model") == 1
+    r16 = next(r for r in commonsense if r["config"] == "R (Top2/4)" and r["bottleneck"] == "16")
+    assert float(r16["average"]) == pytest.approx(0.66 + 0.035)
+    assert float(r16["activated_ratio"]) < float(r16["trainable_ratio"]) * BASE_TOTAL / BASE_ACTIVE
+
+
+def test_markdown_table_rows_and_contamination(runs_root: Path, tmp_path: Path):
+    collection = collect(runs_root)
+    groups = collection.groups()
+    assert set(groups) == {("olmoe_1b_7b", "commonsense"), ("olmoe_1b_7b", "math")}
+
+    table = markdown_table(groups[("olmoe_1b_7b", "commonsense")]).splitlines()
+    header, body = table[0], table[2:]
+    assert header.split(" | ")[:5] == ["| Config", "r", "Trainable %", "Activated %", "BoolQ"]
+    assert len(body) == 11
+    assert body[0].startswith("| base model |")  # the base model first, then baselines, then R, E, D, S
+    configs = [line.split(" | ")[0].lstrip("| ") for line in body]
+    assert configs == ["base model", "qv-LoRA", "qv-LoRA", "R (Top2/4)", "R (Top2/4)", "E (Top8/64)",
+                       "E (Top8/64)", "D (4)", "D (4)", "S (1)", "S (1)"]  # fmt: skip
+    e16 = next(line for line in body if line.startswith("| E (Top8/64) | 16 |"))
+    assert "**70.00**" in e16  # the best BoolQ (0.66 + 0.04) is bold
+
+    math_table = markdown_table(groups[("olmoe_1b_7b", "math")])
+    assert "AddSub †" in math_table and "GSM8K |" in math_table and "Avg. w/o †" in math_table
+    assert "base model" not in math_table  # no base_eval in these runs
+
+    out = tmp_path / "report"
+    write_report(runs_root, out)
+    md = (out / "results.md").read_text()
+    assert "## olmoe_1b_7b / commonsense" in md and "† contaminated" in md
+    assert "## Failed runs" in md and "CUDA out of memory" in md
+
+
+def test_collector_skips_failed_marker_of_a_finished_retry(runs_root: Path):
+    retried = write_run(runs_root, "commonsense", "S", 32, level=0.5)
+    (retried / "failed.json").write_text(json.dumps({"error": "old failure"}))
+    collection = collect(runs_root)
+    assert all("old failure" not in err for _, err in collection.failed)
+    assert any(r.name == "S-r32" for r in collection.runs)
+
+
+def test_collector_ignores_re_evaluations_and_filters_by_run_name(runs_root: Path):
+    run = runs_root / "commonsense" / "olmoe_1b_7b" / "S-r4"
+    (run / "evaluations" / "commonsense-paper").mkdir(parents=True)
+    (run / "evaluations" / "commonsense-paper" / "results.json").write_text(json.dumps({"eval": {}}))
+    assert len(collect(runs_root).runs) == 13  # 12 runs + the commonsense base model
+    only_r = collect(runs_root, "R-*")
+    assert {r.config for r in only_r.runs} == {"R (Top2/4)", "R (Top2/2)", "base model"} and not only_r.failed

@@ -1,0 +1,121 @@
+"""Routing analysis: principal angles against known geometry, and track_routing's load accounting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from moe_models import batch, tiny_moe
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.model import apply_adapters
+from perft_exp.analysis.routing import (
+    plot_loads,
+    plot_vectors,
+    principal_angles,
+    router_angles,
+    track_routing,
+    vector_picture,
+)
+
+
+def test_principal_angles_identical_and_rotated_spaces_are_zero():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 32, generator=g)
+    assert principal_angles(w, w).max() < 1e-4
+    mixed = torch.randn(4, 4, generator=g) @ w  # same row space, other basis
+    assert principal_angles(mixed, w).max() < 1e-4
+    wider = torch.cat([w, torch.randn(3, 32, generator=g)])  # a superspace
+    angles = principal_angles(w, wider)
+    assert angles.shape == (4,) and angles.max() < 1e-4
+
+
+def test_principal_angles_orthogonal_and_known_angle():
+    eye = torch.eye(6)
+    assert torch.allclose(principal_angles(eye[:2], eye[2:5]), torch.full((2,), 90.0, dtype=torch.float64))
+    theta = math.radians(30.0)
+    a = torch.tensor([[1.0, 0.0, 0.0]])
+    b = torch.tensor([[math.cos(theta), math.sin(theta), 0.0]])
+    assert principal_angles(a, b).item() == pytest.approx(30.0, abs=1e-6)
+    # ascending, and the shared direction comes first
+    angles = principal_angles(eye[:2], torch.stack([eye[0], eye[3]]))
+    assert angles.tolist() == pytest.approx([0.0, 90.0], abs=1e-6)
+
+
+def _model(variant: str, **kw):
+    spec = {
+        "R": dict(num_experts=4, top_k=2),
+        "E": dict(num_experts=None, top_k=None),
+        "D": dict(num_experts=3),
+    }
+    cfg = PerftConfig(variant=variant, bottleneck=4, dropout=0.0, **{**spec[variant], **kw})
+    return apply_adapters(tiny_moe("olmoe"), cfg).eval()
+
+
+@pytest.mark.parametrize("variant, top_k", [("R", 2), ("E", 2)])
+def test_track_routing_loads_sum_to_tokens_times_k(variant, top_k):
+    model = _model(variant)
+    inputs = batch()  # (3, 7), two padding positions in row 0
+    tokens = int(inputs["attention_mask"].sum())
+    hooks = {name: (len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()}
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        with track_routing(model) as stats:
+            model(**inputs)
+            model(**inputs)
+    rows = stats.per_layer()
+    assert len(rows) == model.config.num_hidden_layers
+    for row in rows:
+        assert row["tokens"] == 2 * tokens
+        assert sum(row["load"]) == 2 * tokens * top_k
+        assert 0.0 <= row["load_entropy"] <= 1.0 + 1e-9
+        if variant == "R":
+            assert len(row["load"]) == 4
+            assert 0.0 < row["router_entropy"] <= math.log(4) + 1e-6
+        else:
+            assert len(row["load"]) == model.config.num_experts and row["router_entropy"] is None
+    assert stats.padding_masked
+    assert "routing/mean/load_entropy" in stats.metrics()
+    # side-effect free: hooks gone, outputs unchanged
+    assert hooks == {
+        name: (len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()
+    }
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, reference)
+
+
+def test_track_routing_without_mask_counts_every_position():
+    model = _model("R")
+    ids = batch()["input_ids"]
+    with torch.no_grad(), track_routing(model) as stats:
+        model(input_ids=ids)
+    assert not stats.padding_masked
+    assert all(sum(row["load"]) == ids.numel() * 2 for row in stats.per_layer())
+
+
+def test_track_routing_skips_unrouted_variants():
+    with track_routing(_model("D")) as stats:
+        pass
+    assert stats.per_layer() == []
+
+
+def test_router_angles_and_figures(tmp_path):
+    model = _model("R")
+    rows = router_angles(model)
+    assert len(rows) == model.config.num_hidden_layers
+    for row in rows:
+        assert len(row["angles_deg"]) == 4 and 0.0 <= row["min_deg"] <= row["max_deg"] <= 90.0
+    # a router initialised inside the frozen router's row space has angle 0 to it
+    block = next(m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "perft"))
+    with torch.no_grad():
+        block.perft.router.weight.copy_(torch.randn(4, 8) @ block.base_layer.gate.weight)
+    assert router_angles(model)[0]["max_deg"] < 1e-3
+
+    picture = vector_picture(model)
+    assert picture[0]["peft_keys"].shape == (4 * 4, 2) and picture[0]["peft_router"].shape == (4, 2)
+    with torch.no_grad(), track_routing(model) as stats:
+        model(**batch())
+    plot_loads(stats.per_layer(), tmp_path / "load.png")
+    plot_vectors(picture, tmp_path / "vectors.png")
+    assert (tmp_path / "load.png").stat().st_size > 0 and (tmp_path / "vectors.png").stat().st_size > 0

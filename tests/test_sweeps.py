@@ -1,0 +1,184 @@
+"""The paper's grids in sweeps/*.yaml: exact job counts, distinct jobs, every job composes; `show` is a dry run."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import sys
+
+import pytest
+
+from perft_exp.config import REPO_ROOT
+
+_spec = importlib.util.spec_from_file_location("sweep_cli", REPO_ROOT / "scripts" / "sweep.py")
+sweep_cli = importlib.util.module_from_spec(_spec)
+sys.modules["sweep_cli"] = sweep_cli
+_spec.loader.exec_module(sweep_cli)
+
+PAPER_GRIDS = {"olmoe_commonsense": 100, "olmoe_math": 52, "mixtral_commonsense": 12, "mixtral_math": 3}
+SMALL = ["mixtral_commonsense", "mixtral_math", "bottleneck_ablation", "toy"]
+
+
+def test_every_grid_is_listed():
+    assert set(PAPER_GRIDS) | {"bottleneck_ablation", "toy"} <= set(sweep_cli.list_sweeps())
+
+
+@pytest.mark.parametrize("name, count", sorted(PAPER_GRIDS.items()))
+def test_paper_grid_sizes_and_distinct_jobs(name, count):
+    sweep = sweep_cli.Sweep.load(name)
+    jobs = sweep.jobs()
+    assert len(jobs) == sweep.size() == count
+    assert len({frozenset(job) for job in jobs}) == count  # no job listed twice
+    assert all(f"logger.group={name}" in job for job in jobs)
+
+
+def _perft_knobs(job: list[str]) -> tuple:
+    knobs = dict(o.split("=", 1) for o in job)
+    return knobs["variant"], knobs.get("routing"), knobs.get("perft.num_experts"), knobs["perft.bottleneck"]
+
+
+def test_olmoe_commonsense_matches_the_authors_grid():
+    jobs = [_perft_knobs(j) for j in sweep_cli.Sweep.load("olmoe_commonsense").jobs()]
+    pairs = ["n2k1", "n2k2", "n4k1", "n4k2", "n4k4", "n8k1", "n8k2", "n8k4", "n8k8", "n16k1", "n16k2", "n16k4",
+             "n16k8", "n32k8", "n64k8"]  # fmt: skip
+    expected = {("R", p, None, str(r)) for p, r in itertools.product(pairs, (4, 8, 16, 32))}
+    expected |= {("R", p, None, "64") for p in ("n2k1", "n2k2", "n4k4", "n8k8", "n16k8")} | {
+        ("R", "n2k2", None, "128")
+    }
+    expected |= {("D", None, str(n), str(r)) for n, r in itertools.product((2, 4, 8), (4, 8, 16, 32))}
+    expected |= {("S", None, None, str(r)) for r in (4, 8, 16, 32, 64)}
+    expected |= {("E", None, None, str(r)) for r in (2, 4, 8, 16, 32, 64)}
+    expected |= {("qv_lora", None, None, str(2**i)) for i in range(11)}
+    assert set(jobs) == expected and len(jobs) == 100
+
+
+def test_bottleneck_ablation_is_one_variant_over_six_sizes():
+    jobs = [_perft_knobs(j) for j in sweep_cli.Sweep.load("bottleneck_ablation").jobs()]
+    assert len({j[:3] for j in jobs}) == 1
+    assert sorted(int(j[3]) for j in jobs) == [2, 4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_small_sweeps_compose_with_distinct_run_dirs(name):
+    jobs = sweep_cli.check_sweep(sweep_cli.Sweep.load(name))  # raises on a bad job or a shared run dir
+    assert len({job.run_dir for job in jobs}) == len(jobs)
+
+
+@pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
+def test_each_block_of_the_large_grids_composes(name):
+    sweep = sweep_cli.Sweep.load(name)
+    for block in sweep.blocks:
+        jobs = sweep.block_jobs(block)
+        for overrides in {tuple(jobs[0]), tuple(jobs[-1])}:
+            job = sweep_cli.check_job(list(overrides))
+            assert job.run_dir.parts[-3:-1] == (
+                "commonsense" if "commonsense" in name else "math",
+                "olmoe_1b_7b",
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
+def test_every_job_of_the_large_grids_composes(name):
+    jobs = sweep_cli.check_sweep(sweep_cli.Sweep.load(name))
+    assert len({job.run_dir for job in jobs}) == PAPER_GRIDS[name]
+
+
+def test_show_is_a_dry_run(monkeypatch, capsys):
+    import transformers
+
+    import perft_exp.models.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("`sweep.py show` must not load a model")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", refuse)
+    assert sweep_cli.main(["show", "mixtral_math"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len([line for line in out if line.strip()[:1].isdigit()]) == 3
+    assert "mixtral_math: 3 jobs" in out[3]
+    # the real data is absent here: a note, not a failure
+    assert any(line.startswith("note: task.data_dir=") for line in out)
+
+
+def test_block_becomes_one_multirun_command():
+    sweep = sweep_cli.Sweep.load("mixtral_math")
+    assert sweep.block_overrides(sweep.blocks[0], ["deepspeed=zero3"]) == [
+        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "logger.group=mixtral_math",
+        "variant=R", "routing=n2k2,n8k2", "perft.bottleneck=8", "deepspeed=zero3",
+    ]  # fmt: skip
+
+
+def test_extra_overrides_reach_every_job_and_win():
+    sweep = sweep_cli.Sweep.load("toy")
+    jobs = sweep.jobs(["trainer=debug"])
+    assert all("trainer=debug" in job and "trainer=tiny" not in job for job in jobs)
+    assert sweep.env == {"OMP_NUM_THREADS": "1"}
+
+
+def test_bad_sweep_files_are_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fixed: {model: tiny_olmoe}\nblocks:\n  - {model: [tiny_olmoe]}\n")
+    with pytest.raises(sweep_cli.SweepError, match="already sets"):
+        sweep_cli.Sweep.load(str(bad))
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("blocks:\n  - {variant: S, perft.bottleneck: [4, 4]}\n")
+    with pytest.raises(sweep_cli.SweepError, match="share a run directory"):
+        sweep_cli.check_sweep(sweep_cli.Sweep.load(str(clash)))
+    with pytest.raises(sweep_cli.SweepError, match="no sweep"):
+        sweep_cli.Sweep.load("no_such_grid")
+
+
+def test_gpu_groups():
+    assert sweep_cli._gpu_groups("0,1,2,3", 2) == [["0", "1"], ["2", "3"]]
+    with pytest.raises(sweep_cli.SweepError):
+        sweep_cli._gpu_groups("0,1,2", 2)
+
+
+def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path, monkeypatch):
+    fake = tmp_path / "fake_train.py"  # stands in for train.py: writes results.json or fails like the app
+    fake.write_text(
+        "import json, os, sys\n"
+        "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+        "if args['fail'] == '1':\n"
+        "    print('error: perft.bottleneck=0 must be > 0', file=sys.stderr); sys.exit(2)\n"
+        "open(os.path.join(args['out'], 'results.json'), 'w').write(json.dumps(\n"
+        "    {'gpus': os.environ['CUDA_VISIBLE_DEVICES'], 'env': os.environ['SWEEP_TEST']}))\n"
+    )
+    monkeypatch.setattr(sweep_cli, "TRAIN_PY", fake)
+    jobs = [sweep_cli.Job([f"out={tmp_path / name}", f"fail={int(name == 'bad')}"], tmp_path / name)
+            for name in ("a", "b", "bad", "done")]  # fmt: skip
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "results.json").write_text("{}")
+
+    sweep_cli.run_on_gpus(jobs, [["0"], ["1"]], env={"SWEEP_TEST": "7"})
+    assert [job.state() for job in jobs] == ["finished", "finished", "failed", "finished"]
+    finished = [json.loads((tmp_path / n / "results.json").read_text()) for n in "ab"]
+    assert {r["gpus"] for r in finished} <= {"0", "1"} and {r["env"] for r in finished} == {"7"}
+    assert json.loads((tmp_path / "done" / "results.json").read_text()) == {}  # skipped, not rerun
+    failure = json.loads((tmp_path / "bad" / "failed.json").read_text())
+    assert "must be > 0" in failure["error"] and failure["type"] == "exit code 2"
+
+
+def test_overrides_may_follow_the_options():
+    args = sweep_cli.parse_args(["run", "toy", "a=1", "--launcher", "gpus", "--gpus", "0,1", "b=2"])
+    assert args.overrides == ["a=1", "b=2"] and args.launcher == "gpus"
+    with pytest.raises(SystemExit):
+        sweep_cli.parse_args(["run", "toy", "--no-such-flag"])
+
+
+def test_slurm_launcher_overrides():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
+    args = sweep_cli.parse_args(
+        ["run", "olmoe_math", "--launcher", "slurm", "--partition", "gpu", "--timeout-min", "600"]
+    )
+    assert sweep_cli._slurm_overrides(args) == [
+        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1", "hydra.launcher.partition=gpu",
+        "hydra.launcher.timeout_min=600",
+    ]  # fmt: skip
+    args.gpus_per_job = 4
+    with pytest.raises(sweep_cli.SweepError, match="--launcher gpus"):
+        sweep_cli._slurm_overrides(args)

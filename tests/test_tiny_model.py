@@ -1,0 +1,85 @@
+"""Tiny local models: built from shrunk specs in seconds, loaded back through from_pretrained, cached."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import transformers
+
+from perft_exp.models import tiny
+
+
+def micro(name: str, **overrides: object) -> tiny.TinySpec:
+    """The registry spec shrunk to a model that builds in about a second."""
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                 num_experts=4, vocab_size=600, steps=3, batch_size=2, seq_len=32, warmup_steps=1,
+                 corpus_docs=100)  # fmt: skip
+    spec = tiny.TINY_SPECS[name]
+    small["num_key_value_heads"] = 1 if spec.num_key_value_heads < spec.num_attention_heads else 2
+    return dataclasses.replace(spec, **(small | overrides))
+
+
+@pytest.fixture(scope="module", params=sorted(tiny.TINY_SPECS))
+def built(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    name = request.param
+    return name, root, tiny.ensure_tiny_model(name, cache_root=root, spec=micro(name), progress=False)
+
+
+def test_round_trips_through_from_pretrained(built):
+    name, _, path = built
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    spec = micro(name)
+    assert model.config.model_type == spec.arch
+    assert model.config.num_local_experts == spec.num_experts
+    assert model.config.num_experts_per_tok == spec.num_experts_per_tok
+    assert spec.arch == "mixtral" or model.config.norm_topk_prob == spec.norm_topk_prob
+    assert model.config.vocab_size == len(tokenizer)
+    assert (path / "model.safetensors").exists()
+    ids = tokenizer("the glim is red. 12 + 7 = 19")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == model.config.bos_token_id
+    assert tokenizer.eos_token_id == model.config.eos_token_id and tokenizer.pad_token_id is not None
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits
+    assert logits.shape == (1, len(ids), len(tokenizer)) and torch.isfinite(logits).all()
+
+
+def test_tokenizer_is_lossless_and_splits_digits(built):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(built[2])
+    text = "Héllo, wörld! ### Response:\n  tabs\tand 1234.50 ✓"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+    digits = [t for t in tokenizer.tokenize("x 2048") if any(c.isdigit() for c in t)]
+    assert [t.lstrip("Ġ") for t in digits] == ["2", "0", "4", "8"]
+
+
+def test_build_record(built):
+    name, _, path = built
+    build = json.loads((path / "perft_build.json").read_text())
+    assert build["spec"] == dataclasses.asdict(micro(name)) and build["key"] == micro(name).key()
+    assert build["pretrain_loss_final"] < build["pretrain_loss_first"]
+    assert 0.0 <= build["fact_recall"] <= 1.0 and build["seconds"]["total"] > 0
+
+
+def test_cache_is_reused_and_keyed_by_spec(built, monkeypatch):
+    name, root, path = built
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("rebuilt a cached model")
+
+    monkeypatch.setattr(tiny, "build_tiny_model", no_rebuild)
+    assert tiny.ensure_tiny_model(name, cache_root=root, spec=micro(name)) == path
+    changed = micro(name, seed=1)
+    assert changed.key() != micro(name).key()
+    with pytest.raises(AssertionError, match="rebuilt"):
+        tiny.ensure_tiny_model(name, cache_root=root, spec=changed)
+    # The interrupted build left nothing behind: no half model, no temp dir.
+    assert sorted(p.name for p in root.iterdir()) == [path.name]
+
+
+def test_cache_root_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PERFT_CACHE", str(tmp_path))
+    assert tiny.default_cache_root() == tmp_path
