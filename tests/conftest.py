@@ -106,7 +106,8 @@ def app_env(tmp_path_factory) -> dict:
         PYTHONUNBUFFERED="1",
         HYDRA_FULL_ERROR="0",
     )
-    env.pop("PERFT_DEBUG", None)
+    for var in ("PERFT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)  # single-process runs unless a test launches torchrun itself
     return env
 
 

@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_lifts_accuracy_well_above_the_base_model(tmp_path):
     """`python train.py variant=R perft.num_experts=4`: fine-tuning must add >= 15 points over the base."""
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    env.pop(
-        "PERFT_DEBUG", None
-    )  # the default cache (.cache/perft_exp or $PERFT_CACHE): shared with `make demo`
+    # The default cache (.cache/perft_exp, or $PERFT_CACHE): shared with `make demo`. One process, no launcher.
+    for var in ("PERFT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "variant=R", "perft.num_experts=4", f"hydra.run.dir={run_dir}"],

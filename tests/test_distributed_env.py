@@ -14,9 +14,15 @@ VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM
 
 @pytest.fixture
 def env(monkeypatch):
+    """The variables cleared; the whole environment restored afterwards (ensure_distributed_env writes to
+    os.environ directly, which monkeypatch would not undo, and a leaked RANK would make later train.py
+    subprocesses initialise torch.distributed)."""
+    saved = dict(os.environ)
     for var in VARS:
         monkeypatch.delenv(var, raising=False)
-    return monkeypatch
+    yield monkeypatch
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_single_process_gets_rank_zero_and_a_port(env):
