@@ -143,6 +143,8 @@ def test_checkpoint_of_another_variant_is_refused(micro_model_dir, app_env, tmp_
     first = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.max_steps=4"), app_env)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()  # unfinished: a relaunch would resume the checkpoint
+    # Checkpoints copied in from elsewhere (no run_config.json): the checkpoint check is the last defence.
+    (tmp_path / "run" / "run_config.json").unlink()
     other = run_train(_base(micro_model_dir, tmp_path / "run", "variant=D"), app_env)
     assert other.returncode == 1
     line = _error(other.stderr)
@@ -153,12 +155,34 @@ def test_checkpoint_of_another_base_model_is_refused(micro_model_dir, app_env, t
     first = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.max_steps=4"), app_env)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()
+    (tmp_path / "run" / "run_config.json").unlink()
     spec = dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1,
                                corpus_docs=200)  # fmt: skip
     other_model = tiny.build_tiny_model("tiny_olmoe", tmp_path / "other_model", progress=False, spec=spec)
     other = run_train(_base(other_model, tmp_path / "run"), app_env)
     assert other.returncode == 1
     assert "was trained on base model" in _error(other.stderr)
+
+
+def test_relaunch_with_another_config_is_refused(micro_model_dir, app_env, tmp_path):
+    """Run names depend on the PERFT knobs only: another learning rate must not reuse the finished run."""
+    run_dir = tmp_path / "run"
+    first = run_train(_base(micro_model_dir, run_dir, "trainer.max_steps=4"), app_env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    other = run_train(
+        _base(micro_model_dir, run_dir, "trainer.max_steps=4", "trainer.learning_rate=0.5"), app_env
+    )
+    assert other.returncode == 1
+    line = _error(other.stderr)
+    assert "another config" in line and "trainer.learning_rate" in line and "name=" in line
+    same = run_train(_base(micro_model_dir, run_dir, "trainer.max_steps=4", "logger=wandb"), app_env)
+    assert same.returncode == 0, same.stderr[-2000:]  # the logger may change between launches
+    over = run_train(
+        _base(micro_model_dir, run_dir, "trainer.max_steps=4", "trainer.learning_rate=0.5", "resume=false"),
+        app_env,
+    )
+    assert over.returncode == 0, over.stderr[-2000:]
+    assert json.loads((run_dir / "run_config.json").read_text())["trainer"]["learning_rate"] == 0.5
 
 
 def test_partial_checkpoint_is_skipped(tmp_path):

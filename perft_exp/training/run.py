@@ -169,10 +169,62 @@ def print_table(results: dict) -> None:
     print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
 
 
+# Keys that may change between launches of the same run without changing what it computes.
+_RELAUNCH_FREE = ("resume", "debug", "output_dir", "name", "logger")
+RUN_CONFIG_NAME = "run_config.json"
+
+
+def _run_identity(cfg: DictConfig) -> dict:
+    conf = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in conf.items() if k not in _RELAUNCH_FREE}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_run_dir(cfg: DictConfig, out: Path) -> None:
+    """A run directory belongs to one config: relaunching it with another is an error, not a silent reuse.
+
+    Run names come from the PERFT knobs only, so e.g. two learning rates would otherwise share a directory
+    and the second launch would return (or resume) the first run.
+    """
+    path = out / RUN_CONFIG_NAME
+    want = json.loads(json.dumps(_run_identity(cfg)))
+    if not path.is_file():
+        if is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, want)
+        return
+    have = json.loads(path.read_text())
+    if have == want:
+        return
+    if not cfg.resume:  # starting over: the directory now belongs to this config
+        if is_main_process():
+            atomic_write_json(path, want)
+        return
+    a, b = _flat(have), _flat(want)
+    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:3]) + (
+        " ..." if len(diff) > 3 else ""
+    )
+    raise ValueError(
+        f"{out} holds a run with another config ({shown}); choose another directory with name=..., "
+        "or resume=false to start it over"
+    )
+
+
 def train(cfg: DictConfig) -> dict:
     perft = validate(cfg)
     out = Path(cfg.output_dir)
     results_path = out / RESULTS_NAME
+    check_run_dir(cfg, out)
     if cfg.resume and results_path.is_file():
         log.info("%s exists: the run is finished, nothing to do", results_path)
         return json.loads(results_path.read_text())
