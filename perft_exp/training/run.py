@@ -176,7 +176,14 @@ RUN_CONFIG_NAME = "run_config.json"
 
 def _run_identity(cfg: DictConfig) -> dict:
     conf = OmegaConf.to_container(cfg, resolve=True)
-    return {k: v for k, v in conf.items() if k not in _RELAUNCH_FREE}
+    ident = {k: v for k, v in conf.items() if k not in _RELAUNCH_FREE}
+    pretrained = str(cfg.model.pretrained)
+    if pretrained.startswith("tiny:"):  # a rebuilt tiny model (new spec or synthetic world) is another base model
+        from perft_exp.models.tiny import TINY_SPECS
+
+        spec = TINY_SPECS.get(pretrained[len("tiny:") :])
+        ident["tiny_build"] = spec.key() if spec else None
+    return ident
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
