@@ -178,7 +178,9 @@ def _run_identity(cfg: DictConfig) -> dict:
     conf = OmegaConf.to_container(cfg, resolve=True)
     ident = {k: v for k, v in conf.items() if k not in _RELAUNCH_FREE}
     pretrained = str(cfg.model.pretrained)
-    if pretrained.startswith("tiny:"):  # a rebuilt tiny model (new spec or synthetic world) is another base model
+    if pretrained.startswith(
+        "tiny:"
+    ):  # a rebuilt tiny model (new spec or synthetic world) is another base model
         from perft_exp.models.tiny import TINY_SPECS
 
         spec = TINY_SPECS.get(pretrained[len("tiny:") :])
