@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,8 +80,37 @@ def test_cache_is_reused_and_keyed_by_spec(built, monkeypatch):
     assert changed.key() != micro(name).key()
     with pytest.raises(AssertionError, match="rebuilt"):
         tiny.ensure_tiny_model(name, cache_root=root, spec=changed)
-    # The interrupted build left nothing behind: no half model, no temp dir.
-    assert sorted(p.name for p in root.iterdir()) == [path.name]
+    # The interrupted build left nothing behind: no half model, no temp dir (lock files aside).
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [path.name]
+
+
+def test_concurrent_callers_build_once(tmp_path):
+    """Two processes asking for the same uncached model: one builds, the other waits and reuses it."""
+    code = (
+        "import dataclasses, json, sys; from perft_exp.models import tiny; "
+        "spec = tiny.TinySpec(**json.loads(sys.argv[2])); "
+        "print(tiny.ensure_tiny_model('tiny_olmoe', cache_root=sys.argv[1], spec=spec, progress=False))"
+    )
+    spec = json.dumps(dataclasses.asdict(micro("tiny_olmoe")))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path), spec], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip().splitlines()[-1] for p in procs]
+    assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [Path(outs[0]).name]
+
+
+def test_stale_temp_dir_of_a_killed_build_is_removed(tmp_path):
+    spec = micro("tiny_olmoe")
+    stale = tmp_path / f".tiny_olmoe-{spec.key()}.tmp-killed"
+    stale.mkdir()
+    (stale / "config.json").write_text("{")
+    path = tiny.ensure_tiny_model("tiny_olmoe", cache_root=tmp_path, spec=spec, progress=False)
+    assert not stale.exists() and (path / "perft_build.json").exists()
 
 
 def test_cache_root_from_env(monkeypatch, tmp_path):

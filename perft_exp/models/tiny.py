@@ -20,6 +20,7 @@ The cache root is $PERFT_CACHE or <repo>/.cache/perft_exp; each model lives in
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -291,17 +292,20 @@ def ensure_tiny_model(
     if (final / "perft_build.json").exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: an interrupted build leaves only a hidden temp dir.
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
-    try:
-        build_tiny_model(name, tmp, progress=progress, spec=spec)
+    # One builder at a time (torchrun ranks, parallel sweep jobs): the others wait, then find the cache.
+    with open(root / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "perft_build.json").exists():
+            return final
+        for stale in root.glob(f".{final.name}.tmp-*"):  # left by a killed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        # Build beside the target and rename: an interrupted build leaves only a hidden temp dir.
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.tmp-"))
         try:
+            build_tiny_model(name, tmp, progress=progress, spec=spec)
             os.rename(tmp, final)
-        except OSError:
-            if not (final / "perft_build.json").exists():  # not a concurrent build that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
