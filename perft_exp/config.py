@@ -7,6 +7,7 @@ type cannot express live in `validate()`, which runs before any model is loaded.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,9 +239,54 @@ def run_tag(perft: DictConfig | dict) -> str:
     return "-".join(parts)
 
 
+# Overrides the run directory already shows: the task and model levels, the knobs in run_tag, and keys
+# that may change between launches of one run. Everything else a user overrides enters the name's hash.
+_NAME_SHOWN = {"model", "task", "variant", "routing", "name", "output_dir", "resume", "debug", "logger"}
+_NAME_SHOWN_PERFT = {"variant", "num_experts", "top_k", "bottleneck", "alpha", "form", "init",
+                     "authors_weighting_defect"}  # fmt: skip
+
+
+def _task_overrides(root: DictConfig | None) -> list[str]:
+    """The command line's overrides of this job: from the hydra node while Hydra composes, else HydraConfig."""
+    found = OmegaConf.select(root, "hydra.overrides.task", default=None) if root is not None else None
+    if found is not None:
+        return [str(o) for o in found]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return [str(o) for o in HydraConfig.get().overrides.task]
+    except (ImportError, ValueError):
+        return []
+
+
+def _shown_in_name(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    if key.startswith(("hydra.", "hydra/", "logger.")):
+        return True
+    if key.startswith("perft."):
+        return key[len("perft.") :] in _NAME_SHOWN_PERFT
+    return key in _NAME_SHOWN
+
+
+def run_name(perft: DictConfig | dict, *, _root_: DictConfig | None = None) -> str:
+    """The default run directory name: run_tag, plus a short hash of any other override.
+
+    `python train.py` and `python train.py variant=R perft.num_experts=4` share `R-n4-k2-r16`;
+    `python train.py deepspeed=zero2 trainer=debug` gets `R-n4-k2-r16-<hash>`, so runs that differ in
+    anything they were told to change never share a directory, and the same command finds its run again.
+    """
+    tag = run_tag(perft)
+    extra = sorted(o for o in _task_overrides(_root_) if not _shown_in_name(o))
+    if not extra:
+        return tag
+    return f"{tag}-{hashlib.sha1(chr(10).join(extra).encode()).hexdigest()[:6]}"
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("run_tag"):
         OmegaConf.register_new_resolver("run_tag", run_tag)
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("perft_cache"):
         OmegaConf.register_new_resolver("perft_cache", lambda: str(cache_root()))
 
@@ -266,6 +312,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
         )
     run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
     with open_dict(cfg):
+        cfg.name = cfg.name  # resolved while the overrides are still known
         del cfg["hydra"]
     cfg.output_dir = run_dir
     return cfg

@@ -12,6 +12,7 @@ import sys
 import pytest
 from conftest import REPO, run_train
 from moe_models import tiny_moe
+from safetensors.torch import load_file
 
 from perft_exp.adapters.model import apply_adapters
 from perft_exp.cli import _strip_launcher_args
@@ -142,7 +143,30 @@ def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_pa
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + int(stage[-1])), str(REPO / "train.py"),
            *_ds_args(micro_model_dir, tmp_path, stage)]  # fmt: skip
+    if stage == "zero3":  # sharded weights: evaluation and the final adapter save need both ranks
+        cmd = [a for a in cmd if a != "eval.enabled=false"] + ["task.max_test_examples=3"]
     r = subprocess.run(cmd, cwd=REPO, env=ds_env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    dist = json.loads((tmp_path / "results.json").read_text())["distributed"]
-    assert dist == {"backend": "deepspeed", "zero_stage": int(stage[-1]), "world_size": 2}
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["distributed"] == {"backend": "deepspeed", "zero_stage": int(stage[-1]), "world_size": 2}
+    saved = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert sum(t.numel() for t in saved.values()) == results["params"]["trainable"]  # gathered, not shards
+    if stage == "zero3":
+        assert 0.0 <= results["eval"]["average"] <= 1.0 and "base_eval" in results
+        assert len((tmp_path / "eval" / "boolq.jsonl").read_text().splitlines()) == 3
+
+
+def test_run_names_separate_what_the_command_line_changes():
+    """Same command, same directory; another trainer, ZeRO stage or learning rate, another directory."""
+    from perft_exp.config import compose
+
+    def name(*overrides: str) -> str:
+        return compose(list(overrides)).name
+
+    assert name() == name("variant=R", "perft.num_experts=4") == name("logger=none") == "R-n4-k2-r16"
+    assert name("variant=E", "perft.bottleneck=8") == "E-r8"
+    others = {name("deepspeed=zero2", "trainer=debug"), name("deepspeed=zero3", "trainer=debug"),
+              name("trainer.learning_rate=1e-3"), name("perft.dropout=0.1")}  # fmt: skip
+    assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-") for n in others)
+    assert name("trainer=debug", "deepspeed=zero2") == name("deepspeed=zero2", "trainer=debug")
+    assert name("name=mine") == "mine"

@@ -85,6 +85,7 @@ def _generate_set(
     batch_size: int,
     max_new_tokens: int | None,
     progress: bool,
+    synced_gpus: bool = False,
 ) -> list[dict]:
     prefill = COMMONSENSE_PREFILL if mode == "paper" and _task(name) == "commonsense" else ""
     prompts = [build_prompt(r["instruction"], r.get("input", "")) + prefill for r in records]
@@ -104,6 +105,8 @@ def _generate_set(
         "pad_token_id": tokenizer.pad_token_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
+    if synced_gpus:  # ZeRO-3 over several ranks: every rank runs every forward, none stops early
+        decoding["synced_gpus"] = True
     responses: list[str] = [""] * len(prompts)
     for batch in _batches(order, batch_size, name, progress):
         # generate derives position ids from the mask, so left padding does not shift positions.
@@ -188,12 +191,14 @@ def evaluate(
     max_new_tokens: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    synced_gpus: bool = False,
 ) -> dict:
     """Per-set {accuracy, n, correct, questions_per_s}, plus "average" and overall "questions_per_s".
 
     Accuracies are fractions in [0, 1]; "average" is the unweighted mean over sets. AQuA also
     reports `accuracy_authors_rule`. In `score` mode `batch_size` counts questions, each of which
-    expands to one sequence per label.
+    expands to one sequence per label. `synced_gpus`: the model is sharded with ZeRO-3 over several
+    ranks, each of which calls evaluate on the same questions (forwards gather the shards collectively).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -214,7 +219,15 @@ def evaluate(
                     rows = _score_set(model, tokenizer, name, records, batch_size, progress)
                 else:
                     rows = _generate_set(
-                        model, tokenizer, name, records, mode, batch_size, max_new_tokens, progress
+                        model,
+                        tokenizer,
+                        name,
+                        records,
+                        mode,
+                        batch_size,
+                        max_new_tokens,
+                        progress,
+                        synced_gpus,
                     )
                 seconds = time.perf_counter() - start
                 total_seconds += seconds

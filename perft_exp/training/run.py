@@ -124,7 +124,7 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
     return {"backend": "none", "zero_stage": 0, "world_size": trainer.args.world_size}
 
 
-def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path) -> dict:
+def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path, sharded: bool = False) -> dict:
     """The untuned base model's evaluation, cached across runs.
 
     The cache key covers everything the result depends on: the resolved weights (a tiny model's
@@ -142,15 +142,18 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path) -
     }  # fmt: skip
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
     cache = out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}-{key}.json"
-    if cache.is_file():
+    if cache.is_file():  # (sharded: the ranks share a file system, so they agree on this)
         return json.loads(cache.read_text())
+    main = is_main_process()
     with adapters_disabled(model):
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix(""),
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
+            progress=main, synced_gpus=sharded,
         )  # fmt: skip
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cache, result)
+    if main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, result)
     return result
 
 
@@ -201,28 +204,31 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_run_dir(cfg: DictConfig, out: Path) -> None:
     """A run directory belongs to one config: relaunching it with another is an error, not a silent reuse.
 
-    Run names come from the PERFT knobs only, so e.g. two learning rates would otherwise share a directory
-    and the second launch would return (or resume) the first run.
+    Default names carry a hash of the overrides (config.run_name), so this fires for explicit `name=...`
+    collisions, for edited YAML defaults, and for a rebuilt tiny model.
     """
     path = out / RUN_CONFIG_NAME
     want = json.loads(json.dumps(_run_identity(cfg)))
-    if not path.is_file():
+    if path.is_file():
+        have = json.loads(path.read_text())
+    elif (out / "config.yaml").is_file():  # a run finished before run_config.json existed
+        saved = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"))
+        have = {k: v for k, v in saved.items() if k not in _RELAUNCH_FREE}
+    else:
         if is_main_process():
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, want)
         return
-    have = json.loads(path.read_text())
-    if have == want:
+    a, b = _flat(have), _flat(want)
+    # Keys on one side only are schema changes between versions of this code, not another experiment.
+    diff = [k for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+    if not diff:
         return
     if not cfg.resume:  # starting over: the directory now belongs to this config
         if is_main_process():
             atomic_write_json(path, want)
         return
-    a, b = _flat(have), _flat(want)
-    diff = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-    shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:3]) + (
-        " ..." if len(diff) > 3 else ""
-    )
+    shown = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff[:3]) + (" ..." if len(diff) > 3 else "")
     raise ValueError(
         f"{out} holds a run with another config ({shown}); choose another directory with name=..., "
         "or resume=false to start it over"
@@ -321,16 +327,22 @@ def train(cfg: DictConfig) -> dict:
         },
         "output_dir": str(out),
     }
+    with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
+        if is_main_process():
+            save_adapter(model, out / "adapter", cfg.model.pretrained)
+    # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
+    # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
+    sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
+    if cfg.eval.enabled and data.tests and (is_main_process() or sharded):
+        model.eval()
+        results["eval"] = evaluate(
+            model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval" if is_main_process() else None,
+            progress=is_main_process(), synced_gpus=sharded,
+        )  # fmt: skip
+        if cfg.eval.base:
+            results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, Path("outputs"), sharded)
     if is_main_process():
-        save_adapter(model, out / "adapter", cfg.model.pretrained)
-        if cfg.eval.enabled and data.tests:
-            model.eval()
-            results["eval"] = evaluate(
-                model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-                max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval",
-            )  # fmt: skip
-            if cfg.eval.base:
-                results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, Path("outputs"))
         results["runtime_s"] = time.perf_counter() - t0
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         atomic_write_json(results_path, results)
