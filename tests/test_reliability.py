@@ -143,8 +143,9 @@ def test_checkpoint_of_another_variant_is_refused(micro_model_dir, app_env, tmp_
     first = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.max_steps=4"), app_env)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()  # unfinished: a relaunch would resume the checkpoint
-    # Checkpoints copied in from elsewhere (no run_config.json): the checkpoint check is the last defence.
+    # Checkpoints copied in from elsewhere (no record of the run's config): the checkpoint check is the last defence.
     (tmp_path / "run" / "run_config.json").unlink()
+    (tmp_path / "run" / "config.yaml").unlink()
     other = run_train(_base(micro_model_dir, tmp_path / "run", "variant=D"), app_env)
     assert other.returncode == 1
     line = _error(other.stderr)
@@ -156,6 +157,7 @@ def test_checkpoint_of_another_base_model_is_refused(micro_model_dir, app_env, t
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()
     (tmp_path / "run" / "run_config.json").unlink()
+    (tmp_path / "run" / "config.yaml").unlink()
     spec = dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1,
                                corpus_docs=200)  # fmt: skip
     other_model = tiny.build_tiny_model("tiny_olmoe", tmp_path / "other_model", progress=False, spec=spec)
