@@ -23,6 +23,7 @@ QUANTIZATIONS = ("none", "4bit", "8bit")
 EVAL_MODES = ("greedy", "paper", "score")
 ZERO_STAGES = (0, 2, 3)
 TASK_KINDS = ("commonsense", "math")
+DEFAULT_SEED = 42  # a run with another `seed` carries it in its name (`R-n4-k2-r16-s1`)
 
 
 @dataclass
@@ -80,7 +81,7 @@ class TrainerConfig:
     base_aux_loss: bool = True  # keep the base model's router aux loss on (the authors did)
     nonfinite_loss: str = "stop"  # stop | skip
     dataloader_num_workers: int = 0
-    seed: int = 42
+    seed: int = DEFAULT_SEED  # conf/train.yaml sets it to the top-level `seed`
 
 
 @dataclass
@@ -119,6 +120,7 @@ class TrainConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = DEFAULT_SEED  # adapter init and data order (trainer.seed follows it)
     name: str = MISSING  # run name; the run directory is outputs/runs/<task>/<model>/<name>
     output_dir: str = MISSING
     resume: bool = True  # continue from the newest checkpoint in output_dir
@@ -213,11 +215,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))
 
 
-def run_tag(perft: DictConfig | dict) -> str:
+def run_tag(perft: DictConfig | dict, seed: int | None = None) -> str:
     """A directory-safe run name from the PERFT knobs: `R-n4-k2-r16`, `E-r16`, `qv_lora-r16`, `none`.
 
-    Only knobs that differ from the paper's defaults are added, so the tag is stable and readable.
+    Only knobs that differ from the paper's defaults are added, so the tag is stable and readable;
+    a seed other than DEFAULT_SEED ends it (`R-n4-k2-r16-s1`).
     """
+    return _knob_tag(perft) + seed_suffix(seed)
+
+
+def seed_suffix(seed: int | None) -> str:
+    """What run_tag appends for `seed`: "" for the default seed (or none), else `-s<seed>`."""
+    return "" if seed is None or int(seed) == DEFAULT_SEED else f"-s{int(seed)}"
+
+
+def _knob_tag(perft: DictConfig | dict) -> str:
     p = dict(perft)
     v = p["variant"]
     if v == "none":
@@ -241,7 +253,18 @@ def run_tag(perft: DictConfig | dict) -> str:
 
 # Overrides the run directory already shows: the task and model levels, the knobs in run_tag, and keys
 # that may change between launches of one run. Everything else a user overrides enters the name's hash.
-_NAME_SHOWN = {"model", "task", "variant", "routing", "name", "output_dir", "resume", "debug", "logger"}
+_NAME_SHOWN = {
+    "model",
+    "task",
+    "variant",
+    "routing",
+    "seed",
+    "name",
+    "output_dir",
+    "resume",
+    "debug",
+    "logger",
+}
 _NAME_SHOWN_PERFT = {"variant", "num_experts", "top_k", "bottleneck", "alpha", "form", "init",
                      "authors_weighting_defect"}  # fmt: skip
 
@@ -268,14 +291,15 @@ def _shown_in_name(override: str) -> bool:
     return key in _NAME_SHOWN
 
 
-def run_name(perft: DictConfig | dict, *, _root_: DictConfig | None = None) -> str:
-    """The default run directory name: run_tag, plus a short hash of any other override.
+def run_name(perft: DictConfig | dict, seed: int | None = None, *, _root_: DictConfig | None = None) -> str:
+    """The default run directory name: run_tag (with the seed), plus a short hash of any other override.
 
     `python train.py` and `python train.py variant=R perft.num_experts=4` share `R-n4-k2-r16`;
-    `python train.py deepspeed=zero2 trainer=debug` gets `R-n4-k2-r16-<hash>`, so runs that differ in
-    anything they were told to change never share a directory, and the same command finds its run again.
+    `python train.py seed=1` runs in `R-n4-k2-r16-s1`; `python train.py deepspeed=zero2 trainer=debug`
+    gets `R-n4-k2-r16-<hash>`, so runs that differ in anything they were told to change never share a
+    directory, and the same command finds its run again.
     """
-    tag = run_tag(perft)
+    tag = run_tag(perft, seed)
     extra = sorted(o for o in _task_overrides(_root_) if not _shown_in_name(o))
     if not extra:
         return tag

@@ -21,6 +21,7 @@ from perft_exp.cli import one_line
 from perft_exp.config import compose, perft_config
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
+from perft_exp.evaluation.metrics import metrics_table
 from perft_exp.models.loading import load_model
 
 
@@ -52,11 +53,8 @@ def run(argv: list[str]) -> dict:
         max_new_tokens=cfg.eval.max_new_tokens, out_dir=out,
     )  # fmt: skip
     atomic_write_json(out / "results.json", {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
-    print(f"{'test set':<16}{'accuracy':>10}")
-    for name, r in result.items():
-        if isinstance(r, dict):
-            print(f"{name:<16}{100 * r['accuracy']:>10.1f}")
-    print(f"{'average':<16}{100 * result['average']:>10.1f}\nwritten to {out}")
+    print(metrics_table(result))
+    print(f"written to {out}")
     return result
 
 

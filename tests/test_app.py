@@ -170,3 +170,27 @@ def test_run_names_separate_what_the_command_line_changes():
     assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-") for n in others)
     assert name("trainer=debug", "deepspeed=zero2") == name("deepspeed=zero2", "trainer=debug")
     assert name("name=mine") == "mine"
+
+
+def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_path, monkeypatch):
+    """`seed=` drives trainer.seed (adapter init, data order); each seed has its own, readable directory."""
+    from perft_exp.config import DEFAULT_SEED, compose
+    from perft_exp.training import run
+
+    monkeypatch.setattr(
+        run, "TrainingArguments", dict
+    )  # the arguments, without initialising torch.distributed
+
+    default, one = compose([]), compose(["seed=1"])
+    assert default.seed == default.trainer.seed == DEFAULT_SEED and default.name == "R-n4-k2-r16"
+    assert one.trainer.seed == 1 and one.name == "R-n4-k2-r16-s1"
+    assert compose([f"seed={DEFAULT_SEED}"]).name == "R-n4-k2-r16"
+    assert compose(["seed=2", "trainer=debug"]).trainer.seed == 2  # another trainer preset follows it too
+    assert compose(["seed=1", "trainer=debug"]).name.startswith("R-n4-k2-r16-s1-")
+    assert compose(["variant=E", "perft.bottleneck=8", "seed=0"]).name == "E-r8-s0"
+    explicit = compose(["trainer.seed=5"])  # still accepted; enters the override hash
+    assert (
+        explicit.trainer.seed == 5 and explicit.name.startswith("R-n4-k2-r16-") and explicit.name != one.name
+    )
+    args = run._training_arguments(one, tmp_path, has_eval=True)
+    assert args["seed"] == args["data_seed"] == 1

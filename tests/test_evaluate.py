@@ -9,6 +9,7 @@ import torch
 from perft_exp.data.prompts import COMMONSENSE_PREFILL, build_prompt
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.extract import CHOICE_LABELS
+from perft_exp.evaluation.metrics import AVERAGE_KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +85,7 @@ def test_paper_mode_prefills_and_is_batch_invariant(tiny_lm, tiny_tokenizer, tmp
     assert [r["response"] for r in rows_a] == [r["response"] for r in rows_b]
     assert all(r["prompt"].endswith("### Response:\n" + COMMONSENSE_PREFILL) for r in rows_a)
     assert all(r["response"].startswith(COMMONSENSE_PREFILL) for r in rows_a)
-    assert set(a) == {"boolq", "average", "questions_per_s"}
+    assert set(a) == {"boolq", "average", "questions_per_s", *AVERAGE_KEYS}
 
 
 def _label_logprob(model, tokenizer, context: str, label: str) -> float:

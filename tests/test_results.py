@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from perft_exp.analysis.results import collect, config_label, markdown_table, write_report
+from perft_exp.analysis.results import (
+    collect,
+    config_label,
+    group_name,
+    markdown_table,
+    skill_table,
+    write_report,
+)
 from perft_exp.data.formats import COMMONSENSE_TEST_SETS
+from perft_exp.data.prompts import build_prompt
+from perft_exp.evaluation.evaluator import _row
+from perft_exp.evaluation.extract import CHOICE_LABELS
+from perft_exp.evaluation.metrics import metrics_from_records
 
 COMMONSENSE = list(COMMONSENSE_TEST_SETS)
 MATH = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP"]
@@ -149,3 +162,138 @@ def test_collector_ignores_re_evaluations_and_filters_by_run_name(runs_root: Pat
     assert len(collect(runs_root).runs) == 13  # 12 runs + the commonsense base model
     only_r = collect(runs_root, "R-*")
     assert {r.config for r in only_r.runs} == {"R (Top2/4)", "R (Top2/2)", "base model"} and not only_r.failed
+
+
+# --- seeds, intervals and skill from per-question records ------------------------------------------
+
+SEED_SETS = {"boolq": ["true"] * 35 + ["false"] * 15, "piqa": ["solution1", "solution2"] * 20}
+OTHER = {"true": "false", "false": "true", "solution1": "solution2", "solution2": "solution1"}
+
+
+def _records(n_right: dict[str, int]) -> dict[str, list[dict]]:
+    """Rows as evaluate() writes them: the first n_right[set] questions answered right, the rest wrong."""
+    return {
+        name: [_row(name, i, build_prompt(f"Question {i}?\n\nAnswer format: {'/'.join(CHOICE_LABELS[name])}"),
+                    f"the correct answer is {label if i < n_right[name] else OTHER[label]}", label)
+               for i, label in enumerate(labels)]
+        for name, labels in SEED_SETS.items()
+    }  # fmt: skip
+
+
+def write_seed_run(root: Path, name: str, variant: str, seed: int | None, n_right: dict[str, int], *,
+                   old: bool = False, records: bool = True) -> Path:  # fmt: skip
+    """A run directory with eval/<set>.jsonl; `old`: a results.json from before seeds and skill metrics."""
+    run_dir = root / "synthetic_commonsense" / "tiny_olmoe" / name
+    (run_dir / "eval").mkdir(parents=True)
+    sets = _records(n_right)
+    ev = metrics_from_records(sets)
+    if records:
+        for set_name, rows in sets.items():
+            (run_dir / "eval" / f"{set_name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    perft = {"variant": variant, "num_experts": 4, "top_k": 2, "bottleneck": 8, "alpha": None, "form": "lora",
+             "init": "paper", "authors_weighting_defect": False}  # fmt: skip
+    results = {"variant": variant, "perft": perft, "model": "tiny_olmoe", "task": "synthetic_commonsense",
+               "train_file": "train", "params": _params(variant, 8, 4, 2), "eval": ev}  # fmt: skip
+    if old:
+        results["eval"] = {s: {k: ev[s][k] for k in ("accuracy", "n", "correct")} for s in sets}
+        results["eval"]["average"] = ev["average"]  # and no average_skill, ...
+    else:
+        results["seed"] = seed
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+@pytest.fixture
+def seeds_root(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    for seed, right in (
+        (0, {"boolq": 40, "piqa": 30}),
+        (1, {"boolq": 45, "piqa": 34}),
+        (2, {"boolq": 38, "piqa": 26}),
+    ):
+        write_seed_run(root, f"toy-R-n4-k2-r8-s{seed}", "R", seed, right)
+    write_seed_run(root, "toy-S-r8-s0", "S", 0, {"boolq": 35, "piqa": 20})  # a constant-ish one, one seed
+    write_seed_run(root, "qv_lora-r8", "qv_lora", None, {"boolq": 42, "piqa": 22}, old=True)
+    write_seed_run(root, "D-n4-r8", "D", None, {"boolq": 30, "piqa": 20}, old=True, records=False)
+    return root
+
+
+def _body(table: str) -> dict[str, list[str]]:
+    return {
+        line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in table.splitlines()[2:]
+    }
+
+
+def test_seeds_are_one_row_with_bootstrap_intervals(seeds_root: Path):
+    collection = collect(seeds_root)
+    assert len(collection.runs) == 6 and sorted(r.seed for r in collection.runs if r.seed is not None) == [
+        0,
+        0,
+        1,
+        2,
+    ]
+    runs = collection.groups()[("tiny_olmoe", "synthetic_commonsense")]
+    table = markdown_table(runs)
+    header = table.splitlines()[0].strip("| ").split(" | ")
+    assert header[:6] == ["Config", "r", "Trainable %", "Activated %", "BoolQ", "PIQA"]
+    assert header[-3:] == ["Avg.", "Seeds", "Run"]
+    rows = _body(table)
+    assert list(rows) == ["qv-LoRA", "R (Top2/4)", "D (4)", "S (1)", "*majority label*", "*chance*"]
+
+    r = rows["R (Top2/4)"]
+    assert r[-2:] == ["0,1,2", "toy-R-n4-k2-r8"]
+    boolq = np.mean([40, 45, 38]) / 50
+    mean, lo, hi = (float(x) for x in re.fullmatch(r"\**([\d.]+)\** \[([\d.]+), ([\d.]+)\]", r[4]).groups())
+    assert mean == pytest.approx(100 * boolq, abs=0.005) and lo < mean < hi
+    avg_mean, avg_lo, avg_hi = (
+        float(x) for x in re.fullmatch(r"\**([\d.]+)\** \[([\d.]+), ([\d.]+)\]", r[6]).groups()
+    )
+    assert avg_lo < avg_mean < avg_hi and avg_mean == pytest.approx(
+        100 * (boolq + np.mean([30, 34, 26]) / 40) / 2, abs=0.005
+    )
+    assert re.fullmatch(r"[\d.]+ \[[\d.]+, [\d.]+\]", rows["S (1)"][4]) and rows["S (1)"][-2:] == [
+        "0",
+        "toy-S-r8-s0",
+    ]
+    # an old results.json: the interval from its records, no seed; without records: plain numbers
+    assert re.fullmatch(r"[\d.*]+ \[[\d.]+, [\d.]+\]", rows["qv-LoRA"][4]) and rows["qv-LoRA"][-2] == "–"
+    assert rows["D (4)"][4] == "60.00"
+    assert rows["*majority label*"][4:7] == ["70.00", "50.00", "60.00"]
+    assert rows["*chance*"][4:7] == ["50.00", "50.00", "50.00"]
+    # the same records give the same table
+    assert markdown_table(collect(seeds_root).groups()[("tiny_olmoe", "synthetic_commonsense")]) == table
+
+
+def test_skill_table_and_old_results(seeds_root: Path, tmp_path: Path):
+    runs = collect(seeds_root).groups()[("tiny_olmoe", "synthetic_commonsense")]
+    qv = next(r for r in runs if r.variant == "qv_lora")
+    assert qv.averages["average_skill"] == pytest.approx(
+        ((42 - 35) / 50 + (22 - 20) / 40) / 2
+    )  # from its records
+    assert next(r for r in runs if r.variant == "D").averages == {}  # no records: left blank
+    table = skill_table(runs)
+    assert table.splitlines()[0].strip("| ").split(" | ")[-4:] == ["Avg.", "Top share %", "Seeds", "Run"]
+    rows = _body(table)
+    s = rows["S (1)"]
+    assert s[2].startswith("+0.0 [") and s[-3] == "100"  # the majority answer to every boolq question
+    assert re.fullmatch(r"\*\*\+[\d.]+\*\* \[\+[\d.]+, \+[\d.]+\]", rows["R (Top2/4)"][3])  # best PIQA skill
+    assert rows["D (4)"][2] == "–"
+
+    out = tmp_path / "report"
+    write_report(seeds_root, out)
+    md = (out / "results.md").read_text()
+    assert "### Skill: tiny_olmoe / synthetic_commonsense" in md and "*majority label*" in md
+    for png in ("efficiency", "bottleneck"):
+        assert (out / f"{png}-synthetic_commonsense-tiny_olmoe.png").read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 6  # one row per seed
+    r1 = next(r for r in rows if r["run"] == "toy-R-n4-k2-r8-s1")
+    assert (r1["seed"], r1["group"]) == ("1", "toy-R-n4-k2-r8")
+    assert float(r1["average_skill"]) == pytest.approx(((45 - 35) / 50 + (34 - 20) / 40) / 2)
+    assert float(r1["average_majority"]) == pytest.approx(0.6) and float(r1["average_chance"]) == 0.5
+
+
+def test_group_names_drop_only_the_seed_suffix():
+    assert group_name("toy-R-n4-k2-r8-s1", 1) == "toy-R-n4-k2-r8"
+    assert group_name("R-n4-k2-r16-s3-07ced8", 3) == "R-n4-k2-r16-07ced8"
+    assert group_name("R-n4-k2-r16", 42) == "R-n4-k2-r16" and group_name("S-r8-s1", None) == "S-r8-s1"

@@ -6,6 +6,7 @@ import importlib.util
 import itertools
 import json
 import sys
+from collections import Counter
 
 import pytest
 
@@ -51,6 +52,13 @@ def test_olmoe_commonsense_matches_the_authors_grid():
     expected |= {("E", None, None, str(r)) for r in (2, 4, 8, 16, 32, 64)}
     expected |= {("qv_lora", None, None, str(2**i)) for i in range(11)}
     assert set(jobs) == expected and len(jobs) == 100
+
+
+def test_toy_runs_every_config_with_three_seeds():
+    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_cli.Sweep.load("toy").jobs()]
+    configs = Counter(tuple(sorted((k, v) for k, v in job.items() if k != "seed")) for job in jobs)
+    assert len(jobs) == 45 and len(configs) == 15 and set(configs.values()) == {3}
+    assert {job["seed"] for job in jobs} == {"0", "1", "2"}
 
 
 def test_bottleneck_ablation_is_one_variant_over_six_sizes():

@@ -1,29 +1,29 @@
-"""The synthetic world and suites: deterministic, in the LLM-Adapters formats, train/test held apart."""
+"""The synthetic world and suites: deterministic, in the LLM-Adapters formats, held-out facts kept apart."""
 
 from __future__ import annotations
 
 import json
 import re
 import time
+from collections import Counter
 
 import pytest
 
 from perft_exp.data import synthetic
+from perft_exp.data.synthetic import commonsense, corpus
+from perft_exp.data.synthetic.templates import CHECKS, QUESTIONS, STATEMENTS
+from perft_exp.data.synthetic.world import OBJECTS, PEOPLE, RELATIONS, VALUES
+from perft_exp.evaluation.extract import CHOICE_LABELS
 
-LABELS = {
-    "boolq": {"true", "false"},
-    "piqa": {"solution1", "solution2"},
-    "social_i_qa": {"answer1", "answer2", "answer3"},
-    "hellaswag": {"ending1", "ending2", "ending3", "ending4"},
-    "winogrande": {"option1", "option2"},
-    "ARC-Easy": {"answer1", "answer2", "answer3", "answer4"},
-    "ARC-Challenge": {"answer1", "answer2", "answer3", "answer4", "answer5"},
-    "openbookqa": {"answer1", "answer2", "answer3", "answer4"},
-}
+# Which relation each multiple-choice set asks about (boolq asks weight or size).
+SET_RELATIONS = {"piqa": ("weight",), "social_i_qa": ("hobby", "pet"), "hellaswag": ("use",),
+                 "winogrande": ("size",), "ARC-Easy": ("material",), "ARC-Challenge": ("room",),
+                 "openbookqa": ("color",), "boolq": ("weight", "size")}  # fmt: skip
+NAMES = re.compile(r"\b(" + "|".join(OBJECTS + PEOPLE) + r")\b")
 
 
 @pytest.fixture(scope="module")
-def commonsense():
+def commonsense_suite():
     return synthetic.make_suite("commonsense", n_train=400, n_test=40, seed=0)
 
 
@@ -32,38 +32,92 @@ def math_suite():
     return synthetic.make_suite("math", n_train=300, n_test=30, seed=0)
 
 
+@pytest.fixture(scope="module")
+def corpus_text():
+    return "\n".join(synthetic.pretraining_corpus(seed=0))
+
+
 def test_deterministic_in_seed_and_sizes():
-    assert synthetic.make_suite("commonsense", 80, 5, seed=3) == synthetic.make_suite(
-        "commonsense", 80, 5, seed=3
-    )
+    assert synthetic.make_suite("commonsense", 80, 5, seed=3) == synthetic.make_suite("commonsense", 80, 5, seed=3)
     assert synthetic.make_suite("math", 60, 5, seed=3) == synthetic.make_suite("math", 60, 5, seed=3)
-    assert synthetic.make_suite("commonsense", 80, 5, seed=3) != synthetic.make_suite(
-        "commonsense", 80, 5, seed=4
-    )
+    assert synthetic.make_suite("commonsense", 80, 5, seed=3) != synthetic.make_suite("commonsense", 80, 5, seed=4)
     assert synthetic.pretraining_corpus(seed=1, n=50) == synthetic.pretraining_corpus(seed=1, n=50)
 
 
-def test_commonsense_records_follow_the_llm_adapters_format(commonsense):
-    train, tests = commonsense
+def test_generators_come_from_one_table_per_kind():
+    assert tuple(synthetic.GENERATORS["commonsense"]) == synthetic.TEST_SETS["commonsense"]
+    assert tuple(synthetic.GENERATORS["math"]) == synthetic.TEST_SETS["math"]
+    assert set(corpus.CORPUS_MIX) == set(corpus.DOCUMENTS)
+
+
+def test_commonsense_records_follow_the_llm_adapters_format(commonsense_suite):
+    train, tests = commonsense_suite
     assert list(tests) == list(synthetic.TEST_SETS["commonsense"])
     for name, records in tests.items():
         assert len(records) == 40
-        seen = set()
         for r in records:
             assert set(r) == {"instruction", "input", "output", "answer"} and r["input"] == ""
             assert r["output"] == f"the correct answer is {r['answer']}"
-            assert r["answer"] in LABELS[name]
             offered = r["instruction"].rsplit("Answer format: ", 1)[1].split("/")
-            assert r["answer"] in offered and set(offered) <= LABELS[name]
-            seen.add(r["answer"])
-        assert seen == LABELS[name] or name == "ARC-Challenge" and len(seen) >= 4, (name, seen)
-    assert tests["boolq"][0]["instruction"].startswith(
-        "Please answer the following question with true or false"
-    )
+            assert r["answer"] in offered and set(offered) <= set(CHOICE_LABELS[name])
+    assert tests["boolq"][0]["instruction"].startswith("Please answer the following question with true or false")
     assert "\n\nSolution1: " in tests["piqa"][0]["instruction"]
-    # The training file mixes every format.
     formats = {r["instruction"].rsplit("Answer format: ", 1)[1] for r in train}
     assert {f.split("/")[0] for f in formats} == {"true", "solution1", "answer1", "ending1", "option1"}
+
+
+def _subject(record: dict, relation: str = "material") -> str:
+    """The name a question asks about: the object in it (people only for people's relations)."""
+    names = NAMES.findall(record["instruction"].split("\n\n")[0].split(": ", 1)[1])
+    pool = PEOPLE if relation in ("hobby", "pet") else OBJECTS
+    return next((n for n in names if n in pool), "")
+
+
+def test_options_are_the_relations_values_in_fixed_order_and_the_label_is_the_fact(commonsense_suite):
+    world = synthetic.build_world()
+    train, tests = commonsense_suite
+    for name, records in tests.items():
+        if name == "boolq":
+            continue
+        for r in records:
+            options = re.findall(r"\n\n[A-Z][a-z]+\d: ([^\n]+)", r["instruction"])
+            relation = next(rel for rel in SET_RELATIONS[name] if len(VALUES[rel]) == len(options)
+                            and all(v in o for v, o in zip(VALUES[rel], options))) if name != "piqa" else "weight"  # fmt: skip
+            subject = _subject(r, relation)
+            label_index = int(r["answer"][-1]) - 1
+            assert VALUES[relation][label_index] == world.value(relation, subject), (name, r)
+
+
+def test_gold_labels_are_balanced(commonsense_suite):
+    """The best constant answer scores about chance: the world deals each relation's values evenly."""
+    _, tests = commonsense_suite
+    for name, records in tests.items():
+        counts = Counter(r["answer"] for r in records)
+        n_options = len(records[0]["instruction"].rsplit("Answer format: ", 1)[1].split("/"))
+        assert max(counts.values()) / len(records) <= 1 / n_options + 0.1, (name, counts)
+
+
+def test_test_questions_ask_only_about_held_out_facts(commonsense_suite):
+    world = synthetic.build_world()
+    for relation in RELATIONS:
+        train_s, test_s = world.subjects(relation, "train"), world.subjects(relation, "test")
+        assert set(train_s).isdisjoint(test_s) and abs(len(test_s) - len(train_s)) <= 2
+    train, tests = commonsense_suite
+    for name, records in tests.items():
+        for r in records:
+            relations = [rel for rel in SET_RELATIONS[name] if _subject(r, rel) in world.subjects(rel, "test")]
+            assert relations, (name, r)  # the set's relation, asked about a held-out subject
+    asked = {_subject(r) for r in tests["ARC-Easy"]}
+    assert asked == set(world.subjects("material", "test"))  # every held-out fact asked
+    assert {_subject(r) for r in train if "made of" in r["instruction"]} <= set(world.subjects("material", "train"))
+
+
+@pytest.mark.parametrize("kind", ["commonsense", "math"])
+def test_train_and_test_questions_are_distinct(kind, commonsense_suite, math_suite):
+    train, tests = commonsense_suite if kind == "commonsense" else math_suite
+    test_q = [r["instruction"] for records in tests.values() for r in records]
+    assert len(set(test_q)) == len(test_q)
+    assert {r["instruction"] for r in train}.isdisjoint(test_q)
 
 
 def test_math_records(math_suite):
@@ -76,59 +130,60 @@ def test_math_records(math_suite):
             else:
                 float(r["answer"])
             assert r["output"].endswith(f"The answer is {r['answer'].removesuffix('.0')}")
-    # The rationale's arithmetic is right.
-    for r in train:
+    for r in train:  # the rationale's arithmetic is right
         for x, op, y, z in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", r["output"]):
             assert eval(f"{x} {op} {y}") == int(z)
+    letters = Counter(r["answer"] for r in tests["AQuA"])
+    assert max(letters.values()) <= 0.35 * len(tests["AQuA"]), letters
 
 
-@pytest.mark.parametrize("kind", ["commonsense", "math"])
-def test_train_and_test_questions_are_distinct(kind, commonsense, math_suite):
-    train, tests = commonsense if kind == "commonsense" else math_suite
-    train_q = {r["instruction"] for r in train}
-    test_q = [r["instruction"] for records in tests.values() for r in records]
-    assert len(set(test_q)) == len(test_q)
-    assert train_q.isdisjoint(test_q)
-
-
-def test_test_questions_ask_only_about_held_out_facts(commonsense):
+def test_pretraining_corpus_states_every_fact_in_several_forms(corpus_text):
     world = synthetic.build_world()
-    for relation in synthetic.OBJECT_RELATIONS + synthetic.PERSON_RELATIONS + ("taller",):
-        train_s, test_s = world.subjects(relation, "train"), world.subjects(relation, "test")
-        assert set(train_s).isdisjoint(test_s) and len(test_s) >= len(train_s) - 1 > 0
-    train, tests = commonsense
-    material = re.compile(r"which material is the (\w+) made of\?|what is the (\w+) made of\?")
-    asked = {
-        split: {m.group(1) or m.group(2) for r in records if (m := material.search(r["instruction"]))}
-        for split, records in (("train", train), ("test", tests["ARC-Easy"]))
-    }
-    assert asked["test"] and asked["test"] <= set(world.subjects("material", "test"))
-    assert asked["train"] <= set(world.subjects("material", "train"))
+    for relation, subject, value in world.facts():
+        forms = [t.format(s=subject, v=value) for t in STATEMENTS[relation]]
+        assert sum(f in corpus_text for f in forms) >= 3, (relation, subject)
 
 
-def test_pretraining_corpus_states_facts_without_the_question_format():
-    corpus = synthetic.pretraining_corpus(seed=0, n=3000)
-    text = " ".join(corpus)
-    for marker in (
-        "Please answer",
-        "Please choose",
-        "Answer format",
-        "correct answer is",
-        "answer is",
-        "?",
-        "Answer Choices",
-    ):
-        assert marker not in text, marker
+def test_pretraining_corpus_asks_only_about_train_facts(corpus_text):
+    """Questions about held-out facts never occur in pre-training; about train facts they do."""
     world = synthetic.build_world()
-    assert f"the glim is made of {world.value('material', 'glim')}." in text
-    assert re.search(r"\d+ \+ \d+ = \d+\.", text) and " plus " in text
+    for split in ("train", "test"):
+        asked = 0
+        for relation, subject, value in world.facts(split):
+            questions = [q.format(s=subject) for q in QUESTIONS[relation][0]]
+            questions += [c.format(s=subject, v=v) for c in CHECKS[relation] for v in VALUES[relation]]
+            asked += any(q in corpus_text for q in questions)
+        n = len(world.facts(split))
+        assert asked == 0 if split == "test" else asked > 0.9 * n, (split, asked, n)
 
 
-def test_pretraining_corpus_covers_every_word_of_the_suites():
-    text = " ".join(synthetic.pretraining_corpus(seed=0))
+def test_pretraining_corpus_has_no_suite_instructions(corpus_text):
+    for marker in ("Please answer", "Please choose", "Answer format", "correct answer is", "Answer Choices"):
+        assert marker not in corpus_text, marker
+    assert re.search(r"\d+ \+ \d+ = \d+\.", corpus_text) and " plus " in corpus_text
+
+
+def test_pretraining_corpus_covers_every_word_of_the_suites(corpus_text):
     train, tests = synthetic.make_suite("commonsense", n_train=200, n_test=10, seed=5)
     words = {w.strip(".,?:") for r in train for w in r["instruction"].replace("/", " ").split()}
-    assert [w for w in words if w not in text] == []
+    assert [w for w in words if w not in corpus_text] == []
+
+
+def test_probes_cover_every_fact():
+    world = synthetic.build_world()
+    for probes in (synthetic.fact_probes(), synthetic.question_probes()):
+        assert len(probes) == len(world.facts())
+        assert all(value in values for _, value, values in probes)
+    assert len(synthetic.question_probes("test")) == len(world.facts("test"))
+
+
+def test_commonsense_generator_signature():
+    world = synthetic.build_world()
+    import random
+
+    for name, generate in commonsense.GENERATORS.items():
+        rec = generate(world, random.Random(0), "test", 3)
+        assert set(rec) == {"instruction", "input", "output", "answer"}, name
 
 
 def test_write_and_ensure_suite_layout(tmp_path):
@@ -138,10 +193,7 @@ def test_write_and_ensure_suite_layout(tmp_path):
     for name in synthetic.TEST_SETS["commonsense"]:
         assert len(json.loads((tmp_path / "dataset" / name / "test.json").read_text())) == 4
     synthetic.ensure_suite("math", tmp_path, n_train=30, n_test=3)
-    assert (tmp_path / "synthetic_math.json").exists() and (
-        tmp_path / "dataset" / "gsm8k" / "test.json"
-    ).exists()
-
+    assert (tmp_path / "synthetic_math.json").exists() and (tmp_path / "dataset" / "gsm8k" / "test.json").exists()
     # Same arguments: reused untouched; other sizes: regenerated.
     train_file = tmp_path / "synthetic_math.json"
     stamp = train_file.stat().st_mtime_ns
@@ -149,6 +201,11 @@ def test_write_and_ensure_suite_layout(tmp_path):
     assert train_file.stat().st_mtime_ns == stamp
     synthetic.ensure_suite("math", tmp_path, n_train=31, n_test=3)
     assert len(json.loads(train_file.read_text())) == 31
+
+
+def test_asking_for_more_distinct_questions_than_the_world_has_is_an_error():
+    with pytest.raises(ValueError, match="distinct"):
+        synthetic.make_suite("commonsense", n_train=8, n_test=1000, seed=0)
 
 
 def test_default_generation_is_fast(tmp_path):

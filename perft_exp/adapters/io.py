@@ -19,6 +19,7 @@ from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters, trainable_parameters
+from perft_exp.files import atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -41,19 +42,6 @@ class AdapterError(ValueError):
 def base_signature(config) -> dict:
     """The base-model facts an adapter depends on."""
     return {k: getattr(config, k) for k in _SIGNATURE_KEYS if getattr(config, k, None) is not None}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _base_config(model: nn.Module):

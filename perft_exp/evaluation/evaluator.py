@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from perft_exp.data.formats import COMMONSENSE_TEST_SETS, canonical_test_set
 from perft_exp.data.prompts import COMMONSENSE_PREFILL, build_prompt, response_of
 from perft_exp.evaluation.extract import CHOICE_LABELS, extract_answer, extract_aqua_authors, is_correct
-from perft_exp.evaluation.metrics import macro_average, summarize_set
+from perft_exp.evaluation.metrics import average_metrics, macro_average, summarize_set
 
 MODES = ("greedy", "paper", "score")
 
@@ -193,10 +193,13 @@ def evaluate(
     progress: bool = True,
     synced_gpus: bool = False,
 ) -> dict:
-    """Per-set {accuracy, n, correct, questions_per_s}, plus "average" and overall "questions_per_s".
+    """Per-set metrics, plus the over-set averages and overall "questions_per_s".
 
-    Accuracies are fractions in [0, 1]; "average" is the unweighted mean over sets. AQuA also
-    reports `accuracy_authors_rule`. In `score` mode `batch_size` counts questions, each of which
+    Per set: accuracy, n, correct, questions_per_s and what tells knowledge from guessing (chance,
+    majority, skill = accuracy - majority, top_prediction_share; perft_exp.evaluation.metrics).
+    Fractions in [0, 1]; "average" is the unweighted mean accuracy over sets, `average_skill`,
+    `average_majority`, ... (metrics.AVERAGE_KEYS) those of the other metrics. AQuA also reports
+    `accuracy_authors_rule`. In `score` mode `batch_size` counts questions, each of which
     expands to one sequence per label. `synced_gpus`: the model is sharded with ZeRO-3 over several
     ranks, each of which calls evaluate on the same questions (forwards gather the shards collectively).
     """
@@ -231,7 +234,7 @@ def evaluate(
                     )
                 seconds = time.perf_counter() - start
                 total_seconds += seconds
-                results[name] = summarize_set(rows, seconds)
+                results[name] = summarize_set(rows, seconds, name)
                 if out_dir is not None:
                     with open(Path(out_dir) / f"{name}.jsonl", "w", encoding="utf-8") as f:
                         f.writelines(json.dumps(row) + "\n" for row in rows)
@@ -239,6 +242,7 @@ def evaluate(
         model.train(was_training)
     per_set = dict(results)
     results["average"] = macro_average(per_set)
+    results.update(average_metrics(per_set))
     n_total = sum(s["n"] for s in per_set.values())
     results["questions_per_s"] = n_total / total_seconds if total_seconds > 0 else float("inf")
     return results

@@ -32,6 +32,7 @@ from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import contaminated_test_sets
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
+from perft_exp.evaluation.metrics import iter_set_metrics, metrics_table, with_knowledge_metrics
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 from perft_exp.training.distributed import (
@@ -124,8 +125,9 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
     return {"backend": "none", "zero_stage": 0, "world_size": trainer.args.world_size}
 
 
-def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path, sharded: bool = False) -> dict:
-    """The untuned base model's evaluation, cached across runs.
+def _base_eval_cache(cfg: DictConfig, model, tests: dict, out_root: Path) -> Path:
+    """Where the untuned base model's evaluation is cached: `<out_root>/base_eval/<task>/<model>/<mode>-<key>.json`,
+    its per-question records in the directory of the same name without `.json`.
 
     The cache key covers everything the result depends on: the resolved weights (a tiny model's
     directory name carries its build hash), dtype, decoding settings and the exact test records
@@ -141,9 +143,14 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path, s
                   for name, recs in sorted(tests.items())},
     }  # fmt: skip
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
-    cache = out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}-{key}.json"
+    return out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}-{key}.json"
+
+
+def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, sharded: bool = False) -> dict:
+    """The untuned base model's evaluation, cached across runs in `cache` (see _base_eval_cache)."""
     if cache.is_file():  # (sharded: the ranks share a file system, so they agree on this)
-        return json.loads(cache.read_text())
+        # a cache written before the knowledge metrics existed gets them from its records
+        return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
     main = is_main_process()
     with adapters_disabled(model):
         result = evaluate(
@@ -158,17 +165,11 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, out_root: Path, s
 
 
 def print_table(results: dict) -> None:
-    ev, base = results.get("eval") or {}, results.get("base_eval") or {}
-    sets = [k for k, v in ev.items() if isinstance(v, dict)]
-    rows = [f"{'test set':<16}{'base':>8}{'tuned':>8}"]
-    for s in [*sets, "average"]:
-        b = base.get(s, {}).get("accuracy") if s != "average" else base.get("average")
-        t = ev.get(s, {}).get("accuracy") if s != "average" else ev.get("average")
-        rows.append(
-            f"{s:<16}{'' if b is None else f'{100 * b:.1f}':>8}{'' if t is None else f'{100 * t:.1f}':>8}"
-        )
+    """Base and tuned accuracy per test set beside the majority label, chance, skill and top prediction."""
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
-    print("\n".join(rows))
+    print(metrics_table(results.get("eval") or {}, results.get("base_eval")))
+    print("(%; skill = tuned - majority, the best constant answer; top prediction: the tuned model's most "
+          "common answer and its share)")  # fmt: skip
     print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
 
 
@@ -312,6 +313,7 @@ def train(cfg: DictConfig) -> dict:
         "perft": perft.to_dict(),
         "model": cfg.model.name,
         "task": cfg.task.name,
+        "seed": cfg.trainer.seed,
         "train_file": cfg.task.train_file,
         "contaminated_test_sets": contaminated_test_sets(cfg.task.train_file, list(data.tests)),
         "params": params,
@@ -341,13 +343,18 @@ def train(cfg: DictConfig) -> dict:
             progress=is_main_process(), synced_gpus=sharded,
         )  # fmt: skip
         if cfg.eval.base:
-            results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, Path("outputs"), sharded)
+            cache = _base_eval_cache(cfg, model, data.tests, Path("outputs"))
+            results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, cache, sharded)
+            results["base_eval_records"] = str(cache.with_suffix(""))
     if is_main_process():
         results["runtime_s"] = time.perf_counter() - t0
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         atomic_write_json(results_path, results)
         if tracking:
-            log_final({f"eval/{k}": v["accuracy"] for k, v in results.get("eval", {}).items() if isinstance(v, dict)}
-                      | {"eval/average": results.get("eval", {}).get("average")})  # fmt: skip
+            ev = results.get("eval", {})
+            final = {f"eval/{k}": v["accuracy"] for k, v in iter_set_metrics(ev)}
+            final["eval/average"] = ev.get("average")
+            final["eval/average_skill"] = ev.get("average_skill")
+            log_final(final)
         print_table(results)
     return results

@@ -1,0 +1,118 @@
+"""95 % bootstrap intervals of accuracy and skill over questions and seeds.
+
+A config run with S seeds has, per test set and seed, one 0/1 `correct` per question (its
+`eval/<set>.jsonl`) and one 0/1 `majority_hit` per question (would the set's majority label be right).
+Each resample draws S seeds with replacement and the test set's n questions with replacement; accuracy
+is the mean of `correct`, skill the mean of `correct - majority_hit` (the constant answer is scored on
+the same resampled questions), both averaged over the drawn seeds. The seeds answered the same
+questions, so one question draw serves every seed: a hard question stays hard for all of them, and
+three seeds that answer alike are no more certain than one. (Seeds whose records do not line up, e.g.
+other test sizes, get their own question draws.) The average over test sets uses the same seed draw
+for every set. With one seed only the questions vary.
+
+Drawing n questions with replacement only matters through how many questions of each kind it picks
+(a kind: the outcomes of every seed and of the majority label on that question), so each draw is one
+multinomial sample over at most 2^(S+1) kinds: cheap even for 10k questions.
+
+    arrays = [{"boolq": SetArrays(correct, majority_hit), ...} for each seed]
+    ci = bootstrap_intervals(arrays)   # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_RESAMPLES = 2000
+RNG_SEED = 0  # fixed: the same records give the same intervals
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class SetArrays:
+    """One seed's per-question outcomes on one test set."""
+
+    correct: np.ndarray  # bool (n,): the model's answer is right
+    majority_hit: np.ndarray  # bool (n,): the set's most common gold label is this question's label
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], majority_hit: list[bool]) -> SetArrays:
+        return cls(np.array([bool(r["correct"]) for r in rows]), np.array(majority_hit, dtype=bool))
+
+
+def _shared_questions(seeds: list[SetArrays]) -> bool:
+    first = seeds[0]
+    return all(
+        len(s.correct) == len(first.correct) and np.array_equal(s.majority_hit, first.majority_hit)
+        for s in seeds
+    )
+
+
+def _kind_draws(
+    table: np.ndarray, n_resamples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kinds (K, columns), counts per resample (B, K)) of n rows of `table` drawn with replacement."""
+    kinds, counts = np.unique(table, axis=0, return_counts=True)
+    n = len(table)
+    return kinds.astype(float), rng.multinomial(n, counts / n, size=n_resamples).astype(float)
+
+
+def _per_seed(
+    seeds: list[SetArrays], n_resamples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, skill), each (B, S): every seed scored on resampled questions (shared where they line up)."""
+    if _shared_questions(seeds):
+        table = np.column_stack([s.correct for s in seeds] + [seeds[0].majority_hit])
+        kinds, draws = _kind_draws(table, n_resamples, rng)
+        n = len(table)
+        acc = draws @ kinds[:, :-1] / n
+        return acc, acc - (draws @ kinds[:, -1] / n)[:, None]
+    acc, skill = np.zeros((n_resamples, len(seeds))), np.zeros((n_resamples, len(seeds)))
+    for j, arrays in enumerate(seeds):
+        kinds, draws = _kind_draws(np.column_stack([arrays.correct, arrays.majority_hit]), n_resamples, rng)
+        n = len(arrays.correct)
+        acc[:, j], skill[:, j] = draws @ kinds[:, 0] / n, draws @ (kinds[:, 0] - kinds[:, 1]) / n
+    return acc, skill
+
+
+def _resample_set(
+    seeds: list[SetArrays], picks: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy, skill) per resample, (B,) each: the drawn seeds' mean on the resampled questions."""
+    acc, skill = _per_seed(seeds, len(picks), rng)
+    return np.take_along_axis(acc, picks, 1).mean(axis=1), np.take_along_axis(skill, picks, 1).mean(axis=1)
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_intervals(
+    seeds: list[dict[str, SetArrays]],
+    n_resamples: int = N_RESAMPLES,
+    rng_seed: int = RNG_SEED,
+    level: float = LEVEL,
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """{"accuracy" | "skill": {set: (lo, hi), "average": (lo, hi)}} over the sets every seed has.
+
+    `seeds`: one {set: SetArrays} per seed of one config. Deterministic for a given `rng_seed`.
+    """
+    if not seeds:
+        return {"accuracy": {}, "skill": {}}
+    sets = [name for name in seeds[0] if all(name in s and len(s[name].correct) for s in seeds)]
+    rng = np.random.default_rng(rng_seed)
+    picks = rng.integers(0, len(seeds), size=(n_resamples, len(seeds)))
+    out: dict[str, dict[str, tuple[float, float]]] = {"accuracy": {}, "skill": {}}
+    draws: dict[str, list[np.ndarray]] = {"accuracy": [], "skill": []}
+    for name in sets:
+        acc, skill = _resample_set([s[name] for s in seeds], picks, rng)
+        for key, values in (("accuracy", acc), ("skill", skill)):
+            out[key][name] = _interval(values, level)
+            draws[key].append(values)
+    if sets:
+        for key in out:
+            out[key]["average"] = _interval(np.mean(draws[key], axis=0), level)
+    return out

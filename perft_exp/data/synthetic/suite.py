@@ -1,0 +1,105 @@
+"""Assembling, writing and caching the synthetic suites in the LLM-Adapters layout.
+
+    <root>/synthetic_commonsense.json, <root>/synthetic_math.json     training records
+    <root>/dataset/<TestSet>/test.json                                  test sets (real names)
+
+Test sets are drawn first, from the world's held-out facts, with the correct option dealt
+round-robin over the positions (then shuffled), so every set's gold labels are balanced;
+training records are drawn from the other facts, mixed over the test sets' formats, and never
+repeat a test question.
+
+    from perft_exp.data.synthetic import ensure_suite
+    root = ensure_suite("commonsense", "data/synthetic")   # generates once, reuses after
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from perft_exp.data.formats import COMMONSENSE_TEST_SETS, MATH_TEST_SETS
+from perft_exp.data.synthetic import commonsense, math
+from perft_exp.data.synthetic.commonsense import Generator, Record
+from perft_exp.data.synthetic.world import build_world
+from perft_exp.files import atomic_write_json
+
+# Bump when the world, the templates, the corpus or the generators change: tiny models hash it
+# into their cache key, suites into their metadata.
+SYNTHETIC_VERSION = "3"
+
+GENERATORS: dict[str, dict[str, Generator]] = {"commonsense": commonsense.GENERATORS, "math": math.GENERATORS}
+TEST_SETS = {"commonsense": COMMONSENSE_TEST_SETS, "math": MATH_TEST_SETS}
+TRAIN_FILES = {"commonsense": "synthetic_commonsense.json", "math": "synthetic_math.json"}
+DEFAULT_SIZES = {"commonsense": (1000, 64), "math": (2000, 100)}  # (n_train, n_test per set)
+assert all(tuple(GENERATORS[k]) == tuple(TEST_SETS[k]) for k in TEST_SETS)
+
+
+def _distinct(generate: Generator, rng: random.Random, split: str, n: int, seen: set[str], where: str) -> list[Record]:
+    """n records new to `seen` (updated), the i-th asked with its correct option at position i."""
+    world = build_world()
+    out: list[Record] = []
+    for i in range(n):
+        for _ in range(200):
+            rec = generate(world, rng, split, i)
+            if rec["instruction"] not in seen:
+                seen.add(rec["instruction"])
+                out.append(rec)
+                break
+        else:
+            raise ValueError(f"{where}: only {len(out)} distinct {split} questions, asked for {n}")
+    rng.shuffle(out)
+    return out
+
+
+def make_suite(kind: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[Record], dict[str, list[Record]]]:
+    """(training records mixed over the test sets' formats, {test set: records}); deterministic in the args."""
+    if kind not in GENERATORS:
+        raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(GENERATORS)}")
+    rng = random.Random(f"{kind}-{seed}")
+    seen: set[str] = set()
+    table = GENERATORS[kind]
+    tests = {name: _distinct(gen, rng, "test", n_test, seen, f"{kind}/{name}") for name, gen in table.items()}
+    per_set = [n_train // len(table) + (i < n_train % len(table)) for i in range(len(table))]
+    train = [
+        rec
+        for (name, gen), k in zip(table.items(), per_set)
+        for rec in _distinct(gen, rng, "train", k, seen, f"{kind}/{name}")
+    ]
+    rng.shuffle(train)
+    return train, tests
+
+
+def _meta(kind: str, n_train: int, n_test: int, seed: int) -> dict[str, object]:
+    return {"kind": kind, "n_train": n_train, "n_test": n_test, "seed": seed, "version": SYNTHETIC_VERSION}
+
+
+def write_suite(
+    kind: str, out_dir: str | Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+) -> Path:
+    """Write `kind`'s training file and test sets under `out_dir` (LLM-Adapters layout); returns out_dir."""
+    default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
+    n_train = default_train if n_train is None else n_train
+    n_test = default_test if n_test is None else n_test
+    out = Path(out_dir)
+    train, tests = make_suite(kind, n_train, n_test, seed)
+    for name, records in tests.items():
+        atomic_write_json(out / "dataset" / name / "test.json", records)
+    atomic_write_json(out / TRAIN_FILES[kind], train)
+    # Written last: its presence (with matching args) marks a complete suite for ensure_suite.
+    atomic_write_json(out / f".{kind}.meta.json", _meta(kind, n_train, n_test, seed))
+    return out
+
+
+def ensure_suite(
+    kind: str, root: str | Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0
+) -> Path:
+    """`root` holding `kind`'s suite, generated on first use and when the args or the generator change."""
+    root = Path(root)
+    default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
+    want = _meta(kind, default_train if n_train is None else n_train,
+                 default_test if n_test is None else n_test, seed)  # fmt: skip
+    meta = root / f".{kind}.meta.json"
+    if meta.exists() and json.loads(meta.read_text()) == want:
+        return root
+    return write_suite(kind, root, want["n_train"], want["n_test"], seed)  # type: ignore[arg-type]
