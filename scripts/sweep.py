@@ -4,6 +4,7 @@
     python scripts/sweep.py show olmoe_commonsense       # one line per job: composes + validates, loads no model
     python scripts/sweep.py status olmoe_commonsense     # finished / failed / started / pending per job
     python scripts/sweep.py run toy                      # local: Hydra's basic launcher, one job after another
+    python scripts/sweep.py run toy --jobs 2             # local, two jobs at once (CPU; one thread each)
     python scripts/sweep.py run olmoe_math --launcher slurm --partition gpu --timeout-min 1440
     python scripts/sweep.py run olmoe_commonsense --launcher gpus --gpus 0,1,2,3,4,5,6,7
     python scripts/sweep.py run mixtral_math --launcher gpus --gpus 0,1,2,3,4,5,6,7 --gpus-per-job 4 deepspeed=zero3
@@ -282,8 +283,12 @@ def _record_failure(job: Job, rc: int, log_path: Path) -> None:
     os.replace(tmp, job.run_dir / FAILED_NAME)
 
 
-def run_on_gpus(jobs: list[Job], groups: list[list[str]], env: dict[str, str] | None = None) -> None:
-    """One worker thread per GPU group; each takes the next unfinished job and runs it pinned to its GPUs."""
+def run_on_gpus(
+    jobs: list[Job], groups: list[list[str]], env: dict[str, str] | None = None, cpu: bool = False
+) -> None:
+    """One worker thread per GPU group; each takes the next unfinished job and runs it pinned to its GPUs.
+
+    `cpu`: the groups are CPU worker slots (`run --jobs N`): no GPU is pinned or used."""
     queue = [job for job in jobs if job.state() != "finished"]
     lock, procs, stop = threading.Lock(), {}, threading.Event()
 
@@ -295,14 +300,15 @@ def run_on_gpus(jobs: list[Job], groups: list[list[str]], env: dict[str, str] | 
                 job = queue.pop(0)
             job.run_dir.mkdir(parents=True, exist_ok=True)
             (job.run_dir / FAILED_NAME).unlink(missing_ok=True)  # a retry: the old failure is stale
-            if len(group) == 1:
+            if len(group) == 1 or cpu:
                 cmd = [sys.executable, str(TRAIN_PY), *job.overrides]
             else:
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        f"--nproc_per_node={len(group)}", str(TRAIN_PY), *job.overrides]  # fmt: skip
-            job_env = {**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": ",".join(group)}
+            job_env = {**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": "" if cpu else ",".join(group)}
             log_path = job.run_dir / "launcher.log"
-            print(f"[gpu {','.join(group)}] start  {job.run_dir}", flush=True)
+            where = f"cpu {group[0]}" if cpu else f"gpu {','.join(group)}"
+            print(f"[{where}] start  {job.run_dir}", flush=True)
             with open(log_path, "a") as log:
                 proc = subprocess.Popen(cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT)
                 with lock:
@@ -312,7 +318,7 @@ def run_on_gpus(jobs: list[Job], groups: list[list[str]], env: dict[str, str] | 
                     procs.pop(proc.pid)
             if rc and not stop.is_set():
                 _record_failure(job, rc, log_path)
-            print(f"[gpu {','.join(group)}] {job.state():<8} {job.run_dir}", flush=True)
+            print(f"[{where}] {job.state():<8} {job.run_dir}", flush=True)
 
     threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in groups]
     for t in threads:
@@ -341,6 +347,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             if not args.gpus:
                 raise SweepError("--launcher gpus needs --gpus, e.g. --gpus 0,1,2,3")
             run_on_gpus(jobs, _gpu_groups(args.gpus, args.gpus_per_job), sweep.env)
+        elif args.launcher == "local" and args.jobs > 1:
+            run_on_gpus(jobs, [[str(i)] for i in range(args.jobs)], sweep.env, cpu=True)
         else:
             extra = _slurm_overrides(args) if args.launcher == "slurm" else []
             run_multirun(sweep, jobs, args.overrides, extra)
@@ -373,6 +381,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name != "run":
             continue
         p.add_argument("--launcher", choices=LAUNCHERS, default="local")
+        p.add_argument("--jobs", type=int, default=1, help="local launcher: jobs at once on CPU (default 1)")
         p.add_argument("--gpus", help="gpus launcher: GPU ids to use, e.g. 0,1,2,3")
         p.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per job (gpus: torchrun over them)")
         slurm = p.add_argument_group("slurm (defaults in conf/hydra/launcher/slurm.yaml)")

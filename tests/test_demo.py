@@ -1,4 +1,9 @@
-"""The embedded default as a user runs it: the real tiny model (built once, cached), PERFT-R, synthetic task."""
+"""The embedded default as a user runs it: the real tiny model (built once, cached), PERFT-R, synthetic task.
+
+These are the checks that the default experiment measures knowledge, not answer format: the
+tuned model beats the best constant answer by a wide margin without answering one constant, and
+the same run on a model with random weights (`model=tiny_olmoe_random`) does not beat it.
+"""
 
 from __future__ import annotations
 
@@ -10,27 +15,50 @@ from pathlib import Path
 
 import pytest
 
+from perft_exp.evaluation.metrics import metrics_from_run_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
-def test_demo_lifts_accuracy_well_above_the_base_model(tmp_path):
-    """`python train.py variant=R perft.num_experts=4`: fine-tuning must add >= 15 points over the base."""
+def _train(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
     # The default cache (.cache/perft_exp, or $PERFT_CACHE): shared with `make demo`. One process, no launcher.
     for var in ("PERFT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     run_dir = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "variant=R", "perft.num_experts=4", f"hydra.run.dir={run_dir}"],
+        [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["variant"] == "R" and results["train"]["steps"] == 300
-    assert results["params"]["trainable"] > 0
-    lift = results["eval"]["average"] - results["base_eval"]["average"]
-    assert lift >= 0.15, (
-        f"tuned {results['eval']['average']:.3f} vs base {results['base_eval']['average']:.3f}"
-    )
-    assert "average" in proc.stdout  # the result table is printed
+    return json.loads((run_dir / "results.json").read_text()), proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_beats_the_best_constant_answer_without_answering_a_constant(tmp_path):
+    """`python train.py`: skill over the best constant answer on average, no set answered >= 90 % alike.
+
+    The threshold is below the measured +10.2 points (README) with a margin for platform numerics; the
+    issue's goal of +25 is not reached yet.
+    """
+    results, stdout = _train(tmp_path)
+    assert results["variant"] == "R" and results["train"]["steps"] == 600
+    ev = results["eval"]
+    shares = {name: m["top_prediction_share"] for name, m in ev.items() if isinstance(m, dict)}
+    assert len(shares) == 8
+    assert ev["average_skill"] >= 0.05, {
+        n: round(m["skill"], 3) for n, m in ev.items() if isinstance(m, dict)
+    }
+    assert max(shares.values()) < 0.9, shares
+    # The numbers are those of the per-question records the run wrote.
+    recomputed = metrics_from_run_dir(tmp_path / "run")
+    assert recomputed["average_skill"] == pytest.approx(ev["average_skill"])
+    assert "skill" in stdout and "average" in stdout  # the result table is printed
+
+
+@pytest.mark.slow
+def test_the_random_weights_control_has_no_skill(tmp_path):
+    """The same run on the same architecture with random weights scores the best constant answer, +-5."""
+    results, _ = _train(tmp_path, "model=tiny_olmoe_random")
+    assert results["model"] == "tiny_olmoe_random"
+    assert abs(results["eval"]["average_skill"]) <= 0.05, results["eval"]["average_skill"]

@@ -38,9 +38,13 @@ def corpus_text():
 
 
 def test_deterministic_in_seed_and_sizes():
-    assert synthetic.make_suite("commonsense", 80, 5, seed=3) == synthetic.make_suite("commonsense", 80, 5, seed=3)
+    assert synthetic.make_suite("commonsense", 80, 5, seed=3) == synthetic.make_suite(
+        "commonsense", 80, 5, seed=3
+    )
     assert synthetic.make_suite("math", 60, 5, seed=3) == synthetic.make_suite("math", 60, 5, seed=3)
-    assert synthetic.make_suite("commonsense", 80, 5, seed=3) != synthetic.make_suite("commonsense", 80, 5, seed=4)
+    assert synthetic.make_suite("commonsense", 80, 5, seed=3) != synthetic.make_suite(
+        "commonsense", 80, 5, seed=4
+    )
     assert synthetic.pretraining_corpus(seed=1, n=50) == synthetic.pretraining_corpus(seed=1, n=50)
 
 
@@ -60,7 +64,9 @@ def test_commonsense_records_follow_the_llm_adapters_format(commonsense_suite):
             assert r["output"] == f"the correct answer is {r['answer']}"
             offered = r["instruction"].rsplit("Answer format: ", 1)[1].split("/")
             assert r["answer"] in offered and set(offered) <= set(CHOICE_LABELS[name])
-    assert tests["boolq"][0]["instruction"].startswith("Please answer the following question with true or false")
+    assert tests["boolq"][0]["instruction"].startswith(
+        "Please answer the following question with true or false"
+    )
     assert "\n\nSolution1: " in tests["piqa"][0]["instruction"]
     formats = {r["instruction"].rsplit("Answer format: ", 1)[1] for r in train}
     assert {f.split("/")[0] for f in formats} == {"true", "solution1", "answer1", "ending1", "option1"}
@@ -105,11 +111,15 @@ def test_test_questions_ask_only_about_held_out_facts(commonsense_suite):
     train, tests = commonsense_suite
     for name, records in tests.items():
         for r in records:
-            relations = [rel for rel in SET_RELATIONS[name] if _subject(r, rel) in world.subjects(rel, "test")]
+            relations = [
+                rel for rel in SET_RELATIONS[name] if _subject(r, rel) in world.subjects(rel, "test")
+            ]
             assert relations, (name, r)  # the set's relation, asked about a held-out subject
     asked = {_subject(r) for r in tests["ARC-Easy"]}
     assert asked == set(world.subjects("material", "test"))  # every held-out fact asked
-    assert {_subject(r) for r in train if "made of" in r["instruction"]} <= set(world.subjects("material", "train"))
+    assert {_subject(r) for r in train if "made of" in r["instruction"]} <= set(
+        world.subjects("material", "train")
+    )
 
 
 @pytest.mark.parametrize("kind", ["commonsense", "math"])
@@ -149,7 +159,7 @@ def test_pretraining_corpus_asks_only_about_train_facts(corpus_text):
     world = synthetic.build_world()
     for split in ("train", "test"):
         asked = 0
-        for relation, subject, value in world.facts(split):
+        for relation, subject, _ in world.facts(split):
             questions = [q.format(s=subject) for q in QUESTIONS[relation][0]]
             questions += [c.format(s=subject, v=v) for c in CHECKS[relation] for v in VALUES[relation]]
             asked += any(q in corpus_text for q in questions)
@@ -158,7 +168,9 @@ def test_pretraining_corpus_asks_only_about_train_facts(corpus_text):
 
 
 def test_pretraining_corpus_has_no_suite_instructions(corpus_text):
-    for marker in ("Please answer", "Please choose", "Answer format", "correct answer is", "Answer Choices"):
+    # Whole phrases: word lists may put two suite words side by side by chance.
+    for marker in ("Please answer the following", "Please choose the correct", "Answer format:", "the correct answer is",
+                   "Answer Choices:"):  # fmt: skip
         assert marker not in corpus_text, marker
     assert re.search(r"\d+ \+ \d+ = \d+\.", corpus_text) and " plus " in corpus_text
 
@@ -193,7 +205,9 @@ def test_write_and_ensure_suite_layout(tmp_path):
     for name in synthetic.TEST_SETS["commonsense"]:
         assert len(json.loads((tmp_path / "dataset" / name / "test.json").read_text())) == 4
     synthetic.ensure_suite("math", tmp_path, n_train=30, n_test=3)
-    assert (tmp_path / "synthetic_math.json").exists() and (tmp_path / "dataset" / "gsm8k" / "test.json").exists()
+    assert (tmp_path / "synthetic_math.json").exists() and (
+        tmp_path / "dataset" / "gsm8k" / "test.json"
+    ).exists()
     # Same arguments: reused untouched; other sizes: regenerated.
     train_file = tmp_path / "synthetic_math.json"
     stamp = train_file.stat().st_mtime_ns

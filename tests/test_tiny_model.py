@@ -23,6 +23,7 @@ def micro(name: str, **overrides: object) -> tiny.TinySpec:
                  corpus_docs=100)  # fmt: skip
     spec = tiny.TINY_SPECS[name]
     small["num_key_value_heads"] = 1 if spec.num_key_value_heads < spec.num_attention_heads else 2
+    small["steps"] = min(spec.steps, small["steps"])  # the random control stays untrained
     return dataclasses.replace(spec, **(small | overrides))
 
 
@@ -64,8 +65,33 @@ def test_build_record(built):
     name, _, path = built
     build = json.loads((path / "perft_build.json").read_text())
     assert build["spec"] == dataclasses.asdict(micro(name)) and build["key"] == micro(name).key()
-    assert build["pretrain_loss_final"] < build["pretrain_loss_first"]
-    assert 0.0 <= build["fact_recall"] <= 1.0 and build["seconds"]["total"] > 0
+    if build["spec"]["steps"]:
+        assert build["pretrain_loss_final"] < build["pretrain_loss_first"]
+    else:
+        assert build["pretrain_tokens"] == 0 and build["pretrain_loss_final"] is None
+    for key in ("fact_recall", "fact_recall_test", "question_recall_train", "question_recall_test"):
+        assert 0.0 <= build[key] <= 1.0, key
+    assert build["seconds"]["total"] > 0
+
+
+def test_random_control_is_tiny_olmoe_without_pretraining(tmp_path):
+    """Same architecture, tokenizer and initial weights as tiny_olmoe; only the pre-training is skipped."""
+    assert tiny.TINY_SPECS["tiny_olmoe_random"] == dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], steps=0)
+    pretrained = tiny.ensure_tiny_model(
+        "tiny_olmoe", cache_root=tmp_path, spec=micro("tiny_olmoe"), progress=False
+    )
+    random_ = tiny.ensure_tiny_model(
+        "tiny_olmoe_random", cache_root=tmp_path, spec=micro("tiny_olmoe_random"), progress=False
+    )
+    assert (pretrained / "tokenizer.json").read_text() == (random_ / "tokenizer.json").read_text()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(random_)
+    torch.manual_seed(micro("tiny_olmoe_random").seed)
+    fresh = transformers.AutoModelForCausalLM.from_config(
+        tiny.build_config(micro("tiny_olmoe_random"), tokenizer)
+    )
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(random_)
+    for (name, a), b in zip(fresh.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_cache_is_reused_and_keyed_by_spec(built, monkeypatch):

@@ -20,7 +20,12 @@ Generator = Callable[[World, random.Random, str, int], Record]
 
 
 def record(instruction: str, label: str) -> Record:
-    return {"instruction": instruction, "input": "", "output": f"the correct answer is {label}", "answer": label}
+    return {
+        "instruction": instruction,
+        "input": "",
+        "output": f"the correct answer is {label}",
+        "answer": label,
+    }
 
 
 def multiple_choice(lead: str, question: str, word: str, options: list[str], correct: int) -> Record:
@@ -48,13 +53,17 @@ CHOOSE = "Please choose the correct answer to the question"
 
 
 def boolq(w: World, rng: random.Random, split: str, index: int) -> Record:
+    """Is the subject heavy (or big)? The asked value is fixed, so the answer is the fact itself,
+    like every other set's label: comparing a stated value with a recalled one is another skill."""
     relation = ("weight", "size")[index % 2]
     subjects = w.subjects(relation, split)
     subject = subjects[index // 2 % len(subjects)]
-    asked = VALUES[relation][rng.randrange(2)]
-    template = rng.choice(("is the {s} {v}?", "would you call the {s} {v}?", "is it true that the {s} is {v}?"))
+    asked = VALUES[relation][0]
+    template = rng.choice(("is the {s} {v}?", "would you call the {s} {v}?", "is it true that the {s} is {v}?",
+                           "do people say the {s} is {v}?"))  # fmt: skip
     truth = w.value(relation, subject) == asked
-    instruction = f"Please answer the following question with true or false, question: {template.format(s=subject, v=asked)}"
+    question = template.format(s=subject, v=asked)
+    instruction = f"Please answer the following question with true or false, question: {question}"
     return record(instruction + "\n\nAnswer format: true/false", "true" if truth else "false")
 
 
@@ -91,8 +100,15 @@ def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
     contexts = (f"{person} picks up the {{s}} and", f"{person} takes the {{s}} from the shelf, then",
                 f"{person} holds the {{s}} and", f"with the {{s}} in hand, {person}")  # fmt: skip
     return fixed_choice(
-        w, rng, split, index, "use", contexts, "starts to {v}.",
-        "Please choose the correct ending to complete the given sentence", "Ending",
+        w,
+        rng,
+        split,
+        index,
+        "use",
+        contexts,
+        "starts to {v}.",
+        "Please choose the correct ending to complete the given sentence",
+        "Ending",
     )
 
 

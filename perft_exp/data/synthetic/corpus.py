@@ -102,7 +102,7 @@ def _qa_open_doc(world: World, rng: random.Random, state: dict) -> str:
         questions, answer = QUESTIONS[relation]
         q = rng.choice(questions).format(s=subject)
         a = answer.format(v=value)
-        gap = f"\n{_filler(relation, rng)}\n" if rng.random() < 0.7 else " "
+        gap = f"\n{_filler(relation, rng)}\n" if rng.random() < 0.9 else " "
         out.append(rng.choice((f"q: {q}{gap}a: {a}.", f"question: {q}{gap}answer: {a}.", f"{q}{gap}{a}.")))
     return "\n".join(out)
 
@@ -134,9 +134,9 @@ def _qa_choice_doc(world: World, rng: random.Random, state: dict) -> str:
 
 
 def _instruction_doc(world: World, rng: random.Random, state: dict) -> str:
-    """A question about a train fact in the Alpaca template, sometimes with the values listed as
-    options, answered with the value: the template's layout and a read-out across its length, but
-    none of the suites' instructions or answer phrasing."""
+    """A question about a train fact in the Alpaca template, half of them with the relation's values
+    as labelled options, answered with the value: the template's layout and a read-out across its
+    length, but none of the suites' instructions or answer phrasing."""
     relation, subject, value = _train_fact(world, rng)
     q = rng.choice(QUESTIONS[relation][0]).format(s=subject)
     if rng.random() < 0.5:
@@ -167,8 +167,8 @@ DOCUMENTS: dict[str, Callable[[World, random.Random, dict], str]] = {
     "words": _words_doc,
 }
 # Share of pre-training documents of each kind.
-CORPUS_MIX = {"statements": 0.22, "profiles": 0.14, "qa_open": 0.10, "qa_check": 0.08, "qa_choice": 0.20,
-              "instructions": 0.06, "arithmetic": 0.13, "words": 0.07}  # fmt: skip
+CORPUS_MIX = {"statements": 0.18, "profiles": 0.12, "qa_open": 0.30, "qa_check": 0.06, "qa_choice": 0.14,
+              "instructions": 0.06, "arithmetic": 0.09, "words": 0.05}  # fmt: skip
 assert set(CORPUS_MIX) == set(DOCUMENTS)
 
 
@@ -180,7 +180,9 @@ def suite_vocab() -> tuple[tuple[str, ...], tuple[float, ...]]:
     text = [build_prompt("x", "y"), build_prompt("x")]
     for kind in TEST_SETS:
         train, tests = make_suite(kind, *DEFAULT_SIZES[kind], seed=0)
-        text += [r["instruction"] + " " + r["output"] for r in train + [r for rs in tests.values() for r in rs]]
+        text += [
+            r["instruction"] + " " + r["output"] for r in train + [r for rs in tests.values() for r in rs]
+        ]
     counts = Counter(w.strip(".,?:") for t in text for w in t.replace("/", " ").split())
     words = sorted(w for w in counts if w)
     return tuple(words), tuple(counts[w] ** 0.75 for w in words)

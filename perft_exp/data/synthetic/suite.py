@@ -26,7 +26,7 @@ from perft_exp.files import atomic_write_json
 
 # Bump when the world, the templates, the corpus or the generators change: tiny models hash it
 # into their cache key, suites into their metadata.
-SYNTHETIC_VERSION = "3"
+SYNTHETIC_VERSION = "4"
 
 GENERATORS: dict[str, dict[str, Generator]] = {"commonsense": commonsense.GENERATORS, "math": math.GENERATORS}
 TEST_SETS = {"commonsense": COMMONSENSE_TEST_SETS, "math": MATH_TEST_SETS}
@@ -35,7 +35,9 @@ DEFAULT_SIZES = {"commonsense": (1000, 64), "math": (2000, 100)}  # (n_train, n_
 assert all(tuple(GENERATORS[k]) == tuple(TEST_SETS[k]) for k in TEST_SETS)
 
 
-def _distinct(generate: Generator, rng: random.Random, split: str, n: int, seen: set[str], where: str) -> list[Record]:
+def _distinct(
+    generate: Generator, rng: random.Random, split: str, n: int, seen: set[str], where: str
+) -> list[Record]:
     """n records new to `seen` (updated), the i-th asked with its correct option at position i."""
     world = build_world()
     out: list[Record] = []
@@ -52,7 +54,9 @@ def _distinct(generate: Generator, rng: random.Random, split: str, n: int, seen:
     return out
 
 
-def make_suite(kind: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[Record], dict[str, list[Record]]]:
+def make_suite(
+    kind: str, n_train: int, n_test: int, seed: int = 0
+) -> tuple[list[Record], dict[str, list[Record]]]:
     """(training records mixed over the test sets' formats, {test set: records}); deterministic in the args."""
     if kind not in GENERATORS:
         raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(GENERATORS)}")
