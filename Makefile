@@ -45,7 +45,7 @@ bench-quick: $(STAMP) ## a short benchmark smoke run
 	$(BIN)/python scripts/bench.py --quick
 
 sweep-toy: $(STAMP) ## the toy sweep: the paper's comparison in miniature on the embedded default (CPU)
-	$(BIN)/python scripts/sweep.py run toy
+	$(BIN)/python scripts/sweep.py run toy --jobs 2
 	$(BIN)/python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
 
 results: $(STAMP) ## tables and figures from every results.json under outputs/runs

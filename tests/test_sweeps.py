@@ -171,6 +171,20 @@ def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path
     assert "must be > 0" in failure["error"] and failure["type"] == "exit code 2"
 
 
+def test_local_jobs_run_in_a_cpu_pool(monkeypatch):
+    """`run --jobs N`: N CPU worker slots, no GPU pinned; `--jobs 1` keeps Hydra's sequential multirun."""
+    calls = {}
+    monkeypatch.setattr(sweep_cli, "run_on_gpus", lambda jobs, groups, env=None, cpu=False: calls.update(
+        groups=groups, cpu=cpu, n=len(jobs)))  # fmt: skip
+    monkeypatch.setattr(sweep_cli, "run_multirun", lambda *a, **k: calls.update(multirun=True))
+    assert sweep_cli.parse_args(["run", "toy", "--jobs", "2"]).jobs == 2
+    sweep_cli.main(["run", "toy", "--jobs", "2"])
+    assert calls["groups"] == [["0"], ["1"]] and calls["cpu"] is True and calls["n"] == 45
+    calls.clear()
+    sweep_cli.main(["run", "toy"])
+    assert calls == {"multirun": True}
+
+
 def test_overrides_may_follow_the_options():
     args = sweep_cli.parse_args(["run", "toy", "a=1", "--launcher", "gpus", "--gpus", "0,1", "b=2"])
     assert args.overrides == ["a=1", "b=2"] and args.launcher == "gpus"
