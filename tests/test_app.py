@@ -156,6 +156,27 @@ def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_pa
         assert len((tmp_path / "eval" / "boolq.jsonl").read_text().splitlines()) == 3
 
 
+@pytest.mark.slow
+def test_a_finished_run_prints_its_table_again(micro_model_dir, app_env, tmp_path):
+    """Relaunching a finished run trains nothing and prints the finished run's result table."""
+    args = ["trainer=debug", "logger=none", f"model.pretrained={micro_model_dir}", "task.max_train_examples=32",
+            "task.max_test_examples=2", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    first = run_train(args, app_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    again = run_train(args, app_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+
+    def table(out: str) -> str:
+        return out[out.index("test set") : out.index("(%; skill")]
+
+    assert "skill" in table(first.stdout) and table(again.stdout) == table(first.stdout), (
+        first.stdout,
+        again.stdout,
+    )
+
+
 def test_run_names_separate_what_the_command_line_changes():
     """Same command, same directory; another trainer, ZeRO stage or learning rate, another directory."""
     from perft_exp.config import compose

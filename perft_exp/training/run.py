@@ -29,7 +29,7 @@ from perft_exp.adapters.io import (
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.config import validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
-from perft_exp.data.formats import contaminated_test_sets
+from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import iter_set_metrics, metrics_table, with_knowledge_metrics
@@ -164,6 +164,16 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
     return result
 
 
+def _in_task_order(results: dict, test_sets) -> dict:
+    """results.json keeps its keys sorted; list the test sets in the task's order again for the table."""
+    order = {canonical_test_set(name): i for i, name in enumerate(test_sets)}
+    out = dict(results)
+    for key in ("eval", "base_eval"):
+        if isinstance(results.get(key), dict):
+            out[key] = dict(sorted(results[key].items(), key=lambda kv: order.get(kv[0], len(order))))
+    return out
+
+
 def print_table(results: dict) -> None:
     """Base and tuned accuracy per test set beside the majority label, chance, skill and top prediction."""
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
@@ -242,8 +252,11 @@ def train(cfg: DictConfig) -> dict:
     results_path = out / RESULTS_NAME
     check_run_dir(cfg, out)
     if cfg.resume and results_path.is_file():
-        log.info("%s exists: the run is finished, nothing to do", results_path)
-        return json.loads(results_path.read_text())
+        log.info("%s exists: the run is finished, nothing to train; its results:", results_path)
+        results = json.loads(results_path.read_text())
+        if is_main_process() and results.get("eval"):
+            print_table(_in_task_order(results, cfg.task.test_sets))
+        return results
     out.mkdir(parents=True, exist_ok=True)
     ensure_distributed_env() if cfg.deepspeed.stage else None
     set_seed(cfg.trainer.seed)
