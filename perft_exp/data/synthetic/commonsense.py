@@ -49,6 +49,17 @@ def fixed_choice(
     return multiple_choice(lead, rng.choice(questions).format(s=subject), word, options, correct)
 
 
+def asking(
+    relation: str, questions: tuple[str, ...], option: str | dict[str, str], lead: str, word: str
+) -> Generator:
+    """A set that asks the index-th subject's `relation` in one of `questions` (`fixed_choice`)."""
+
+    def generate(w: World, rng: random.Random, split: str, index: int) -> Record:
+        return fixed_choice(w, rng, split, index, relation, questions, option, lead, word)
+
+    return generate
+
+
 CHOOSE = "Please choose the correct answer to the question"
 
 
@@ -67,32 +78,25 @@ def boolq(w: World, rng: random.Random, split: str, index: int) -> Record:
     return record(instruction + "\n\nAnswer format: true/false", "true" if truth else "false")
 
 
-def piqa(w: World, rng: random.Random, split: str, index: int) -> Record:
-    return fixed_choice(
-        w, rng, split, index, "weight",
-        ("you want to carry the {s} home. what do you do?", "how should you move the {s}?",
-         "to take the {s} upstairs, you should", "you need the {s} in the next room. what is the best way?"),
-        {"heavy": "ask a friend and carry it with both arms", "light": "pick it up with one hand"},
-        "Please choose the correct solution to the question", "Solution",
-    )  # fmt: skip
+_hobby = asking(
+    "hobby",
+    ("{s} has a free afternoon. what will {s} most likely do?",
+     "{s} finished work early. what does {s} want to do next?",
+     "it is the weekend and {s} is bored. what will {s} do?",
+     "{s} is on holiday. how will {s} spend the day?"),
+    "go and {v}", CHOOSE, "Answer",
+)  # fmt: skip
+_pet = asking(
+    "pet",
+    ("{s} comes home after work. who is waiting at the door?", "{s} buys food for a pet. which pet will eat it?",
+     "{s} is going on a trip. who needs a sitter?", "what animal sleeps in the house of {s}?"),
+    "a {v}", CHOOSE, "Answer",
+)  # fmt: skip
 
 
 def social_i_qa(w: World, rng: random.Random, split: str, index: int) -> Record:
-    if index % 2 == 0:
-        return fixed_choice(
-            w, rng, split, index // 2, "hobby",
-            ("{s} has a free afternoon. what will {s} most likely do?",
-             "{s} finished work early. what does {s} want to do next?",
-             "it is the weekend and {s} is bored. what will {s} do?",
-             "{s} is on holiday. how will {s} spend the day?"),
-            "go and {v}", CHOOSE, "Answer",
-        )  # fmt: skip
-    return fixed_choice(
-        w, rng, split, index // 2, "pet",
-        ("{s} comes home after work. who is waiting at the door?", "{s} buys food for a pet. which pet will eat it?",
-         "{s} is going on a trip. who needs a sitter?", "what animal sleeps in the house of {s}?"),
-        "a {v}", CHOOSE, "Answer",
-    )  # fmt: skip
+    """Hobbies and pets by turns, each person asked about both."""
+    return (_hobby if index % 2 == 0 else _pet)(w, rng, split, index // 2)
 
 
 def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
@@ -112,40 +116,37 @@ def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
     )
 
 
-def winogrande(w: World, rng: random.Random, split: str, index: int) -> Record:
-    return fixed_choice(
-        w, rng, split, index, "size",
-        ("the {s} looks _ next to a box.", "everyone knows that the {s} is _ .",
-         "when you see the {s}, it looks _ .", "in the shop, the {s} is a _ thing."),
-        "{v}", "Please choose the correct answer to fill in the blank to complete the given sentence", "Option",
-    )  # fmt: skip
-
-
-def arc_easy(w: World, rng: random.Random, split: str, index: int) -> Record:
-    return fixed_choice(
-        w, rng, split, index, "material",
-        ("which material is the {s} made of?", "what is the {s} made of?",
-         "what was used to build the {s}?", "the {s} is made of which material?"),
-        "{v}", CHOOSE, "Answer",
-    )  # fmt: skip
-
-
-def arc_challenge(w: World, rng: random.Random, split: str, index: int) -> Record:
-    return fixed_choice(
-        w, rng, split, index, "room",
-        ("where is the {s} usually kept?", "in which room would you look for the {s}?",
-         "where does the {s} belong?", "you want the {s}. which room do you go to?"),
-        "the {v}", CHOOSE, "Answer",
-    )  # fmt: skip
-
-
-def openbookqa(w: World, rng: random.Random, split: str, index: int) -> Record:
-    return fixed_choice(
-        w, rng, split, index, "color",
-        ("what color is the {s}?", "which color does the {s} have?",
-         "you look at the {s}. what color do you see?", "the {s} is painted in which color?"),
-        "{v}", CHOOSE, "Answer",
-    )  # fmt: skip
+piqa = asking(
+    "weight",
+    ("you want to carry the {s} home. what do you do?", "how should you move the {s}?",
+     "to take the {s} upstairs, you should", "you need the {s} in the next room. what is the best way?"),
+    {"heavy": "ask a friend and carry it with both arms", "light": "pick it up with one hand"},
+    "Please choose the correct solution to the question", "Solution",
+)  # fmt: skip
+winogrande = asking(
+    "size",
+    ("the {s} looks _ next to a box.", "everyone knows that the {s} is _ .",
+     "when you see the {s}, it looks _ .", "in the shop, the {s} is a _ thing."),
+    "{v}", "Please choose the correct answer to fill in the blank to complete the given sentence", "Option",
+)  # fmt: skip
+arc_easy = asking(
+    "material",
+    ("which material is the {s} made of?", "what is the {s} made of?",
+     "what was used to build the {s}?", "the {s} is made of which material?"),
+    "{v}", CHOOSE, "Answer",
+)  # fmt: skip
+arc_challenge = asking(
+    "room",
+    ("where is the {s} usually kept?", "in which room would you look for the {s}?",
+     "where does the {s} belong?", "you want the {s}. which room do you go to?"),
+    "the {v}", CHOOSE, "Answer",
+)  # fmt: skip
+openbookqa = asking(
+    "color",
+    ("what color is the {s}?", "which color does the {s} have?",
+     "you look at the {s}. what color do you see?", "the {s} is painted in which color?"),
+    "{v}", CHOOSE, "Answer",
+)  # fmt: skip
 
 
 GENERATORS: dict[str, Generator] = {

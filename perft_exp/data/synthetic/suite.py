@@ -3,10 +3,9 @@
     <root>/synthetic_commonsense.json, <root>/synthetic_math.json     training records
     <root>/dataset/<TestSet>/test.json                                  test sets (real names)
 
-Test sets are drawn first, from the world's held-out facts, with the correct option dealt
-round-robin over the positions (then shuffled), so every set's gold labels are balanced;
-training records are drawn from the other facts, mixed over the test sets' formats, and never
-repeat a test question.
+Test sets are drawn first, from the world's held-out facts, each fact asked equally often (the
+i-th question of a set asks about its i-th subject, cycling); training records are drawn from the
+other facts, mixed over the test sets' formats, and never repeat a test question.
 
     from perft_exp.data.synthetic import ensure_suite
     root = ensure_suite("commonsense", "data/synthetic")   # generates once, reuses after
@@ -38,7 +37,7 @@ assert all(tuple(GENERATORS[k]) == tuple(TEST_SETS[k]) for k in TEST_SETS)
 def _distinct(
     generate: Generator, rng: random.Random, split: str, n: int, seen: set[str], where: str
 ) -> list[Record]:
-    """n records new to `seen` (updated), the i-th asked with its correct option at position i."""
+    """n records new to `seen` (updated), the i-th made with index i (its subject), then shuffled."""
     world = build_world()
     out: list[Record] = []
     for i in range(n):
@@ -74,24 +73,25 @@ def make_suite(
     return train, tests
 
 
-def _meta(kind: str, n_train: int, n_test: int, seed: int) -> dict[str, object]:
-    return {"kind": kind, "n_train": n_train, "n_test": n_test, "seed": seed, "version": SYNTHETIC_VERSION}
+def _meta(kind: str, n_train: int | None, n_test: int | None, seed: int) -> dict[str, object]:
+    """What a written suite was made from; None sizes are the kind's defaults."""
+    default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
+    return {"kind": kind, "n_train": default_train if n_train is None else n_train,
+            "n_test": default_test if n_test is None else n_test, "seed": seed, "version": SYNTHETIC_VERSION}  # fmt: skip
 
 
 def write_suite(
     kind: str, out_dir: str | Path, n_train: int | None = None, n_test: int | None = None, seed: int = 0
 ) -> Path:
     """Write `kind`'s training file and test sets under `out_dir` (LLM-Adapters layout); returns out_dir."""
-    default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
-    n_train = default_train if n_train is None else n_train
-    n_test = default_test if n_test is None else n_test
+    meta = _meta(kind, n_train, n_test, seed)
     out = Path(out_dir)
-    train, tests = make_suite(kind, n_train, n_test, seed)
+    train, tests = make_suite(kind, meta["n_train"], meta["n_test"], seed)  # type: ignore[arg-type]
     for name, records in tests.items():
         atomic_write_json(out / "dataset" / name / "test.json", records)
     atomic_write_json(out / TRAIN_FILES[kind], train)
     # Written last: its presence (with matching args) marks a complete suite for ensure_suite.
-    atomic_write_json(out / f".{kind}.meta.json", _meta(kind, n_train, n_test, seed))
+    atomic_write_json(out / f".{kind}.meta.json", meta)
     return out
 
 
@@ -100,9 +100,7 @@ def ensure_suite(
 ) -> Path:
     """`root` holding `kind`'s suite, generated on first use and when the args or the generator change."""
     root = Path(root)
-    default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
-    want = _meta(kind, default_train if n_train is None else n_train,
-                 default_test if n_test is None else n_test, seed)  # fmt: skip
+    want = _meta(kind, n_train, n_test, seed)
     meta = root / f".{kind}.meta.json"
     if meta.exists() and json.loads(meta.read_text()) == want:
         return root

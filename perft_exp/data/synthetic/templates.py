@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import random
 
-from perft_exp.data.synthetic.world import OBJECT_RELATIONS
-
 # relation -> templates with {s} (subject) and {v} (value). The first one is canonical (probes use it).
 STATEMENTS: dict[str, tuple[str, ...]] = {
     "color": ("the color of the {s} is {v}", "the {s} has a {v} color", "{v} is the color of the {s}",
@@ -62,8 +60,3 @@ def statement(relation: str, subject: str, value: str, rng: random.Random | None
     forms = STATEMENTS[relation]
     template = forms[0] if rng is None else rng.choice(forms)
     return template.format(s=subject, v=value)
-
-
-def thing(relation: str, subject: str) -> str:
-    """How a subject is named in a list: objects take "the", people do not."""
-    return f"the {subject}" if relation in OBJECT_RELATIONS else subject

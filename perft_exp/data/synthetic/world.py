@@ -76,9 +76,6 @@ class World:
         assert split in ("train", "test"), split
         return [s for s in everyone if ((relation, s) in self.held_out) == (split == "test")]
 
-    def with_value(self, relation: str, value: str, split: str | None = None) -> list[str]:
-        return [s for s in self.subjects(relation, split) if self.attrs[s][relation] == value]
-
     def facts(self, split: str | None = None) -> list[tuple[str, str, str]]:
         """(relation, subject, value) triples, all or one split's."""
         return [(r, s, self.attrs[s][r]) for r in RELATIONS for s in self.subjects(r, split)]
