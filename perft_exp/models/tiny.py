@@ -243,7 +243,8 @@ def probe_accuracy(
     ids = torch.tensor([p + [tokenizer.pad_token_id] * (width - len(p)) for p in prefixes])
     lengths = torch.tensor([len(p) for p in prefixes])
     mask = (torch.arange(width)[None] < lengths[:, None]).long()
-    last = model(input_ids=ids, attention_mask=mask).logits[torch.arange(len(probes)), lengths - 1]  # (P, V)
+    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+    last = logits[torch.arange(len(probes)), lengths - 1].cpu()  # (P, V)
     hits = 0
     for row, (_, value, values) in zip(last, probes):
         firsts = [tokenizer(" " + v, add_special_tokens=False)["input_ids"][0] for v in values]
