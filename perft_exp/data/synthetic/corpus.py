@@ -10,7 +10,13 @@ the documents are questions and answers (open, yes/no, multiple choice with numb
 the `train` facts only. The facts held out for the test suites appear only as statements:
 a fine-tuned model can answer them only by reading out what pre-training stored.
 
-None of it uses the suites' instructions or the "the correct answer is" response; word-list
+A fifth of the documents are multiple-choice *exams* about train facts, laid out like the suites
+(an instruction, numbered options, an "Answer format:" line, in the Alpaca template) but with
+their own instructions and answer phrase: the web text a real model reads holds many such exams,
+and without them a model this small learns to point from a recalled value to its option label
+only slowly in fine-tuning (measured: +10 points of skill after 600 steps without, +26 with).
+None of it uses the suites' instructions or the "the correct answer is" response, so the
+pre-trained model does not answer the suites (its skill before fine-tuning is below zero); word-list
 documents cover the suites' vocabulary without their structure, so no suite token is untrained.
 
     from perft_exp.data.synthetic.corpus import pretraining_corpus
@@ -145,6 +151,24 @@ def _instruction_doc(world: World, rng: random.Random, state: dict) -> str:
     return build_prompt(q) + rng.choice((a, statement(relation, subject, value, rng))) + "."
 
 
+EXAM_LEADS = ("Pick the option that answers the question", "Select the right option for this question",
+              "Which option is right? question")  # fmt: skip
+EXAM_SAYS = ("the right option is", "my pick is", "the best option is")
+
+
+def _exam_doc(world: World, rng: random.Random, state: dict) -> str:
+    """A multiple-choice exam question about a train fact in the suites' layout (not their wording):
+    the relation's values as numbered options in their fixed order, answered with the label."""
+    relation, subject, value = _train_fact(world, rng)
+    q = rng.choice(QUESTIONS[relation][0]).format(s=subject)
+    word = rng.choice(LABEL_WORDS)
+    options = list(VALUES[relation])
+    labels = [f"{word}{i}" for i in range(1, len(options) + 1)]
+    lines = [f"{rng.choice(EXAM_LEADS)}: {q}"] + [f"{word.capitalize()}{i}: {o}" for i, o in enumerate(options, 1)]
+    lines.append("Answer format: " + "/".join(labels))
+    return build_prompt("\n\n".join(lines)) + f"{rng.choice(EXAM_SAYS)} {labels[options.index(value)]}."
+
+
 def _arithmetic_doc(world: World, rng: random.Random, state: dict) -> str:
     return " ".join(arithmetic.sentence(state["sums"].draw(), rng) for _ in range(rng.randint(3, 6)))
 
@@ -165,10 +189,11 @@ DOCUMENTS: dict[str, Callable[[World, random.Random, dict], str]] = {
     "instructions": _instruction_doc,
     "arithmetic": _arithmetic_doc,
     "words": _words_doc,
+    "exams": _exam_doc,
 }
 # Share of pre-training documents of each kind.
-CORPUS_MIX = {"statements": 0.18, "profiles": 0.12, "qa_open": 0.30, "qa_check": 0.06, "qa_choice": 0.14,
-              "instructions": 0.06, "arithmetic": 0.09, "words": 0.05}  # fmt: skip
+CORPUS_MIX = {"statements": 0.144, "profiles": 0.096, "qa_open": 0.24, "qa_check": 0.048, "qa_choice": 0.112,
+              "instructions": 0.048, "arithmetic": 0.072, "words": 0.04, "exams": 0.20}  # fmt: skip
 assert set(CORPUS_MIX) == set(DOCUMENTS)
 
 

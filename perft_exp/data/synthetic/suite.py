@@ -25,7 +25,7 @@ from perft_exp.files import atomic_write_json
 
 # Bump when the world, the templates, the corpus or the generators change: tiny models hash it
 # into their cache key, suites into their metadata.
-SYNTHETIC_VERSION = "4"
+SYNTHETIC_VERSION = "5"
 
 GENERATORS: dict[str, dict[str, Generator]] = {"commonsense": commonsense.GENERATORS, "math": math.GENERATORS}
 TEST_SETS = {"commonsense": COMMONSENSE_TEST_SETS, "math": MATH_TEST_SETS}
