@@ -10,9 +10,9 @@ Where a key lands (`Key.where`):
            `train/name` and `eval_name` to `eval/name` (`trainer_name` gives the name to log)
   summary  written once at the end: test-set results, base-model scores, router angles, the records table
 
-Test results are `test/<set>/<metric>` (`result_key`) with metric in SET_METRICS (accuracy, skill = accuracy - majority,
-...; perft_exp/evaluation/metrics.py), their means over sets `test/average/<metric>`, and the untuned
-base model's `base/<set>/accuracy`. Routing statistics (perft_exp/analysis/routing.py) are logged per
+Test results are `test/<set>/<metric>` (`result_key`) with metric in SET_METRICS (accuracy, skill =
+accuracy - majority, ...; perft_exp/evaluation/metrics.py), their means over sets `test/average/<metric>`,
+and the untuned base model's `base/<set>/accuracy`. Routing statistics (perft_exp/analysis/routing.py) are logged per
 layer at every validation, `eval/routing/layer<L>/<stat>` and `eval/routing/layer<L>/load_share/<j>`,
 with their means over layers `eval/routing/mean/<stat>`.
 """

@@ -85,15 +85,17 @@ def _bars(title: str, keys: list[str], groupby: str | None = None, **kwargs) -> 
 
 
 def _accuracy_vs_activated(key: schema.Key = schema.AVERAGE_ACCURACY) -> wr.ScatterPlot:
-    return wr.ScatterPlot(title=f"{key.title} vs activated-parameter ratio", x=wr.Config(schema.ACTIVATED_RATIO.name),
-                          y=wr.SummaryMetric(key.name), log_x=True)  # fmt: skip
+    """The paper's efficiency figure: a run's final `key` against its activated-parameter ratio, log x."""
+    x = wr.Config(schema.ACTIVATED_RATIO.name)
+    return wr.ScatterPlot(title=f"{key.title} vs activated-parameter ratio", x=x, y=wr.SummaryMetric(key.name),
+                          log_x=True)  # fmt: skip
 
 
 def _parallel() -> wr.ParallelCoordinatesPlot:
     columns = [wr.Config(k.name) for k in (schema.N, schema.K, schema.R, schema.ACTIVATED_RATIO)]
     columns += [wr.SummaryMetric(k.name) for k in (schema.AVERAGE_ACCURACY, schema.AVERAGE_SKILL)]
-    return wr.ParallelCoordinatesPlot(title="N, K, r -> accuracy", layout=_wide(),
-                                      columns=[wr.ParallelCoordinatesPlotColumn(metric=c) for c in columns])  # fmt: skip
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=c) for c in columns]
+    return wr.ParallelCoordinatesPlot(title="N, K, r -> accuracy", layout=_wide(), columns=columns)
 
 
 def training_panels() -> list:
@@ -108,14 +110,14 @@ def evaluation_panels(test_sets: list[str]) -> list:
             "average accuracy, tuned and untuned",
             [schema.AVERAGE_ACCURACY.name, schema.BASE_AVERAGE.name, schema.AVERAGE_MAJORITY.name],
             groupby=schema.LABEL.name,
-        ),  # fmt: skip
+        ),
         _bars(schema.AVERAGE_SKILL.title, [schema.AVERAGE_SKILL.name], groupby=schema.LABEL.name),
         _bars("accuracy per test set", [schema.result_key(s, "accuracy") for s in test_sets], layout=_wide()),
         _bars(
             "skill per test set (accuracy - majority)",
             [schema.result_key(s, "skill") for s in test_sets],
             layout=_wide(),
-        ),  # fmt: skip
+        ),
         _bars(schema.MAX_TOP_SHARE.title, [schema.MAX_TOP_SHARE.name], groupby=schema.LABEL.name),
         wr.WeavePanelSummaryTable(table_name=schema.RECORDS.name, layout=_wide(12)),
     ]
@@ -125,17 +127,19 @@ def routing_panels() -> list:
     means = [_line(schema.routing_mean(stat), groupby=schema.LABEL.name) for stat in schema.ROUTING_STATS]
     layers = [_layers(stat) for stat in ("load_entropy", "max_load_ratio")]
     shares = wr.LinePlot(title="each PEFT expert's share of its layer's assignments", x=schema.STEP.name,
-                         metric_regex=schema.LOAD_SHARE_REGEX, title_x=schema.STEP.title, layout=_wide())  # fmt: skip
+                         metric_regex=schema.LOAD_SHARE_REGEX, title_x=schema.STEP.title,
+                         layout=_wide())  # fmt: skip
     angles = _bars("R's router against the frozen router: mean principal angle (deg)",
                    [schema.ANGLE_MEAN.name, schema.ANGLE_RANDOM.name], groupby=schema.LABEL.name)  # fmt: skip
     return [*means, *layers, shares, angles]
 
 
 def efficiency_panels() -> list:
-    params = wr.ParallelCoordinatesPlot(title="parameters", layout=_wide(), columns=[
-        wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k.name), log=k in (schema.TRAINABLE, schema.ACTIVATED))
-        for k in (schema.N, schema.K, schema.R, schema.TRAINABLE, schema.ACTIVATED, schema.TRAINABLE_RATIO,
-                  schema.ACTIVATED_RATIO, schema.GLOBAL_BATCH)])  # fmt: skip
+    keys = (schema.N, schema.K, schema.R, schema.TRAINABLE, schema.ACTIVATED, schema.TRAINABLE_RATIO,
+            schema.ACTIVATED_RATIO, schema.GLOBAL_BATCH)  # fmt: skip
+    counts = (schema.TRAINABLE, schema.ACTIVATED)  # on a log axis
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k.name), log=k in counts) for k in keys]
+    params = wr.ParallelCoordinatesPlot(title="parameters", layout=_wide(), columns=columns)
     return [params, _accuracy_vs_activated(), _line(schema.STEP_TIME, groupby=schema.LABEL.name),
             _line(schema.PEAK_MEMORY, groupby=schema.LABEL.name)]  # fmt: skip
 
@@ -204,7 +208,8 @@ def runsets(sweep: SweepInfo, entity: str = "", project: str = "") -> list[wr.Ru
 
 def _how_made(sweep: SweepInfo) -> str:
     lines = [f"Runs of the sweep **{sweep.name}** (`{sweep.file}`, {len(sweep.perft)} jobs).",
-             sweep.description.strip(), "", "Made and uploaded with:", "", "```bash", *sweep.commands, "```"]  # fmt: skip
+             sweep.description.strip(), "", "Made and uploaded with:", "",
+             "```bash", *sweep.commands, "```"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -220,13 +225,13 @@ def sweep_report(entity: str, project: str, sweep: SweepInfo, resolve: bool = Fa
             [schema.result_key(s, "accuracy") for s in sweep.test_sets],
             groupby=schema.R.name,
             layout=_wide(),
-        ),  # fmt: skip
+        ),
         _bars(
             "skill per test set (accuracy - majority)",
             [schema.result_key(s, "skill") for s in sweep.test_sets],
             groupby=schema.R.name,
             layout=_wide(),
-        ),  # fmt: skip
+        ),
         _line(schema.LOSS),
         _line(schema.VAL_LOSS),
     ]
@@ -279,7 +284,7 @@ _CONFIG_IN_FILTER = re.compile(r"""Config\(\s*['"]([^'"]+)['"]\s*\)""")
 
 
 def _metric(value, default: str) -> tuple[str, str]:
-    """(where, key) of a panel's metric: a Config, a SummaryMetric, or a name (a Metric) read from `default`."""
+    """(where, key) of a panel's metric: a Config, a SummaryMetric, or a name (a Metric) read from `default`"""
     if isinstance(value, (wr.Config, expr.Config)):
         return "config", value.name
     if isinstance(value, (wr.SummaryMetric, expr.Summary)):
