@@ -12,9 +12,9 @@ Where a key lands (`Key.where`):
 
 Test results are `test/<set>/<metric>` (`result_key`) with metric in SET_METRICS (accuracy, skill =
 accuracy - majority, ...; perft_exp/evaluation/metrics.py), their means over sets `test/average/<metric>`,
-and the untuned base model's `base/<set>/accuracy`. Routing statistics (perft_exp/analysis/routing.py) are logged per
-layer at every validation, `eval/routing/layer<L>/<stat>` and `eval/routing/layer<L>/load_share/<j>`,
-with their means over layers `eval/routing/mean/<stat>`.
+and the untuned base model's `base/<set>/accuracy`. Routing statistics (perft_exp/analysis/routing.py)
+are logged per layer at every validation, `eval/routing/layer<L>/<stat>` and
+`eval/routing/layer<L>/load_share/<j>`, with their means over layers `eval/routing/mean/<stat>`.
 """
 
 from __future__ import annotations
@@ -32,13 +32,10 @@ class Key:
     name: str
     where: str
     title: str
-    variants: tuple[str, ...] = ()  # only runs of these variants log it; () = every run
+    variants: tuple[str, ...] = ()  # only runs of these variants log it; () = every run (for readers)
 
     def __post_init__(self) -> None:
         assert self.where in WHERE, f"{self.name}: where={self.where!r} not in {WHERE}"
-
-    def logged_by(self, variant: str) -> bool:
-        return not self.variants or variant in self.variants
 
 
 def trainer_name(key: Key | str) -> str:

@@ -208,8 +208,8 @@ def runsets(sweep: SweepInfo, entity: str = "", project: str = "") -> list[wr.Ru
 
 def _how_made(sweep: SweepInfo) -> str:
     lines = [f"Runs of the sweep **{sweep.name}** (`{sweep.file}`, {len(sweep.perft)} jobs).",
-             sweep.description.strip(), "", "Made and uploaded with:", "",
-             "```bash", *sweep.commands, "```"]  # fmt: skip
+             *([sweep.description.strip()] if sweep.description.strip() else []), "",
+             "Made and uploaded with:", "", "```bash", *sweep.commands, "```"]  # fmt: skip
     return "\n".join(lines)
 
 
