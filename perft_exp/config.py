@@ -100,6 +100,7 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled
     group: str | None = None
     tags: list[str] = field(default_factory=list)
+    table_rows_per_set: int = 32  # per-question records per test set in the run's W&B table
 
 
 @dataclass
@@ -183,6 +184,7 @@ def validate(cfg: DictConfig) -> PerftConfig:
     _positive("eval.batch_size", ev.batch_size)
     _positive("task.cutoff_len", t.cutoff_len)
     _positive("task.val_size", t.val_size, strict=False)
+    _positive("logger.table_rows_per_set", cfg.logger.table_rows_per_set, strict=False)
     if tr.max_steps <= 0 and tr.num_train_epochs <= 0:
         raise ConfigError("trainer.num_train_epochs must be > 0 when trainer.max_steps is not set")
     if tr.save_steps % tr.eval_steps:

@@ -18,6 +18,7 @@ from perft_exp.analysis.routing import (
     track_routing,
     vector_picture,
 )
+from perft_exp.metric_schema import load_share_key, routing_key
 
 
 def test_principal_angles_identical_and_rotated_spaces_are_zero():
@@ -76,7 +77,13 @@ def test_track_routing_loads_sum_to_tokens_times_k(variant, top_k):
         else:
             assert len(row["load"]) == model.config.num_experts and row["router_entropy"] is None
     assert stats.padding_masked
-    assert "routing/mean/load_entropy" in stats.metrics()
+    flat = stats.metrics()
+    assert flat[routing_key("mean", "load_entropy")] == pytest.approx(
+        sum(row["load_entropy"] for row in rows) / len(rows)
+    )
+    for row in rows:  # each layer's load shares, as logged, are its load over its assignments
+        shares = [flat[load_share_key(row["layer"], j)] for j in range(len(row["load"]))]
+        assert shares == pytest.approx([c / sum(row["load"]) for c in row["load"]])
     # side-effect free: hooks gone, outputs unchanged
     assert hooks == {
         name: (len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in model.named_modules()

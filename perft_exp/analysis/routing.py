@@ -3,7 +3,7 @@
     with track_routing(model) as stats:          # hooks on every PERFT layer that routes (R, E)
         model(**batch)
     stats.per_layer()   # [{layer, name, variant, num_experts, top_k, tokens, load, load_entropy, ...}]
-    stats.metrics()     # flat {"routing/layer0/load_entropy": ...} for W&B
+    stats.metrics()     # flat {"eval/routing/layer0/load_entropy": ...} for W&B (perft_exp/metric_schema.py)
 
     principal_angles(W_r, W_g)        # degrees between the row spaces of two (n, D) matrices
     router_angles(model)              # per layer: R's learned router W_r against the frozen router W_g
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from perft_exp import metric_schema as schema
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.layer import PerftLayer
 from perft_exp.models.arch import get_architecture
@@ -101,18 +102,22 @@ class RoutingStats:
     def per_layer(self) -> list[dict]:
         return [layer.as_dict() for layer in self.layers]
 
-    def metrics(self, prefix: str = "routing") -> dict[str, float]:
-        """Flat scalars for a logger: per layer and averaged over layers."""
+    def metrics(self, prefix: str = schema.ROUTING) -> dict[str, float]:
+        """Flat scalars for a logger (names from perft_exp/metric_schema.py): per layer, each PEFT
+        expert's share of the layer's assignments, and the means over layers."""
         out: dict[str, float] = {}
         rows = self.per_layer()
         for row in rows:
-            for key in ("load_entropy", "max_load_ratio", "router_entropy"):
+            for key in schema.ROUTING_STATS:
                 if row[key] is not None:
-                    out[f"{prefix}/layer{row['layer']}/{key}"] = row[key]
-        for key in ("load_entropy", "max_load_ratio", "router_entropy"):
+                    out[schema.routing_key(row["layer"], key, prefix)] = row[key]
+            total = sum(row["load"])
+            for expert, count in enumerate(row["load"]) if total else ():
+                out[schema.load_share_key(row["layer"], expert, prefix)] = count / total
+        for key in schema.ROUTING_STATS:
             values = [row[key] for row in rows if row[key] is not None and not math.isnan(row[key])]
             if values:
-                out[f"{prefix}/mean/{key}"] = sum(values) / len(values)
+                out[schema.routing_key("mean", key, prefix)] = sum(values) / len(values)
         return out
 
 

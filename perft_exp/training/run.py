@@ -27,12 +27,13 @@ from perft_exp.adapters.io import (
     save_adapter,
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
+from perft_exp.analysis.routing import router_angles
 from perft_exp.config import validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
-from perft_exp.evaluation.metrics import iter_set_metrics, metrics_table, with_knowledge_metrics
+from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 from perft_exp.training.distributed import (
@@ -41,7 +42,7 @@ from perft_exp.training.distributed import (
     is_main_process,
     world_size,
 )
-from perft_exp.training.tracking import display_name, init_wandb, log_final
+from perft_exp.training.tracking import display_name, init_wandb, log_final, run_config
 from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
 
 log = logging.getLogger(__name__)
@@ -290,9 +291,10 @@ def train(cfg: DictConfig) -> dict:
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  cfg.task.cutoff_len, len(val_set))  # fmt: skip
-    tracking = is_main_process() and init_wandb(
-        cfg, perft, out, {"params": params, "world_size": world_size()}
+    flat = run_config(
+        cfg, perft, params, world_size(), arch.num_experts(model.config), arch.top_k(model.config)
     )
+    tracking = is_main_process() and init_wandb(cfg, perft, out, flat)
 
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()
@@ -363,11 +365,8 @@ def train(cfg: DictConfig) -> dict:
         results["runtime_s"] = time.perf_counter() - t0
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
         atomic_write_json(results_path, results)
-        if tracking:
-            ev = results.get("eval", {})
-            final = {f"eval/{k}": v["accuracy"] for k, v in iter_set_metrics(ev)}
-            final["eval/average"] = ev.get("average")
-            final["eval/average_skill"] = ev.get("average_skill")
-            log_final(final)
+        if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
+            angles = router_angles(model) if perft.variant == "R" and distributed["zero_stage"] != 3 else []
+            log_final(results, out / "eval", cfg.logger.table_rows_per_set, angles)
         print_table(results)
     return results

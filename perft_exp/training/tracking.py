@@ -1,7 +1,12 @@
 """W&B: offline by default into the run directory, online when configured; never needs an account.
 
 Run name is paper-style (`R (Top2/4) r16`), the group is the task/model (or the sweep's), and the run id
-is derived from the run directory so a resumed run continues the same W&B run.
+is derived from the run directory so a resumed run continues the same W&B run. Every key written here
+is named in perft_exp/metric_schema.py, which the dashboards (perft_exp/analysis/dashboards.py) read:
+
+  init_wandb    the nested Hydra config plus flat keys to filter and group by (`run_config`)
+  log_final     test results per set and on average, the base model's scores, R's router angles,
+                the per-question records as a wandb.Table (logger.table_rows_per_set rows per set)
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from perft_exp import metric_schema as schema
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.analysis.results import config_label
+from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_files
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,44 @@ def display_name(perft: PerftConfig) -> str:
     return f"{perft.display_name()} r{perft.bottleneck}"
 
 
-def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, extra_config: dict) -> bool:
+def routing_numbers(perft: PerftConfig, base_experts: int, base_top_k: int) -> tuple[int | None, int | None]:
+    """(N, K): PEFT experts per layer and how many a token uses; E takes the model's, D uses all N."""
+    if perft.variant == "R":
+        return perft.num_experts, perft.top_k
+    if perft.variant == "E":
+        return base_experts, base_top_k
+    if perft.variant in ("D", "S"):
+        return perft.num_experts, perft.num_experts
+    return None, None
+
+
+def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: int,
+               base_experts: int, base_top_k: int) -> dict:  # fmt: skip
+    """The flat config keys of metric_schema.CONFIG_KEYS for one run."""
+    n, k = routing_numbers(perft, base_experts, base_top_k)
+    tr = cfg.trainer
+    values = {
+        schema.VARIANT: perft.variant,
+        schema.LABEL: config_label(perft.to_dict(), base_top_k, base_experts),
+        schema.N: n,
+        schema.K: k,
+        schema.R: perft.bottleneck if perft.variant != "none" else None,
+        schema.TASK: cfg.task.name,
+        schema.MODEL: cfg.model.name,
+        schema.SEED: cfg.seed,
+        schema.SWEEP: cfg.logger.group,
+        schema.TRAINABLE: params["trainable"],
+        schema.ACTIVATED: params["activated_trainable"],
+        schema.TRAINABLE_RATIO: params["trainable_ratio"],
+        schema.ACTIVATED_RATIO: params["activated_ratio"],
+        schema.GLOBAL_BATCH: tr.per_device_train_batch_size * tr.gradient_accumulation_steps * world_size,
+        schema.WORLD_SIZE: world_size,
+    }
+    assert set(values) == set(schema.CONFIG_KEYS), "run_config and metric_schema.CONFIG_KEYS disagree"
+    return {key.name: value for key, value in values.items()}
+
+
+def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, flat_config: dict) -> bool:
     """Start (or resume) the run's W&B run; False when logging is off."""
     if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
@@ -35,7 +80,9 @@ def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, extra_conf
     os.environ["WANDB_MODE"] = cfg.logger.mode
     run_id = hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:16]
     config = OmegaConf.to_container(cfg, resolve=True)
-    config.update(extra_config)
+    clash = sorted(set(config) & set(flat_config) - {schema.SEED.name})
+    assert not clash, f"flat W&B config keys {clash} would replace parts of the Hydra config"
+    config.update(flat_config)
     wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
@@ -51,9 +98,54 @@ def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, extra_conf
     return True
 
 
-def log_final(metrics: dict) -> None:
+def result_summary(results: dict) -> dict:
+    """The test-set and base-model keys of metric_schema from a results.json dict."""
+    out: dict = {}
+    ev = results.get("eval") or {}
+    for name, m in iter_set_metrics(ev):
+        out |= {schema.result_key(name, k): m.get(k) for k in schema.SET_METRICS}
+    if ev:
+        out |= {schema.result_key("average", k): ev.get(src) for k, src in schema.AVERAGE_METRICS.items()}
+        out[schema.MAX_TOP_SHARE.name] = ev.get("max_top_prediction_share")
+    base = results.get("base_eval") or {}
+    for name, m in iter_set_metrics(base):
+        out[schema.base_key(name)] = m["accuracy"]
+    if base:
+        out[schema.BASE_AVERAGE.name] = base.get("average")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def angle_summary(angles: list[dict]) -> dict:
+    """R's learned router against the frozen one (analysis/routing.py router_angles rows)."""
+    if not angles:
+        return {}
+    out = {schema.angle_key(row["layer"]): row["mean_deg"] for row in angles}
+    out[schema.ANGLE_MEAN.name] = sum(row["mean_deg"] for row in angles) / len(angles)
+    out[schema.ANGLE_RANDOM.name] = sum(row["random_mean_deg"] for row in angles) / len(angles)
+    return out
+
+
+def records_table_rows(records_dir: Path, per_set: int) -> list[list]:
+    """The first `per_set` per-question records of every test set, as rows of RECORD_COLUMNS.
+
+    `extracted` and `label` are strings: depending on the set they are labels, numbers or None, and a
+    wandb.Table column keeps one type."""
+    rows = []
+    for name, path in record_files(records_dir).items() if records_dir.is_dir() else ():
+        for r in read_records(path)[:per_set]:
+            rows.append([name, r["id"], r["prompt"], r["response"], str(r["extracted"]), str(r["label"]),
+                         bool(r["correct"])])  # fmt: skip
+    return rows
+
+
+def log_final(results: dict, records_dir: Path, table_rows_per_set: int, angles: list[dict]) -> None:
+    """Write the summary keys and the records table, then finish the run."""
     import wandb
 
-    if wandb.run is not None:
-        wandb.run.summary.update(metrics)
-        wandb.finish()
+    if wandb.run is None:
+        return
+    rows = records_table_rows(records_dir, table_rows_per_set)
+    if rows:
+        wandb.log({schema.RECORDS.name: wandb.Table(columns=list(schema.RECORD_COLUMNS), data=rows)})
+    wandb.run.summary.update(result_summary(results) | angle_summary(angles))
+    wandb.finish()

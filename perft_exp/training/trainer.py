@@ -2,7 +2,8 @@
 
 - loss = LM loss + base router aux loss (transformers, `output_router_logits=True`)
          + perft.aux_loss_coef * R's adapter-router aux loss; the terms are logged separately
-- tokens/s in the training logs
+- tokens/s, seconds per optimizer step and peak memory in the training logs
+- every logged name comes from perft_exp/metric_schema.py (what the W&B dashboards read)
 - checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
 - a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
 - SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
@@ -13,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import signal
 import time
 
 import torch
 from transformers import Trainer, TrainerCallback
 
+from perft_exp import metric_schema as schema
 from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, perft_layers, trainable_parameters
 from perft_exp.analysis.routing import track_routing
@@ -64,6 +67,13 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
+def peak_memory_gb() -> float:
+    """Peak memory so far (GiB): allocated CUDA memory on a GPU, else the process's peak resident set."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
 class PerftTrainer(Trainer):
     def __init__(
         self,
@@ -80,10 +90,11 @@ class PerftTrainer(Trainer):
         self.nonfinite_loss = nonfinite_loss
         self.base_model_name = base_model_name
         self.skipped_steps = 0
-        self._terms: dict[str, float] = {}
+        self._terms: dict[schema.Key, float] = {}
         self._term_count = 0
         self._tokens = 0
         self._tokens_since = time.perf_counter()
+        self._window_step: int | None = None  # global_step when the current logging window began
 
     # ---- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -95,14 +106,16 @@ class PerftTrainer(Trainer):
         terms = {}
         base_aux = getattr(outputs, "aux_loss", None)
         if base_aux is not None:
-            terms["base_aux_loss"] = float(base_aux.detach())
+            terms[schema.BASE_AUX_LOSS] = float(base_aux.detach())
         aux = adapter_aux_loss(model, inputs.get("attention_mask"))
         if aux is not None:
-            terms["adapter_aux_loss"] = float(aux.detach())
+            terms[schema.ADAPTER_AUX_LOSS] = float(aux.detach())
             loss = loss + self.adapter_aux_coef * aux.to(loss.device)
         if model.training:
             base_coef = getattr(getattr(self._unwrapped(), "config", None), "router_aux_loss_coef", 0.0)
-            terms["lm_loss"] = float(outputs.loss.detach()) - base_coef * terms.get("base_aux_loss", 0.0)
+            terms[schema.LM_LOSS] = float(outputs.loss.detach()) - base_coef * terms.get(
+                schema.BASE_AUX_LOSS, 0.0
+            )
             for k, v in terms.items():
                 self._terms[k] = self._terms.get(k, 0.0) + v
             self._term_count += 1
@@ -111,6 +124,8 @@ class PerftTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self._window_step is None:  # the first step of this launch (a resumed run starts mid-way)
+            self._window_step = self.state.global_step
         loss = super().training_step(model, inputs, num_items_in_batch)
         if not torch.isfinite(loss).all():
             step = self.state.global_step + 1
@@ -126,13 +141,19 @@ class PerftTrainer(Trainer):
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._term_count:
-            for k, v in self._terms.items():
-                logs[k] = v / self._term_count
+        if schema.trainer_name(schema.LOSS) in logs and self._term_count:
+            for key, total in self._terms.items():
+                logs[schema.trainer_name(key)] = total / self._term_count
             now = time.perf_counter()
-            logs["tokens_per_s"] = self._tokens / max(now - self._tokens_since, 1e-9)
-            logs["skipped_steps"] = self.skipped_steps
+            seconds = max(now - self._tokens_since, 1e-9)
+            logs[schema.trainer_name(schema.TOKENS_PER_S)] = self._tokens / seconds
+            steps = self.state.global_step - (self._window_step or 0)
+            if steps > 0:
+                logs[schema.trainer_name(schema.STEP_TIME)] = seconds / steps
+            logs[schema.trainer_name(schema.PEAK_MEMORY)] = peak_memory_gb()
+            logs[schema.trainer_name(schema.SKIPPED_STEPS)] = self.skipped_steps
             self._terms, self._term_count, self._tokens, self._tokens_since = {}, 0, 0, now
+            self._window_step = self.state.global_step
         super().log(logs, start_time)
 
     def evaluate(self, *args, **kwargs):
@@ -141,7 +162,7 @@ class PerftTrainer(Trainer):
             return super().evaluate(*args, **kwargs)
         with track_routing(self._unwrapped()) as stats:
             metrics = super().evaluate(*args, **kwargs)
-        routing = stats.metrics(prefix="eval_routing")
+        routing = stats.metrics(prefix=schema.trainer_name(schema.ROUTING))
         self.log(routing)
         return {**metrics, **routing}
 
