@@ -38,15 +38,15 @@ def _train(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
 def test_demo_beats_the_best_constant_answer_without_answering_a_constant(tmp_path):
     """`python train.py`: skill over the best constant answer on average, no set answered >= 90 % alike.
 
-    The threshold is below the measured +10.2 points (README) with a margin for platform numerics; the
-    issue's goal of +25 is not reached yet.
+    The threshold is below the measured +16.8 points (README) with a margin for platform numerics and
+    for the spread between fine-tuning seeds (seed=1 measured +16.0); the goal of +25 is not reached yet.
     """
     results, stdout = _train(tmp_path)
     assert results["variant"] == "R" and results["train"]["steps"] == 600
     ev = results["eval"]
     shares = {name: m["top_prediction_share"] for name, m in ev.items() if isinstance(m, dict)}
     assert len(shares) == 8
-    assert ev["average_skill"] >= 0.05, {
+    assert ev["average_skill"] >= 0.10, {
         n: round(m["skill"], 3) for n, m in ev.items() if isinstance(m, dict)
     }
     assert max(shares.values()) < 0.9, shares
