@@ -1,4 +1,4 @@
-"""A run directory belongs to one config (perft_exp.training.run.check_run_dir), checked before any model loads."""
+"""A run directory belongs to one config (perft_exp.run_dir.check_run_dir), checked before any model loads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from perft_exp.config import compose
-from perft_exp.training.run import RUN_CONFIG_NAME, check_run_dir
+from perft_exp.run_dir import RUN_CONFIG_NAME, check_run_dir
 
 
 def test_first_launch_records_the_config_and_the_same_config_passes(tmp_path):

@@ -33,9 +33,9 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatch
 from pathlib import Path
 
+from perft_exp.adapters.config import BASELINE_LABELS, variant_label
 from perft_exp.analysis.bootstrap import SetArrays, bootstrap_intervals
 from perft_exp.config import seed_suffix
 from perft_exp.data.formats import ALL_TEST_SETS
@@ -50,16 +50,8 @@ from perft_exp.evaluation.metrics import (
     record_files,
     set_metrics,
 )
+from perft_exp.run_dir import RESULTS_NAME, find_run_dirs, read_failure
 
-RESULTS_NAME = "results.json"
-FAILED_NAME = "failed.json"
-BASELINE_LABELS = {
-    "qv_lora": "qv-LoRA",
-    "router_lora": "router-LoRA",
-    "expert_lora": "expert-LoRA",
-    "router_expert_lora": "router+expert-LoRA",
-    "none": "base model",
-}
 FAMILY_ORDER = ("none", "qv_lora", "router_lora", "expert_lora", "router_expert_lora", "R", "E", "D", "S")
 SHORT_SET_NAMES = {
     "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS.", "winogrande": "WinoG.",
@@ -128,35 +120,9 @@ class Run:
         return (family, self.num_experts or 0, self.top_k or 0, self.config, self.bottleneck or 0, self.name)
 
 
-def _knob_suffix(perft: dict) -> str:
-    """Non-default knobs that change what a row means (the paper's runs all use the defaults)."""
-    r = perft.get("bottleneck")
-    knobs = []
-    if perft.get("alpha") is not None and r and perft["alpha"] != 2 * r:
-        knobs.append(f"alpha={perft['alpha']:g}")
-    if perft.get("form", "lora") != "lora":
-        knobs.append(perft["form"])
-    if perft.get("init", "paper") != "paper":
-        knobs.append(f"init={perft['init']}")
-    if perft.get("authors_weighting_defect"):
-        knobs.append("authors' defect")
-    return f" [{', '.join(knobs)}]" if knobs else ""
-
-
 def config_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
     """The paper's config name from results.json's `perft` (E needs the base model's k and E)."""
-    v = perft["variant"]
-    if v == "R":
-        label = f"R (Top{perft['top_k']}/{perft['num_experts']})"
-    elif v == "E":
-        label = f"E (Top{base_top_k}/{base_experts})" if base_top_k and base_experts else "E"
-    elif v == "D":
-        label = f"D ({perft['num_experts']})"
-    elif v == "S":
-        label = "S (1)"
-    else:
-        label = BASELINE_LABELS.get(v, v)
-    return label + _knob_suffix(perft)
+    return variant_label(perft, base_top_k, base_experts)
 
 
 def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
@@ -268,36 +234,13 @@ class Collection:
         return dict(out)
 
 
-# Below a run directory: checkpoints, and re-evaluations (scripts/evaluate.py) with their own results.json.
-_NOT_RUNS = ("checkpoints", "evaluations")
-
-
-def find_run_dirs(root: str | Path, pattern: str = "*") -> Iterable[Path]:
-    """Directories below `root` whose name matches `pattern`, holding results.json (finished) or failed.json."""
-    root = Path(root)
-    seen = set()
-    for name in (RESULTS_NAME, FAILED_NAME):
-        for path in sorted(root.rglob(name)):
-            run_dir = path.parent
-            inside = run_dir.relative_to(root).parts if run_dir != root else ()
-            if (
-                run_dir in seen
-                or any(part in _NOT_RUNS for part in inside)
-                or not fnmatch(run_dir.name, pattern)
-            ):
-                continue
-            seen.add(run_dir)
-            yield run_dir
-
-
 def collect(root: str | Path, pattern: str = "*") -> Collection:
     """Every run below `root` (run directory names matching `pattern`, e.g. "toy-*")."""
     runs, failed, bases = [], [], {}
     for run_dir in find_run_dirs(root, pattern):
         results_path = run_dir / RESULTS_NAME
         if not results_path.is_file():
-            error = json.loads((run_dir / FAILED_NAME).read_text()).get("error", "")
-            failed.append((str(run_dir), error))
+            failed.append((str(run_dir), read_failure(run_dir)))
             continue
         results = json.loads(results_path.read_text())
         if "variant" not in results and "perft" not in results:

@@ -13,19 +13,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from perft_exp.adapters.config import PerftConfig
-
 log = logging.getLogger(__name__)
 
 
-def display_name(perft: PerftConfig) -> str:
-    if perft.variant == "none":
-        return "base model"
-    return f"{perft.display_name()} r{perft.bottleneck}"
-
-
-def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, extra_config: dict) -> bool:
-    """Start (or resume) the run's W&B run; False when logging is off."""
+def init_wandb(cfg: DictConfig, label: str, output_dir: Path, extra_config: dict) -> bool:
+    """Start (or resume) the run's W&B run, named `label` (PerftConfig.run_label); False when logging is off."""
     if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
         return False
@@ -39,7 +31,7 @@ def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, extra_conf
     wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        name=display_name(perft),
+        name=label,
         group=cfg.logger.group or f"{cfg.task.name}/{cfg.model.name}",
         tags=list(cfg.logger.tags),
         dir=str(output_dir),
