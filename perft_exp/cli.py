@@ -60,7 +60,7 @@ def one_line(exc: BaseException) -> str:
     chain, e = [], exc
     while e is not None:
         chain.append(str(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     text = "\n".join(chain)
     missing = re.search(r"Could not find '(\w+)/([^']*)'", text)
     if missing:

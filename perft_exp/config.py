@@ -272,17 +272,20 @@ def _fmt(value) -> str:
     return "null" if value is None else str(value)
 
 
-def _resolved_identity(cfg: DictConfig) -> dict:
-    """The config's resolved values that define what a run computes, without resolving `name` itself."""
+def _identity_source(cfg: DictConfig) -> dict:
+    """The config's keys that define what a run computes, unresolved (resolving `name` would recurse)."""
     from perft_exp.run_dir import config_identity
 
-    raw = config_identity(OmegaConf.to_container(cfg, resolve=False))
-    return OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+    return config_identity(OmegaConf.to_container(cfg, resolve=False))
 
 
-@functools.lru_cache(maxsize=256)
-def _defaults_identity(overrides: tuple[str, ...], _env: tuple) -> dict:
-    """The identity of the default config with only `overrides` (cached per environment: data paths)."""
+def _resolve(source: dict) -> dict:
+    return OmegaConf.to_container(OmegaConf.create(source), resolve=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults_source(overrides: tuple[str, ...]) -> dict:
+    """The default config with only `overrides`, unresolved."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -292,7 +295,7 @@ def _defaults_identity(overrides: tuple[str, ...], _env: tuple) -> dict:
     else:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name="train", overrides=list(overrides))
-    return _resolved_identity(cfg)
+    return _identity_source(cfg)
 
 
 def changed_from_defaults(cfg: DictConfig) -> dict:
@@ -301,12 +304,13 @@ def changed_from_defaults(cfg: DictConfig) -> dict:
     `eval.mode=greedy` (the default) changes nothing, `trainer.learning_rate=1e-3` equals `=0.001`."""
     from perft_exp.run_dir import flatten
 
-    have = _resolved_identity(cfg)
+    have = _resolve(_identity_source(cfg))
     perft = have["perft"]
     shown = [f"model={have['model']['name']}", f"task={have['task']['name']}", f"variant={perft['variant']}",
-             *(f"perft.{k}={_fmt(perft[k])}" for k in _TAG_KNOBS), f"seed={have['seed']}"]  # fmt: skip
-    env = tuple(os.environ.get(k) for k in ("PERFT_CACHE", "PERFT_DATA_DIR", "WANDB_MODE"))
-    a, b = flatten(have), flatten(_defaults_identity(tuple(shown), env))
+             *(f"perft.{k}={_fmt(perft[k])}" for k in _TAG_KNOBS)]  # fmt: skip
+    # `seed=S` on the command line only sets the top-level key, so setting it here is the same compose, cached
+    defaults = {**_defaults_source(tuple(shown)), "seed": have["seed"]}
+    a, b = flatten(have), flatten(_resolve(defaults))
     return {k: a.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
 

@@ -193,6 +193,56 @@ def test_run_names_separate_what_the_command_line_changes():
     assert name("name=mine") == "mine"
 
 
+def test_run_names_hash_the_resolved_config_not_the_command_line():
+    """Naming a default value changes nothing; two spellings of one value are one run (issue 14, item 7)."""
+
+    def name(*overrides: str) -> str:
+        return compose(list(overrides)).name
+
+    assert name("eval.mode=greedy") == name("trainer=tiny", "deepspeed=none", "eval=greedy") == "R-n4-k2-r16"
+    assert name("task=synthetic_math", "eval.mode=greedy") == name("task=synthetic_math") == "R-n4-k2-r16"
+    assert name("trainer.learning_rate=1e-3") == name("trainer.learning_rate=0.001") != "R-n4-k2-r16"
+    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8"  # 0.05 is the default
+
+
+def test_what_a_run_changed_is_described_by_group():
+    from perft_exp.config import changed_from_defaults, describe_changes
+
+    assert describe_changes(changed_from_defaults(compose(["eval.mode=greedy", "logger=none"]))) == []
+    changes = describe_changes(changed_from_defaults(compose(["trainer=debug", "task.max_test_examples=2"])))
+    assert changes == ["trainer=debug", "task.max_test_examples=2"]
+
+
+def test_variant_none_needs_test_sets():
+    from perft_exp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="variant=none"):
+        validate(compose(["variant=none", "eval.enabled=false"]))
+
+
+def test_a_model_path_that_does_not_exist_is_one_config_error(tmp_path):
+    from perft_exp.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.pretrained='/no/such/model' is not a directory"):
+        validate(compose(["model.pretrained=/no/such/model"]))
+    validate(compose([f"model.pretrained={tmp_path}"]))  # an existing directory passes
+    validate(compose(["model=olmoe_1b_7b"]))  # a hub id (org/name) is not a path
+
+
+def test_labels_agree_between_console_count_params_and_tables():
+    """One label owner: `E (Top8/64) r8` everywhere, never `E r8`; `qv-LoRA`, never `qv_lora` (item 8)."""
+    import runpy
+
+    from perft_exp.analysis.results import config_label
+
+    count = runpy.run_path(str(REPO / "scripts" / "count_params.py"))["count"]
+    assert count(["model=olmoe_1b_7b", "variant=E", "perft.bottleneck=8"])["config"] == "E (Top8/64) r8"
+    assert count(["model=olmoe_1b_7b", "variant=qv_lora", "perft.bottleneck=16"])["config"] == "qv-LoRA r16"
+    assert config_label({"variant": "E", "bottleneck": 8}, 8, 64) == "E (Top8/64)"
+    assert perft_config(compose(["variant=qv_lora"])).run_label() == "qv-LoRA r16"
+    assert perft_config(compose(["variant=none"])).run_label() == "base model"
+
+
 def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_path, monkeypatch):
     """`seed=` drives trainer.seed (adapter init, data order); each seed has its own, readable directory."""
     from perft_exp.config import DEFAULT_SEED, compose

@@ -125,6 +125,12 @@ def config_label(perft: dict, base_top_k: int | None = None, base_experts: int |
     return variant_label(perft, base_top_k, base_experts)
 
 
+def _changes_suffix(changes: list[str] | None) -> str:
+    """` {trainer=debug, ...}`: what the run changed from the defaults (results.json `config_changes`), so a
+    smoke run never passes for the real one in a table."""
+    return f" {{{', '.join(changes)}}}" if changes else ""
+
+
 def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
     """(top-k, experts) of the base model, from the saved adapter's signature."""
     path = run_dir / "adapter" / "adapter_config.json"
@@ -185,14 +191,14 @@ def run_from_results(results: dict, run_dir: Path) -> Run:
         model=results.get("model", "?"),
         task=results.get("task", "?"),
         variant=perft["variant"],
-        config=config_label(perft, top_k, experts),
+        config=config_label(perft, top_k, experts) + _changes_suffix(results.get("config_changes")),
         bottleneck=perft.get("bottleneck") if perft["variant"] != "none" else None,
         accuracy=acc,
         average=average,
         num_experts=perft.get("num_experts") if perft["variant"] in ("R", "D") else None,
         top_k=perft.get("top_k") if perft["variant"] == "R" else None,
         params=results.get("params") or {},
-        train_file=results.get("train_file", ""),
+        train_file=results.get("train_file") or "",
         contaminated=list(results.get("contaminated_test_sets") or []),
         run_dir=str(run_dir),
         name=run_dir.name,
@@ -216,7 +222,7 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
     known = _knowledge(results["base_eval"], Path(records) if records else None)
     return Run(
         model=results.get("model", "?"), task=results.get("task", "?"), variant="none", config="base model",
-        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file", ""),
+        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file") or "",
         contaminated=list(results.get("contaminated_test_sets") or []), run_dir=str(run_dir), name="(base_eval)",
         group="(base_eval)", metrics=known.metrics, averages=known.averages, arrays=known.arrays,
     )  # fmt: skip
@@ -577,6 +583,29 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
 
     Runs that differ only by seed are one point (their mean) with its 95 % interval as an error bar.
     """
+    fig = efficiency_figure(runs, title)
+    fig.savefig(path, dpi=130)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def _declutter(fig, labels: list) -> None:
+    """Move point labels down, a line at a time, until none overlaps an earlier one (points of nearly equal
+    cost and accuracy would otherwise print their labels over each other)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text in labels:
+        for _ in range(len(labels)):
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = text.get_position()  # (offset points) from its point
+            text.set_position((x, y - 9))
+        placed.append(text.get_window_extent(renderer))
+
+
+def efficiency_figure(runs: list[Run], title: str = ""):
+    """The figure plot_efficiency saves (its point labels are the axes' texts)."""
     plt = _pyplot()
     from matplotlib import ticker
 
@@ -586,7 +615,7 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
     for run in runs:
         if run.average is not None and run.variant != "none" and run.activated_ratio:
             by_family[run.variant].append(run)
-    entries, labelled = 0, []
+    entries, labels = 0, []
     for family, members in sorted(by_family.items(), key=lambda kv: FAMILY_ORDER.index(kv[0])):
         style = FAMILY_STYLE.get(family, dict(marker="o", color="black"))
         members = sorted(members, key=lambda r: r.activated_ratio)
@@ -608,12 +637,9 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
         entries += 1
         if len(runs) <= 30:
             for r, xi, yi in zip(members, x, y):
-                # labels of (nearly) coincident points are stacked downwards instead of overprinted
-                stack = sum(abs(math.log10(xi / xl)) < 0.04 and abs(yi - yl) < 0.8 for xl, yl in labelled)
-                labelled.append((xi, yi))
-                text = f"{r.config.split(' [')[0].replace(' (', '(')} r{r.bottleneck}"
-                ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3 - 9 * stack),
-                            fontsize=7, color="0.3")  # fmt: skip
+                text = f"{r.config.split(' [')[0].split(' {')[0].replace(' (', '(')} r{r.bottleneck}"
+                labels.append(ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                                          color="0.3"))  # fmt: skip
     base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
     if base is not None:
         ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")
@@ -631,9 +657,8 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
     if entries:
         _legend(ax, entries)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    _declutter(fig, labels)
+    return fig
 
 
 def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:
