@@ -62,7 +62,7 @@ def one_line(exc: BaseException) -> str:
         chain.append(str(e))
         e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     text = "\n".join(chain)
-    missing = re.search(r"Could not find '(\w+)/([^']*)'", text)
+    missing = re.search(r"Could not find '([\w/]+)/([^'/]*)'", text)
     if missing:
         group, option = missing.groups()
         block = text.split(f"Available options in '{group}':", 1)[-1].split("Config search path", 1)[0]
@@ -113,7 +113,7 @@ def precheck(argv: list[str]) -> None:
     if launcher and ("slurm" in launcher[-1] or "submitit" in launcher[-1]) and not submitit_installed():
         print(f"error: hydra/launcher={launcher[-1]}: {SLURM_EXTRA_HINT}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra") and "=" in a]
+    overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
     try:
         for job in _job_overrides(overrides, multirun):
             validate(compose(job))

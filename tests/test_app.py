@@ -177,6 +177,38 @@ def test_a_finished_run_prints_its_table_again(micro_model_dir, app_env, tmp_pat
     )
 
 
+def _small(model_dir, run_dir) -> list[str]:
+    return ["trainer=debug", "logger=none", f"model.pretrained={model_dir}", "task.max_train_examples=32",
+            "task.max_test_examples=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_variant_none_evaluates_the_base_model_without_training(micro_model_dir, app_env, tmp_path):
+    """`variant=none` trains nothing (there is nothing to train) and needs no training file (item 1)."""
+    r = run_train(
+        [*_small(micro_model_dir, tmp_path), "variant=none", "task.train_file=no_such_file"], app_env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["variant_name"] == "base model" and results["train"] is None
+    assert results["params"]["trainable"] == 0 and not (tmp_path / "checkpoints").exists()
+    assert set(results["eval"]) >= {"boolq", "average"} and results["eval"]["boolq"]["n"] == 2
+    assert "base model on tiny_olmoe" in r.stdout
+
+
+@pytest.mark.slow
+def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
+    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts it (item 3)."""
+    pytest.importorskip("bitsandbytes")
+    r = run_train(
+        [*_small(micro_model_dir, tmp_path), "model.quantization=4bit", "eval.enabled=false"], app_env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train"]["steps"] == 8 and results["variant_name"] == "R (Top2/4) r16"
+    assert "model.quantization=4bit" in results["config_changes"]
+
+
 def test_run_names_separate_what_the_command_line_changes():
     """Same command, same directory; another trainer, ZeRO stage or learning rate, another directory."""
     from perft_exp.config import compose
