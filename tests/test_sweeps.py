@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import itertools
 import json
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from perft_exp.config import REPO_ROOT
+
 
 _spec = importlib.util.spec_from_file_location("sweep_cli", REPO_ROOT / "scripts" / "sweep.py")
 sweep_cli = importlib.util.module_from_spec(_spec)
@@ -300,3 +302,40 @@ def test_slurm_without_its_extra_is_one_line(monkeypatch, capsys):
         cli.precheck(["-m", "hydra/launcher=slurm", "variant=S,E"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: hydra/launcher=slurm: {cli.SLURM_EXTRA_HINT}"
+
+
+def toy_miniature(path: Path, seeds=(0, 1)) -> Path:
+    """sweeps/toy.yaml (its fixed part, env and run names) with one block: R (Top2/4) r2 over `seeds`."""
+    import yaml
+
+    toy = yaml.safe_load((sweep_cli.SWEEPS_DIR / "toy.yaml").read_text())
+    toy["blocks"] = [{"variant": "R", "routing": ["n4k2"], "perft.bottleneck": [2], "seed": list(seeds)}]
+    path.write_text(yaml.safe_dump(toy))
+    return path
+
+
+def shrink(micro_model_dir: Path) -> list[str]:
+    """The overrides that shrink a job to seconds on CPU (trainer=debug: 8 steps; 2 questions per test set)."""
+    return ["trainer=debug", "logger=none", f"model.pretrained={micro_model_dir}", "task.max_train_examples=32",
+            "task.max_test_examples=2"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, app_env, tmp_path):
+    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result collection,
+    with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
+    grid = toy_miniature(tmp_path / "toy2.yaml")
+    sweep = [sys.executable, str(REPO_ROOT / "scripts" / "sweep.py")]
+    args = ["run", str(grid), "--launcher", "slurm", "--slurm-local", *shrink(micro_model_dir)]
+    r = subprocess.run([*sweep, *args], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "hydra/launcher=slurm_local" in r.stdout and "toy2: 2 finished" in r.stdout
+    runs = tmp_path / "outputs" / "runs" / "synthetic_commonsense" / "tiny_olmoe"
+    assert list(runs.glob(".submitit/*/*_log.out"))  # the jobs went through submitit
+    finished = sorted(p.parent.name for p in runs.glob("toy-*/results.json"))
+    assert len(finished) == 2 and finished[0].startswith("toy-R-n4-k2-r2-s0-"), finished
+    assert {json.loads((runs / n / "results.json").read_text())["seed"] for n in finished} == {0, 1}
+    status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert status.stdout.splitlines()[-1] == "toy2: 2 finished", status.stdout + status.stderr
