@@ -7,6 +7,7 @@ type cannot express live in `validate()`, which runs before any model is loaded.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -306,10 +307,12 @@ def changed_from_defaults(cfg: DictConfig) -> dict:
 
     have = _resolve(_identity_source(cfg))
     perft = have["perft"]
-    shown = [f"model={have['model']['name']}", f"task={have['task']['name']}", f"variant={perft['variant']}",
-             *(f"perft.{k}={_fmt(perft[k])}" for k in _TAG_KNOBS)]  # fmt: skip
-    # `seed=S` on the command line only sets the top-level key, so setting it here is the same compose, cached
-    defaults = {**_defaults_source(tuple(shown)), "seed": have["seed"]}
+    groups = (f"model={have['model']['name']}", f"task={have['task']['name']}", f"variant={perft['variant']}")
+    # The knobs and the seed are plain values: setting them on the composed defaults is what their overrides
+    # would do, so one cached compose per (model, task, variant) serves every job of a grid.
+    defaults = copy.deepcopy(_defaults_source(groups))
+    defaults["seed"] = have["seed"]
+    defaults["perft"].update({k: perft[k] for k in _TAG_KNOBS})
     a, b = flatten(have), flatten(_resolve(defaults))
     return {k: a.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 
@@ -370,9 +373,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
         cfg = hydra_compose(
             config_name=config_name, overrides=list(overrides or []), return_hydra_config=True
         )
-    run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
     with open_dict(cfg):
-        cfg.name = cfg.name  # resolved while the overrides are still known
+        cfg.name = cfg.name  # resolved once, here
+        run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
         del cfg["hydra"]
     cfg.output_dir = run_dir
     return cfg
