@@ -61,7 +61,9 @@ COMMANDS = {
     "make demo": ok("R (Top2/4) r16 on tiny_olmoe / synthetic_commonsense", shrink=True),
     "make test": ok(),
     # Running experiments
-    "python train.py variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16": ok("R (Top2/4) r16", True),
+    "python train.py variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16": ok(
+        "R (Top2/4) r16", True
+    ),
     "python train.py variant=E perft.bottleneck=8": ok("E (Top2/8) r8", shrink=True),
     "python train.py variant=qv_lora perft.bottleneck=16": ok("qv-LoRA r16", shrink=True),
     "python train.py variant=none": ok("base model on tiny_olmoe", shrink=True),
@@ -84,13 +86,17 @@ COMMANDS = {
     ),
     # Sweeps
     "python scripts/sweep.py list": ok("olmoe_commonsense       100 jobs"),
-    "python scripts/sweep.py show olmoe_commonsense": ok("olmoe_commonsense: 100 jobs, all compose and validate"),
+    "python scripts/sweep.py show olmoe_commonsense": ok(
+        "olmoe_commonsense: 100 jobs, all compose and validate"
+    ),
     "python scripts/sweep.py status olmoe_commonsense": ok("olmoe_commonsense: 100 pending"),
     "python scripts/sweep.py run toy": ok("toy: 2 finished", shrink=True),
     "python scripts/sweep.py run olmoe_math --launcher slurm --partition gpu --timeout-min 1440": error(
         "olmoe_math: 52 jobs cannot run: " + NO_DATA
     ),
-    "python scripts/sweep.py run toy --launcher slurm --slurm-local trainer=debug": ok("toy: 2 finished", True),
+    "python scripts/sweep.py run toy --launcher slurm --slurm-local trainer=debug": ok(
+        "toy: 2 finished", True
+    ),
     "python scripts/sweep.py run olmoe_commonsense --launcher gpus --gpus 0,1,2,3,4,5,6,7": error(
         "olmoe_commonsense: 100 jobs cannot run: " + NO_DATA
     ),
@@ -156,8 +162,12 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv += ["--base-url", CLOSED + "/{ref}/"]
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
-        (trained,) = [d for d in runs if re.fullmatch(r"R-n4-k2-r16-[0-9a-f]{6}", d.name)]  # the shrunk default
-        argv = [a.replace("outputs/runs/<task>/<model>/<run>", str(trained.relative_to(workdir))) for a in argv]
+        (trained,) = [
+            d for d in runs if re.fullmatch(r"R-n4-k2-r16-[0-9a-f]{6}", d.name)
+        ]  # the shrunk default
+        argv = [
+            a.replace("outputs/runs/<task>/<model>/<run>", str(trained.relative_to(workdir))) for a in argv
+        ]
     if expect.shrink:
         argv += [a for a in shrink(micro) if not (a == "trainer=debug" and a in argv)]
     return [sys.executable if a == "python" else a for a in argv]
@@ -180,7 +190,9 @@ BLOCKS = readme_blocks()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=[f"block{i}-{b[0].split()[1]}" for i, b in enumerate(BLOCKS)])
+@pytest.mark.parametrize(
+    "index", range(len(BLOCKS)), ids=[f"block{i}-{b[0].split()[1]}" for i, b in enumerate(BLOCKS)]
+)
 def test_readme_block(index, workdir, micro_model_dir, app_env):
     env = {**app_env, "HF_ENDPOINT": CLOSED}
     for command in BLOCKS[index]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import itertools
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from perft_exp.config import REPO_ROOT
-
 
 _spec = importlib.util.spec_from_file_location("sweep_cli", REPO_ROOT / "scripts" / "sweep.py")
 sweep_cli = importlib.util.module_from_spec(_spec)
@@ -328,7 +327,9 @@ def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, 
     grid = toy_miniature(tmp_path / "toy2.yaml")
     sweep = [sys.executable, str(REPO_ROOT / "scripts" / "sweep.py")]
     args = ["run", str(grid), "--launcher", "slurm", "--slurm-local", *shrink(micro_model_dir)]
-    r = subprocess.run([*sweep, *args], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*sweep, *args], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "hydra/launcher=slurm_local" in r.stdout and "toy2: 2 finished" in r.stdout
     runs = tmp_path / "outputs" / "runs" / "synthetic_commonsense" / "tiny_olmoe"
