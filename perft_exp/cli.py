@@ -143,8 +143,9 @@ def error_line(exc: BaseException) -> str:
     """The first error line of any exception: one_line() for the app's own errors, `Type: first line` else."""
     from perft_exp.adapters.io import AdapterError
     from perft_exp.config import ConfigError
+    from perft_exp.training.trainer import NonFiniteLossError
 
-    if isinstance(exc, (ConfigError, AdapterError, *_CLEAR_ERRORS)):
+    if isinstance(exc, (ConfigError, AdapterError, NonFiniteLossError, *_CLEAR_ERRORS)):
         return one_line(exc)
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
