@@ -1,8 +1,10 @@
 """The `train.py` command line: Hydra app plus the checks and error reporting around it.
 
 Before Hydra runs anything, every job of the command (all of a `-m` grid) is composed and validated,
-so a typo or a bad value fails at once, as one line naming the key, with exit code 2. `debug=true`
-(or PERFT_DEBUG=1) shows full stack traces instead.
+so a typo or a bad value fails at once, as one line naming the key, with exit code 2. A job that fails
+later, of any exception (out-of-memory included), prints its first error line (exit code 1) and leaves it in
+the run directory's failed.json, with the traceback, so `scripts/sweep.py status` shows it as failed; in a
+multirun the other jobs go on. `debug=true` (or PERFT_DEBUG=1) shows full stack traces instead.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from perft_exp.config import CONF_DIR, compose, setup, validate
 
 log = logging.getLogger("perft_exp")
 EXIT_CONFIG, EXIT_RUN, EXIT_PREEMPTED = 2, 1, 143
-FAILED_NAME = "failed.json"  # a multirun job's error, so the sweep goes on and the failure is on record
 _NOISE = re.compile(r"^\s*(full_key|object_type|reference_type|To append|Set the environment variable|$)")
 
 
@@ -59,9 +60,9 @@ def one_line(exc: BaseException) -> str:
     chain, e = [], exc
     while e is not None:
         chain.append(str(e))
-        e = e.__cause__ or e.__context__
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
     text = "\n".join(chain)
-    missing = re.search(r"Could not find '(\w+)/([^']*)'", text)
+    missing = re.search(r"Could not find '([\w/]+)/([^'/]*)'", text)
     if missing:
         group, option = missing.groups()
         block = text.split(f"Available options in '{group}':", 1)[-1].split("Config search path", 1)[0]
@@ -92,9 +93,26 @@ def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+SLURM_EXTRA_HINT = "the Slurm launcher needs hydra-submitit-launcher: pip install -e '.[slurm]'"
+
+
+def submitit_installed() -> bool:
+    """Whether hydra-submitit-launcher (the `[slurm]` extra) is importable."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace exists
+        return False
+
+
 def precheck(argv: list[str]) -> None:
     """Compose and validate every job the command line describes; exit 2 with one line on the first error."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
+    launcher = [a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")]
+    if launcher and ("slurm" in launcher[-1] or "submitit" in launcher[-1]) and not submitit_installed():
+        print(f"error: hydra/launcher={launcher[-1]}: {SLURM_EXTRA_HINT}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
     try:
         for job in _job_overrides(overrides, multirun):
@@ -117,28 +135,44 @@ def _is_multirun() -> bool:
         return False
 
 
+# Errors whose message is already the one line a user needs; any other exception also gets its type named.
+_CLEAR_ERRORS = (ValueError, FileNotFoundError)
+
+
+def error_line(exc: BaseException) -> str:
+    """The first error line of any exception: one_line() for the app's own errors, `Type: first line` else."""
+    from perft_exp.adapters.io import AdapterError
+    from perft_exp.config import ConfigError
+    from perft_exp.training.trainer import NonFiniteLossError
+
+    if isinstance(exc, (ConfigError, AdapterError, NonFiniteLossError, *_CLEAR_ERRORS)):
+        return one_line(exc)
+    first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
-    from perft_exp.adapters.io import AdapterError, atomic_write_json
     from perft_exp.config import ConfigError
+    from perft_exp.run_dir import RunDirConflict, record_failure
     from perft_exp.training.run import train
-    from perft_exp.training.trainer import NonFiniteLossError, Preempted
+    from perft_exp.training.trainer import Preempted
 
     try:
         results = train(cfg)
     except Preempted as e:
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)
-    except (ConfigError, AdapterError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure (out-of-memory included) is one line and failed.json
         if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
             raise
-        if _is_multirun():  # record the failure; the sweep goes on with the next job
-            log.error("job %s failed: %s", cfg.name, one_line(e))
-            out = Path(cfg.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / FAILED_NAME, {"error": one_line(e), "type": type(e).__name__})
+        message = error_line(e)
+        if not isinstance(e, RunDirConflict):  # that directory is another run's: leave it alone
+            record_failure(Path(cfg.output_dir), message, type(e).__name__, exc=e)
+        if _is_multirun():  # the sweep goes on with the next job
+            log.error("job %s failed: %s", cfg.name, message)
             return None
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUN)
     return (results.get("eval") or {}).get("average")
 

@@ -7,7 +7,11 @@ type cannot express live in `validate()`, which runs before any model is loaded.
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +196,10 @@ def validate(cfg: DictConfig) -> PerftConfig:
             f"trainer.save_steps={tr.save_steps} must be a multiple of trainer.eval_steps={tr.eval_steps} "
             "(the best checkpoint is chosen by validation loss)"
         )
+    if perft.variant == "none" and not (ev.enabled and t.test_sets):
+        raise ConfigError(
+            "variant=none evaluates the frozen base model only; it needs eval.enabled=true and test sets"
+        )
     if m.quantization != "none" and ds.stage == 3:
         raise ConfigError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
     from perft_exp.data.formats import canonical_test_set
@@ -201,7 +209,13 @@ def validate(cfg: DictConfig) -> PerftConfig:
             canonical_test_set(name)
         except ValueError as e:
             raise ConfigError(f"task.test_sets: {e}") from e
-    data_dir = Path(t.data_dir)
+    pretrained = str(m.pretrained)
+    if pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1:  # a path (hub ids are org/name)
+        if not Path(pretrained).expanduser().is_dir():
+            raise ConfigError(
+                f"model.pretrained={pretrained!r} is not a directory (a local model or a hub id org/name)"
+            )
+    data_dir = Path(t.data_dir)  # checked last: scripts/sweep.py treats a missing data directory as a note
     if not t.synthetic and t.hub_id is None and not data_dir.is_dir():
         raise ConfigError(
             f"task.data_dir={t.data_dir!r} does not exist; fetch the LLM-Adapters files with "
@@ -212,8 +226,6 @@ def validate(cfg: DictConfig) -> PerftConfig:
 
 def cache_root() -> Path:
     """Where built tiny models and generated synthetic data live (env PERFT_CACHE overrides)."""
-    import os
-
     return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))
 
 
@@ -253,59 +265,86 @@ def _knob_tag(perft: DictConfig | dict) -> str:
     return "-".join(parts)
 
 
-# Overrides the run directory already shows: the task and model levels, the knobs in run_tag, and keys
-# that may change between launches of one run. Everything else a user overrides enters the name's hash.
-_NAME_SHOWN = {
-    "model",
-    "task",
-    "variant",
-    "routing",
-    "seed",
-    "name",
-    "output_dir",
-    "resume",
-    "debug",
-    "logger",
-}
-_NAME_SHOWN_PERFT = {"variant", "num_experts", "top_k", "bottleneck", "alpha", "form", "init",
-                     "authors_weighting_defect"}  # fmt: skip
+# The knobs run_tag shows; with the model, task and seed they define the config a run name's hash is taken against.
+_TAG_KNOBS = ("num_experts", "top_k", "bottleneck", "alpha", "form", "init", "authors_weighting_defect")
 
 
-def _task_overrides(root: DictConfig | None) -> list[str]:
-    """The command line's overrides of this job: from the hydra node while Hydra composes, else HydraConfig."""
-    found = OmegaConf.select(root, "hydra.overrides.task", default=None) if root is not None else None
-    if found is not None:
-        return [str(o) for o in found]
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return [str(o) for o in HydraConfig.get().overrides.task]
-    except (ImportError, ValueError):
-        return []
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
 
 
-def _shown_in_name(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    if key.startswith(("hydra.", "hydra/", "logger.")):
-        return True
-    if key.startswith("perft."):
-        return key[len("perft.") :] in _NAME_SHOWN_PERFT
-    return key in _NAME_SHOWN
+def _identity_source(cfg: DictConfig) -> dict:
+    """The config's keys that define what a run computes, unresolved (resolving `name` would recurse)."""
+    from perft_exp.run_dir import config_identity
+
+    return config_identity(OmegaConf.to_container(cfg, resolve=False))
+
+
+def _resolve(source: dict) -> dict:
+    return OmegaConf.to_container(OmegaConf.create(source), resolve=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults_source(overrides: tuple[str, ...]) -> dict:
+    """The default config with only `overrides`, unresolved."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside the app (or a compose of ours): same config dir
+        cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=list(overrides))
+    return _identity_source(cfg)
+
+
+def changed_from_defaults(cfg: DictConfig) -> dict:
+    """`{key: value}` of the resolved config where it differs from the defaults of the same model, task,
+    PERFT knobs and seed (what the run name already shows). How the command line spelled it does not matter:
+    `eval.mode=greedy` (the default) changes nothing, `trainer.learning_rate=1e-3` equals `=0.001`."""
+    from perft_exp.run_dir import flatten
+
+    have = _resolve(_identity_source(cfg))
+    perft = have["perft"]
+    groups = (f"model={have['model']['name']}", f"task={have['task']['name']}", f"variant={perft['variant']}")
+    # The knobs and the seed are plain values: setting them on the composed defaults is what their overrides
+    # would do, so one cached compose per (model, task, variant) serves every job of a grid.
+    defaults = copy.deepcopy(_defaults_source(groups))
+    defaults["seed"] = have["seed"]
+    defaults["perft"].update({k: perft[k] for k in _TAG_KNOBS})
+    a, b = flatten(have), flatten(_resolve(defaults))
+    return {k: a.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+_ABSENT = object()
+
+
+def describe_changes(changes: dict) -> list[str]:
+    """A short reading of changed_from_defaults: `trainer=debug` for a group whose `name` changed (its other
+    keys then go unsaid), else `key=value`."""
+    groups = {k.rsplit(".", 1)[0] for k in changes if k.endswith(".name") and k.count(".") == 1}
+    out = [f"{g}={changes[f'{g}.name']}" for g in sorted(groups)]
+    return out + [f"{k}={_fmt(v)}" for k, v in changes.items() if k.split(".", 1)[0] not in groups]
 
 
 def run_name(perft: DictConfig | dict, seed: int | None = None, *, _root_: DictConfig | None = None) -> str:
-    """The default run directory name: run_tag (with the seed), plus a short hash of any other override.
+    """The default run directory name: run_tag (with the seed), plus a short hash of the config's difference
+    from the defaults (changed_from_defaults).
 
-    `python train.py` and `python train.py variant=R perft.num_experts=4` share `R-n4-k2-r16`;
-    `python train.py seed=1` runs in `R-n4-k2-r16-s1`; `python train.py deepspeed=zero2 trainer=debug`
-    gets `R-n4-k2-r16-<hash>`, so runs that differ in anything they were told to change never share a
-    directory, and the same command finds its run again.
+    `python train.py`, `python train.py variant=R perft.num_experts=4` and `python train.py eval.mode=greedy`
+    share `R-n4-k2-r16`; `python train.py seed=1` runs in `R-n4-k2-r16-s1`; `python train.py deepspeed=zero2
+    trainer=debug` gets `R-n4-k2-r16-<hash>`, so runs of different configs never share a directory, and the
+    same config finds its run again.
     """
     tag = run_tag(perft, seed)
-    extra = sorted(o for o in _task_overrides(_root_) if not _shown_in_name(o))
-    if not extra:
+    changes = changed_from_defaults(_root_) if _root_ is not None else {}
+    if not changes:
         return tag
-    return f"{tag}-{hashlib.sha1(chr(10).join(extra).encode()).hexdigest()[:6]}"
+    text = "\n".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in changes.items())
+    return f"{tag}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
 
 
 def register_resolvers() -> None:
@@ -336,9 +375,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "train") -> D
         cfg = hydra_compose(
             config_name=config_name, overrides=list(overrides or []), return_hydra_config=True
         )
-    run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
     with open_dict(cfg):
-        cfg.name = cfg.name  # resolved while the overrides are still known
+        cfg.name = cfg.name  # resolved once, here
+        run_dir = cfg.hydra.run.dir  # resolves from the run's own keys, like the app's run directory
         del cfg["hydra"]
     cfg.output_dir = run_dir
     return cfg

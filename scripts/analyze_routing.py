@@ -38,6 +38,7 @@ from perft_exp.analysis.routing import plot_loads, plot_vectors, router_angles, 
 from perft_exp.cli import one_line
 from perft_exp.data.prompts import build_prompt
 from perft_exp.data.task import load_task_data
+from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 
 DEFAULTS = {"out": "outputs/routing", "runs": "*", "batches": "4", "batch_size": "16", "device": None,
@@ -94,7 +95,8 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(cfg.model, device=device)
     model = load_adapter(model, run_dir / "adapter").eval()
-    info["config"] = f"{model.perft_config.display_name()} r{model.perft_config.bottleneck}"
+    arch = get_architecture(cfg.model.model_type)
+    info["config"] = model.perft_config.run_label(arch.top_k(model.config), arch.num_experts(model.config))
     out = Path(opts["out"]) / info["task"] / info["model"] / info["run"]
     out.mkdir(parents=True, exist_ok=True)
 

@@ -97,7 +97,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -120,11 +120,11 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     parser.add_argument("--eval", action="store_true", help="add evaluation throughput at batch size 1/8/16")
     parser.add_argument("--eval-mode", default="paper", choices=["paper", "greedy", "score"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device here; nothing to benchmark (skipped)")
-        return
+    if args.device == "cuda" and not torch.cuda.is_available():  # nothing measured is a failure, not a pass
+        print("error: --device cuda: no CUDA device here; nothing was benchmarked", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     if args.quick:
         args.rounds, args.warmup, args.no_memory = 2, 1, True
@@ -189,7 +189,8 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,12 +16,17 @@ blocks. An optional `env` mapping is set in the environment of the launched trai
 
 Each job runs in outputs/runs/<task>/<model>/<name> (relative to the current directory), a name that
 depends only on the config: relaunching skips finished jobs (results.json) and resumes interrupted ones
-from their newest checkpoint; a failing job leaves failed.json there and the others go on.
+from their newest checkpoint; a failing job leaves failed.json there and the others go on. Every job's
+run directory is checked against its config before anything launches, as train.py checks it (state
+`conflict`: it holds another config's run), and `run` refuses a grid whose data directory is missing.
+`show` and `status` without overrides look at the jobs of the sweep's last `run` (its overrides are kept
+in outputs/sweeps/<sweep>.json).
 
 Launchers:
   local  `python train.py -m <block>` per block, Hydra's basic launcher (sequential).
   slurm  the same with hydra/launcher=slurm (conf/hydra/launcher/slurm.yaml, hydra-submitit-launcher): one
          array task per job; this process waits for the array, so start it in tmux on the login node.
+         `--slurm-local`: the same plugin with submitit_local (local processes, no sbatch), for tests.
   gpus   one job per GPU (or per --gpus-per-job GPUs, through torchrun) on this node: a small pool of workers,
          each pinning CUDA_VISIBLE_DEVICES and running `python train.py <job>`; logs in <run>/launcher.log.
 """
@@ -44,13 +49,18 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from perft_exp.cli import FAILED_NAME, one_line
+from perft_exp import run_dir
+from perft_exp.cli import SLURM_EXTRA_HINT, one_line, submitit_installed
 from perft_exp.config import REPO_ROOT, ConfigError, compose, validate
+from perft_exp.files import atomic_write_json
+from perft_exp.run_dir import FAILED_NAME, RunDirConflict
 
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 TRAIN_PY = REPO_ROOT / "train.py"
-RESULTS_NAME = "results.json"  # perft_exp.training.run.RESULTS_NAME (not imported: it pulls in torch)
 LAUNCHERS = ("local", "slurm", "gpus")
+# What `run` was last given beyond the sweep file, per sweep (relative to the launch directory, like outputs/runs):
+# `show`/`status` without overrides look at those jobs, not at the plain grid's.
+LAUNCHED_DIR = Path("outputs") / "sweeps"
 
 
 class SweepError(ValueError):
@@ -140,20 +150,17 @@ def list_sweeps() -> list[str]:
 class Job:
     overrides: list[str]
     run_dir: Path
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why it cannot run yet (missing data)
+    conflict: str = ""  # its run directory holds a run of another config (run_dir.check_run_dir)
 
     def state(self) -> str:
-        if (self.run_dir / RESULTS_NAME).is_file():
-            return "finished"
-        if (self.run_dir / FAILED_NAME).is_file():
-            return "failed"
-        if (self.run_dir / "checkpoints").is_dir():
-            return "started"
-        return "pending"
+        return "conflict" if self.conflict else run_dir.state(self.run_dir)
 
 
 def check_job(overrides: list[str]) -> Job:
-    """Compose and validate one job; a missing data directory is a note (fetch the data later), not an error."""
+    """Compose and validate one job, and check its run directory belongs to its config, as train.py does.
+
+    A missing data directory is a note (fetch the data later), not an error; `run` refuses to launch then."""
     cfg = compose(overrides)
     notes = []
     try:
@@ -161,8 +168,13 @@ def check_job(overrides: list[str]) -> Job:
     except ConfigError as e:
         if not str(e).startswith("task.data_dir="):  # validate checks the data directory last
             raise
-        notes.append(f"task.data_dir={cfg.task.data_dir!r} does not exist yet (scripts/fetch_data.py)")
-    return Job(overrides, Path(cfg.output_dir), notes)
+        notes.append(f"task.data_dir={cfg.task.data_dir!r} does not exist (scripts/fetch_data.py)")
+    job = Job(overrides, Path(cfg.output_dir), notes)
+    try:
+        run_dir.check_run_dir(cfg, job.run_dir, record=False)
+    except RunDirConflict as e:
+        job.conflict = str(e)
+    return job
 
 
 def check_sweep(sweep: Sweep, extra: list[str] = ()) -> list[Job]:
@@ -193,7 +205,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     sweep = Sweep.load(args.sweep)
-    jobs = check_sweep(sweep, args.overrides)
+    jobs = check_sweep(sweep, _resolve_overrides(sweep, args.overrides))
     width = max(len(str(j.run_dir)) for j in jobs)
     base = sweep.base_overrides()
     for i, job in enumerate(jobs, 1):
@@ -207,17 +219,39 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _summary(jobs: list[Job]) -> str:
     counts = Counter(job.state() for job in jobs)
-    return ", ".join(f"{counts[s]} {s}" for s in ("finished", "failed", "started", "pending") if counts[s])
+    return ", ".join(f"{counts[s]} {s}" for s in ("conflict", *run_dir.STATES) if counts[s])
+
+
+def _launched_path(sweep: Sweep) -> Path:
+    return LAUNCHED_DIR / f"{sweep.name}.json"
+
+
+def _remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
+    atomic_write_json(_launched_path(sweep), {"overrides": list(overrides)})
+
+
+def _resolve_overrides(sweep: Sweep, overrides: list[str]) -> list[str]:
+    """The overrides given, or else the ones the last `run` of this sweep had (said on stderr)."""
+    path = _launched_path(sweep)
+    if overrides or not path.is_file():
+        return overrides
+    last = json.loads(path.read_text()).get("overrides") or []
+    if last:
+        print(f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
+              file=sys.stderr)  # fmt: skip
+    return last
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     sweep = Sweep.load(args.sweep)
-    jobs = check_sweep(sweep, args.overrides)
+    jobs = check_sweep(sweep, _resolve_overrides(sweep, args.overrides))
     for job in jobs:
         state = job.state()
         line = f"{state:<9} {job.run_dir}"
         if state == "failed":
-            line += f"  {json.loads((job.run_dir / FAILED_NAME).read_text()).get('error', '')}"
+            line += f"  {run_dir.read_failure(job.run_dir)}"
+        elif state == "conflict":
+            line += f"  {job.conflict}"
         print(line)
     print(f"{sweep.name}: {_summary(jobs)}")
     return 0
@@ -229,11 +263,9 @@ def _slurm_overrides(args: argparse.Namespace) -> list[str]:
         # shared MASTER_ADDR. Multi-GPU jobs: `--launcher gpus` inside an allocation.
         raise SweepError("--launcher slurm runs one process per job; for multi-GPU jobs run "
                          "`sweep.py run ... --launcher gpus --gpus-per-job N` inside an sbatch/salloc allocation")  # fmt: skip
-    import importlib.util
-
-    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
-        raise SweepError("--launcher slurm needs hydra-submitit-launcher: pip install -e '.[slurm]'")
-    out = ["hydra/launcher=slurm", f"hydra.launcher.gpus_per_node={args.gpus_per_job}"]
+    if not submitit_installed():
+        raise SweepError(f"--launcher slurm: {SLURM_EXTRA_HINT}")
+    out = [f"hydra/launcher={args.slurm_config}", f"hydra.launcher.gpus_per_node={args.gpus_per_job}"]
     for key in ("partition", "timeout_min", "account", "qos", "constraint", "mem_gb", "cpus_per_task"):
         value = getattr(args, key)
         if value is not None:
@@ -249,10 +281,8 @@ def run_multirun(sweep: Sweep, jobs: list[Job], extra: list[str], launcher_overr
         block_jobs, start = jobs[start : start + n], start + n
         if all(job.state() == "finished" for job in block_jobs):
             continue
-        # A retry: the old failure is stale (the app writes a new failed.json if the job fails again).
-        for job in block_jobs:
-            if job.state() == "failed":
-                (job.run_dir / FAILED_NAME).unlink()
+        for job in block_jobs:  # a retry: the app writes a new failed.json if the job fails again
+            run_dir.clear_failure(job.run_dir)
         cmd = [sys.executable, str(TRAIN_PY), "-m", *sweep.block_overrides(block, extra), *launcher_overrides]
         print("+", *(f"{k}={v}" for k, v in sweep.env.items()), " ".join(cmd[1:]), flush=True)
         rc = subprocess.call(cmd, env={**os.environ, **sweep.env})
@@ -269,18 +299,23 @@ def _gpu_groups(gpus: str, per_job: int) -> list[list[str]]:
     return [ids[i : i + per_job] for i in range(0, len(ids), per_job)]
 
 
+def _first_error(log_text: str) -> str | None:
+    """The first error line of a job's log: the app's `error: ...` line (the first rank's, under torchrun, not
+    the launcher's ChildFailedError after it), else the first line naming an error."""
+    lines = [ln.strip() for ln in log_text.replace("\r", "\n").splitlines() if ln.strip()]
+    for pick in (lambda ln: ln.startswith("error:"), lambda ln: "Error" in ln):
+        found = next((ln for ln in lines if pick(ln)), None)
+        if found:
+            return found.removeprefix("error: ")
+    return None
+
+
 def _record_failure(job: Job, rc: int, log_path: Path) -> None:
-    """Single runs print their error and exit non-zero: keep it as failed.json, like a multirun job."""
-    if (job.run_dir / RESULTS_NAME).is_file() or (job.run_dir / FAILED_NAME).is_file():
+    """A job that died without writing failed.json itself (killed, or it failed before the app started)."""
+    if run_dir.state(job.run_dir) == "finished":
         return
-    lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
-    message = (errors or lines or [f"exit code {rc}"])[-1].removeprefix("error: ")
-    tmp = job.run_dir / f".{FAILED_NAME}.tmp"
-    tmp.write_text(
-        json.dumps({"error": message, "type": f"exit code {rc}", "log": str(log_path)}, indent=2) + "\n"
-    )
-    os.replace(tmp, job.run_dir / FAILED_NAME)
+    message = _first_error(log_path.read_text(errors="replace")) or f"exit code {rc}"
+    run_dir.record_failure(job.run_dir, message, f"exit code {rc}", log=str(log_path))
 
 
 def run_on_gpus(
@@ -299,7 +334,7 @@ def run_on_gpus(
                     return
                 job = queue.pop(0)
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            (job.run_dir / FAILED_NAME).unlink(missing_ok=True)  # a retry: the old failure is stale
+            run_dir.clear_failure(job.run_dir)  # a retry: the old failure is stale
             if len(group) == 1 or cpu:
                 cmd = [sys.executable, str(TRAIN_PY), *job.overrides]
             else:
@@ -341,6 +376,14 @@ def run_on_gpus(
 def cmd_run(args: argparse.Namespace) -> int:
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, args.overrides)
+    todo = [job for job in jobs if job.state() != "finished"]
+    blocked = sorted({n for job in todo for n in job.notes})
+    if blocked:
+        raise SweepError(f"{sweep.name}: {len(todo)} jobs cannot run: {'; '.join(blocked)}")
+    conflicts = [job.conflict for job in jobs if job.conflict]
+    if conflicts:
+        raise SweepError(f"{sweep.name}: {len(conflicts)} jobs: {conflicts[0]}")
+    _remember_overrides(sweep, args.overrides)
     print(f"{sweep.name}: {len(jobs)} jobs ({_summary(jobs)}); launcher {args.launcher}", flush=True)
     try:
         if args.launcher == "gpus":
@@ -392,6 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         slurm.add_argument("--constraint")
         slurm.add_argument("--mem-gb", type=int, dest="mem_gb")
         slurm.add_argument("--cpus-per-task", type=int, dest="cpus_per_task")
+        slurm.add_argument("--slurm-local", action="store_const", const="slurm_local", default="slurm",
+                           dest="slurm_config", help="run the Slurm path as local processes (submitit_local), "
+                           "e.g. to test a grid without a cluster")  # fmt: skip
     # Overrides may also follow the options (`run toy --launcher gpus --gpus 0,1 trainer.max_steps=50`).
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-") or "=" not in a]

@@ -177,6 +177,38 @@ def test_a_finished_run_prints_its_table_again(micro_model_dir, app_env, tmp_pat
     )
 
 
+def _small(model_dir, run_dir) -> list[str]:
+    return ["trainer=debug", "logger=none", f"model.pretrained={model_dir}", "task.max_train_examples=32",
+            "task.max_test_examples=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_variant_none_evaluates_the_base_model_without_training(micro_model_dir, app_env, tmp_path):
+    """`variant=none` trains nothing (there is nothing to train) and needs no training file (item 1)."""
+    r = run_train(
+        [*_small(micro_model_dir, tmp_path), "variant=none", "task.train_file=no_such_file"], app_env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["variant_name"] == "base model" and results["train"] is None
+    assert results["params"]["trainable"] == 0 and not (tmp_path / "checkpoints").exists()
+    assert set(results["eval"]) >= {"boolq", "average"} and results["eval"]["boolq"]["n"] == 2
+    assert "base model on tiny_olmoe" in r.stdout
+
+
+@pytest.mark.slow
+def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
+    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts it (item 3)."""
+    pytest.importorskip("bitsandbytes")
+    r = run_train(
+        [*_small(micro_model_dir, tmp_path), "model.quantization=4bit", "eval.enabled=false"], app_env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train"]["steps"] == 8 and results["variant_name"] == "R (Top2/4) r16"
+    assert "model.quantization=4bit" in results["config_changes"]
+
+
 def test_run_names_separate_what_the_command_line_changes():
     """Same command, same directory; another trainer, ZeRO stage or learning rate, another directory."""
     from perft_exp.config import compose
@@ -191,6 +223,56 @@ def test_run_names_separate_what_the_command_line_changes():
     assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-") for n in others)
     assert name("trainer=debug", "deepspeed=zero2") == name("deepspeed=zero2", "trainer=debug")
     assert name("name=mine") == "mine"
+
+
+def test_run_names_hash_the_resolved_config_not_the_command_line():
+    """Naming a default value changes nothing; two spellings of one value are one run (issue 14, item 7)."""
+
+    def name(*overrides: str) -> str:
+        return compose(list(overrides)).name
+
+    assert name("eval.mode=greedy") == name("trainer=tiny", "deepspeed=none", "eval=greedy") == "R-n4-k2-r16"
+    assert name("task=synthetic_math", "eval.mode=greedy") == name("task=synthetic_math") == "R-n4-k2-r16"
+    assert name("trainer.learning_rate=1e-3") == name("trainer.learning_rate=0.001") != "R-n4-k2-r16"
+    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8"  # 0.05 is the default
+
+
+def test_what_a_run_changed_is_described_by_group():
+    from perft_exp.config import changed_from_defaults, describe_changes
+
+    assert describe_changes(changed_from_defaults(compose(["eval.mode=greedy", "logger=none"]))) == []
+    changes = describe_changes(changed_from_defaults(compose(["trainer=debug", "task.max_test_examples=2"])))
+    assert changes == ["trainer=debug", "task.max_test_examples=2"]
+
+
+def test_variant_none_needs_test_sets():
+    from perft_exp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="variant=none"):
+        validate(compose(["variant=none", "eval.enabled=false"]))
+
+
+def test_a_model_path_that_does_not_exist_is_one_config_error(tmp_path):
+    from perft_exp.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.pretrained='/no/such/model' is not a directory"):
+        validate(compose(["model.pretrained=/no/such/model"]))
+    validate(compose([f"model.pretrained={tmp_path}"]))  # an existing directory passes
+    validate(compose(["model=olmoe_1b_7b"]))  # a hub id (org/name) is not a path
+
+
+def test_labels_agree_between_console_count_params_and_tables():
+    """One label owner: `E (Top8/64) r8` everywhere, never `E r8`; `qv-LoRA`, never `qv_lora` (item 8)."""
+    import runpy
+
+    from perft_exp.analysis.results import config_label
+
+    count = runpy.run_path(str(REPO / "scripts" / "count_params.py"))["count"]
+    assert count(["model=olmoe_1b_7b", "variant=E", "perft.bottleneck=8"])["config"] == "E (Top8/64) r8"
+    assert count(["model=olmoe_1b_7b", "variant=qv_lora", "perft.bottleneck=16"])["config"] == "qv-LoRA r16"
+    assert config_label({"variant": "E", "bottleneck": 8}, 8, 64) == "E (Top8/64)"
+    assert perft_config(compose(["variant=qv_lora"])).run_label() == "qv-LoRA r16"
+    assert perft_config(compose(["variant=none"])).run_label() == "base model"
 
 
 def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_path, monkeypatch):

@@ -65,6 +65,12 @@ def test_kill_and_resume_is_bit_exact(micro_model_dir, app_env, tmp_path):
     assert "resuming from" in resumed.stdout + resumed.stderr
     for rel in ("checkpoints/checkpoint-8/adapter_model.safetensors", "adapter/adapter_model.safetensors"):
         assert _same_weights(tmp_path / "ref" / rel, run_dir / rel), rel
+    # final_loss averages every step of the run, not only those trained after the resume (issue 14, item 8)
+    losses = [
+        json.loads((d / "results.json").read_text())["train"]["final_loss"]
+        for d in (tmp_path / "ref", run_dir)
+    ]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6), losses
 
 
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(micro_model_dir, app_env, tmp_path):
@@ -127,12 +133,21 @@ BAD_INPUTS = [
     ),
     (["task.test_sets=[boolq,piqa2]"], "task.test_sets: unknown test set 'piqa2'"),
     (["-m", "perft.bottleneck=4,0"], "perft.bottleneck=0 must be an integer >= 1"),
+    (["model.pretrained=/no/such/model"], "model.pretrained='/no/such/model' is not a directory"),
+    (
+        ["-m", "hydra/launcher=no_such_launcher", "variant=S,E"],
+        "hydra/launcher=no_such_launcher: no such option",
+    ),
 ]
 
 
 @pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
 def test_bad_input_is_one_line_before_any_model_loads(overrides, message, app_env, tmp_path):
-    r = run_train([*overrides, "model.pretrained=/nonexistent/model"], app_env, timeout=120)
+    # a directory that holds no model: any attempt to load one would fail differently
+    pretrained = (
+        [] if any(o.startswith("model.pretrained=") for o in overrides) else [f"model.pretrained={tmp_path}"]
+    )
+    r = run_train([*overrides, *pretrained], app_env, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
@@ -247,3 +262,63 @@ def test_killed_multirun_relaunched_finishes_without_redoing_jobs(micro_model_di
     for bottleneck in (4, 8):
         (path,) = results(bottleneck)
         assert json.loads(path.read_text())["variant"] == "S"
+
+
+def _without_weights(model_dir: Path, out: Path) -> Path:
+    """A model directory with its config.json only: from_pretrained fails with an OSError, not a ValueError."""
+    out.mkdir(parents=True)
+    (out / "config.json").write_text((model_dir / "config.json").read_text())
+    return out
+
+
+def _no_wandb_key(env: dict, home: Path) -> dict:
+    return {**{k: v for k, v in env.items() if k != "WANDB_API_KEY"}, "HOME": str(home)}
+
+
+FAILURES = {  # (extra overrides, environment change, the first error line)
+    "a hub model without a network": (
+        ["model=olmoe_1b_7b"], lambda env, tmp: {**env, "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "error: OSError: model.pretrained='allenai/OLMoE-1B-7B-0924' is not in the local Hugging Face cache"),
+    "W&B online without a key": (
+        ["logger=wandb", "logger.mode=online"], lambda env, tmp: _no_wandb_key(env, tmp),
+        "error: UsageError: No API key configured"),
+    "a model directory without weights": (
+        ["model.pretrained={tmp}/no_weights"], lambda env, tmp: env, "error: OSError: "),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_any_failure_is_one_line_and_failed_json(case, micro_model_dir, app_env, tmp_path):
+    """Not only the app's own errors: OSError, W&B's UsageError, ... are one line, exit 1, and failed.json."""
+    extra, env, first_line = FAILURES[case]
+    _without_weights(micro_model_dir, tmp_path / "no_weights")
+    run_dir = tmp_path / "run"
+    args = _base(micro_model_dir, run_dir, *(o.format(tmp=tmp_path) for o in extra))
+    if case == "a hub model without a network":
+        args = [a for a in args if not a.startswith("model.pretrained=")]
+    r = run_train(args, env(app_env, tmp_path), timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    line = _error(r.stderr)
+    assert line.startswith(first_line) and "Traceback" not in r.stderr, r.stderr[-3000:]
+    failure = json.loads((run_dir / "failed.json").read_text())
+    assert failure["error"] == line.removeprefix("error: ") and "Traceback" in failure["traceback"]
+
+
+def test_a_failing_sweep_job_is_failed_in_status_and_the_others_finish(micro_model_dir, app_env, tmp_path):
+    """A multirun job dying of an OSError leaves failed.json with its first line; `status` shows it."""
+    _without_weights(micro_model_dir, tmp_path / "empty")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "fixed: {variant: S, trainer: debug, logger: none, eval.enabled: false, task.max_train_examples: 32}\n"
+        f"blocks:\n  - {{model.pretrained: [{tmp_path / 'empty'}, {micro_model_dir}]}}\n"
+    )
+    sweep = [sys.executable, str(REPO / "scripts" / "sweep.py")]
+    run = subprocess.run([*sweep, "run", str(grid)], cwd=tmp_path, env=app_env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    lines = status.stdout.splitlines()
+    assert lines[-1] == "grid: 1 finished, 1 failed", status.stdout
+    (failed,) = [ln for ln in lines if ln.startswith("failed")]
+    assert "  OSError: " in failed and "Traceback" not in failed

@@ -297,3 +297,33 @@ def test_group_names_drop_only_the_seed_suffix():
     assert group_name("toy-R-n4-k2-r8-s1", 1) == "toy-R-n4-k2-r8"
     assert group_name("R-n4-k2-r16-s3-07ced8", 3) == "R-n4-k2-r16-07ced8"
     assert group_name("R-n4-k2-r16", 42) == "R-n4-k2-r16" and group_name("S-r8-s1", None) == "S-r8-s1"
+
+
+def test_labels_of_nearby_points_do_not_overlap(tmp_path):
+    """Efficiency-plot labels of points at nearly the same cost and accuracy are moved apart (item 8)."""
+    import matplotlib.pyplot as plt
+
+    from perft_exp.analysis.results import collect, efficiency_figure
+
+    root = tmp_path / "runs"
+    # two R points a point of accuracy apart at one cost, two S points a tenth of a decade apart at one
+    # accuracy, and a far qv-LoRA point that stretches the y axis so one point is less than a label's height
+    for variant, r, n, k, level in (("R", 8, 4, 2, 0.60), ("R", 8, 8, 2, 0.61), ("S", 8, None, None, 0.50),
+                                    ("S", 10, None, None, 0.50), ("qv_lora", 64, None, None, 0.20)):  # fmt: skip
+        write_run(root, "commonsense", variant, r, n, k, level=level)
+    fig = efficiency_figure([r for r in collect(root).runs if r.variant != "none"])
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].texts]
+    plt.close(fig)
+    assert len(boxes) == 5
+    assert not [(i, j) for i in range(5) for j in range(i) if boxes[i].overlaps(boxes[j])]
+
+
+def test_a_run_that_changed_the_defaults_is_marked_in_the_table(tmp_path):
+    """A smoke run (trainer=debug) never passes for the real config in results.md (item 2)."""
+    from perft_exp.analysis.results import collect
+
+    run_dir = write_run(tmp_path, "commonsense", "S", 8)
+    results = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**results, "config_changes": ["trainer=debug"]}))
+    assert [r.config for r in collect(tmp_path).runs if r.variant == "S"] == ["S (1) {trainer=debug}"]

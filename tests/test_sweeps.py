@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -204,3 +206,137 @@ def test_slurm_launcher_overrides():
     args.gpus_per_job = 4
     with pytest.raises(sweep_cli.SweepError, match="--launcher gpus"):
         sweep_cli._slurm_overrides(args)
+
+
+# --- issue 14: sweep bookkeeping never mixes runs of different configs --------------------------------
+
+
+@pytest.fixture
+def launches(monkeypatch, tmp_path):
+    """Run sweep commands in an empty directory, recording what would be launched instead of launching it."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(
+        sweep_cli, "run_on_gpus", lambda jobs, *a, **k: calls.append([j.run_dir for j in jobs])
+    )
+    monkeypatch.setattr(
+        sweep_cli, "run_multirun", lambda sweep, jobs, *a, **k: calls.append([j.run_dir for j in jobs])
+    )
+    return calls
+
+
+def test_a_debug_run_of_the_toy_sweep_gets_its_own_directories():
+    plain = {job.run_dir for job in sweep_cli.check_sweep(sweep_cli.Sweep.load("toy"))}
+    debug = {job.run_dir for job in sweep_cli.check_sweep(sweep_cli.Sweep.load("toy"), ["trainer=debug"])}
+    assert not plain & debug
+    assert "outputs/runs/synthetic_commonsense/tiny_olmoe/toy-qv_lora-r2-s0" in {str(d) for d in plain}
+
+
+def test_a_run_directory_holding_another_config_is_a_conflict_not_finished(launches, capsys):
+    """As train.py refuses such a directory, status shows it and run launches nothing (item 2)."""
+    from perft_exp.config import compose
+    from perft_exp.run_dir import check_run_dir
+
+    first = sweep_cli.Sweep.load("toy").jobs()[0]
+    run_dir = sweep_cli.check_job(first).run_dir
+    check_run_dir(compose([*first, "trainer=debug"]), run_dir)  # a debug run wrote here (before the fix)
+    (run_dir / "results.json").write_text("{}")
+    assert sweep_cli.main(["status", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert f"conflict  {run_dir}  {run_dir} holds a run with another config" in out
+    assert "toy: 1 conflict, 44 pending" in out
+    assert sweep_cli.main(["run", "toy", "--jobs", "2"]) == 2 and launches == []
+    assert "holds a run with another config" in capsys.readouterr().err
+
+
+def test_run_refuses_a_grid_without_its_data(launches, capsys):
+    """`--launcher gpus` (or any) launches nothing when the data directory is missing (item 5)."""
+    assert sweep_cli.main(["run", "mixtral_math", "--launcher", "gpus", "--gpus", "0,1"]) == 2
+    assert launches == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "3 jobs cannot run: task.data_dir=" in err[0]
+
+
+def test_status_looks_at_the_jobs_of_the_last_run(launches, capsys):
+    """`status` without overrides shows the jobs `run` launched, not the plain grid's (item 5)."""
+    sweep_cli.main(["run", "toy", "--jobs", "2", "trainer=debug"])
+    launched = set(launches[0])
+    capsys.readouterr()
+    sweep_cli.main(["status", "toy"])
+    captured = capsys.readouterr()
+    listed = {Path(line.split()[1]) for line in captured.out.splitlines() if line.startswith("pending")}
+    assert listed == launched and "last run with: trainer=debug" in captured.err
+    sweep_cli.main(["status", "toy", "trainer=tiny"])  # explicit overrides win
+    assert (
+        not {
+            Path(line.split()[1])
+            for line in capsys.readouterr().out.splitlines()
+            if line.startswith("pending")
+        }
+        & launched
+    )
+
+
+def test_the_first_error_line_of_a_job_log_is_kept_not_the_launchers():
+    log = ("W1126 torch.distributed.run: *****\n"
+           "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+           "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+           "Traceback (most recent call last):\n"
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")  # fmt: skip
+    assert sweep_cli._first_error(log) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert sweep_cli._first_error("Killed\n") is None
+
+
+def test_slurm_without_its_extra_is_one_line(monkeypatch, capsys):
+    """No hydra_plugins at all (the [slurm] extra missing): a hint, not ModuleNotFoundError (item 4)."""
+    from perft_exp import cli
+
+    for name in [m for m in sys.modules if m.startswith("hydra_plugins")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # as if the namespace package did not exist
+    args = sweep_cli.parse_args(["run", "olmoe_math", "--launcher", "slurm"])
+    with pytest.raises(sweep_cli.SweepError, match=r"pip install -e '\.\[slurm\]'"):
+        sweep_cli._slurm_overrides(args)
+    with pytest.raises(SystemExit) as exit_:
+        cli.precheck(["-m", "hydra/launcher=slurm", "variant=S,E"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: hydra/launcher=slurm: {cli.SLURM_EXTRA_HINT}"
+
+
+def toy_miniature(path: Path, seeds=(0, 1)) -> Path:
+    """sweeps/toy.yaml (its fixed part, env and run names) with one block: R (Top2/4) r2 over `seeds`."""
+    import yaml
+
+    toy = yaml.safe_load((sweep_cli.SWEEPS_DIR / "toy.yaml").read_text())
+    toy["blocks"] = [{"variant": "R", "routing": ["n4k2"], "perft.bottleneck": [2], "seed": list(seeds)}]
+    path.write_text(yaml.safe_dump(toy))
+    return path
+
+
+def shrink(micro_model_dir: Path) -> list[str]:
+    """The overrides that shrink a job to seconds on CPU (trainer=debug: 8 steps; 2 questions per test set)."""
+    return ["trainer=debug", "logger=none", f"model.pretrained={micro_model_dir}", "task.max_train_examples=32",
+            "task.max_test_examples=2"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, app_env, tmp_path):
+    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result collection,
+    with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
+    grid = toy_miniature(tmp_path / "toy2.yaml")
+    sweep = [sys.executable, str(REPO_ROOT / "scripts" / "sweep.py")]
+    args = ["run", str(grid), "--launcher", "slurm", "--slurm-local", *shrink(micro_model_dir)]
+    r = subprocess.run(
+        [*sweep, *args], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "hydra/launcher=slurm_local" in r.stdout and "toy2: 2 finished" in r.stdout
+    runs = tmp_path / "outputs" / "runs" / "synthetic_commonsense" / "tiny_olmoe"
+    assert list(runs.glob(".submitit/*/*_log.out"))  # the jobs went through submitit
+    finished = sorted(p.parent.name for p in runs.glob("toy-*/results.json"))
+    assert len(finished) == 2 and finished[0].startswith("toy-R-n4-k2-r2-s0-"), finished
+    assert {json.loads((runs / n / "results.json").read_text())["seed"] for n in finished} == {0, 1}
+    status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert status.stdout.splitlines()[-1] == "toy2: 2 finished", status.stdout + status.stderr

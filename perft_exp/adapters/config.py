@@ -118,14 +118,52 @@ class PerftConfig:
             raise ValueError(f"unknown perft keys: {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)
 
-    def display_name(self) -> str:
-        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, or the baseline name."""
-        if self.variant == "R":
-            return f"R (Top{self.top_k}/{self.num_experts})"
-        if self.variant == "D":
-            return f"D ({self.num_experts})"
-        if self.variant == "S":
-            return "S (1)"
-        if self.variant == "E":
-            return "E"
-        return self.variant
+    def display_name(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
+        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""
+        return variant_label(self.to_dict(), base_top_k, base_experts)
+
+    def run_label(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
+        """The label of one run (console table, W&B, count_params): `R (Top2/4) r16`, `qv-LoRA r8`."""
+        label = self.display_name(base_top_k, base_experts)
+        return label if self.variant == "none" else f"{label} r{self.bottleneck}"
+
+
+BASELINE_LABELS = {
+    "qv_lora": "qv-LoRA",
+    "router_lora": "router-LoRA",
+    "expert_lora": "expert-LoRA",
+    "router_expert_lora": "router+expert-LoRA",
+    "none": "base model",
+}
+
+
+def _knob_suffix(perft: dict) -> str:
+    """Non-default knobs that change what a label means (the paper's runs all use the defaults)."""
+    r = perft.get("bottleneck")
+    knobs = []
+    if perft.get("alpha") is not None and r and perft["alpha"] != 2 * r:
+        knobs.append(f"alpha={perft['alpha']:g}")
+    if perft.get("form", "lora") != "lora":
+        knobs.append(perft["form"])
+    if perft.get("init", "paper") != "paper":
+        knobs.append(f"init={perft['init']}")
+    if perft.get("authors_weighting_defect"):
+        knobs.append("authors' defect")
+    return f" [{', '.join(knobs)}]" if knobs else ""
+
+
+def variant_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
+    """The one owner of config labels, from a `perft` mapping (results.json's or a PerftConfig's);
+    E names the base model's routing, so it needs the base model's top-k and expert count."""
+    v = perft["variant"]
+    if v == "R":
+        label = f"R (Top{perft['top_k']}/{perft['num_experts']})"
+    elif v == "E":
+        label = f"E (Top{base_top_k}/{base_experts})" if base_top_k and base_experts else "E"
+    elif v == "D":
+        label = f"D ({perft['num_experts']})"
+    elif v == "S":
+        label = "S (1)"
+    else:
+        label = BASELINE_LABELS.get(v, v)
+    return label + _knob_suffix(perft)

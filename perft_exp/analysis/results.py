@@ -33,9 +33,9 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatch
 from pathlib import Path
 
+from perft_exp.adapters.config import BASELINE_LABELS, variant_label
 from perft_exp.analysis.bootstrap import SetArrays, bootstrap_intervals
 from perft_exp.config import seed_suffix
 from perft_exp.data.formats import ALL_TEST_SETS
@@ -50,16 +50,8 @@ from perft_exp.evaluation.metrics import (
     record_files,
     set_metrics,
 )
+from perft_exp.run_dir import RESULTS_NAME, find_run_dirs, read_failure
 
-RESULTS_NAME = "results.json"
-FAILED_NAME = "failed.json"
-BASELINE_LABELS = {
-    "qv_lora": "qv-LoRA",
-    "router_lora": "router-LoRA",
-    "expert_lora": "expert-LoRA",
-    "router_expert_lora": "router+expert-LoRA",
-    "none": "base model",
-}
 FAMILY_ORDER = ("none", "qv_lora", "router_lora", "expert_lora", "router_expert_lora", "R", "E", "D", "S")
 SHORT_SET_NAMES = {
     "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS.", "winogrande": "WinoG.",
@@ -128,35 +120,15 @@ class Run:
         return (family, self.num_experts or 0, self.top_k or 0, self.config, self.bottleneck or 0, self.name)
 
 
-def _knob_suffix(perft: dict) -> str:
-    """Non-default knobs that change what a row means (the paper's runs all use the defaults)."""
-    r = perft.get("bottleneck")
-    knobs = []
-    if perft.get("alpha") is not None and r and perft["alpha"] != 2 * r:
-        knobs.append(f"alpha={perft['alpha']:g}")
-    if perft.get("form", "lora") != "lora":
-        knobs.append(perft["form"])
-    if perft.get("init", "paper") != "paper":
-        knobs.append(f"init={perft['init']}")
-    if perft.get("authors_weighting_defect"):
-        knobs.append("authors' defect")
-    return f" [{', '.join(knobs)}]" if knobs else ""
-
-
 def config_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
     """The paper's config name from results.json's `perft` (E needs the base model's k and E)."""
-    v = perft["variant"]
-    if v == "R":
-        label = f"R (Top{perft['top_k']}/{perft['num_experts']})"
-    elif v == "E":
-        label = f"E (Top{base_top_k}/{base_experts})" if base_top_k and base_experts else "E"
-    elif v == "D":
-        label = f"D ({perft['num_experts']})"
-    elif v == "S":
-        label = "S (1)"
-    else:
-        label = BASELINE_LABELS.get(v, v)
-    return label + _knob_suffix(perft)
+    return variant_label(perft, base_top_k, base_experts)
+
+
+def _changes_suffix(changes: list[str] | None) -> str:
+    """` {trainer=debug, ...}`: what the run changed from the defaults (results.json `config_changes`), so a
+    smoke run never passes for the real one in a table."""
+    return f" {{{', '.join(changes)}}}" if changes else ""
 
 
 def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
@@ -219,14 +191,14 @@ def run_from_results(results: dict, run_dir: Path) -> Run:
         model=results.get("model", "?"),
         task=results.get("task", "?"),
         variant=perft["variant"],
-        config=config_label(perft, top_k, experts),
+        config=config_label(perft, top_k, experts) + _changes_suffix(results.get("config_changes")),
         bottleneck=perft.get("bottleneck") if perft["variant"] != "none" else None,
         accuracy=acc,
         average=average,
         num_experts=perft.get("num_experts") if perft["variant"] in ("R", "D") else None,
         top_k=perft.get("top_k") if perft["variant"] == "R" else None,
         params=results.get("params") or {},
-        train_file=results.get("train_file", ""),
+        train_file=results.get("train_file") or "",
         contaminated=list(results.get("contaminated_test_sets") or []),
         run_dir=str(run_dir),
         name=run_dir.name,
@@ -250,7 +222,7 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
     known = _knowledge(results["base_eval"], Path(records) if records else None)
     return Run(
         model=results.get("model", "?"), task=results.get("task", "?"), variant="none", config="base model",
-        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file", ""),
+        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file") or "",
         contaminated=list(results.get("contaminated_test_sets") or []), run_dir=str(run_dir), name="(base_eval)",
         group="(base_eval)", metrics=known.metrics, averages=known.averages, arrays=known.arrays,
     )  # fmt: skip
@@ -268,36 +240,13 @@ class Collection:
         return dict(out)
 
 
-# Below a run directory: checkpoints, and re-evaluations (scripts/evaluate.py) with their own results.json.
-_NOT_RUNS = ("checkpoints", "evaluations")
-
-
-def find_run_dirs(root: str | Path, pattern: str = "*") -> Iterable[Path]:
-    """Directories below `root` whose name matches `pattern`, holding results.json (finished) or failed.json."""
-    root = Path(root)
-    seen = set()
-    for name in (RESULTS_NAME, FAILED_NAME):
-        for path in sorted(root.rglob(name)):
-            run_dir = path.parent
-            inside = run_dir.relative_to(root).parts if run_dir != root else ()
-            if (
-                run_dir in seen
-                or any(part in _NOT_RUNS for part in inside)
-                or not fnmatch(run_dir.name, pattern)
-            ):
-                continue
-            seen.add(run_dir)
-            yield run_dir
-
-
 def collect(root: str | Path, pattern: str = "*") -> Collection:
     """Every run below `root` (run directory names matching `pattern`, e.g. "toy-*")."""
     runs, failed, bases = [], [], {}
     for run_dir in find_run_dirs(root, pattern):
         results_path = run_dir / RESULTS_NAME
         if not results_path.is_file():
-            error = json.loads((run_dir / FAILED_NAME).read_text()).get("error", "")
-            failed.append((str(run_dir), error))
+            failed.append((str(run_dir), read_failure(run_dir)))
             continue
         results = json.loads(results_path.read_text())
         if "variant" not in results and "perft" not in results:
@@ -634,6 +583,29 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
 
     Runs that differ only by seed are one point (their mean) with its 95 % interval as an error bar.
     """
+    fig = efficiency_figure(runs, title)
+    fig.savefig(path, dpi=130)
+    _pyplot().close(fig)
+    return Path(path)
+
+
+def _declutter(fig, labels: list) -> None:
+    """Move point labels down, a line at a time, until none overlaps an earlier one (points of nearly equal
+    cost and accuracy would otherwise print their labels over each other)."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for text in labels:
+        for _ in range(len(labels)):
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            x, y = text.get_position()  # (offset points) from its point
+            text.set_position((x, y - 9))
+        placed.append(text.get_window_extent(renderer))
+
+
+def efficiency_figure(runs: list[Run], title: str = ""):
+    """The figure plot_efficiency saves (its point labels are the axes' texts)."""
     plt = _pyplot()
     from matplotlib import ticker
 
@@ -643,7 +615,7 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
     for run in runs:
         if run.average is not None and run.variant != "none" and run.activated_ratio:
             by_family[run.variant].append(run)
-    entries, labelled = 0, []
+    entries, labels = 0, []
     for family, members in sorted(by_family.items(), key=lambda kv: FAMILY_ORDER.index(kv[0])):
         style = FAMILY_STYLE.get(family, dict(marker="o", color="black"))
         members = sorted(members, key=lambda r: r.activated_ratio)
@@ -665,12 +637,9 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
         entries += 1
         if len(runs) <= 30:
             for r, xi, yi in zip(members, x, y):
-                # labels of (nearly) coincident points are stacked downwards instead of overprinted
-                stack = sum(abs(math.log10(xi / xl)) < 0.04 and abs(yi - yl) < 0.8 for xl, yl in labelled)
-                labelled.append((xi, yi))
-                text = f"{r.config.split(' [')[0].replace(' (', '(')} r{r.bottleneck}"
-                ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3 - 9 * stack),
-                            fontsize=7, color="0.3")  # fmt: skip
+                text = f"{r.config.split(' [')[0].split(' {')[0].replace(' (', '(')} r{r.bottleneck}"
+                labels.append(ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7,
+                                          color="0.3"))  # fmt: skip
     base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
     if base is not None:
         ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")
@@ -688,9 +657,8 @@ def plot_efficiency(runs: list[Run], path: str | Path, title: str = "") -> Path:
     if entries:
         _legend(ax, entries)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return Path(path)
+    _declutter(fig, labels)
+    return fig
 
 
 def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:

@@ -19,20 +19,26 @@ class TaskData:
     tests: dict[str, list[dict]] = field(default_factory=dict)
 
 
-def load_task_data(task) -> TaskData:
+def load_task_data(task, train: bool = True) -> TaskData:
+    """The task's records; `train=False`: the test sets only (evaluation needs no training file)."""
     data_dir = Path(task.data_dir)
     if task.synthetic:
         from perft_exp.data.synthetic import ensure_suite
 
         ensure_suite(task.kind, data_dir)
-    if task.hub_id and not data_dir.is_dir():
-        records = load_from_hub(task.hub_id, "train")
-    else:
-        records = load_train(data_dir, task.train_file)
-    train, val = split_validation(records, task.val_size, task.val_seed) if task.val_size else (records, [])
-    if task.max_train_examples:
-        train = train[: task.max_train_examples]
+    train_recs, val = [], []
+    if train:
+        records = (
+            load_from_hub(task.hub_id, "train")
+            if task.hub_id and not data_dir.is_dir()
+            else load_train(data_dir, task.train_file)
+        )
+        train_recs, val = (
+            split_validation(records, task.val_size, task.val_seed) if task.val_size else (records, [])
+        )
+        if task.max_train_examples:
+            train_recs = train_recs[: task.max_train_examples]
     tests = load_test_sets(data_dir, list(task.test_sets)) if task.test_sets else {}
     if task.max_test_examples:
         tests = {name: recs[: task.max_test_examples] for name, recs in tests.items()}
-    return TaskData(train, val, tests)
+    return TaskData(train_recs, val, tests)

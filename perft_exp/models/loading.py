@@ -7,6 +7,7 @@ directory built (once, then cached) by perft_exp.models.tiny, and is then loaded
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -68,6 +69,39 @@ def _quantization_config(cfg: ModelConfig):
     return transformers.BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hugging Face endpoint answers at all (seconds, instead of a minute of download retries)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection(
+            (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout
+        ).close()
+        return True
+    except OSError:
+        return False
+
+
+def _go_offline_without_hub(path: str) -> bool:
+    """A hub id and no network: switch this process to Hugging Face offline mode (the local cache only), so
+    loading fails at once instead of after a minute of retries. True when offline."""
+    if is_local(path):
+        return False
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE and not _hub_reachable():
+        log.warning(
+            "%s is unreachable: loading %s from the local Hugging Face cache only", constants.ENDPOINT, path
+        )
+        constants.HF_HUB_OFFLINE = True
+    return constants.HF_HUB_OFFLINE
+
+
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
     path = path or resolve_pretrained(cfg)
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -91,7 +125,16 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None):
     quant = _quantization_config(cfg)
     if quant is not None:
         kwargs["quantization_config"] = quant
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    offline = _go_offline_without_hub(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if not offline:
+            raise
+        raise OSError(
+            f"model.pretrained={path!r} is not in the local Hugging Face cache and the hub is unreachable; "
+            "download it where there is a network, or point model.pretrained at a local copy"
+        ) from e
     if model.config.model_type != cfg.model_type:
         raise ValueError(
             f"model.model_type={cfg.model_type!r} but {path} holds a {model.config.model_type!r} model"

@@ -28,7 +28,7 @@ from perft_exp.adapters.io import (
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.analysis.routing import router_angles
-from perft_exp.config import validate
+from perft_exp.config import changed_from_defaults, describe_changes, validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import load_task_data
@@ -36,17 +36,17 @@ from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
+from perft_exp.run_dir import RESULTS_NAME, check_run_dir, clear_failure
 from perft_exp.training.distributed import (
     deepspeed_config,
     ensure_distributed_env,
     is_main_process,
     world_size,
 )
-from perft_exp.training.tracking import display_name, init_wandb, log_final, run_config
+from perft_exp.training.tracking import init_wandb, log_final, run_config
 from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
 
 log = logging.getLogger(__name__)
-RESULTS_NAME = "results.json"
 
 
 def latest_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -184,74 +184,56 @@ def print_table(results: dict) -> None:
     print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
 
 
-# Keys that may change between launches of the same run without changing what it computes.
-_RELAUNCH_FREE = ("resume", "debug", "output_dir", "name", "logger")
-RUN_CONFIG_NAME = "run_config.json"
+def run_mean_loss(log_history: list[dict]) -> float | None:
+    """The training loss averaged over every step of the run, from the logged losses (each the mean over its
+    logging interval). trainer_state.json keeps them across a resume, while the HF Trainer's own
+    `training_loss` averages only the steps trained since the last resume."""
+    total, last = 0.0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else None
 
 
-def _run_identity(cfg: DictConfig) -> dict:
-    conf = OmegaConf.to_container(cfg, resolve=True)
-    ident = {k: v for k, v in conf.items() if k not in _RELAUNCH_FREE}
-    pretrained = str(cfg.model.pretrained)
-    if pretrained.startswith(
-        "tiny:"
-    ):  # a rebuilt tiny model (new spec or synthetic world) is another base model
-        from perft_exp.models.tiny import TINY_SPECS
-
-        spec = TINY_SPECS.get(pretrained[len("tiny:") :])
-        ident["tiny_build"] = spec.key() if spec else None
-    return ident
+def _routing_facts(model, arch) -> tuple[int | None, int | None]:
+    """(top-k, experts) of the base model, for E's label."""
+    config = getattr(model, "config", None)
+    try:
+        return arch.top_k(config), arch.num_experts(config)
+    except (AttributeError, TypeError):
+        return None, None
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out: dict = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_run_dir(cfg: DictConfig, out: Path) -> None:
-    """A run directory belongs to one config: relaunching it with another is an error, not a silent reuse.
-
-    Default names carry a hash of the overrides (config.run_name), so this fires for explicit `name=...`
-    collisions, for edited YAML defaults, and for a rebuilt tiny model.
-    """
-    path = out / RUN_CONFIG_NAME
-    want = json.loads(json.dumps(_run_identity(cfg)))
-    if path.is_file():
-        have = json.loads(path.read_text())
-    elif (out / "config.yaml").is_file():  # a run finished before run_config.json existed
-        saved = OmegaConf.to_container(OmegaConf.load(out / "config.yaml"))
-        have = {k: v for k, v in saved.items() if k not in _RELAUNCH_FREE}
-    else:
-        if is_main_process():
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, want)
-        return
-    a, b = _flat(have), _flat(want)
-    # Keys on one side only are schema changes between versions of this code, not another experiment.
-    diff = [k for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
-    if not diff:
-        return
-    if not cfg.resume:  # starting over: the directory now belongs to this config
-        if is_main_process():
-            atomic_write_json(path, want)
-        return
-    shown = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff[:3]) + (" ..." if len(diff) > 3 else "")
-    raise ValueError(
-        f"{out} holds a run with another config ({shown}); choose another directory with name=..., "
-        "or resume=false to start it over"
-    )
+def _evaluate_base_only(cfg: DictConfig, perft, out: Path, results_path: Path, t0: float) -> dict:
+    """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
+    tests = load_task_data(cfg.task, train=False).tests
+    model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
+    model = apply_adapters(model, perft)
+    model.eval()
+    results = {
+        "variant": perft.variant, "variant_name": perft.run_label(), "perft": perft.to_dict(),
+        "model": cfg.model.name, "task": cfg.task.name, "seed": cfg.trainer.seed, "train_file": None,
+        "contaminated_test_sets": [], "params": count_parameters(model).to_dict(),
+        "config_changes": describe_changes(changed_from_defaults(cfg)), "train": None, "output_dir": str(out),
+    }  # fmt: skip
+    if is_main_process():
+        results["eval"] = evaluate(
+            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval", progress=True,
+        )  # fmt: skip
+        results["runtime_s"] = time.perf_counter() - t0
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        atomic_write_json(results_path, results)
+        print_table(results)
+    return results
 
 
 def train(cfg: DictConfig) -> dict:
     perft = validate(cfg)
     out = Path(cfg.output_dir)
     results_path = out / RESULTS_NAME
-    check_run_dir(cfg, out)
+    check_run_dir(cfg, out, record=is_main_process())
     if cfg.resume and results_path.is_file():
         log.info("%s exists: the run is finished, nothing to train; its results:", results_path)
         results = json.loads(results_path.read_text())
@@ -259,9 +241,13 @@ def train(cfg: DictConfig) -> dict:
             print_table(_in_task_order(results, cfg.task.test_sets))
         return results
     out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        clear_failure(out)  # a new attempt; a new failed.json is written if it fails again
+    t0 = time.perf_counter()
+    if perft.variant == "none":
+        return _evaluate_base_only(cfg, perft, out, results_path, t0)
     ensure_distributed_env() if cfg.deepspeed.stage else None
     set_seed(cfg.trainer.seed)
-    t0 = time.perf_counter()
 
     checkpoint = latest_complete_checkpoint(out / "checkpoints") if cfg.resume else None
     if checkpoint:  # refuse another variant's or base model's checkpoints before loading anything
@@ -294,7 +280,8 @@ def train(cfg: DictConfig) -> dict:
     flat = run_config(
         cfg, perft, params, world_size(), arch.num_experts(model.config), arch.top_k(model.config)
     )
-    tracking = is_main_process() and init_wandb(cfg, perft, out, flat)
+    label = perft.run_label(*_routing_facts(model, arch))
+    tracking = is_main_process() and init_wandb(cfg, label, out, flat)
 
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()
@@ -324,7 +311,7 @@ def train(cfg: DictConfig) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     results: dict = {
         "variant": perft.variant,
-        "variant_name": display_name(perft),
+        "variant_name": perft.run_label(*_routing_facts(model, arch)),
         "perft": perft.to_dict(),
         "model": cfg.model.name,
         "task": cfg.task.name,
@@ -332,10 +319,11 @@ def train(cfg: DictConfig) -> dict:
         "train_file": cfg.task.train_file,
         "contaminated_test_sets": contaminated_test_sets(cfg.task.train_file, list(data.tests)),
         "params": params,
+        "config_changes": describe_changes(changed_from_defaults(cfg)),
         "distributed": distributed,
         "train": {
             "steps": trainer.state.global_step,
-            "final_loss": train_output.training_loss,
+            "final_loss": run_mean_loss(trainer.state.log_history),
             "best_eval_loss": trainer.state.best_metric,
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "skipped_steps": trainer.skipped_steps,

@@ -26,12 +26,6 @@ from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_
 log = logging.getLogger(__name__)
 
 
-def display_name(perft: PerftConfig) -> str:
-    if perft.variant == "none":
-        return "base model"
-    return f"{perft.display_name()} r{perft.bottleneck}"
-
-
 def routing_numbers(perft: PerftConfig, base_experts: int, base_top_k: int) -> tuple[int | None, int | None]:
     """(N, K): PEFT experts per layer and how many a token uses; E takes the model's, D uses all N."""
     if perft.variant == "R":
@@ -69,8 +63,9 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: in
     return {key.name: value for key, value in values.items()}
 
 
-def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, flat_config: dict) -> bool:
-    """Start (or resume) the run's W&B run; False when logging is off."""
+def init_wandb(cfg: DictConfig, label: str, output_dir: Path, flat_config: dict) -> bool:
+    """Start (or resume) the run's W&B run, named `label` (PerftConfig.run_label), with the flat keys of
+    `run_config` beside the Hydra config; False when logging is off."""
     if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
         return False
@@ -86,7 +81,7 @@ def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, flat_confi
     wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        name=display_name(perft),
+        name=label,
         group=cfg.logger.group or f"{cfg.task.name}/{cfg.model.name}",
         tags=list(cfg.logger.tags),
         dir=str(output_dir),

@@ -84,6 +84,11 @@ class PerftTrainer(Trainer):
         base_model_name: str = "",
         **kwargs,
     ) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        if getattr(model, "is_quantized", False) and any(p.requires_grad for p in model.parameters()):
+            # The HF Trainer refuses a quantized model unless HF-PEFT adapters are attached; PERFT's experts are
+            # trainable adapters of our own (full-precision, beside the quantized frozen weights), so say so.
+            model._hf_peft_config_loaded = True
         super().__init__(*args, **kwargs)
         self.adapter_aux_coef = adapter_aux_coef
         self.base_aux_loss = base_aux_loss

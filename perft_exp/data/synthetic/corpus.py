@@ -164,7 +164,9 @@ def _exam_doc(world: World, rng: random.Random, state: dict) -> str:
     word = rng.choice(LABEL_WORDS)
     options = list(VALUES[relation])
     labels = [f"{word}{i}" for i in range(1, len(options) + 1)]
-    lines = [f"{rng.choice(EXAM_LEADS)}: {q}"] + [f"{word.capitalize()}{i}: {o}" for i, o in enumerate(options, 1)]
+    lines = [f"{rng.choice(EXAM_LEADS)}: {q}"] + [
+        f"{word.capitalize()}{i}: {o}" for i, o in enumerate(options, 1)
+    ]
     lines.append("Answer format: " + "/".join(labels))
     return build_prompt("\n\n".join(lines)) + f"{rng.choice(EXAM_SAYS)} {labels[options.index(value)]}."
 
