@@ -169,9 +169,11 @@ def test_pretraining_corpus_asks_only_about_train_facts(corpus_text):
 
 def test_pretraining_corpus_has_no_suite_instructions(corpus_text):
     # Whole phrases: word lists may put two suite words side by side by chance.
-    for marker in ("Please answer the following", "Please choose the correct", "Answer format:", "the correct answer is",
+    for marker in ("Please answer the following", "Please choose the correct", "the correct answer is",
                    "Answer Choices:"):  # fmt: skip
         assert marker not in corpus_text, marker
+    # The exams share the suites' layout (numbered options, an "Answer format:" line), not their wording.
+    assert "Answer format:" in corpus_text and "the right option is" in corpus_text
     assert re.search(r"\d+ \+ \d+ = \d+\.", corpus_text) and " plus " in corpus_text
 
 
