@@ -22,6 +22,7 @@ from perft_exp.evaluation.metrics import (
     majority_hits,
     metrics_from_records,
     metrics_from_run_dir,
+    metrics_table,
     read_records,
     set_metrics,
     with_knowledge_metrics,
@@ -228,3 +229,11 @@ def test_bootstrap_of_a_constant_majority_predictor_has_zero_skill():
 def test_majority_hits_mark_the_majority_label():
     rows = _rows("boolq", UNBALANCED_BOOLQ, ["true"] * 50)
     assert majority_hits("boolq", rows) == [label == "true" for label in UNBALANCED_BOOLQ]
+
+
+def test_metrics_table_heads_the_scored_column_with_its_label():
+    scores = {"boolq": {"accuracy": 0.6, "majority": 0.5, "skill": 0.1, "chance": 0.5}, "average": 0.6}
+    assert metrics_table(scores).splitlines()[0].split()[:3] == ["test", "set", "base"]
+    assert "tuned" in metrics_table(scores).splitlines()[0]
+    header = metrics_table(scores, label="frozen").splitlines()[0]
+    assert "frozen" in header and "tuned" not in header

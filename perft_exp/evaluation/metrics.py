@@ -243,12 +243,12 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
 
 
-def metrics_table(tuned: dict, base: dict | None = None) -> str:
-    """Per set and on average: base and tuned accuracy, majority, chance, skill and the top prediction (%)."""
+def metrics_table(tuned: dict, base: dict | None = None, label: str = "tuned") -> str:
+    """Per set and on average: base and tuned accuracy, majority, chance, skill and the top prediction (%).
+
+    `label` heads the column of `tuned`'s scores ("frozen" for an evaluation-only run of the base model)."""
     base = base or {}
-    rows = [
-        f"{'test set':<16}{'base':>7}{'tuned':>7}{'majority':>10}{'chance':>8}{'skill':>8}  top prediction"
-    ]
+    rows = [f"{'test set':<16}{'base':>7}{label:>7}{'majority':>10}{'chance':>8}{'skill':>8}  top prediction"]
     for name, m in iter_set_metrics(tuned):
         b = base.get(name, {}).get("accuracy") if isinstance(base.get(name), dict) else None
         share = m.get("top_prediction_share")

@@ -178,8 +178,9 @@ def _in_task_order(results: dict, test_sets) -> dict:
 def print_table(results: dict) -> None:
     """Base and tuned accuracy per test set beside the majority label, chance, skill and top prediction."""
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
-    print(metrics_table(results.get("eval") or {}, results.get("base_eval")))
-    print("(%; skill = tuned - majority, the best constant answer; top prediction: the tuned model's most "
+    label = "frozen" if results.get("variant") == "none" else "tuned"
+    print(metrics_table(results.get("eval") or {}, results.get("base_eval"), label))
+    print(f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
           "common answer and its share)")  # fmt: skip
     print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
 
