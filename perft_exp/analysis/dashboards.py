@@ -33,8 +33,8 @@ from wandb_workspaces.reports.v2 import internal as report_internal
 from wandb_workspaces.workspaces import internal as workspace_internal
 
 from perft_exp import metric_schema as schema
+from perft_exp.adapters.config import variant_label
 from perft_exp.analysis.offline_runs import OfflineRun
-from perft_exp.analysis.results import config_label
 
 WORKSPACE_NAME = "PERFT"
 
@@ -192,7 +192,7 @@ def series(sweep: SweepInfo) -> list[tuple[str, dict]]:
             keys[schema.N.name] = perft["num_experts"]
         if perft["variant"] == "R":
             keys[schema.K.name] = perft["top_k"]
-        out.setdefault(config_label(perft), keys)
+        out.setdefault(variant_label(perft), keys)
     return list(out.items())
 
 

@@ -278,10 +278,9 @@ def train(cfg: DictConfig) -> dict:
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  cfg.task.cutoff_len, len(val_set))  # fmt: skip
-    flat = run_config(
-        cfg, perft, params, world_size(), arch.num_experts(model.config), arch.top_k(model.config)
-    )
-    label = perft.run_label(*_routing_facts(model, arch))
+    base_top_k, base_experts = _routing_facts(model, arch)
+    flat = run_config(cfg, perft, params, world_size(), base_experts, base_top_k)
+    label = perft.run_label(base_top_k, base_experts)
     tracking = is_main_process() and init_wandb(cfg, label, out, flat)
 
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
@@ -312,7 +311,7 @@ def train(cfg: DictConfig) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     results: dict = {
         "variant": perft.variant,
-        "variant_name": perft.run_label(*_routing_facts(model, arch)),
+        "variant_name": label,
         "perft": perft.to_dict(),
         "model": cfg.model.name,
         "task": cfg.task.name,

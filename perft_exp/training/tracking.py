@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.config import PerftConfig
-from perft_exp.analysis.results import config_label
 from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_files
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,7 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: in
     tr = cfg.trainer
     values = {
         schema.VARIANT: perft.variant,
-        schema.LABEL: config_label(perft.to_dict(), base_top_k, base_experts),
+        schema.LABEL: perft.display_name(base_top_k, base_experts),
         schema.N: n,
         schema.K: k,
         schema.R: perft.bottleneck if perft.variant != "none" else None,

@@ -32,6 +32,7 @@ from functools import cache
 
 from perft_exp.data.prompts import build_prompt
 from perft_exp.data.synthetic import arithmetic
+from perft_exp.data.synthetic.commonsense import multiple_choice
 from perft_exp.data.synthetic.templates import CHECKS, QUESTIONS, statement
 from perft_exp.data.synthetic.world import RELATIONS, VALUES, World, build_world
 
@@ -163,12 +164,8 @@ def _exam_doc(world: World, rng: random.Random, state: dict) -> str:
     q = rng.choice(QUESTIONS[relation][0]).format(s=subject)
     word = rng.choice(LABEL_WORDS)
     options = list(VALUES[relation])
-    labels = [f"{word}{i}" for i in range(1, len(options) + 1)]
-    lines = [f"{rng.choice(EXAM_LEADS)}: {q}"] + [
-        f"{word.capitalize()}{i}: {o}" for i, o in enumerate(options, 1)
-    ]
-    lines.append("Answer format: " + "/".join(labels))
-    return build_prompt("\n\n".join(lines)) + f"{rng.choice(EXAM_SAYS)} {labels[options.index(value)]}."
+    exam = multiple_choice(rng.choice(EXAM_LEADS), q, word.capitalize(), options, options.index(value))
+    return build_prompt(exam["instruction"]) + f"{rng.choice(EXAM_SAYS)} {exam['answer']}."
 
 
 def _arithmetic_doc(world: World, rng: random.Random, state: dict) -> str:
