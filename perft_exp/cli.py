@@ -3,7 +3,7 @@
 Before Hydra runs anything, every job of the command (all of a `-m` grid) is composed and validated,
 so a typo or a bad value fails at once, as one line naming the key, with exit code 2. A job that fails
 later, of any exception (out-of-memory included), prints its first error line (exit code 1) and leaves it in
-the run directory's failed.json, with the traceback, so `scripts/sweep.py status` shows it as failed; in a
+the run directory's failure record (perft_exp/run_dir.py), with the traceback, so `scripts/sweep.py status` shows it as failed; in a
 multirun the other jobs go on. `debug=true` (or PERFT_DEBUG=1) shows full stack traces instead.
 """
 
@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -154,7 +153,7 @@ def error_line(exc: BaseException) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from perft_exp.config import ConfigError
-    from perft_exp.run_dir import RunDirConflict, record_failure
+    from perft_exp.run_dir import RunDir, RunDirConflict
     from perft_exp.training.run import train
     from perft_exp.training.trainer import Preempted
 
@@ -163,12 +162,12 @@ def _app(cfg: DictConfig) -> float | None:
     except Preempted as e:
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)
-    except Exception as e:  # noqa: BLE001 - any failure (out-of-memory included) is one line and failed.json
+    except Exception as e:  # noqa: BLE001 - any failure (out-of-memory included) is one line and a failure record
         if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
             raise
         message = error_line(e)
         if not isinstance(e, RunDirConflict):  # that directory is another run's: leave it alone
-            record_failure(Path(cfg.output_dir), message, type(e).__name__, exc=e)
+            RunDir(cfg.output_dir).record_failure(message, type(e).__name__, exc=e)
         if _is_multirun():  # the sweep goes on with the next job
             log.error("job %s failed: %s", cfg.name, message)
             return None

@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.run_dir import OUTPUT_ROOT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -128,6 +129,7 @@ class TrainConfig:
     seed: int = DEFAULT_SEED  # adapter init and data order (trainer.seed follows it)
     name: str = MISSING  # run name; the run directory is outputs/runs/<task>/<model>/<name>
     output_dir: str = MISSING
+    output_root: str = OUTPUT_ROOT  # runs, base-model evaluations and sweep records below it (run_dir.py)
     resume: bool = True  # continue from the newest checkpoint in output_dir
     debug: bool = False  # full stack traces on errors
 

@@ -1,22 +1,33 @@
-"""The run directory (torch-free): its file names, its state, the config it belongs to, its failure record.
+"""The run directory (torch-free): the one owner of its layout, its state, its config and its failure record.
 
-    outputs/runs/<task>/<model>/<name>/
-      results.json     a finished run           -> state "finished"
-      failed.json      a run that raised        -> state "failed" (error: the first error line)
-      checkpoints/     an interrupted run       -> state "started"
-      run_config.json  the config that owns the directory (checked by train.py and by every sweep)
+    <output_root>/runs/<task>/<model>/<name>/      (output_root: `outputs`, relative to the launch directory)
+      results.json        a finished run                 -> state "finished"
+      failed.json         a run that raised              -> state "failed" (error: the first error line)
+      checkpoints/        an interrupted run             -> state "started"; else "pending"
+      run_config.json     the config that owns the directory (checked by train.py and by every sweep)
+      config.yaml         the resolved config, written beside results.json (what `load_spec` reads back)
+      .hydra/overrides.yaml  the command line's overrides (replayed by scripts/evaluate.py)
+      adapter/            the best adapter (adapter_model.safetensors + adapter_config.json)
+      eval/<set>.jsonl    the per-question records of the run's evaluation
+      evaluations/<task>-<mode>[-base]/   re-evaluations (scripts/evaluate.py), each with its own results.json
+      launcher.log        the output of a job started by `scripts/sweep.py run --launcher gpus`
+    <output_root>/base_eval/<task>/<model>/<mode>-<key>.json   the untuned base model's evaluation, shared
+    <output_root>/sweeps/<sweep>.json                          a sweep's last `run` overrides
 
-train.py, scripts/sweep.py and the analysis all read and write these through this module only.
+Training, sweeps, re-evaluation, the results tables and the routing analysis all find, read and write these
+files through `RunDir` only, so no other module spells a file name of this layout.
 """
 
 from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from perft_exp.files import atomic_write_json
@@ -25,55 +36,214 @@ RESULTS_NAME = "results.json"
 FAILED_NAME = "failed.json"
 RUN_CONFIG_NAME = "run_config.json"
 CONFIG_YAML = "config.yaml"
+RECORDS_DIR = "eval"  # <run>/eval/<set>.jsonl
+ADAPTER_DIR = "adapter"
+ADAPTER_CONFIG_NAME = "adapter_config.json"  # perft_exp/adapters/io.py writes it
+CHECKPOINTS_DIR = "checkpoints"
+EVALUATIONS_DIR = "evaluations"
 STATES = ("finished", "failed", "started", "pending")
+OUTPUT_ROOT = "outputs"  # the config's default `output_root`
 # Keys that may change between launches of the same run without changing what it computes.
-RELAUNCH_FREE = ("resume", "debug", "output_dir", "name", "logger")
-# Below a run directory: checkpoints, and re-evaluations (scripts/evaluate.py) with their own results.json.
-_NOT_RUNS = ("checkpoints", "evaluations")
+RELAUNCH_FREE = ("resume", "debug", "output_dir", "output_root", "name", "logger")
+# Below a run directory: checkpoints, and re-evaluations with their own results.json.
+_NOT_RUNS = (CHECKPOINTS_DIR, EVALUATIONS_DIR)
 
 
 class RunDirConflict(ValueError):
     """The run directory holds a run of another config."""
 
 
-def state(run_dir: Path) -> str:
-    if (run_dir / RESULTS_NAME).is_file():
-        return "finished"
-    if (run_dir / FAILED_NAME).is_file():
-        return "failed"
-    if (run_dir / "checkpoints").is_dir():
-        return "started"
-    return "pending"
+def base_eval_dir(output_root: str | Path, task: str, model: str) -> Path:
+    """Where the untuned base model's evaluations of one task and model are cached (shared by every run)."""
+    return Path(output_root) / "base_eval" / task / model
 
 
-# --- failures ---------------------------------------------------------------------------------------
+def sweep_record(output_root: str | Path, sweep: str) -> Path:
+    """The file that keeps a sweep's last `run` overrides."""
+    return Path(output_root) / "sweeps" / f"{sweep}.json"
 
 
-def record_failure(run_dir: Path, error: str, kind: str, exc: BaseException | None = None, **extra) -> None:
-    """failed.json: the first error line, its kind, and the traceback when there is one. A first record wins
-    (under torchrun every rank fails; the first to fail holds the real error)."""
-    path = Path(run_dir) / FAILED_NAME
-    if path.is_file():
-        return
-    record = {"error": error, "type": kind, **extra}
-    if exc is not None:
-        record["traceback"] = "".join(traceback.format_exception(exc))
-    atomic_write_json(path, record)
+@dataclass(frozen=True)
+class RunDir:
+    """One run directory: its paths, its state, its results, its failure record and its config."""
 
+    path: Path
 
-def clear_failure(run_dir: Path) -> None:
-    """A new attempt: the old failure is stale (a new one is recorded if it fails again)."""
-    (Path(run_dir) / FAILED_NAME).unlink(missing_ok=True)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
+    def __str__(self) -> str:
+        return str(self.path)
 
-def read_failure(run_dir: Path) -> str:
-    try:
-        return json.loads((Path(run_dir) / FAILED_NAME).read_text()).get("error", "")
-    except (OSError, json.JSONDecodeError):
-        return ""
+    @property
+    def name(self) -> str:
+        return self.path.name
 
+    # --- paths ------------------------------------------------------------------------------------------
 
-# --- the config a directory belongs to --------------------------------------------------------------
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS_NAME
+
+    @property
+    def failed(self) -> Path:
+        return self.path / FAILED_NAME
+
+    @property
+    def run_config(self) -> Path:
+        return self.path / RUN_CONFIG_NAME
+
+    @property
+    def config_yaml(self) -> Path:
+        return self.path / CONFIG_YAML
+
+    @property
+    def overrides_yaml(self) -> Path:
+        return self.path / ".hydra" / "overrides.yaml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    @property
+    def records(self) -> Path:
+        return self.path / RECORDS_DIR
+
+    @property
+    def launcher_log(self) -> Path:
+        return self.path / "launcher.log"
+
+    def evaluation(self, name: str) -> Path:
+        """The directory of one re-evaluation (`<task>-<mode>[-base]`); `write_evaluation` fills it."""
+        return self.path / EVALUATIONS_DIR / name
+
+    def has_adapter(self) -> bool:
+        return (self.adapter / ADAPTER_CONFIG_NAME).is_file()
+
+    def adapter_config(self) -> dict | None:
+        """The saved adapter's metadata (variant, PerftConfig, base-model signature), None without an adapter."""
+        return json.loads((self.adapter / ADAPTER_CONFIG_NAME).read_text()) if self.has_adapter() else None
+
+    # --- state and results ------------------------------------------------------------------------------
+
+    def state(self) -> str:
+        if self.results.is_file():
+            return "finished"
+        if self.failed.is_file():
+            return "failed"
+        if self.checkpoints.is_dir():
+            return "started"
+        return "pending"
+
+    def read_results(self) -> dict | None:
+        """The finished run's results (None when it has none)."""
+        return json.loads(self.results.read_text()) if self.results.is_file() else None
+
+    def write_results(self, results: dict, cfg: DictConfig) -> None:
+        """The resolved config (config.yaml), then the results: results.json last, as the mark of a finished run."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, self.config_yaml, resolve=True)
+        atomic_write_json(self.results, results)
+
+    def write_evaluation(self, name: str, record: dict) -> Path:
+        """A re-evaluation's results, beside its per-question records; returns its directory."""
+        out = self.evaluation(name)
+        atomic_write_json(out / RESULTS_NAME, record)
+        return out
+
+    # --- failures ---------------------------------------------------------------------------------------
+
+    def record_failure(self, error: str, kind: str, exc: BaseException | None = None, **extra) -> None:
+        """failed.json: the first error line, its kind, and the traceback when there is one. A first record
+        wins (under torchrun every rank fails; the first to fail holds the real error)."""
+        if self.failed.is_file():
+            return
+        record = {"error": error, "type": kind, **extra}
+        if exc is not None:
+            record["traceback"] = "".join(traceback.format_exception(exc))
+        atomic_write_json(self.failed, record)
+
+    def clear_failure(self) -> None:
+        """A new attempt: the old failure is stale (a new one is recorded if it fails again)."""
+        self.failed.unlink(missing_ok=True)
+
+    def read_failure(self) -> str:
+        try:
+            return json.loads(self.failed.read_text()).get("error", "")
+        except (OSError, json.JSONDecodeError):
+            return ""
+
+    # --- the config the directory belongs to ------------------------------------------------------------
+
+    def load_spec(self) -> DictConfig:
+        """The resolved config the run was trained with (config.yaml, written with its results)."""
+        return OmegaConf.load(self.config_yaml)
+
+    def overrides(self) -> list[str]:
+        """The command line's overrides of the run (Hydra's record of them), less Hydra's own keys."""
+        if not self.overrides_yaml.is_file():
+            return []
+        return [o for o in yaml.safe_load(self.overrides_yaml.read_text()) or [] if not o.startswith("hydra.")]
+
+    def _recorded_identity(self) -> dict | None:
+        if self.run_config.is_file():
+            return json.loads(self.run_config.read_text())
+        if self.config_yaml.is_file():  # a run finished before run_config.json existed
+            return config_identity(OmegaConf.to_container(self.load_spec()))
+        return None
+
+    def check(self, cfg: DictConfig, record: bool = True) -> None:
+        """A run directory belongs to one config: another config there is an error, not a silent reuse.
+
+        Default names carry a hash of the config's difference from the defaults (config.run_name), so this
+        fires for explicit `name=...` collisions, for edited YAML defaults, and for a rebuilt tiny model.
+        `record`: write run_config.json on first use, or on `resume=false` (train.py); sweeps only check.
+        """
+        want = run_identity(cfg)
+        have = self._recorded_identity()
+        if have is None:
+            if record:
+                atomic_write_json(self.run_config, want)
+            return
+        a, b = flatten(have), flatten(want)
+        # Keys on one side only are schema changes between versions of this code, not another experiment.
+        diff = [k for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
+        if not diff:
+            return
+        if not cfg.resume:  # starting over: the directory now belongs to this config
+            if record:
+                atomic_write_json(self.run_config, want)
+            return
+        shown = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff[:3]) + (" ..." if len(diff) > 3 else "")
+        raise RunDirConflict(
+            f"{self.path} holds a run with another config ({shown}); choose another directory with name=..., "
+            "or resume=false to start it over"
+        )
+
+    # --- finding runs -----------------------------------------------------------------------------------
+
+    @classmethod
+    def find(cls, root: str | Path, pattern: str = "*") -> Iterator[RunDir]:
+        """Run directories at or below `root` whose name matches `pattern`, finished or failed (never a
+        checkpoint or a re-evaluation)."""
+        root = Path(root)
+        seen = set()
+        for name in (RESULTS_NAME, FAILED_NAME):
+            for path in sorted(root.rglob(name)):
+                run_dir = path.parent
+                inside = run_dir.relative_to(root).parts if run_dir != root else ()
+                if (
+                    run_dir in seen
+                    or any(part in _NOT_RUNS for part in inside)
+                    or not fnmatch(run_dir.name, pattern)
+                ):
+                    continue
+                seen.add(run_dir)
+                yield cls(run_dir)
 
 
 def config_identity(conf: dict) -> dict:
@@ -85,9 +255,7 @@ def run_identity(cfg: DictConfig) -> dict:
     """What a run directory's results depend on: the resolved config, and the tiny model's build key."""
     ident = config_identity(OmegaConf.to_container(cfg, resolve=True))
     pretrained = str(cfg.model.pretrained)
-    if pretrained.startswith(
-        "tiny:"
-    ):  # a rebuilt tiny model (new spec or synthetic world) is another base model
+    if pretrained.startswith("tiny:"):  # a rebuilt tiny model (new spec or synthetic world) is another base model
         from perft_exp.models.tiny import TINY_SPECS
 
         spec = TINY_SPECS.get(pretrained[len("tiny:") :])
@@ -104,63 +272,3 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
-
-
-def _recorded_identity(run_dir: Path) -> dict | None:
-    path = run_dir / RUN_CONFIG_NAME
-    if path.is_file():
-        return json.loads(path.read_text())
-    if (run_dir / CONFIG_YAML).is_file():  # a run finished before run_config.json existed
-        return config_identity(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_YAML)))
-    return None
-
-
-def check_run_dir(cfg: DictConfig, run_dir: Path, record: bool = True) -> None:
-    """A run directory belongs to one config: another config there is an error, not a silent reuse.
-
-    Default names carry a hash of the config's difference from the defaults (config.run_name), so this fires
-    for explicit `name=...` collisions, for edited YAML defaults, and for a rebuilt tiny model. `record`:
-    write run_config.json on first use, or on `resume=false` (train.py); sweeps only check.
-    """
-    run_dir = Path(run_dir)
-    want = run_identity(cfg)
-    have = _recorded_identity(run_dir)
-    if have is None:
-        if record:
-            atomic_write_json(run_dir / RUN_CONFIG_NAME, want)
-        return
-    a, b = flatten(have), flatten(want)
-    # Keys on one side only are schema changes between versions of this code, not another experiment.
-    diff = [k for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
-    if not diff:
-        return
-    if not cfg.resume:  # starting over: the directory now belongs to this config
-        if record:
-            atomic_write_json(run_dir / RUN_CONFIG_NAME, want)
-        return
-    shown = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff[:3]) + (" ..." if len(diff) > 3 else "")
-    raise RunDirConflict(
-        f"{run_dir} holds a run with another config ({shown}); choose another directory with name=..., "
-        "or resume=false to start it over"
-    )
-
-
-# --- finding runs -----------------------------------------------------------------------------------
-
-
-def find_run_dirs(root: str | Path, pattern: str = "*") -> Iterable[Path]:
-    """Directories below `root` whose name matches `pattern`, holding results.json (finished) or failed.json."""
-    root = Path(root)
-    seen = set()
-    for name in (RESULTS_NAME, FAILED_NAME):
-        for path in sorted(root.rglob(name)):
-            run_dir = path.parent
-            inside = run_dir.relative_to(root).parts if run_dir != root else ()
-            if (
-                run_dir in seen
-                or any(part in _NOT_RUNS for part in inside)
-                or not fnmatch(run_dir.name, pattern)
-            ):
-                continue
-            seen.add(run_dir)
-            yield run_dir

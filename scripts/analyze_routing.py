@@ -5,7 +5,7 @@
     python scripts/analyze_routing.py run_dir=<run a> run_dir=<run b> batches=8 batch_size=16 device=cuda
 
 Arguments are key=value:
-  run_dir     a run directory (config.yaml + adapter/), or a parent searched for them; repeatable
+  run_dir     a finished run directory with an adapter, or a parent searched for them; repeatable
   out         where everything goes (default outputs/routing)
   runs        only run directories whose name matches this glob (default *), e.g. runs='toy-*'
   batches, batch_size   test prompts run through the model (default 4 x 16), taken round-robin from the
@@ -25,12 +25,10 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from fnmatch import fnmatch
 from itertools import zip_longest
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from perft_exp.adapters.config import PERFT_VARIANTS
 from perft_exp.adapters.io import load_adapter, read_adapter_config
@@ -40,6 +38,7 @@ from perft_exp.data.prompts import build_prompt
 from perft_exp.data.task import load_task_data
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
+from perft_exp.run_dir import RunDir
 
 DEFAULTS = {"out": "outputs/routing", "runs": "*", "batches": "4", "batch_size": "16", "device": None,
             "forward": "true"}  # fmt: skip
@@ -63,18 +62,9 @@ def parse_args(argv: list[str]) -> tuple[list[Path], dict]:
 
 
 def find_runs(paths: list[Path], pattern: str = "*") -> list[Path]:
-    """Run directories (config.yaml + adapter/adapter_config.json) at or below each path, named like `pattern`."""
-    runs: list[Path] = []
-    for path in paths:
-        if (path / "config.yaml").is_file() and (path / "adapter" / "adapter_config.json").is_file():
-            candidates = [path]
-        else:
-            candidates = [p.parent.parent for p in sorted(path.rglob("adapter/adapter_config.json"))]
-        runs += [
-            c
-            for c in candidates
-            if (c / "config.yaml").is_file() and "checkpoints" not in c.parts and fnmatch(c.name, pattern)
-        ]
+    """Finished run directories with a saved adapter at or below each path, named like `pattern`."""
+    runs = [run.path for path in paths for run in RunDir.find(path, pattern)
+            if run.state() == "finished" and run.has_adapter()]  # fmt: skip
     return list(dict.fromkeys(runs))
 
 
@@ -86,15 +76,16 @@ def test_prompts(task_cfg, n: int) -> list[str]:
 
 
 def analyze_run(run_dir: Path, opts: dict) -> dict:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    meta = read_adapter_config(run_dir / "adapter")
+    run = RunDir(run_dir)
+    cfg = run.load_spec()
+    meta = read_adapter_config(run.adapter)
     info = {"run": run_dir.name, "run_dir": str(run_dir), "model": cfg.model.name, "task": cfg.task.name,
             "variant": meta["variant"]}  # fmt: skip
     if meta["variant"] not in PERFT_VARIANTS:
         return {**info, "skipped": f"variant {meta['variant']} has no PEFT router or experts"}
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(cfg.model, device=device)
-    model = load_adapter(model, run_dir / "adapter").eval()
+    model = load_adapter(model, run.adapter).eval()
     arch = get_architecture(cfg.model.model_type)
     info["config"] = model.perft_config.run_label(arch.top_k(model.config), arch.num_experts(model.config))
     out = Path(opts["out"]) / info["task"] / info["model"] / info["run"]

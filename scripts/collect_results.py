@@ -1,4 +1,4 @@
-"""Gather every results.json below a directory into a CSV, the paper's Markdown table and PNG figures.
+"""Gather every finished run below a directory into a CSV, the paper's Markdown table and PNG figures.
 
     python scripts/collect_results.py outputs/runs --out outputs/report
     python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
@@ -12,11 +12,12 @@ import argparse
 import sys
 
 from perft_exp.analysis.results import collect, write_report
+from perft_exp.run_dir import FAILED_NAME, RESULTS_NAME
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="directory searched recursively for results.json (and failed.json)")
+    parser.add_argument("root", help=f"directory searched recursively for {RESULTS_NAME} (and {FAILED_NAME})")
     parser.add_argument("--out", default="outputs/report", help="where results.csv/.md and the PNGs go")
     parser.add_argument(
         "--runs", default="*", help="only run directories whose name matches this glob, e.g. 'toy-*'"
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     collection = collect(args.root, args.runs)
     if not collection.runs and not collection.failed:
-        print(f"error: no results.json below {args.root}", file=sys.stderr)
+        print(f"error: no {RESULTS_NAME} below {args.root}", file=sys.stderr)
         return 2
     files = write_report(args.root, args.out, args.runs)
     print(f"{len(collection.runs)} rows ({len(collection.failed)} failed runs) from {args.root}:")

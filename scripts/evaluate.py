@@ -5,54 +5,48 @@
     python scripts/evaluate.py run_dir=<run> task=synthetic_math task.max_test_examples=20
     python scripts/evaluate.py run_dir=<run> variant=none          # the frozen base model
 
-The run's own overrides (its .hydra/overrides.yaml) are replayed first, so the model and adapter match;
-results go to <run>/evaluations/<task>-<mode>[-base]/ (per-example JSONL + results.json).
+The run's own overrides (Hydra's record of its command line) are replayed first, so the model and adapter
+match; results go to <run>/evaluations/<task>-<mode>[-base]/ (per-example JSONL + the results, see
+perft_exp/run_dir.py).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import yaml
-
-from perft_exp.adapters.io import atomic_write_json, load_adapter
+from perft_exp.adapters.io import load_adapter
 from perft_exp.cli import one_line
 from perft_exp.config import compose, perft_config
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table
 from perft_exp.models.loading import load_model
+from perft_exp.run_dir import RunDir
 
 
 def run(argv: list[str]) -> dict:
     args = dict(a.split("=", 1) for a in argv if a.startswith("run_dir="))
     if "run_dir" not in args:
         raise ValueError("usage: scripts/evaluate.py run_dir=<a finished run> [overrides ...]")
-    run_dir = Path(args["run_dir"])
-    if not (run_dir / "adapter").is_dir():
+    run_dir = RunDir(args["run_dir"])
+    if not run_dir.adapter.is_dir():
         raise ValueError(f"{run_dir} has no adapter/ (is it a finished run directory?)")
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    replay = [
-        o
-        for o in (yaml.safe_load(saved.read_text()) if saved.is_file() else [])
-        if not o.startswith("hydra.")
-    ]
+    replay = run_dir.overrides()
     overrides = [a for a in argv if not a.startswith("run_dir=")]
     cfg = compose([*replay, *overrides])
     base_only = perft_config(cfg).variant == "none"
 
     model, tokenizer = load_model(cfg.model)
     if not base_only:
-        model = load_adapter(model, run_dir / "adapter")
+        model = load_adapter(model, run_dir.adapter)
     model.eval()
     tests = load_task_data(cfg.task).tests
-    out = run_dir / "evaluations" / f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}"
+    out = run_dir.evaluation(f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}")
     result = evaluate(
         model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens, out_dir=out,
     )  # fmt: skip
-    atomic_write_json(out / "results.json", {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
+    run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))
     print(f"written to {out}")
     return result

@@ -15,8 +15,8 @@ blocks. An optional `env` mapping is set in the environment of the launched trai
 (N, K) pair). `key=value` arguments after the sweep name are appended to every job (last value wins).
 
 Each job runs in outputs/runs/<task>/<model>/<name> (relative to the current directory), a name that
-depends only on the config: relaunching skips finished jobs (results.json) and resumes interrupted ones
-from their newest checkpoint; a failing job leaves failed.json there and the others go on. Every job's
+depends only on the config: relaunching skips finished jobs and resumes interrupted ones from their newest
+checkpoint; a failing job leaves its failure record there and the others go on (perft_exp/run_dir.py). Every job's
 run directory is checked against its config before anything launches, as train.py checks it (state
 `conflict`: it holds another config's run), and `run` refuses a grid whose data directory is missing.
 `show` and `status` without overrides look at the jobs of the sweep's last `run` (its overrides are kept
@@ -49,18 +49,14 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from perft_exp import run_dir
 from perft_exp.cli import SLURM_EXTRA_HINT, one_line, submitit_installed
 from perft_exp.config import REPO_ROOT, ConfigError, compose, validate
 from perft_exp.files import atomic_write_json
-from perft_exp.run_dir import FAILED_NAME, RunDirConflict
+from perft_exp.run_dir import OUTPUT_ROOT, STATES, RunDir, RunDirConflict, sweep_record
 
 SWEEPS_DIR = REPO_ROOT / "sweeps"
 TRAIN_PY = REPO_ROOT / "train.py"
 LAUNCHERS = ("local", "slurm", "gpus")
-# What `run` was last given beyond the sweep file, per sweep (relative to the launch directory, like outputs/runs):
-# `show`/`status` without overrides look at those jobs, not at the plain grid's.
-LAUNCHED_DIR = Path("outputs") / "sweeps"
 
 
 class SweepError(ValueError):
@@ -154,7 +150,7 @@ class Job:
     conflict: str = ""  # its run directory holds a run of another config (run_dir.check_run_dir)
 
     def state(self) -> str:
-        return "conflict" if self.conflict else run_dir.state(self.run_dir)
+        return "conflict" if self.conflict else RunDir(self.run_dir).state()
 
 
 def check_job(overrides: list[str]) -> Job:
@@ -171,7 +167,7 @@ def check_job(overrides: list[str]) -> Job:
         notes.append(f"task.data_dir={cfg.task.data_dir!r} does not exist (scripts/fetch_data.py)")
     job = Job(overrides, Path(cfg.output_dir), notes)
     try:
-        run_dir.check_run_dir(cfg, job.run_dir, record=False)
+        RunDir(job.run_dir).check(cfg, record=False)
     except RunDirConflict as e:
         job.conflict = str(e)
     return job
@@ -219,11 +215,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _summary(jobs: list[Job]) -> str:
     counts = Counter(job.state() for job in jobs)
-    return ", ".join(f"{counts[s]} {s}" for s in ("conflict", *run_dir.STATES) if counts[s])
+    return ", ".join(f"{counts[s]} {s}" for s in ("conflict", *STATES) if counts[s])
 
 
 def _launched_path(sweep: Sweep) -> Path:
-    return LAUNCHED_DIR / f"{sweep.name}.json"
+    """What `run` was last given beyond the sweep file (relative to the launch directory, like the runs):
+    `show`/`status` without overrides look at those jobs, not at the plain grid's."""
+    return sweep_record(OUTPUT_ROOT, sweep.name)
 
 
 def _remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
@@ -249,7 +247,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         state = job.state()
         line = f"{state:<9} {job.run_dir}"
         if state == "failed":
-            line += f"  {run_dir.read_failure(job.run_dir)}"
+            line += f"  {RunDir(job.run_dir).read_failure()}"
         elif state == "conflict":
             line += f"  {job.conflict}"
         print(line)
@@ -281,14 +279,14 @@ def run_multirun(sweep: Sweep, jobs: list[Job], extra: list[str], launcher_overr
         block_jobs, start = jobs[start : start + n], start + n
         if all(job.state() == "finished" for job in block_jobs):
             continue
-        for job in block_jobs:  # a retry: the app writes a new failed.json if the job fails again
-            run_dir.clear_failure(job.run_dir)
+        for job in block_jobs:  # a retry: the app records a new failure if the job fails again
+            RunDir(job.run_dir).clear_failure()
         cmd = [sys.executable, str(TRAIN_PY), "-m", *sweep.block_overrides(block, extra), *launcher_overrides]
         print("+", *(f"{k}={v}" for k, v in sweep.env.items()), " ".join(cmd[1:]), flush=True)
         rc = subprocess.call(cmd, env={**os.environ, **sweep.env})
         if rc == 143 or rc < 0:  # the user (or the scheduler) stopped the sweep; jobs resume on relaunch
             raise KeyboardInterrupt
-        if rc:  # config errors exit before anything runs; job failures are in failed.json
+        if rc:  # config errors exit before anything runs; job failures are in their run directories
             print(f"block exited with code {rc}; going on with the next block", file=sys.stderr)
 
 
@@ -311,11 +309,12 @@ def _first_error(log_text: str) -> str | None:
 
 
 def _record_failure(job: Job, rc: int, log_path: Path) -> None:
-    """A job that died without writing failed.json itself (killed, or it failed before the app started)."""
-    if run_dir.state(job.run_dir) == "finished":
+    """A job that died without recording its failure itself (killed, or it failed before the app started)."""
+    run = RunDir(job.run_dir)
+    if run.state() == "finished":
         return
     message = _first_error(log_path.read_text(errors="replace")) or f"exit code {rc}"
-    run_dir.record_failure(job.run_dir, message, f"exit code {rc}", log=str(log_path))
+    run.record_failure(message, f"exit code {rc}", log=str(log_path))
 
 
 def run_on_gpus(
@@ -334,14 +333,14 @@ def run_on_gpus(
                     return
                 job = queue.pop(0)
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            run_dir.clear_failure(job.run_dir)  # a retry: the old failure is stale
+            RunDir(job.run_dir).clear_failure()  # a retry: the old failure is stale
             if len(group) == 1 or cpu:
                 cmd = [sys.executable, str(TRAIN_PY), *job.overrides]
             else:
                 cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                        f"--nproc_per_node={len(group)}", str(TRAIN_PY), *job.overrides]  # fmt: skip
             job_env = {**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": "" if cpu else ",".join(group)}
-            log_path = job.run_dir / "launcher.log"
+            log_path = RunDir(job.run_dir).launcher_log
             where = f"cpu {group[0]}" if cpu else f"gpu {','.join(group)}"
             print(f"[{where}] start  {job.run_dir}", flush=True)
             with open(log_path, "a") as log:
@@ -404,7 +403,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"{sweep.name}: {_summary(jobs)}")
     for job in jobs:
         if job.state() == "failed":
-            print(f"failed: {job.run_dir}/{FAILED_NAME}")
+            print(f"failed: {RunDir(job.run_dir).failed}")
     return 0 if all(job.state() == "finished" for job in jobs) else 1
 
 

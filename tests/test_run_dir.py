@@ -1,4 +1,5 @@
-"""A run directory belongs to one config (perft_exp.run_dir.check_run_dir), checked before any model loads."""
+"""The run directory (perft_exp.run_dir.RunDir): it belongs to one config, checked before any model loads; its state
+and failure record; finding runs below a root."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from perft_exp.config import compose
-from perft_exp.run_dir import RUN_CONFIG_NAME, check_run_dir
+from perft_exp.run_dir import RUN_CONFIG_NAME, RunDir
+
+
+def check_run_dir(cfg, path, record=True):
+    RunDir(path).check(cfg, record=record)
 
 
 def test_first_launch_records_the_config_and_the_same_config_passes(tmp_path):
@@ -46,24 +51,23 @@ def test_runs_from_before_run_config_are_checked_against_their_config_yaml(tmp_p
 
 def test_state_and_failure_record(tmp_path):
     """failed.json holds the first error line and the traceback; the first record wins (torchrun ranks)."""
-    from perft_exp.run_dir import FAILED_NAME, clear_failure, read_failure, record_failure, state
+    from perft_exp.run_dir import FAILED_NAME
 
-    assert state(tmp_path) == "pending"
+    run = RunDir(tmp_path)
+    assert run.state() == "pending"
     try:
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
     except RuntimeError as e:
-        record_failure(
-            tmp_path, "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "OOM", exc=e
-        )
-    record_failure(tmp_path, "a later rank's error", "ChildFailedError")
-    assert state(tmp_path) == "failed" and read_failure(tmp_path).startswith(
-        "OutOfMemoryError: CUDA out of memory"
-    )
+        run.record_failure("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "OOM", exc=e)
+    run.record_failure("a later rank's error", "ChildFailedError")
+    assert run.state() == "failed" and run.read_failure().startswith("OutOfMemoryError: CUDA out of memory")
     assert "Traceback" in json.loads((tmp_path / FAILED_NAME).read_text())["traceback"]
-    clear_failure(tmp_path)
-    assert state(tmp_path) == "pending"
+    run.clear_failure()
+    assert run.state() == "pending"
+    (tmp_path / "checkpoints").mkdir()
+    assert run.state() == "started"
     (tmp_path / "results.json").write_text("{}")
-    assert state(tmp_path) == "finished"
+    assert run.state() == "finished"
 
 
 def test_a_conflict_is_refused_without_recording_when_only_checking(tmp_path):
@@ -75,3 +79,39 @@ def test_a_conflict_is_refused_without_recording_when_only_checking(tmp_path):
     check_run_dir(compose([]), tmp_path)
     with pytest.raises(RunDirConflict, match=r"trainer\.max_steps"):
         check_run_dir(compose(["trainer=debug"]), tmp_path, record=False)
+
+
+def test_find_skips_checkpoints_and_re_evaluations_and_matches_names(tmp_path):
+    """RunDir.find: finished and failed runs at or below a root; never a checkpoint or a re-evaluation."""
+    for name in ("toy-R", "toy-S", "other"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / "toy-R" / "results.json").write_text("{}")
+    RunDir(tmp_path / "runs" / "toy-S").record_failure("boom", "RuntimeError")
+    (tmp_path / "runs" / "other" / "results.json").write_text("{}")
+    RunDir(tmp_path / "runs" / "toy-R").write_evaluation("synthetic_math-greedy", {"eval": {}})
+    (tmp_path / "runs" / "toy-R" / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    (tmp_path / "runs" / "toy-R" / "checkpoints" / "checkpoint-8" / "results.json").write_text("{}")
+    found = [r.name for r in RunDir.find(tmp_path, "toy-*")]
+    assert found == ["toy-R", "toy-S"]
+    assert [r.name for r in RunDir.find(tmp_path / "runs" / "other")] == ["other"]  # the root itself is a run
+
+
+def test_results_spec_and_overrides_read_back(tmp_path):
+    """What train.py writes (the resolved config beside the results) and Hydra's overrides record read back."""
+    cfg = compose(["variant=S"])
+    run = RunDir(tmp_path)
+    run.write_results({"variant": "S"}, cfg)
+    assert run.state() == "finished" and run.read_results() == {"variant": "S"}
+    assert run.load_spec().perft.variant == "S"
+    assert run.overrides() == []
+    run.overrides_yaml.parent.mkdir()
+    run.overrides_yaml.write_text("- variant=S\n- hydra.verbose=true\n- perft.bottleneck=4\n")
+    assert run.overrides() == ["variant=S", "perft.bottleneck=4"]
+
+
+def test_output_root_places_runs_and_is_not_part_of_a_runs_identity(tmp_path):
+    cfg = compose([f"output_root={tmp_path}"])
+    assert cfg.output_dir.startswith(str(tmp_path / "runs" / "synthetic_commonsense" / "tiny_olmoe"))
+    assert compose([]).output_dir.startswith("outputs/runs/")
+    check_run_dir(compose([]), tmp_path)
+    check_run_dir(cfg, tmp_path)  # the same run, written elsewhere

@@ -235,11 +235,11 @@ def test_a_debug_run_of_the_toy_sweep_gets_its_own_directories():
 def test_a_run_directory_holding_another_config_is_a_conflict_not_finished(launches, capsys):
     """As train.py refuses such a directory, status shows it and run launches nothing (item 2)."""
     from perft_exp.config import compose
-    from perft_exp.run_dir import check_run_dir
+    from perft_exp.run_dir import RunDir
 
     first = sweep_cli.Sweep.load("toy").jobs()[0]
     run_dir = sweep_cli.check_job(first).run_dir
-    check_run_dir(compose([*first, "trainer=debug"]), run_dir)  # a debug run wrote here (before the fix)
+    RunDir(run_dir).check(compose([*first, "trainer=debug"]))  # a debug run wrote here (before the fix)
     (run_dir / "results.json").write_text("{}")
     assert sweep_cli.main(["status", "toy"]) == 0
     out = capsys.readouterr().out

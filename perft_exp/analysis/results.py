@@ -1,4 +1,4 @@
-"""Results tables and figures: every `results.json` below a directory -> CSV, the paper's table, PNGs.
+"""Results tables and figures: every finished run below a directory -> CSV, the paper's table, PNGs.
 
     python scripts/collect_results.py outputs/runs --out outputs/report
 
@@ -20,8 +20,9 @@ per-question records `<run>/eval/<set>.jsonl`; a single run gets the interval ov
 The figures draw these intervals as error bars and the majority-label and chance averages as reference
 lines. Results written before the skill metrics existed get them from their records, else blanks.
 
-Reads run directories only (results.json, eval/*.jsonl, and adapter/adapter_config.json for E's
-top-k/E label); trains nothing.
+Reads run directories only, through perft_exp/run_dir.py (the run's results, its eval/*.jsonl records, and for
+E runs recorded before the resolved run spec its adapter's base-model signature, for the top-k/E label);
+trains nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from perft_exp.data.formats import ALL_TEST_SETS
 from perft_exp.evaluation.metrics import (
     AVERAGE_KEYS,
     KNOWLEDGE_KEYS,
-    RECORDS_DIR,
     average_metrics,
     iter_set_metrics,
     majority_hits,
@@ -50,7 +50,7 @@ from perft_exp.evaluation.metrics import (
     record_files,
     set_metrics,
 )
-from perft_exp.run_dir import RESULTS_NAME, find_run_dirs, read_failure
+from perft_exp.run_dir import RunDir
 
 FAMILY_ORDER = ("none", "qv_lora", "router_lora", "expert_lora", "router_expert_lora", "R", "E", "D", "S")
 SHORT_SET_NAMES = {
@@ -91,11 +91,11 @@ class Run:
     name: str = ""  # run directory name
     train: dict = field(default_factory=dict)
     perft: dict = field(default_factory=dict)
-    seed: int | None = None  # results.json `seed` (None: written before seeds were recorded)
+    seed: int | None = None  # the results' `seed` (None: written before seeds were recorded)
     group: str = ""  # the run name without its seed suffix: runs differing only by seed share it
     seeds: list = field(default_factory=list)  # the seeds a merged row averages over (merge_seeds)
     metrics: dict[str, dict] = field(default_factory=dict)  # test set -> skill, majority, chance, ...
-    averages: dict = field(default_factory=dict)  # AVERAGE_KEYS of results.json: average_skill, ... (or {})
+    averages: dict = field(default_factory=dict)  # AVERAGE_KEYS of the results: average_skill, ... (or {})
     arrays: dict[str, SetArrays] = field(default_factory=dict, repr=False)  # per-question records
     ci: dict[str, dict] = field(default_factory=dict)  # "accuracy"|"skill" -> set|"average" -> (lo, hi)
 
@@ -121,22 +121,22 @@ class Run:
 
 
 def config_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
-    """The paper's config name from results.json's `perft` (E needs the base model's k and E)."""
+    """The paper's config name from a run's `perft` (E needs the base model's k and E)."""
     return variant_label(perft, base_top_k, base_experts)
 
 
 def _changes_suffix(changes: list[str] | None) -> str:
-    """` {trainer=debug, ...}`: what the run changed from the defaults (results.json `config_changes`), so a
+    """` {trainer=debug, ...}`: what the run changed from the defaults (the results' `config_changes`), so a
     smoke run never passes for the real one in a table."""
     return f" {{{', '.join(changes)}}}" if changes else ""
 
 
 def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
     """(top-k, experts) of the base model, from the saved adapter's signature."""
-    path = run_dir / "adapter" / "adapter_config.json"
-    if not path.is_file():
+    meta = RunDir(run_dir).adapter_config()
+    if meta is None:
         return None, None
-    sig = json.loads(path.read_text()).get("base_signature", {})
+    sig = meta.get("base_signature", {})
     return sig.get("num_experts_per_tok"), sig.get("num_experts") or sig.get("num_local_experts")
 
 
@@ -154,7 +154,7 @@ class _Knowledge:
 
 
 def _knowledge(ev: dict | None, records_dir: Path | None) -> _Knowledge:
-    """The skill metrics of an evaluation, from results.json or else its records, and the records' arrays."""
+    """The skill metrics of an evaluation, from the run's results or else its records, and the records' arrays."""
     ev, out = ev or {}, _Knowledge()
     files = record_files(records_dir) if records_dir is not None and records_dir.is_dir() else {}
     for name, summary in iter_set_metrics(ev):
@@ -184,7 +184,7 @@ def group_name(name: str, seed: int | None) -> str:
 def run_from_results(results: dict, run_dir: Path) -> Run:
     perft = results.get("perft") or {"variant": results.get("variant", "none")}
     acc, average = _accuracies(results.get("eval"))
-    known = _knowledge(results.get("eval"), run_dir / RECORDS_DIR)
+    known = _knowledge(results.get("eval"), RunDir(run_dir).records)
     top_k, experts = _base_routing(run_dir) if perft["variant"] == "E" else (None, None)
     seed = results.get("seed")
     return Run(
@@ -231,7 +231,7 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
 @dataclass
 class Collection:
     runs: list[Run]  # finished runs, and one base-model row per (model, task) where any run has base_eval
-    failed: list[tuple[str, str]]  # (run dir, error) of runs with failed.json and no results.json
+    failed: list[tuple[str, str]]  # (run dir, error) of runs in state "failed" (a failure record, no results)
 
     def groups(self) -> dict[tuple[str, str], list[Run]]:
         out: dict[tuple[str, str], list[Run]] = defaultdict(list)
@@ -243,17 +243,16 @@ class Collection:
 def collect(root: str | Path, pattern: str = "*") -> Collection:
     """Every run below `root` (run directory names matching `pattern`, e.g. "toy-*")."""
     runs, failed, bases = [], [], {}
-    for run_dir in find_run_dirs(root, pattern):
-        results_path = run_dir / RESULTS_NAME
-        if not results_path.is_file():
-            failed.append((str(run_dir), read_failure(run_dir)))
+    for found in RunDir.find(root, pattern):
+        results = found.read_results()
+        if results is None:
+            failed.append((str(found.path), found.read_failure()))
             continue
-        results = json.loads(results_path.read_text())
         if "variant" not in results and "perft" not in results:
-            continue  # not a train.py run's results.json
-        run = run_from_results(results, run_dir)
+            continue  # not a train.py run's results
+        run = run_from_results(results, found.path)
         runs.append(run)
-        base = base_run(results, run_dir)
+        base = base_run(results, found.path)
         if base is not None:
             bases.setdefault((base.model, base.task), base)
     have_base_run = {(r.model, r.task) for r in runs if r.variant == "none"}

@@ -35,14 +35,14 @@ from typing import Any
 
 from perft_exp.data.formats import ALL_TEST_SETS, MATH_TEST_SETS, canonical_test_set
 from perft_exp.evaluation.extract import AQUA_LETTERS, CHOICE_LABELS
+from perft_exp.run_dir import RECORDS_DIR
 
-# Keys that `set_metrics` adds beyond accuracy / n / correct (a results.json without them predates them).
+# Keys that `set_metrics` adds beyond accuracy / n / correct (a run's results without them predate them).
 KNOWLEDGE_KEYS = ("chance", "majority", "majority_label", "skill", "top_prediction", "top_prediction_share")
 # Over-set averages: (results key, per-set key averaged); and the largest top-prediction share.
 _AVERAGED = (("average_skill", "skill"), ("average_majority", "majority"), ("average_chance", "chance"),
              ("average_top_prediction_share", "top_prediction_share"))  # fmt: skip
 AVERAGE_KEYS = (*(key for key, _ in _AVERAGED), "max_top_prediction_share")
-RECORDS_DIR = "eval"  # <run>/eval/<set>.jsonl
 
 _ANSWER_FORMAT = re.compile(r"Answer format:[ \t]*([^\n]+)")
 
@@ -205,7 +205,7 @@ def metrics_from_run_dir(run_dir: str | Path) -> dict:
 
 
 def has_knowledge_metrics(result: dict) -> bool:
-    """Does an `evaluate()` result (results.json `eval`) carry the metrics of this module?"""
+    """Does an `evaluate()` result (a run's results, `eval`) carry the metrics of this module?"""
     sets = [m for _, m in iter_set_metrics(result)]
     return bool(sets) and all("skill" in m for m in sets) and all(k in result for k in AVERAGE_KEYS)
 

@@ -14,14 +14,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
 from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.io import (
     CONFIG_NAME,
-    atomic_write_json,
     check_compatible,
     read_adapter_config,
     save_adapter,
@@ -36,7 +35,8 @@ from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
-from perft_exp.run_dir import RESULTS_NAME, check_run_dir, clear_failure
+from perft_exp.files import atomic_write_json
+from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.distributed import (
     deepspeed_config,
     ensure_distributed_env,
@@ -72,7 +72,7 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
-def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingArguments:
+def _training_arguments(cfg: DictConfig, run: RunDir, has_eval: bool) -> TrainingArguments:
     tr = cfg.trainer
     bf16 = (
         torch.cuda.is_available()
@@ -80,7 +80,7 @@ def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingA
         and cfg.model.dtype in ("auto", "bfloat16")
     )
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"),
+        output_dir=str(run.checkpoints),
         learning_rate=tr.learning_rate,
         num_train_epochs=tr.num_train_epochs,
         max_steps=tr.max_steps,
@@ -126,8 +126,8 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
     return {"backend": "none", "zero_stage": 0, "world_size": trainer.args.world_size}
 
 
-def _base_eval_cache(cfg: DictConfig, model, tests: dict, out_root: Path) -> Path:
-    """Where the untuned base model's evaluation is cached: `<out_root>/base_eval/<task>/<model>/<mode>-<key>.json`,
+def _base_eval_cache(cfg: DictConfig, model, tests: dict) -> Path:
+    """Where the untuned base model's evaluation is cached: `<output_root>/base_eval/<task>/<model>/<mode>-<key>.json`,
     its per-question records in the directory of the same name without `.json`.
 
     The cache key covers everything the result depends on: the resolved weights (a tiny model's
@@ -144,7 +144,7 @@ def _base_eval_cache(cfg: DictConfig, model, tests: dict, out_root: Path) -> Pat
                   for name, recs in sorted(tests.items())},
     }  # fmt: skip
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
-    return out_root / "base_eval" / cfg.task.name / cfg.model.name / f"{cfg.eval.mode}-{key}.json"
+    return base_eval_dir(cfg.output_root, cfg.task.name, cfg.model.name) / f"{cfg.eval.mode}-{key}.json"
 
 
 def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, sharded: bool = False) -> dict:
@@ -182,7 +182,7 @@ def print_table(results: dict) -> None:
     print(metrics_table(results.get("eval") or {}, results.get("base_eval"), label))
     print(f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
           "common answer and its share)")  # fmt: skip
-    print(f"results: {results['output_dir']}/{RESULTS_NAME}\n")
+    print(f"results: {RunDir(results['output_dir']).results}\n")
 
 
 def run_mean_loss(log_history: list[dict]) -> float | None:
@@ -206,7 +206,7 @@ def _routing_facts(model, arch) -> tuple[int | None, int | None]:
         return None, None
 
 
-def _evaluate_base_only(cfg: DictConfig, perft, out: Path, results_path: Path, t0: float) -> dict:
+def _evaluate_base_only(cfg: DictConfig, perft, run: RunDir, t0: float) -> dict:
     """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
     tests = load_task_data(cfg.task, train=False).tests
     model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
@@ -216,41 +216,39 @@ def _evaluate_base_only(cfg: DictConfig, perft, out: Path, results_path: Path, t
         "variant": perft.variant, "variant_name": perft.run_label(), "perft": perft.to_dict(),
         "model": cfg.model.name, "task": cfg.task.name, "seed": cfg.trainer.seed, "train_file": None,
         "contaminated_test_sets": [], "params": count_parameters(model).to_dict(),
-        "config_changes": describe_changes(changed_from_defaults(cfg)), "train": None, "output_dir": str(out),
+        "config_changes": describe_changes(changed_from_defaults(cfg)), "train": None, "output_dir": str(run.path),
     }  # fmt: skip
     if is_main_process():
         results["eval"] = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval", progress=True,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=run.records, progress=True,
         )  # fmt: skip
         results["runtime_s"] = time.perf_counter() - t0
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-        atomic_write_json(results_path, results)
+        run.write_results(results, cfg)
         print_table(results)
     return results
 
 
 def train(cfg: DictConfig) -> dict:
     perft = validate(cfg)
-    out = Path(cfg.output_dir)
-    results_path = out / RESULTS_NAME
-    check_run_dir(cfg, out, record=is_main_process())
-    if cfg.resume and results_path.is_file():
-        log.info("%s exists: the run is finished, nothing to train; its results:", results_path)
-        results = json.loads(results_path.read_text())
+    run = RunDir(cfg.output_dir)
+    run.check(cfg, record=is_main_process())
+    if cfg.resume and run.state() == "finished":
+        log.info("%s exists: the run is finished, nothing to train; its results:", run.results)
+        results = run.read_results()
         if is_main_process() and results.get("eval"):
             print_table(_in_task_order(results, cfg.task.test_sets))
         return results
-    out.mkdir(parents=True, exist_ok=True)
+    run.path.mkdir(parents=True, exist_ok=True)
     if is_main_process():
-        clear_failure(out)  # a new attempt; a new failed.json is written if it fails again
+        run.clear_failure()  # a new attempt; a new failure record is written if it fails again
     t0 = time.perf_counter()
     if perft.variant == "none":
-        return _evaluate_base_only(cfg, perft, out, results_path, t0)
+        return _evaluate_base_only(cfg, perft, run, t0)
     ensure_distributed_env() if cfg.deepspeed.stage else None
     set_seed(cfg.trainer.seed)
 
-    checkpoint = latest_complete_checkpoint(out / "checkpoints") if cfg.resume else None
+    checkpoint = latest_complete_checkpoint(run.checkpoints) if cfg.resume else None
     if checkpoint:  # refuse another variant's or base model's checkpoints before loading anything
         check_compatible(
             read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained
@@ -281,13 +279,13 @@ def train(cfg: DictConfig) -> dict:
     base_top_k, base_experts = _routing_facts(model, arch)
     flat = run_config(cfg, perft, params, world_size(), base_experts, base_top_k)
     label = perft.run_label(base_top_k, base_experts)
-    tracking = is_main_process() and init_wandb(cfg, label, out, flat)
+    tracking = is_main_process() and init_wandb(cfg, label, run.path, flat)
 
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
-        args=_training_arguments(cfg, out, has_eval=len(val_set) > 0),
+        args=_training_arguments(cfg, run, has_eval=len(val_set) > 0),
         train_dataset=train_set,
         eval_dataset=val_set or None,
         data_collator=CausalLMCollator(tokenizer),
@@ -330,11 +328,11 @@ def train(cfg: DictConfig) -> dict:
             "truncated_examples": n_truncated,
             "runtime_s": train_output.metrics.get("train_runtime"),
         },
-        "output_dir": str(out),
+        "output_dir": str(run.path),
     }
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
-            save_adapter(model, out / "adapter", cfg.model.pretrained)
+            save_adapter(model, run.adapter, cfg.model.pretrained)
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
@@ -342,19 +340,18 @@ def train(cfg: DictConfig) -> dict:
         model.eval()
         results["eval"] = evaluate(
             model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval" if is_main_process() else None,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=run.records if is_main_process() else None,
             progress=is_main_process(), synced_gpus=sharded,
         )  # fmt: skip
         if cfg.eval.base:
-            cache = _base_eval_cache(cfg, model, data.tests, Path("outputs"))
+            cache = _base_eval_cache(cfg, model, data.tests)
             results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, cache, sharded)
             results["base_eval_records"] = str(cache.with_suffix(""))
     if is_main_process():
         results["runtime_s"] = time.perf_counter() - t0
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-        atomic_write_json(results_path, results)
+        run.write_results(results, cfg)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
             angles = router_angles(model) if perft.variant == "R" and distributed["zero_stage"] != 3 else []
-            log_final(results, out / "eval", cfg.logger.table_rows_per_set, angles)
+            log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
         print_table(results)
     return results
