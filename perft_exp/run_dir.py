@@ -187,7 +187,9 @@ class RunDir:
         """The command line's overrides of the run (Hydra's record of them), less Hydra's own keys."""
         if not self.overrides_yaml.is_file():
             return []
-        return [o for o in yaml.safe_load(self.overrides_yaml.read_text()) or [] if not o.startswith("hydra.")]
+        return [
+            o for o in yaml.safe_load(self.overrides_yaml.read_text()) or [] if not o.startswith("hydra.")
+        ]
 
     def _recorded_identity(self) -> dict | None:
         if self.run_config.is_file():
@@ -255,7 +257,9 @@ def run_identity(cfg: DictConfig) -> dict:
     """What a run directory's results depend on: the resolved config, and the tiny model's build key."""
     ident = config_identity(OmegaConf.to_container(cfg, resolve=True))
     pretrained = str(cfg.model.pretrained)
-    if pretrained.startswith("tiny:"):  # a rebuilt tiny model (new spec or synthetic world) is another base model
+    if pretrained.startswith(
+        "tiny:"
+    ):  # a rebuilt tiny model (new spec or synthetic world) is another base model
         from perft_exp.models.tiny import TINY_SPECS
 
         spec = TINY_SPECS.get(pretrained[len("tiny:") :])

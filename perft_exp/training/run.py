@@ -33,9 +33,9 @@ from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
+from perft_exp.files import atomic_write_json
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
-from perft_exp.files import atomic_write_json
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.distributed import (
     deepspeed_config,
