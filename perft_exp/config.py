@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.variants import TAG_KNOBS, get_variant
 from perft_exp.run_dir import OUTPUT_ROOT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -237,38 +238,12 @@ def run_tag(perft: DictConfig | dict, seed: int | None = None) -> str:
     Only knobs that differ from the paper's defaults are added, so the tag is stable and readable;
     a seed other than DEFAULT_SEED ends it (`R-n4-k2-r16-s1`).
     """
-    return _knob_tag(perft) + seed_suffix(seed)
+    return get_variant(perft["variant"]).run_tag(perft) + seed_suffix(seed)
 
 
 def seed_suffix(seed: int | None) -> str:
     """What run_tag appends for `seed`: "" for the default seed (or none), else `-s<seed>`."""
     return "" if seed is None or int(seed) == DEFAULT_SEED else f"-s{int(seed)}"
-
-
-def _knob_tag(perft: DictConfig | dict) -> str:
-    p = dict(perft)
-    v = p["variant"]
-    if v == "none":
-        return "none"
-    parts = [v]
-    if v in ("R", "D"):
-        parts.append(f"n{p['num_experts']}")
-    if v == "R":
-        parts.append(f"k{p['top_k']}")
-    parts.append(f"r{p['bottleneck']}")
-    if p.get("alpha") is not None and p["alpha"] != 2 * p["bottleneck"]:
-        parts.append(f"a{p['alpha']:g}")
-    if p.get("form", "lora") != "lora":
-        parts.append(p["form"])
-    if p.get("init", "paper") != "paper":
-        parts.append(p["init"])
-    if p.get("authors_weighting_defect"):
-        parts.append("defect")
-    return "-".join(parts)
-
-
-# The knobs run_tag shows; with the model, task and seed they define the config a run name's hash is taken against.
-_TAG_KNOBS = ("num_experts", "top_k", "bottleneck", "alpha", "form", "init", "authors_weighting_defect")
 
 
 def _fmt(value) -> str:
@@ -316,7 +291,7 @@ def changed_from_defaults(cfg: DictConfig) -> dict:
     # would do, so one cached compose per (model, task, variant) serves every job of a grid.
     defaults = copy.deepcopy(_defaults_source(groups))
     defaults["seed"] = have["seed"]
-    defaults["perft"].update({k: perft[k] for k in _TAG_KNOBS})
+    defaults["perft"].update({k: perft[k] for k in TAG_KNOBS})
     a, b = flatten(have), flatten(_resolve(defaults))
     return {k: a.get(k) for k in sorted(a.keys() | b.keys()) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
 

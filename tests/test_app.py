@@ -20,6 +20,7 @@ from perft_exp.config import CONF_DIR, compose, perft_config, validate
 from perft_exp.data.task import load_task_data
 from perft_exp.models.loading import build_meta_model
 from perft_exp.training.distributed import deepspeed_config
+from perft_exp.run_dir import RunDir
 from perft_exp.training.run import _training_arguments
 
 
@@ -77,7 +78,7 @@ def test_task_options(task, llm_adapters_dir, tmp_path, monkeypatch):
 def test_trainer_options(trainer, tmp_path):
     cfg = compose([f"trainer={trainer}"])
     validate(cfg)
-    args = _training_arguments(cfg, tmp_path, has_eval=True)
+    args = _training_arguments(cfg, RunDir(tmp_path), has_eval=True)
     assert args.learning_rate == cfg.trainer.learning_rate
     assert args.eval_steps == cfg.trainer.eval_steps and args.metric_for_best_model == "eval_loss"
 
@@ -295,5 +296,5 @@ def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_pat
     assert (
         explicit.trainer.seed == 5 and explicit.name.startswith("R-n4-k2-r16-") and explicit.name != one.name
     )
-    args = run._training_arguments(one, tmp_path, has_eval=True)
+    args = run._training_arguments(one, RunDir(tmp_path), has_eval=True)
     assert args["seed"] == args["data_seed"] == 1

@@ -4,6 +4,8 @@
   router_lora         LoRA on the frozen router's weight only
   expert_lora         LoRA on every FFN expert's fused 3-D weights (HF PEFT `target_parameters`)
   router_expert_lora  both
+Each baseline's registry entry (perft_exp/adapters/variants.py) names what it wraps, as `lora_targets`:
+"attention_qv" (modules), "router" and "experts" (raw parameters); the architecture file says where they live.
 Rank = perft.bottleneck, alpha = perft.alpha (2 r unless set). HF PEFT cannot apply dropout to LoRA on
 raw parameters (router/experts), so those baselines run with dropout 0 and say so in the log.
 """
@@ -16,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.variants import LORA_BASELINES
 from perft_exp.models.arch import get_architecture
 
 log = logging.getLogger(__name__)
@@ -23,18 +26,16 @@ log = logging.getLogger(__name__)
 
 def lora_config(cfg: PerftConfig, model_type: str) -> LoraConfig:
     arch = get_architecture(model_type)
-    targets = {
-        "qv_lora": ([*arch.attention_qv], []),
-        "router_lora": ([], [f"{arch.router_attr}.weight"]),
-        "expert_lora": ([], [f"{arch.experts_attr}.{p}" for p in arch.expert_params]),
-        "router_expert_lora": (
-            [],
-            [f"{arch.router_attr}.weight", *(f"{arch.experts_attr}.{p}" for p in arch.expert_params)],
-        ),
+    if cfg.variant not in LORA_BASELINES:
+        raise ValueError(f"not a LoRA baseline: {cfg.variant!r}; choose one of {', '.join(LORA_BASELINES)}")
+    where = {
+        "attention_qv": ([*arch.attention_qv], []),
+        "router": ([], [f"{arch.router_attr}.weight"]),
+        "experts": ([], [f"{arch.experts_attr}.{p}" for p in arch.expert_params]),
     }
-    if cfg.variant not in targets:
-        raise ValueError(f"not a LoRA baseline: {cfg.variant!r}; choose one of {', '.join(targets)}")
-    modules, parameters = targets[cfg.variant]
+    targets = [where[t] for t in cfg.spec.lora_targets]
+    modules = [m for mods, _ in targets for m in mods]
+    parameters = [p for _, params in targets for p in params]
     dropout = cfg.dropout
     if parameters and dropout:
         log.warning("%s: HF PEFT applies no dropout to LoRA on parameters; using dropout 0", cfg.variant)

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-PERFT_VARIANTS = ("R", "E", "D", "S")
-LORA_BASELINES = ("qv_lora", "router_lora", "expert_lora", "router_expert_lora")
-VARIANTS = (*PERFT_VARIANTS, *LORA_BASELINES, "none")
+from perft_exp.adapters.variants import (
+    KNOBS,
+    REGISTRY,
+    Family,
+    Variant,
+    get_variant,
+    run_label,
+    variant_label,
+)
+
 FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
 IMPLS = ("auto", "dense", "grouped", "loop")
@@ -43,12 +50,12 @@ class PerftConfig:
     adapter_dtype: str = "float32"  # dtype of the PEFT parameters ("model": same as the base)
 
     def __post_init__(self) -> None:
-        _one_of("variant", self.variant, VARIANTS)
+        spec = get_variant(self.variant)
         _one_of("form", self.form, FORMS)
         _one_of("init", self.init, INITS)
         _one_of("impl", self.impl, IMPLS)
         _one_of("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
-        if self.variant == "none":
+        if spec.family is Family.NONE:
             return
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"perft.bottleneck={self.bottleneck!r} must be an integer >= 1")
@@ -58,34 +65,30 @@ class PerftConfig:
             raise ValueError(f"perft.alpha={self.alpha!r} must be > 0")
         if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
             raise ValueError(f"perft.aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
-        if self.variant == "S":
-            if self.num_experts not in (None, 1):
+        for key, value in spec.fixed.items():
+            if value is not None and getattr(self, key) not in (None, value):
                 raise ValueError(
-                    f"perft.num_experts={self.num_experts} with variant S; S has one expert (use D)"
+                    f"perft.{key}={getattr(self, key)} with variant {self.variant}; {spec.fixed_note}"
                 )
-            self.num_experts, self.top_k = 1, None
-        elif self.variant == "D":
-            self._check_count("num_experts", self.num_experts)
-            self.top_k = None
-        elif self.variant == "R":
-            self._check_count("num_experts", self.num_experts)
-            self._check_count("top_k", self.top_k)
-            if self.top_k > self.num_experts:
-                raise ValueError(
-                    f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
-                )
-        elif self.variant == "E":
-            overridden = [
-                f"perft.{k}={getattr(self, k)}"
-                for k in ("num_experts", "top_k")
-                if getattr(self, k) is not None
-            ]
-            if overridden:
-                raise ValueError(
-                    f"variant E takes its expert count and top-k from the model's router; remove {', '.join(overridden)}"
-                )
-        if self.authors_weighting_defect and self.variant != "R":
-            raise ValueError("perft.authors_weighting_defect applies to variant R only")
+            setattr(self, key, value)
+        for key in spec.knobs:
+            self._check_count(key, getattr(self, key))
+        if "top_k" in spec.knobs and self.top_k > self.num_experts:
+            raise ValueError(
+                f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
+            )
+        overridden = [
+            f"perft.{k}={getattr(self, k)}" for k in spec.from_model if getattr(self, k) is not None
+        ]
+        if overridden:
+            raise ValueError(
+                f"variant {self.variant} takes its expert count and top-k from the model's router; "
+                f"remove {', '.join(overridden)}"
+            )
+        for knob in KNOBS:
+            owners = [name for name, v in REGISTRY.items() if knob.key in v.options]
+            if owners and knob.key not in spec.options and knob.is_set(self.to_dict()):
+                raise ValueError(f"perft.{knob.key} applies to variant {', '.join(owners)} only")
 
     @staticmethod
     def _check_count(key: str, value) -> None:
@@ -104,8 +107,13 @@ class PerftConfig:
         return self.alpha if self.alpha is not None else 2.0 * self.bottleneck
 
     @property
+    def spec(self) -> Variant:
+        """The variant's registry entry (perft_exp/adapters/variants.py)."""
+        return get_variant(self.variant)
+
+    @property
     def is_perft(self) -> bool:
-        return self.variant in PERFT_VARIANTS
+        return self.spec.is_perft
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,46 +132,4 @@ class PerftConfig:
 
     def run_label(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
         """The label of one run (console table, W&B, count_params): `R (Top2/4) r16`, `qv-LoRA r8`."""
-        label = self.display_name(base_top_k, base_experts)
-        return label if self.variant == "none" else f"{label} r{self.bottleneck}"
-
-
-BASELINE_LABELS = {
-    "qv_lora": "qv-LoRA",
-    "router_lora": "router-LoRA",
-    "expert_lora": "expert-LoRA",
-    "router_expert_lora": "router+expert-LoRA",
-    "none": "base model",
-}
-
-
-def _knob_suffix(perft: dict) -> str:
-    """Non-default knobs that change what a label means (the paper's runs all use the defaults)."""
-    r = perft.get("bottleneck")
-    knobs = []
-    if perft.get("alpha") is not None and r and perft["alpha"] != 2 * r:
-        knobs.append(f"alpha={perft['alpha']:g}")
-    if perft.get("form", "lora") != "lora":
-        knobs.append(perft["form"])
-    if perft.get("init", "paper") != "paper":
-        knobs.append(f"init={perft['init']}")
-    if perft.get("authors_weighting_defect"):
-        knobs.append("authors' defect")
-    return f" [{', '.join(knobs)}]" if knobs else ""
-
-
-def variant_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
-    """The one owner of config labels, from a `perft` mapping (results.json's or a PerftConfig's);
-    E names the base model's routing, so it needs the base model's top-k and expert count."""
-    v = perft["variant"]
-    if v == "R":
-        label = f"R (Top{perft['top_k']}/{perft['num_experts']})"
-    elif v == "E":
-        label = f"E (Top{base_top_k}/{base_experts})" if base_top_k and base_experts else "E"
-    elif v == "D":
-        label = f"D ({perft['num_experts']})"
-    elif v == "S":
-        label = "S (1)"
-    else:
-        label = BASELINE_LABELS.get(v, v)
-    return label + _knob_suffix(perft)
+        return run_label(self.to_dict(), base_top_k, base_experts)

@@ -14,6 +14,7 @@ from torch import nn
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.experts import PeftExperts
 from perft_exp.adapters.router import PeftRouter
+from perft_exp.adapters.variants import Routing, get_variant
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -33,8 +34,11 @@ class PerftLayer(nn.Module):
         self.variant, self.impl = cfg.variant, cfg.impl
         self.authors_weighting_defect = cfg.authors_weighting_defect
         dtype = model_dtype if cfg.adapter_dtype == "model" else _DTYPES[cfg.adapter_dtype]
-        num_experts = base_num_experts if cfg.variant == "E" else cfg.num_experts
-        self.top_k = {"R": cfg.top_k, "E": base_top_k}.get(cfg.variant, num_experts)
+        spec = cfg.spec
+        base = {"num_experts": base_num_experts, "top_k": base_top_k}
+        num_experts, self.top_k = spec.routing_numbers(
+            {**cfg.to_dict(), **{k: base[k] for k in spec.from_model}}
+        )
         if self.authors_weighting_defect and cfg.top_k > base_top_k:
             raise ValueError(
                 f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
@@ -53,7 +57,7 @@ class PerftLayer(nn.Module):
         )
         self.router = (
             PeftRouter(hidden_size, num_experts, cfg.top_k, dtype=torch.float32, device=device)
-            if cfg.variant == "R"
+            if spec.routing is Routing.OWN
             else None
         )
         # Set on each forward of R: what the aux loss and the routing statistics read.
@@ -62,7 +66,7 @@ class PerftLayer(nn.Module):
 
     @property
     def needs_base_routing(self) -> bool:
-        return self.variant == "E" or self.authors_weighting_defect
+        return get_variant(self.variant).uses_base_routing or self.authors_weighting_defect
 
     @property
     def num_experts(self) -> int:

@@ -33,7 +33,7 @@ from wandb_workspaces.reports.v2 import internal as report_internal
 from wandb_workspaces.workspaces import internal as workspace_internal
 
 from perft_exp import metric_schema as schema
-from perft_exp.adapters.config import variant_label
+from perft_exp.adapters.variants import get_variant, variant_label
 from perft_exp.analysis.offline_runs import OfflineRun
 
 WORKSPACE_NAME = "PERFT"
@@ -188,10 +188,12 @@ def series(sweep: SweepInfo) -> list[tuple[str, dict]]:
     out: dict[str, dict] = {}
     for perft in sweep.perft:
         keys = {schema.VARIANT.name: perft["variant"]}
-        if perft["variant"] in ("R", "D"):
-            keys[schema.N.name] = perft["num_experts"]
-        if perft["variant"] == "R":
-            keys[schema.K.name] = perft["top_k"]
+        knobs = get_variant(perft["variant"]).knobs
+        keys |= {
+            key.name: perft[knob]
+            for knob, key in (("num_experts", schema.N), ("top_k", schema.K))
+            if knob in knobs
+        }
         out.setdefault(variant_label(perft), keys)
     return list(out.items())
 

@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from perft_exp.adapters.config import BASELINE_LABELS, variant_label
+from perft_exp.adapters.variants import FIGURE_ORDER, LORA_BASELINES, REGISTRY, variant_label
 from perft_exp.analysis.bootstrap import SetArrays, bootstrap_intervals
 from perft_exp.config import seed_suffix
 from perft_exp.data.formats import ALL_TEST_SETS
@@ -52,23 +52,10 @@ from perft_exp.evaluation.metrics import (
 )
 from perft_exp.run_dir import RunDir
 
-FAMILY_ORDER = ("none", "qv_lora", "router_lora", "expert_lora", "router_expert_lora", "R", "E", "D", "S")
 SHORT_SET_NAMES = {
     "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS.", "winogrande": "WinoG.",
     "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA", "gsm8k": "GSM8K",
 }  # fmt: skip
-# One marker and colour per variant family in the figures.
-FAMILY_STYLE = {
-    "R": dict(marker="o", color="tab:red"),
-    "E": dict(marker="^", color="tab:blue"),
-    "D": dict(marker="s", color="tab:green"),
-    "S": dict(marker="D", color="tab:purple"),
-    "qv_lora": dict(marker=".", color="tab:gray"),
-    "router_lora": dict(marker="x", color="tab:olive"),
-    "expert_lora": dict(marker="+", color="tab:brown"),
-    "router_expert_lora": dict(marker="*", color="tab:cyan"),
-}
-BASELINES = ("qv_lora", "router_lora", "expert_lora", "router_expert_lora")
 
 
 @dataclass
@@ -116,8 +103,14 @@ class Run:
         return self.params.get("activated_ratio")
 
     def sort_key(self) -> tuple:
-        family = FAMILY_ORDER.index(self.variant) if self.variant in FAMILY_ORDER else len(FAMILY_ORDER)
+        family = FIGURE_ORDER.index(self.variant) if self.variant in FIGURE_ORDER else len(FIGURE_ORDER)
         return (family, self.num_experts or 0, self.top_k or 0, self.config, self.bottleneck or 0, self.name)
+
+
+def _style(variant: str) -> dict:
+    """A variant family's marker and colour in the figures (the registry's; black circles else)."""
+    spec = REGISTRY.get(variant)
+    return dict(spec.style) if spec and spec.style else dict(marker="o", color="black")
 
 
 def config_label(perft: dict, base_top_k: int | None = None, base_experts: int | None = None) -> str:
@@ -185,7 +178,10 @@ def run_from_results(results: dict, run_dir: Path) -> Run:
     perft = results.get("perft") or {"variant": results.get("variant", "none")}
     acc, average = _accuracies(results.get("eval"))
     known = _knowledge(results.get("eval"), RunDir(run_dir).records)
-    top_k, experts = _base_routing(run_dir) if perft["variant"] == "E" else (None, None)
+    spec = REGISTRY.get(perft["variant"])
+    # E's N and K are the model's: a resolved run records them, an older one left them null
+    unresolved = spec is not None and any(perft.get(k) is None for k in spec.from_model)
+    top_k, experts = _base_routing(run_dir) if unresolved else (None, None)
     seed = results.get("seed")
     return Run(
         model=results.get("model", "?"),
@@ -195,8 +191,8 @@ def run_from_results(results: dict, run_dir: Path) -> Run:
         bottleneck=perft.get("bottleneck") if perft["variant"] != "none" else None,
         accuracy=acc,
         average=average,
-        num_experts=perft.get("num_experts") if perft["variant"] in ("R", "D") else None,
-        top_k=perft.get("top_k") if perft["variant"] == "R" else None,
+        num_experts=perft.get("num_experts") if spec and "num_experts" in spec.knobs else None,
+        top_k=perft.get("top_k") if spec and "top_k" in spec.knobs else None,
         params=results.get("params") or {},
         train_file=results.get("train_file") or "",
         contaminated=list(results.get("contaminated_test_sets") or []),
@@ -615,14 +611,14 @@ def efficiency_figure(runs: list[Run], title: str = ""):
         if run.average is not None and run.variant != "none" and run.activated_ratio:
             by_family[run.variant].append(run)
     entries, labels = 0, []
-    for family, members in sorted(by_family.items(), key=lambda kv: FAMILY_ORDER.index(kv[0])):
-        style = FAMILY_STYLE.get(family, dict(marker="o", color="black"))
+    for family, members in sorted(by_family.items(), key=lambda kv: FIGURE_ORDER.index(kv[0])):
+        style = _style(family)
         members = sorted(members, key=lambda r: r.activated_ratio)
         x = [100 * r.activated_ratio for r in members]
         y = [100 * r.average for r in members]
-        label = BASELINE_LABELS.get(family, f"PERFT-{family}")
+        label = REGISTRY[family].legend
         yerr = _yerr(members)
-        if family in BASELINES:  # MoE-agnostic / -aware LoRA baselines: a line over their ranks
+        if family in LORA_BASELINES:  # MoE-agnostic / -aware LoRA baselines: a line over their ranks
             ax.errorbar(x, y, yerr=yerr, linestyle="-" if family == "qv_lora" else "--", linewidth=1.5,
                         markersize=8, capsize=3, label=label, **style)  # fmt: skip
         else:
@@ -677,7 +673,7 @@ def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:
     configs = sorted(by_config, key=lambda c: by_config[c][0].sort_key())
     # tab20 without its greys (kept for the baseline), so a grid's ~20 configs get distinct colours.
     palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]
-    tuned = [c for c in configs if by_config[c][0].variant not in BASELINES]
+    tuned = [c for c in configs if by_config[c][0].variant not in LORA_BASELINES]
     per_family = Counter(by_config[c][0].variant for c in configs)
     # Error bars of configs at the same r are dodged apart (a few hundredths of an octave each).
     step = min(0.04, 0.3 / max(len(configs), 1))
@@ -685,8 +681,8 @@ def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:
         members = sorted(by_config[config], key=lambda r: r.bottleneck)
         dodge = 2 ** (step * (n - (len(configs) - 1) / 2))
         variant = members[0].variant
-        style = FAMILY_STYLE.get(variant, dict(marker="o", color="black"))
-        if variant in BASELINES:
+        style = _style(variant)
+        if variant in LORA_BASELINES:
             color, linestyle = style["color"], "--"
         elif per_family[variant] == 1:  # one config of its family: the family's colour, as in the other plot
             color, linestyle = style["color"], "-"

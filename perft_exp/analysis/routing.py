@@ -39,6 +39,7 @@ from torch import nn
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.layer import PerftLayer
+from perft_exp.adapters.variants import get_variant
 from perft_exp.models.arch import get_architecture
 
 
@@ -150,7 +151,9 @@ def track_routing(model: nn.Module) -> Iterator[RoutingStats]:
 
     handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
     layers = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, PerftLayer) and m.variant in ("R", "E")
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, PerftLayer) and get_variant(m.variant).routed
     ]
     for i, (name, layer) in enumerate(layers):
         device = layer.experts.A.device

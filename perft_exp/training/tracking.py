@@ -25,21 +25,13 @@ from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_
 log = logging.getLogger(__name__)
 
 
-def routing_numbers(perft: PerftConfig, base_experts: int, base_top_k: int) -> tuple[int | None, int | None]:
-    """(N, K): PEFT experts per layer and how many a token uses; E takes the model's, D uses all N."""
-    if perft.variant == "R":
-        return perft.num_experts, perft.top_k
-    if perft.variant == "E":
-        return base_experts, base_top_k
-    if perft.variant in ("D", "S"):
-        return perft.num_experts, perft.num_experts
-    return None, None
-
-
 def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: int,
                base_experts: int, base_top_k: int) -> dict:  # fmt: skip
     """The flat config keys of metric_schema.CONFIG_KEYS for one run."""
-    n, k = routing_numbers(perft, base_experts, base_top_k)
+    base = {"num_experts": base_experts, "top_k": base_top_k}
+    n, k = perft.spec.routing_numbers(
+        {**perft.to_dict(), **{key: base[key] for key in perft.spec.from_model}}
+    )
     tr = cfg.trainer
     values = {
         schema.VARIANT: perft.variant,

@@ -24,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, perft_layers, trainable_parameters
+from perft_exp.adapters.variants import get_variant
 from perft_exp.analysis.routing import track_routing
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class PerftTrainer(Trainer):
 
     def evaluate(self, *args, **kwargs):
         """Validation loss, plus per-layer PEFT-router statistics (expert load, entropy) for R and E."""
-        if not any(layer.variant in ("R", "E") for layer in perft_layers(self._unwrapped())):
+        if not any(get_variant(layer.variant).routed for layer in perft_layers(self._unwrapped())):
             return super().evaluate(*args, **kwargs)
         with track_routing(self._unwrapped()) as stats:
             metrics = super().evaluate(*args, **kwargs)
