@@ -63,6 +63,16 @@ def sweep_record(output_root: str | Path, sweep: str) -> Path:
     return Path(output_root) / "sweeps" / f"{sweep}.json"
 
 
+class _Below:
+    """A path below a run directory, as a read-only attribute of RunDir: `RunDir(p).results == p / RESULTS_NAME`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir | None, owner: type) -> Path:
+        return Path(self.name) if run is None else run.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """One run directory: its paths, its state, its results, its failure record and its config."""
@@ -79,43 +89,17 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
-    # --- paths ------------------------------------------------------------------------------------------
+    # --- paths (each a `_Below` the directory) ---------------------------------------------------------
 
-    @property
-    def results(self) -> Path:
-        return self.path / RESULTS_NAME
-
-    @property
-    def failed(self) -> Path:
-        return self.path / FAILED_NAME
-
-    @property
-    def run_config(self) -> Path:
-        return self.path / RUN_CONFIG_NAME
-
-    @property
-    def config_yaml(self) -> Path:
-        return self.path / CONFIG_YAML
-
-    @property
-    def overrides_yaml(self) -> Path:
-        return self.path / ".hydra" / "overrides.yaml"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def adapter(self) -> Path:
-        return self.path / ADAPTER_DIR
-
-    @property
-    def records(self) -> Path:
-        return self.path / RECORDS_DIR
-
-    @property
-    def launcher_log(self) -> Path:
-        return self.path / "launcher.log"
+    results = _Below(RESULTS_NAME)
+    failed = _Below(FAILED_NAME)
+    run_config = _Below(RUN_CONFIG_NAME)
+    config_yaml = _Below(CONFIG_YAML)
+    overrides_yaml = _Below(".hydra/overrides.yaml")
+    checkpoints = _Below(CHECKPOINTS_DIR)
+    adapter = _Below(ADAPTER_DIR)
+    records = _Below(RECORDS_DIR)
+    launcher_log = _Below("launcher.log")
 
     def evaluation(self, name: str) -> Path:
         """The directory of one re-evaluation (`<task>-<mode>[-base]`); `write_evaluation` fills it."""

@@ -19,8 +19,8 @@ from perft_exp.cli import _strip_launcher_args
 from perft_exp.config import CONF_DIR, compose, perft_config, validate
 from perft_exp.data.task import load_task_data
 from perft_exp.models.loading import build_meta_model
-from perft_exp.training.distributed import deepspeed_config
 from perft_exp.run_dir import RunDir
+from perft_exp.training.distributed import deepspeed_config
 from perft_exp.training.run import _training_arguments
 
 
