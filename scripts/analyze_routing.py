@@ -36,7 +36,6 @@ from perft_exp.analysis.routing import plot_loads, plot_vectors, router_angles, 
 from perft_exp.cli import one_line
 from perft_exp.data.prompts import build_prompt
 from perft_exp.data.task import load_task_data
-from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir
 
@@ -86,8 +85,7 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(cfg.model, device=device)
     model = load_adapter(model, run.adapter).eval()
-    arch = get_architecture(cfg.model.model_type)
-    info["config"] = model.perft_config.run_label(arch.top_k(model.config), arch.num_experts(model.config))
+    info["config"] = model.perft_config.run_label()
     out = Path(opts["out"]) / info["task"] / info["model"] / info["run"]
     out.mkdir(parents=True, exist_ok=True)
 

@@ -16,7 +16,6 @@ from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.model import apply_adapters
 from perft_exp.cli import one_line
 from perft_exp.config import compose, perft_config
-from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import build_meta_model, load_model
 
 
@@ -24,10 +23,8 @@ def count(overrides: list[str]) -> dict:
     cfg = compose(overrides)
     perft = perft_config(cfg)
     model = build_meta_model(cfg.model) if cfg.model.architecture else load_model(cfg.model)[0]
-    arch = get_architecture(cfg.model.model_type)
-    label = perft.run_label(arch.top_k(model.config), arch.num_experts(model.config))
     model = apply_adapters(model, perft)
-    return {"model": cfg.model.name, "config": label,
+    return {"model": cfg.model.name, "config": model.perft_config.run_label(),
             **count_parameters(model).to_dict()}  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,17 @@ def test_a_run_that_changed_the_defaults_is_marked_in_the_table(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     (run_dir / "results.json").write_text(json.dumps({**results, "config_changes": ["trainer=debug"]}))
     assert [r.config for r in collect(tmp_path).runs if r.variant == "S"] == ["S (1) {trainer=debug}"]
+
+
+def test_E_is_labelled_from_its_resolved_results_and_older_null_ones_from_the_adapter(tmp_path: Path):
+    """A resolved run records E's N and K in its results; one written before that (nulls) still loads, its label
+    then read from the saved adapter's base-model signature."""
+    old = write_run(tmp_path, "commonsense", "E", 16)  # perft num_experts/top_k null; an adapter with 64/8
+    new = write_run(tmp_path, "commonsense", "E", 8, model="mixtral_8x7b")
+    results = json.loads((new / "results.json").read_text())
+    results["perft"] |= {"num_experts": 8, "top_k": 2, "aux_loss_coef": 0.02}
+    (new / "results.json").write_text(json.dumps(results))
+    shutil.rmtree(new / "adapter")  # the label must come from the results alone
+    labels = {run.model: run.config for run in collect(tmp_path).runs if run.variant == "E"}
+    assert labels == {"olmoe_1b_7b": "E (Top8/64)", "mixtral_8x7b": "E (Top2/8)"}
+    assert old.is_dir()

@@ -66,3 +66,29 @@ def test_knobs_that_apply_to_one_variant_are_refused_elsewhere():
         PerftConfig(variant="D", num_experts=4, top_k=None, authors_weighting_defect=True)
     with pytest.raises(ValueError, match="S has one expert"):
         PerftConfig(variant="S", num_experts=2, top_k=None)
+
+
+def test_resolve_fills_the_model_dependent_defaults_once():
+    """E's N and K are the base model's and a null aux coefficient the architecture's: filled by resolve (which
+    apply_adapters runs), so what is saved and labelled holds numbers, and the dict round-trips."""
+    from moe_models import tiny_moe
+
+    from perft_exp.adapters.model import apply_adapters
+    from perft_exp.models.arch import get_architecture
+
+    model = tiny_moe("olmoe")
+    arch = get_architecture(model.config.model_type)
+    composed = PerftConfig(variant="E", num_experts=None, top_k=None, bottleneck=4)
+    resolved = composed.resolve(arch, model.config)
+    assert (resolved.num_experts, resolved.top_k) == (
+        arch.num_experts(model.config),
+        arch.top_k(model.config),
+    )
+    assert resolved.aux_loss_coef == arch.adapter_aux_loss_coef and composed.aux_loss_coef is None
+    assert resolved.resolve(arch, model.config) == resolved
+    assert PerftConfig.from_dict(resolved.to_dict()) == resolved
+    assert PerftConfig(variant="R", aux_loss_coef=0.5).resolve(arch, model.config).aux_loss_coef == 0.5
+    built = apply_adapters(model, composed).perft_config
+    assert built == resolved and None not in (built.num_experts, built.top_k, built.aux_loss_coef)
+    n, k = resolved.spec.routing_numbers(resolved.to_dict())
+    assert resolved.display_name() == f"E (Top{k}/{n})"

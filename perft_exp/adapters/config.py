@@ -1,12 +1,21 @@
-"""`PerftConfig`: what to attach to a frozen MoE model, validated on construction.
+"""`PerftConfig`: what to attach to a frozen MoE model, validated on construction, resolved against the model.
 
 Field names equal the Hydra keys under `perft.` and the paper's names:
 `num_experts` (N), `top_k` (K), `bottleneck` (r, the paper's D_B), `alpha` (LoRA scale numerator).
+
+Two states of one object. As composed, a config holds what the user chose: E's N and K are null (the base
+model decides them) and `aux_loss_coef` may be null (the architecture decides it). `resolve(arch, model_config)`
+fills those model-dependent defaults once, when the base model is known (apply_adapters does it), so the object
+that is built is the object that is saved: the run's results, its adapter_config.json, its run label and W&B
+config all read the resolved values (`E (Top8/64)`, aux_loss_coef 0.01), never a null to fill in again.
+What each variant takes from the user, from the model, or pins is its registry entry (adapters/variants.py).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING
 
 from perft_exp.adapters.variants import (
     KNOBS,
@@ -17,6 +26,9 @@ from perft_exp.adapters.variants import (
     run_label,
     variant_label,
 )
+
+if TYPE_CHECKING:
+    from perft_exp.models.arch import MoEArchitecture
 
 FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
@@ -120,11 +132,30 @@ class PerftConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PerftConfig:
+        """A config from its dict, resolved or not (an adapter_config.json's `perft`, a run's results')."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown perft keys: {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
+        from_model = {
+            k: d[k] for k in get_variant(d.get("variant", cls.variant)).from_model if d.get(k) is not None
+        }
+        cfg = cls(**{**d, **dict.fromkeys(from_model)})
+        for key, value in from_model.items():  # resolved values: the base model's, already checked against it
+            setattr(cfg, key, value)
+        return cfg
+
+    def resolve(self, arch: MoEArchitecture, model_config) -> PerftConfig:
+        """A copy with the model-dependent defaults filled in: the knobs the variant takes from the model (E's N
+        and K: the model's expert count and top-k) and a null aux_loss_coef (the architecture's). Idempotent."""
+        out = copy.copy(self)
+        for key in self.spec.from_model:
+            setattr(
+                out, key, getattr(arch, key)(model_config)
+            )  # arch.num_experts(config), arch.top_k(config)
+        if out.aux_loss_coef is None:
+            out.aux_loss_coef = arch.adapter_aux_loss_coef
+        return out
 
     def display_name(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
         """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""

@@ -106,6 +106,8 @@ def check_compatible(
     if cfg is not None:
         saved = PerftConfig.from_dict(meta["perft"])
         for key in ("variant", "num_experts", "top_k", "bottleneck", "form"):
+            if key in saved.spec.from_model:  # the base model's (E): its signature is checked above
+                continue
             if getattr(saved, key) != getattr(cfg, key):
                 raise AdapterError(
                     f"adapter {where} is perft.{key}={getattr(saved, key)!r}, but the run asks for {getattr(cfg, key)!r}"

@@ -24,7 +24,6 @@ class PerftLayer(nn.Module):
         self,
         cfg: PerftConfig,
         hidden_size: int,
-        base_num_experts: int,
         base_top_k: int,
         *,
         model_dtype: torch.dtype = torch.float32,
@@ -35,9 +34,9 @@ class PerftLayer(nn.Module):
         self.authors_weighting_defect = cfg.authors_weighting_defect
         dtype = model_dtype if cfg.adapter_dtype == "model" else _DTYPES[cfg.adapter_dtype]
         spec = cfg.spec
-        base = {"num_experts": base_num_experts, "top_k": base_top_k}
-        num_experts, self.top_k = spec.routing_numbers(
-            {**cfg.to_dict(), **{k: base[k] for k in spec.from_model}}
+        num_experts, self.top_k = spec.routing_numbers(cfg.to_dict())
+        assert num_experts and self.top_k, (
+            f"variant {cfg.variant}: resolve the config against the model first"
         )
         if self.authors_weighting_defect and cfg.top_k > base_top_k:
             raise ValueError(

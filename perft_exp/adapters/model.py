@@ -39,6 +39,7 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
     if not cfg.is_perft:
         raise ValueError(f"apply_perft takes variants R, E, D, S; got {cfg.variant!r}")
     arch = arch or get_architecture(model.config.model_type)
+    cfg = cfg.resolve(arch, model.config)
     blocks = find_moe_blocks(model, arch)
     if not blocks:
         raise ValueError(
@@ -52,7 +53,6 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
         layer = PerftLayer(
             cfg,
             cfg_model.hidden_size,
-            arch.num_experts(cfg_model),
             arch.top_k(cfg_model),
             model_dtype=ref.dtype,
             device=ref.device,
@@ -63,7 +63,10 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
 
 
 def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
-    """PERFT variants in place; LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only."""
+    """PERFT variants in place; LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only.
+
+    `cfg` is resolved against the model first (PerftConfig.resolve); `model.perft_config` is the resolved one."""
+    cfg = cfg.resolve(get_architecture(model.config.model_type), model.config)
     if cfg.variant == "none":
         freeze(model)
         model.perft_config = cfg

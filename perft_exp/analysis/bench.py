@@ -50,7 +50,6 @@ from torch import nn
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import adapter_aux_loss, apply_adapters, freeze, trainable_parameters
 from perft_exp.config import CONF_DIR, cache_root
-from perft_exp.models.arch import get_architecture
 
 
 @dataclass(frozen=True)
@@ -133,8 +132,7 @@ class Case:
         else:
             cfg = PerftConfig(bottleneck=16, dropout=0.0, adapter_dtype=adapter_dtype, **spec)
             model = apply_adapters(model, cfg)
-            arch = get_architecture(base.config.model_type)
-            self.aux_coef = cfg.aux_loss_coef if cfg.aux_loss_coef is not None else arch.adapter_aux_loss_coef
+            self.aux_coef = model.perft_config.aux_loss_coef  # resolved: the architecture's unless set
         self.model = model.train()
         params = list(trainable_parameters(model).values())
         self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0) if params else None

@@ -197,20 +197,12 @@ def run_mean_loss(log_history: list[dict]) -> float | None:
     return total / last if last else None
 
 
-def _routing_facts(model, arch) -> tuple[int | None, int | None]:
-    """(top-k, experts) of the base model, for E's label."""
-    config = getattr(model, "config", None)
-    try:
-        return arch.top_k(config), arch.num_experts(config)
-    except (AttributeError, TypeError):
-        return None, None
-
-
 def _evaluate_base_only(cfg: DictConfig, perft, run: RunDir, t0: float) -> dict:
     """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
     tests = load_task_data(cfg.task, train=False).tests
     model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
     model = apply_adapters(model, perft)
+    perft = model.perft_config  # resolved against the model
     model.eval()
     results = {
         "variant": perft.variant, "variant_name": perft.run_label(), "perft": perft.to_dict(),
@@ -260,6 +252,7 @@ def train(cfg: DictConfig) -> dict:
     if checkpoint:
         check_compatible(read_adapter_config(checkpoint), model.config, perft, where=checkpoint)
     model = apply_adapters(model, perft)
+    perft = model.perft_config  # resolved against the model: E's N and K, the aux-loss coefficient
     arch = get_architecture(cfg.model.model_type)
     if cfg.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
@@ -276,12 +269,10 @@ def train(cfg: DictConfig) -> dict:
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  cfg.task.cutoff_len, len(val_set))  # fmt: skip
-    base_top_k, base_experts = _routing_facts(model, arch)
-    flat = run_config(cfg, perft, params, world_size(), base_experts, base_top_k)
-    label = perft.run_label(base_top_k, base_experts)
+    flat = run_config(cfg, perft, params, world_size())
+    label = perft.run_label()
     tracking = is_main_process() and init_wandb(cfg, label, run.path, flat)
 
-    aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
@@ -291,7 +282,7 @@ def train(cfg: DictConfig) -> dict:
         data_collator=CausalLMCollator(tokenizer),
         processing_class=tokenizer,
         callbacks=[preemption],
-        adapter_aux_coef=aux_coef,
+        adapter_aux_coef=perft.aux_loss_coef,
         base_aux_loss=cfg.trainer.base_aux_loss,
         nonfinite_loss=cfg.trainer.nonfinite_loss,
         base_model_name=cfg.model.pretrained,

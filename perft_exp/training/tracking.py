@@ -25,17 +25,13 @@ from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_
 log = logging.getLogger(__name__)
 
 
-def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: int,
-               base_experts: int, base_top_k: int) -> dict:  # fmt: skip
-    """The flat config keys of metric_schema.CONFIG_KEYS for one run."""
-    base = {"num_experts": base_experts, "top_k": base_top_k}
-    n, k = perft.spec.routing_numbers(
-        {**perft.to_dict(), **{key: base[key] for key in perft.spec.from_model}}
-    )
+def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: int) -> dict:
+    """The flat config keys of metric_schema.CONFIG_KEYS for one run, from its resolved PerftConfig."""
+    n, k = perft.spec.routing_numbers(perft.to_dict())
     tr = cfg.trainer
     values = {
         schema.VARIANT: perft.variant,
-        schema.LABEL: perft.display_name(base_top_k, base_experts),
+        schema.LABEL: perft.display_name(),
         schema.N: n,
         schema.K: k,
         schema.R: perft.bottleneck if perft.variant != "none" else None,
