@@ -84,12 +84,13 @@ def one_line(exc: BaseException) -> str:
 
 
 def _job_overrides(overrides: list[str], multirun: bool) -> list[list[str]]:
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if not multirun:
-        return [overrides]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """The jobs the command line describes: itself, or a multirun's grid (what Hydra's basic sweeper runs)."""
+    from perft_exp.sweeps.grid import expand
 
-    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    if not multirun:
+        OverridesParser.create().parse_overrides(overrides)  # a malformed override fails here, named
+        return [overrides]
+    return expand(overrides)
 
 
 SLURM_EXTRA_HINT = "the Slurm launcher needs hydra-submitit-launcher: pip install -e '.[slurm]'"

@@ -16,19 +16,16 @@ or `wandb login`); the dry run and the check need neither an account nor a netwo
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
 from perft_exp.analysis import dashboards
 from perft_exp.analysis.offline_runs import offline_run_dirs, read_offline_run
+from perft_exp.cli import one_line
 from perft_exp.config import REPO_ROOT, compose
 from perft_exp.data.formats import canonical_test_set
-
-_spec = importlib.util.spec_from_file_location("sweep_cli", REPO_ROOT / "scripts" / "sweep.py")
-sweep_cli = sys.modules["sweep_cli"] = importlib.util.module_from_spec(_spec)  # the sweep loader, not copied
-_spec.loader.exec_module(sweep_cli)
+from perft_exp.sweeps.grid import SWEEPS_DIR, Sweep, SweepError
 
 
 def _sync_command(run_dirs: list[Path], entity: str, project: str) -> str:
@@ -43,11 +40,11 @@ def sweep_info(
     name: str, overrides: list[str], entity: str, project: str
 ) -> tuple[dashboards.SweepInfo, list[Path]]:
     """What the report needs from a sweep's composed jobs, and the jobs' run directories."""
-    sweep = sweep_cli.Sweep.load(name)
+    sweep = Sweep.load(name)
     try:
         cfgs = [compose(job) for job in sweep.jobs(overrides)]
     except Exception as e:  # noqa: BLE001 - a bad override: one line, as scripts/sweep.py reports it
-        raise sweep_cli.SweepError(f"{sweep.name}: {sweep_cli.one_line(e)}") from e
+        raise SweepError(f"{sweep.name}: {one_line(e)}") from e
     run_dirs = [Path(cfg.output_dir) for cfg in cfgs]
     test_sets = list(dict.fromkeys(canonical_test_set(s) for cfg in cfgs for s in cfg.task.test_sets))
     extra = "".join(f" {o}" for o in overrides)
@@ -56,7 +53,7 @@ def sweep_info(
         _sync_command(run_dirs, entity, project),
         f"python scripts/wandb_dashboard.py --sweep {sweep.name} --entity {entity} --project {project}{extra}",
     ]
-    file = (sweep_cli.SWEEPS_DIR / f"{sweep.name}.yaml").relative_to(REPO_ROOT)
+    file = (SWEEPS_DIR / f"{sweep.name}.yaml").relative_to(REPO_ROOT)
     perft = [dict(cfg.perft) for cfg in cfgs]
     return dashboards.SweepInfo(
         sweep.name, str(file), sweep.description, test_sets, perft, commands
@@ -118,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     entity = args.entity or "ENTITY"  # dry runs and checks: a placeholder the specs show
     try:
         info, run_dirs = sweep_info(args.sweep, overrides, entity, args.project)
-    except sweep_cli.SweepError as e:
+    except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     workspace = dashboards.workspace(entity, args.project, info.test_sets)

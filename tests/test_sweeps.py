@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import subprocess
@@ -13,23 +12,22 @@ from pathlib import Path
 import pytest
 
 from perft_exp.config import REPO_ROOT
-
-_spec = importlib.util.spec_from_file_location("sweep_cli", REPO_ROOT / "scripts" / "sweep.py")
-sweep_cli = importlib.util.module_from_spec(_spec)
-sys.modules["sweep_cli"] = sweep_cli
-_spec.loader.exec_module(sweep_cli)
+from perft_exp.sweeps import cli as sweep_cli
+from perft_exp.sweeps import grid as sweep_grid
+from perft_exp.sweeps import jobs as sweep_jobs
+from perft_exp.sweeps import launch as sweep_launch
 
 PAPER_GRIDS = {"olmoe_commonsense": 100, "olmoe_math": 52, "mixtral_commonsense": 12, "mixtral_math": 3}
 SMALL = ["mixtral_commonsense", "mixtral_math", "bottleneck_ablation", "toy"]
 
 
 def test_every_grid_is_listed():
-    assert set(PAPER_GRIDS) | {"bottleneck_ablation", "toy"} <= set(sweep_cli.list_sweeps())
+    assert set(PAPER_GRIDS) | {"bottleneck_ablation", "toy"} <= set(sweep_grid.list_sweeps())
 
 
 @pytest.mark.parametrize("name, count", sorted(PAPER_GRIDS.items()))
 def test_paper_grid_sizes_and_distinct_jobs(name, count):
-    sweep = sweep_cli.Sweep.load(name)
+    sweep = sweep_grid.Sweep.load(name)
     jobs = sweep.jobs()
     assert len(jobs) == sweep.size() == count
     assert len({frozenset(job) for job in jobs}) == count  # no job listed twice
@@ -42,7 +40,7 @@ def _perft_knobs(job: list[str]) -> tuple:
 
 
 def test_olmoe_commonsense_matches_the_authors_grid():
-    jobs = [_perft_knobs(j) for j in sweep_cli.Sweep.load("olmoe_commonsense").jobs()]
+    jobs = [_perft_knobs(j) for j in sweep_grid.Sweep.load("olmoe_commonsense").jobs()]
     pairs = ["n2k1", "n2k2", "n4k1", "n4k2", "n4k4", "n8k1", "n8k2", "n8k4", "n8k8", "n16k1", "n16k2", "n16k4",
              "n16k8", "n32k8", "n64k8"]  # fmt: skip
     expected = {("R", p, None, str(r)) for p, r in itertools.product(pairs, (4, 8, 16, 32))}
@@ -57,31 +55,31 @@ def test_olmoe_commonsense_matches_the_authors_grid():
 
 
 def test_toy_runs_every_config_with_three_seeds():
-    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_cli.Sweep.load("toy").jobs()]
+    jobs = [dict(o.split("=", 1) for o in job) for job in sweep_grid.Sweep.load("toy").jobs()]
     configs = Counter(tuple(sorted((k, v) for k, v in job.items() if k != "seed")) for job in jobs)
     assert len(jobs) == 45 and len(configs) == 15 and set(configs.values()) == {3}
     assert {job["seed"] for job in jobs} == {"0", "1", "2"}
 
 
 def test_bottleneck_ablation_is_one_variant_over_six_sizes():
-    jobs = [_perft_knobs(j) for j in sweep_cli.Sweep.load("bottleneck_ablation").jobs()]
+    jobs = [_perft_knobs(j) for j in sweep_grid.Sweep.load("bottleneck_ablation").jobs()]
     assert len({j[:3] for j in jobs}) == 1
     assert sorted(int(j[3]) for j in jobs) == [2, 4, 8, 16, 32, 64]
 
 
 @pytest.mark.parametrize("name", SMALL)
 def test_small_sweeps_compose_with_distinct_run_dirs(name):
-    jobs = sweep_cli.check_sweep(sweep_cli.Sweep.load(name))  # raises on a bad job or a shared run dir
+    jobs = sweep_jobs.check_sweep(sweep_grid.Sweep.load(name))  # raises on a bad job or a shared run dir
     assert len({job.run_dir for job in jobs}) == len(jobs)
 
 
 @pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
 def test_each_block_of_the_large_grids_composes(name):
-    sweep = sweep_cli.Sweep.load(name)
+    sweep = sweep_grid.Sweep.load(name)
     for block in sweep.blocks:
         jobs = sweep.block_jobs(block)
         for overrides in {tuple(jobs[0]), tuple(jobs[-1])}:
-            job = sweep_cli.check_job(list(overrides))
+            job = sweep_jobs.check_job(list(overrides))
             assert job.run_dir.parts[-3:-1] == (
                 "commonsense" if "commonsense" in name else "math",
                 "olmoe_1b_7b",
@@ -91,7 +89,7 @@ def test_each_block_of_the_large_grids_composes(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
 def test_every_job_of_the_large_grids_composes(name):
-    jobs = sweep_cli.check_sweep(sweep_cli.Sweep.load(name))
+    jobs = sweep_jobs.check_sweep(sweep_grid.Sweep.load(name))
     assert len({job.run_dir for job in jobs}) == PAPER_GRIDS[name]
 
 
@@ -115,7 +113,7 @@ def test_show_is_a_dry_run(monkeypatch, capsys):
 
 
 def test_block_becomes_one_multirun_command():
-    sweep = sweep_cli.Sweep.load("mixtral_math")
+    sweep = sweep_grid.Sweep.load("mixtral_math")
     assert sweep.block_overrides(sweep.blocks[0], ["deepspeed=zero3"]) == [
         "model=mixtral_8x7b", "task=math", "trainer=mixtral", "logger.group=mixtral_math",
         "variant=R", "routing=n2k2,n8k2", "perft.bottleneck=8", "deepspeed=zero3",
@@ -123,7 +121,7 @@ def test_block_becomes_one_multirun_command():
 
 
 def test_extra_overrides_reach_every_job_and_win():
-    sweep = sweep_cli.Sweep.load("toy")
+    sweep = sweep_grid.Sweep.load("toy")
     jobs = sweep.jobs(["trainer=debug"])
     assert all("trainer=debug" in job and "trainer=tiny" not in job for job in jobs)
     assert sweep.env == {"OMP_NUM_THREADS": "1"}
@@ -132,20 +130,20 @@ def test_extra_overrides_reach_every_job_and_win():
 def test_bad_sweep_files_are_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("fixed: {model: tiny_olmoe}\nblocks:\n  - {model: [tiny_olmoe]}\n")
-    with pytest.raises(sweep_cli.SweepError, match="already sets"):
-        sweep_cli.Sweep.load(str(bad))
+    with pytest.raises(sweep_grid.SweepError, match="already sets"):
+        sweep_grid.Sweep.load(str(bad))
     clash = tmp_path / "clash.yaml"
     clash.write_text("blocks:\n  - {variant: S, perft.bottleneck: [4, 4]}\n")
-    with pytest.raises(sweep_cli.SweepError, match="share a run directory"):
-        sweep_cli.check_sweep(sweep_cli.Sweep.load(str(clash)))
-    with pytest.raises(sweep_cli.SweepError, match="no sweep"):
-        sweep_cli.Sweep.load("no_such_grid")
+    with pytest.raises(sweep_grid.SweepError, match="share a run directory"):
+        sweep_jobs.check_sweep(sweep_grid.Sweep.load(str(clash)))
+    with pytest.raises(sweep_grid.SweepError, match="no sweep"):
+        sweep_grid.Sweep.load("no_such_grid")
 
 
 def test_gpu_groups():
-    assert sweep_cli._gpu_groups("0,1,2,3", 2) == [["0", "1"], ["2", "3"]]
-    with pytest.raises(sweep_cli.SweepError):
-        sweep_cli._gpu_groups("0,1,2", 2)
+    assert sweep_launch.gpu_groups("0,1,2,3", 2) == [["0", "1"], ["2", "3"]]
+    with pytest.raises(sweep_grid.SweepError):
+        sweep_launch.gpu_groups("0,1,2", 2)
 
 
 def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path, monkeypatch):
@@ -158,13 +156,13 @@ def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path
         "open(os.path.join(args['out'], 'results.json'), 'w').write(json.dumps(\n"
         "    {'gpus': os.environ['CUDA_VISIBLE_DEVICES'], 'env': os.environ['SWEEP_TEST']}))\n"
     )
-    monkeypatch.setattr(sweep_cli, "TRAIN_PY", fake)
-    jobs = [sweep_cli.Job([f"out={tmp_path / name}", f"fail={int(name == 'bad')}"], tmp_path / name)
+    monkeypatch.setattr(sweep_launch, "TRAIN_PY", fake)
+    jobs = [sweep_jobs.Job([f"out={tmp_path / name}", f"fail={int(name == 'bad')}"], tmp_path / name)
             for name in ("a", "b", "bad", "done")]  # fmt: skip
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text("{}")
 
-    sweep_cli.run_on_gpus(jobs, [["0"], ["1"]], env={"SWEEP_TEST": "7"})
+    sweep_launch.run_on_gpus(jobs, [["0"], ["1"]], env={"SWEEP_TEST": "7"})
     assert [job.state() for job in jobs] == ["finished", "finished", "failed", "finished"]
     finished = [json.loads((tmp_path / n / "results.json").read_text()) for n in "ab"]
     assert {r["gpus"] for r in finished} <= {"0", "1"} and {r["env"] for r in finished} == {"7"}
@@ -176,9 +174,9 @@ def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path
 def test_local_jobs_run_in_a_cpu_pool(monkeypatch):
     """`run --jobs N`: N CPU worker slots, no GPU pinned; `--jobs 1` keeps Hydra's sequential multirun."""
     calls = {}
-    monkeypatch.setattr(sweep_cli, "run_on_gpus", lambda jobs, groups, env=None, cpu=False: calls.update(
+    monkeypatch.setattr(sweep_launch, "run_on_gpus", lambda jobs, groups, env=None, cpu=False: calls.update(
         groups=groups, cpu=cpu, n=len(jobs)))  # fmt: skip
-    monkeypatch.setattr(sweep_cli, "run_multirun", lambda *a, **k: calls.update(multirun=True))
+    monkeypatch.setattr(sweep_launch, "run_multirun", lambda *a, **k: calls.update(multirun=True))
     assert sweep_cli.parse_args(["run", "toy", "--jobs", "2"]).jobs == 2
     sweep_cli.main(["run", "toy", "--jobs", "2"])
     assert calls["groups"] == [["0"], ["1"]] and calls["cpu"] is True and calls["n"] == 45
@@ -199,13 +197,13 @@ def test_slurm_launcher_overrides():
     args = sweep_cli.parse_args(
         ["run", "olmoe_math", "--launcher", "slurm", "--partition", "gpu", "--timeout-min", "600"]
     )
-    assert sweep_cli._slurm_overrides(args) == [
+    assert sweep_launch.slurm_overrides(args) == [
         "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1", "hydra.launcher.partition=gpu",
         "hydra.launcher.timeout_min=600",
     ]  # fmt: skip
     args.gpus_per_job = 4
-    with pytest.raises(sweep_cli.SweepError, match="--launcher gpus"):
-        sweep_cli._slurm_overrides(args)
+    with pytest.raises(sweep_grid.SweepError, match="--launcher gpus"):
+        sweep_launch.slurm_overrides(args)
 
 
 # --- issue 14: sweep bookkeeping never mixes runs of different configs --------------------------------
@@ -217,17 +215,17 @@ def launches(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     calls = []
     monkeypatch.setattr(
-        sweep_cli, "run_on_gpus", lambda jobs, *a, **k: calls.append([j.run_dir for j in jobs])
+        sweep_launch, "run_on_gpus", lambda jobs, *a, **k: calls.append([j.run_dir for j in jobs])
     )
     monkeypatch.setattr(
-        sweep_cli, "run_multirun", lambda sweep, jobs, *a, **k: calls.append([j.run_dir for j in jobs])
+        sweep_launch, "run_multirun", lambda sweep, jobs, *a, **k: calls.append([j.run_dir for j in jobs])
     )
     return calls
 
 
 def test_a_debug_run_of_the_toy_sweep_gets_its_own_directories():
-    plain = {job.run_dir for job in sweep_cli.check_sweep(sweep_cli.Sweep.load("toy"))}
-    debug = {job.run_dir for job in sweep_cli.check_sweep(sweep_cli.Sweep.load("toy"), ["trainer=debug"])}
+    plain = {job.run_dir for job in sweep_jobs.check_sweep(sweep_grid.Sweep.load("toy"))}
+    debug = {job.run_dir for job in sweep_jobs.check_sweep(sweep_grid.Sweep.load("toy"), ["trainer=debug"])}
     assert not plain & debug
     assert "outputs/runs/synthetic_commonsense/tiny_olmoe/toy-qv_lora-r2-s0" in {str(d) for d in plain}
 
@@ -237,8 +235,8 @@ def test_a_run_directory_holding_another_config_is_a_conflict_not_finished(launc
     from perft_exp.config import compose
     from perft_exp.run_dir import RunDir
 
-    first = sweep_cli.Sweep.load("toy").jobs()[0]
-    run_dir = sweep_cli.check_job(first).run_dir
+    first = sweep_grid.Sweep.load("toy").jobs()[0]
+    run_dir = sweep_jobs.check_job(first).run_dir
     RunDir(run_dir).check(compose([*first, "trainer=debug"]))  # a debug run wrote here (before the fix)
     (run_dir / "results.json").write_text("{}")
     assert sweep_cli.main(["status", "toy"]) == 0
@@ -283,8 +281,8 @@ def test_the_first_error_line_of_a_job_log_is_kept_not_the_launchers():
            "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
            "Traceback (most recent call last):\n"
            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")  # fmt: skip
-    assert sweep_cli._first_error(log) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
-    assert sweep_cli._first_error("Killed\n") is None
+    assert sweep_launch.first_error(log) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert sweep_launch.first_error("Killed\n") is None
 
 
 def test_slurm_without_its_extra_is_one_line(monkeypatch, capsys):
@@ -295,8 +293,8 @@ def test_slurm_without_its_extra_is_one_line(monkeypatch, capsys):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "hydra_plugins", None)  # as if the namespace package did not exist
     args = sweep_cli.parse_args(["run", "olmoe_math", "--launcher", "slurm"])
-    with pytest.raises(sweep_cli.SweepError, match=r"pip install -e '\.\[slurm\]'"):
-        sweep_cli._slurm_overrides(args)
+    with pytest.raises(sweep_grid.SweepError, match=r"pip install -e '\.\[slurm\]'"):
+        sweep_launch.slurm_overrides(args)
     with pytest.raises(SystemExit) as exit_:
         cli.precheck(["-m", "hydra/launcher=slurm", "variant=S,E"])
     assert exit_.value.code == 2
@@ -307,7 +305,7 @@ def toy_miniature(path: Path, seeds=(0, 1)) -> Path:
     """sweeps/toy.yaml (its fixed part, env and run names) with one block: R (Top2/4) r2 over `seeds`."""
     import yaml
 
-    toy = yaml.safe_load((sweep_cli.SWEEPS_DIR / "toy.yaml").read_text())
+    toy = yaml.safe_load((sweep_grid.SWEEPS_DIR / "toy.yaml").read_text())
     toy["blocks"] = [{"variant": "R", "routing": ["n4k2"], "perft.bottleneck": [2], "seed": list(seeds)}]
     path.write_text(yaml.safe_dump(toy))
     return path
@@ -340,3 +338,37 @@ def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, 
     status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert status.stdout.splitlines()[-1] == "toy2: 2 finished", status.stdout + status.stderr
+
+
+# The job lists Hydra's private BasicSweeper made (computed with it before it was replaced by grid.expand):
+# every sweep file, plain and with an extra override, and multirun command lines of train.py.
+EXPECTED_JOBS = json.loads((Path(__file__).parent / "fixtures" / "sweep_jobs.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPECTED_JOBS) - {"_cli"}))
+def test_grids_expand_to_the_jobs_hydras_basic_sweeper_made(name):
+    sweep = sweep_grid.Sweep.load(name)
+    assert sweep.jobs() == EXPECTED_JOBS[name]["plain"]
+    assert sweep.jobs(["trainer=debug"]) == EXPECTED_JOBS[name]["extra"]
+    assert len(sweep.jobs()) == sweep.size()
+
+
+@pytest.mark.parametrize("line", sorted(EXPECTED_JOBS["_cli"]))
+def test_multirun_command_lines_expand_as_hydra_does(line):
+    """Lists, choice(), range() (floats too), sort(), a key given twice, `+key`/`~key`, numbers as Hydra prints them."""
+    from perft_exp.cli import _job_overrides
+
+    assert _job_overrides(line.split(), True) == EXPECTED_JOBS["_cli"][line]
+
+
+def test_glob_lists_a_config_groups_options_and_an_interval_is_refused():
+    assert sweep_grid.expand(["routing=glob(n8*)", "variant=R"]) == [
+        [f"routing=n8k{k}", "variant=R"] for k in (1, 2, 4, 8)
+    ]
+    with pytest.raises(sweep_grid.SweepError, match="trainer.learning_rate: an interval_sweep"):
+        sweep_grid.expand(["trainer.learning_rate=interval(0,1)"])
+
+
+def test_no_private_hydra_module_is_imported():
+    sources = [*(REPO_ROOT / "perft_exp").rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]
+    assert not [p for p in sources if "hydra._internal" in p.read_text()]

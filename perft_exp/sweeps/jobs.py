@@ -1,0 +1,96 @@
+"""A sweep's jobs before anything launches: each composed, validated and checked against its run directory.
+
+A job's state is its run directory's (perft_exp/run_dir.py: finished / failed / started / pending), or
+`conflict` when that directory holds a run of another config. Two jobs of one grid may not share a run
+directory (each would skip the other as finished).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perft_exp.cli import one_line
+from perft_exp.config import ConfigError, compose, validate
+from perft_exp.files import atomic_write_json
+from perft_exp.run_dir import OUTPUT_ROOT, STATES, RunDir, RunDirConflict, sweep_record
+from perft_exp.sweeps.grid import Sweep, SweepError
+
+
+@dataclass
+class Job:
+    overrides: list[str]
+    run_dir: Path
+    notes: list[str] = field(default_factory=list)  # why it cannot run yet (missing data)
+    conflict: str = ""  # its run directory holds a run of another config (RunDir.check)
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(self.run_dir)
+
+    def state(self) -> str:
+        return "conflict" if self.conflict else self.run.state()
+
+
+def check_job(overrides: list[str]) -> Job:
+    """Compose and validate one job, and check its run directory belongs to its config, as train.py does.
+
+    A missing data directory is a note (fetch the data later), not an error; `run` refuses to launch then."""
+    cfg = compose(overrides)
+    notes = []
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        if not str(e).startswith("task.data_dir="):  # validate checks the data directory last
+            raise
+        notes.append(f"task.data_dir={cfg.task.data_dir!r} does not exist (scripts/fetch_data.py)")
+    job = Job(overrides, Path(cfg.output_dir), notes)
+    try:
+        job.run.check(cfg, record=False)
+    except RunDirConflict as e:
+        job.conflict = str(e)
+    return job
+
+
+def check_sweep(sweep: Sweep, extra: list[str] = ()) -> list[Job]:
+    """Every job composed and validated, and no two sharing a run directory (they would skip each other)."""
+    jobs = []
+    for overrides in sweep.jobs(extra):
+        try:
+            jobs.append(check_job(overrides))
+        except Exception as e:  # noqa: BLE001 - re-raised with the job named
+            raise SweepError(f"{sweep.name}: job `{' '.join(overrides)}`: {one_line(e)}") from e
+    dirs = Counter(job.run_dir for job in jobs)
+    clashes = [str(d) for d, n in dirs.items() if n > 1]
+    if clashes:
+        raise SweepError(f"{sweep.name}: several jobs share a run directory: {', '.join(clashes[:3])}")
+    return jobs
+
+
+def summary(jobs: list[Job]) -> str:
+    """`3 finished, 1 failed, 2 pending`."""
+    counts = Counter(job.state() for job in jobs)
+    return ", ".join(f"{counts[s]} {s}" for s in ("conflict", *STATES) if counts[s])
+
+
+# What `run` was last given beyond the sweep file (relative to the launch directory, like the runs):
+# `show`/`status` without overrides look at those jobs, not at the plain grid's.
+
+
+def remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
+    atomic_write_json(sweep_record(OUTPUT_ROOT, sweep.name), {"overrides": list(overrides)})
+
+
+def launched_overrides(sweep: Sweep, overrides: list[str]) -> list[str]:
+    """The overrides given, or else the ones the last `run` of this sweep had (said on stderr)."""
+    path = sweep_record(OUTPUT_ROOT, sweep.name)
+    if overrides or not path.is_file():
+        return overrides
+    last = json.loads(path.read_text()).get("overrides") or []
+    if last:
+        print(f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
+              file=sys.stderr)  # fmt: skip
+    return last
