@@ -115,7 +115,7 @@ class EvalConfig:
     mode: str = "greedy"
     batch_size: int = 16
     max_new_tokens: int | None = None
-    base: bool = False  # also evaluate the untuned base model (results.json: base_eval)
+    base: bool = False  # also evaluate the untuned base model (the run's results: base_eval)
 
 
 @dataclass

@@ -132,7 +132,7 @@ def angle_key(layer: int) -> str:
 # --- summary: evaluation on the test sets ---------------------------------------------------------------
 
 SET_METRICS = ("accuracy", "skill", "majority", "chance", "top_prediction_share")
-AVERAGE_METRICS = {  # test/average/<metric> -> the results.json `eval` key it comes from
+AVERAGE_METRICS = {  # test/average/<metric> -> the key of a run's results' `eval` it comes from
     "accuracy": "average",
     "skill": "average_skill",
     "majority": "average_majority",

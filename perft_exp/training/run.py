@@ -1,7 +1,7 @@
-"""`train(cfg) -> dict`: one fine-tuning run, from a composed config to `results.json`.
+"""`train(cfg) -> dict`: one fine-tuning run, from a composed config to its results in the run directory.
 
 validate config -> data -> base model -> adapters -> HF Trainer (+DeepSpeed, W&B) -> best adapter
--> evaluation (and the base model's, cached) -> results.json in the run directory.
+-> evaluation (and the base model's, cached) -> the results, written through RunDir (perft_exp/run_dir.py).
 Relaunching the same command resumes from the newest checkpoint, or returns the finished results.
 """
 
@@ -166,7 +166,7 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
 
 
 def _in_task_order(results: dict, test_sets) -> dict:
-    """results.json keeps its keys sorted; list the test sets in the task's order again for the table."""
+    """The written results keep their keys sorted; list the test sets in the task's order again for the table."""
     order = {canonical_test_set(name): i for i, name in enumerate(test_sets)}
     out = dict(results)
     for key in ("eval", "base_eval"):

@@ -81,7 +81,7 @@ def init_wandb(cfg: DictConfig, label: str, output_dir: Path, flat_config: dict)
 
 
 def result_summary(results: dict) -> dict:
-    """The test-set and base-model keys of metric_schema from a results.json dict."""
+    """The test-set and base-model keys of metric_schema from a run's results dict."""
     out: dict = {}
     ev = results.get("eval") or {}
     for name, m in iter_set_metrics(ev):
