@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from perft_exp.adapters.io import load_adapter, read_adapter_config
+from perft_exp.adapters.routing_stats import router_angles, track_routing
 from perft_exp.adapters.variants import PERFT_VARIANTS
-from perft_exp.analysis.routing import plot_loads, plot_vectors, router_angles, track_routing, vector_picture
+from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
 from perft_exp.cli import one_line
 from perft_exp.data.prompts import build_prompt
 from perft_exp.data.task import load_task_data

@@ -7,7 +7,7 @@
 
 Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (median [quartiles]),
 and peak memory; then the performance targets, PASS or FAIL. How cases are timed and how memory is
-measured: perft_exp/analysis/bench.py.
+measured: perft_exp/bench.py.
 
 On CPU the default clock is process CPU time with one torch thread: on a shared machine a 2-thread
 OpenMP region stalls whenever either core is taken (single steps ran 10-30x slower), while one
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from perft_exp.analysis import bench
+from perft_exp import bench
 
 # The performance targets (CPU, all read from one run).
 STEP_TARGETS = {"R_top2of4_r16": 1.05, "E_r16": 1.10, "D4_r16": 1.05, "S_r16": 1.05}

@@ -10,14 +10,8 @@ from moe_models import batch, tiny_moe
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters
-from perft_exp.analysis.routing import (
-    plot_loads,
-    plot_vectors,
-    principal_angles,
-    router_angles,
-    track_routing,
-    vector_picture,
-)
+from perft_exp.adapters.routing_stats import principal_angles, router_angles, track_routing
+from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
 from perft_exp.metric_schema import load_share_key, routing_key
 
 
@@ -126,3 +120,41 @@ def test_router_angles_and_figures(tmp_path):
     plot_loads(stats.per_layer(), tmp_path / "load.png")
     plot_vectors(picture, tmp_path / "vectors.png")
     assert (tmp_path / "load.png").stat().st_size > 0 and (tmp_path / "vectors.png").stat().st_size > 0
+
+
+def test_the_routing_callback_counts_each_evaluation_alone_and_no_training_step():
+    """RoutingStatsCallback (what PerftTrainer adds): hooks from train begin to train end, counting eval-mode
+    forwards only, each evaluation from zero; its metrics are logged and added to the evaluation's."""
+    from perft_exp import metric_schema as schema
+    from perft_exp.adapters.routing_stats import RoutingStatsCallback
+
+    model = _model("R")
+    inputs = batch()
+    tokens = int(inputs["attention_mask"].sum())
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    logged: list[dict] = []
+    callback = RoutingStatsCallback(logged.append)
+    callback.on_train_begin(None, None, None, model=model)
+    prefix = schema.trainer_name(schema.ROUTING)
+    for evaluation in range(2):
+        with torch.no_grad():
+            model.train()
+            model(**inputs)  # a training step: not counted
+            model.eval()
+            for _ in range(evaluation + 1):
+                model(**inputs)
+        metrics = {"eval_loss": 1.0}
+        callback.on_evaluate(None, None, None, metrics=metrics)
+        shares = {
+            k: v
+            for k, v in logged[-1].items()
+            if k.startswith(load_share_key(0, 0, prefix).rsplit("/", 1)[0])
+        }
+        assert len(shares) == 4 and sum(shares.values()) == pytest.approx(1.0)
+        assert metrics["eval_loss"] == 1.0 and set(logged[-1]) <= set(metrics)
+    with torch.no_grad(), track_routing(model) as stats:
+        model(**inputs)
+    assert stats.per_layer()[0]["tokens"] == tokens
+    callback.on_train_end(None, None, None)
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == hooks
+    assert len(logged) == 2 and routing_key("mean", "load_entropy", prefix) in logged[0]

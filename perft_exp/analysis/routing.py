@@ -1,258 +1,26 @@
-"""Routing analysis of PERFT models: expert loads, router entropy, router subspaces, the vector picture.
+"""The vector picture and the routing figures of finished runs (the statistics themselves are computed live, in
+perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
 
-    with track_routing(model) as stats:          # hooks on every PERFT layer that routes (R, E)
-        model(**batch)
-    stats.per_layer()   # [{layer, name, variant, num_experts, top_k, tokens, load, load_entropy, ...}]
-    stats.metrics()     # flat {"eval/routing/layer0/load_entropy": ...} for W&B (perft_exp/metric_schema.py)
-
-    principal_angles(W_r, W_g)        # degrees between the row spaces of two (n, D) matrices
-    router_angles(model)              # per layer: R's learned router W_r against the frozen router W_g
     vector_picture(model)             # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
+    plot_loads(per_layer, path)       # per-layer PEFT-expert load bars (R red, E blue)
+    plot_vectors(picture, path)       # the vector picture, one panel per layer
 
-Definitions (see scripts/analyze_routing.py for the figures and tables built from them):
-- Load of a layer: how many (token, chosen PEFT expert) pairs each of its N experts got; it sums to
-  tokens * K. Padding is excluded: a forward pre-hook on the model reads the `attention_mask` keyword
-  argument (HF forward and generate pass it by keyword); a call without one counts every position.
-  Under generation with a KV cache the mask's last S columns belong to the S new positions.
-- load_entropy: entropy of the load distribution divided by log N (1 = perfectly balanced, 0 = collapsed).
-- router_entropy (R only): mean over tokens of the entropy, in nats, of q = softmax(W_r x) over N experts;
-  router_entropy_norm divides it by log N.
-- Key vectors. An FFN expert's keys are the rows of its gate projection (the first I rows of
-  gate_up_proj (2I, D)): token x activates hidden unit i through x . w_i, so the rows are directions
-  in the input space x lives in. A PEFT expert's keys are likewise the r columns of its down-projection
-  A_j (D, r). Router rows (W_g (E, D), R's W_r (N, D)) score x the same way. All vectors are scaled to
-  unit length before PCA, which is fitted on the FFN keys only: the picture compares directions.
-Statistics are per process (no all-reduce under data parallelism).
+Key vectors. An FFN expert's keys are the rows of its gate projection (the first I rows of gate_up_proj (2I, D)):
+token x activates hidden unit i through x . w_i, so the rows are directions in the input space x lives in. A
+PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r). Router rows (W_g (E, D), R's
+W_r (N, D)) score x the same way. All vectors are scaled to unit length before PCA, which is fitted on the FFN
+keys only: the picture compares directions. scripts/analyze_routing.py draws them for finished runs.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from perft_exp import metric_schema as schema
 from perft_exp.adapters.block import PerftMoEBlock
-from perft_exp.adapters.layer import PerftLayer
-from perft_exp.adapters.variants import get_variant
-from perft_exp.models.arch import get_architecture
-
-
-def _layer_index(name: str, fallback: int) -> int:
-    match = re.search(r"layers\.(\d+)\.", name + ".")
-    return int(match.group(1)) if match else fallback
-
-
-def _normalised_entropy(counts: torch.Tensor) -> float:
-    n = counts.numel()
-    total = float(counts.sum())
-    if n <= 1 or total == 0:
-        return 1.0 if n == 1 else float("nan")
-    p = counts.double() / total
-    h = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(h / math.log(n))
-
-
-@dataclass
-class LayerRouting:
-    """Running sums of one PERFT layer's routing (tensors on the layer's device: no host syncs)."""
-
-    name: str
-    layer: int
-    variant: str
-    num_experts: int
-    top_k: int
-    load: torch.Tensor  # (N,) assignments per PEFT expert
-    tokens: torch.Tensor  # () non-padding tokens seen
-    entropy_sum: torch.Tensor  # () sum over tokens of the router entropy (R only)
-
-    def as_dict(self) -> dict:
-        tokens = int(self.tokens)
-        load = [int(c) for c in self.load.tolist()]
-        out = {
-            "layer": self.layer,
-            "name": self.name,
-            "variant": self.variant,
-            "num_experts": self.num_experts,
-            "top_k": self.top_k,
-            "tokens": tokens,
-            "load": load,
-            "load_entropy": _normalised_entropy(self.load),
-            # 1 = balanced; N = every assignment on one expert
-            "max_load_ratio": max(load) * self.num_experts / sum(load) if sum(load) else float("nan"),
-            "router_entropy": None,
-            "router_entropy_norm": None,
-        }
-        if self.variant == "R" and tokens:
-            h = float(self.entropy_sum) / tokens
-            out["router_entropy"] = h
-            out["router_entropy_norm"] = h / math.log(self.num_experts) if self.num_experts > 1 else 0.0
-        return out
-
-
-@dataclass
-class RoutingStats:
-    layers: list[LayerRouting] = field(default_factory=list)
-    padding_masked: bool = True  # False once a forward ran without an attention mask
-
-    def per_layer(self) -> list[dict]:
-        return [layer.as_dict() for layer in self.layers]
-
-    def metrics(self, prefix: str = schema.ROUTING) -> dict[str, float]:
-        """Flat scalars for a logger (names from perft_exp/metric_schema.py): per layer, each PEFT
-        expert's share of the layer's assignments, and the means over layers."""
-        out: dict[str, float] = {}
-        rows = self.per_layer()
-        for row in rows:
-            for key in schema.ROUTING_STATS:
-                if row[key] is not None:
-                    out[schema.routing_key(row["layer"], key, prefix)] = row[key]
-            total = sum(row["load"])
-            for expert, count in enumerate(row["load"]) if total else ():
-                out[schema.load_share_key(row["layer"], expert, prefix)] = count / total
-        for key in schema.ROUTING_STATS:
-            values = [row[key] for row in rows if row[key] is not None and not math.isnan(row[key])]
-            if values:
-                out[schema.routing_key("mean", key, prefix)] = sum(values) / len(values)
-        return out
-
-
-def _token_mask(mask: torch.Tensor | None, num_tokens: int) -> torch.Tensor | None:
-    """The (T,) keep-mask of a layer's flattened (B*S) tokens from the model's (B, L) attention mask."""
-    if mask is None or mask.dim() != 2 or num_tokens % mask.shape[0]:
-        return None
-    seq = num_tokens // mask.shape[0]
-    if mask.shape[1] < seq:
-        return None
-    return mask[:, -seq:].reshape(-1).bool()
-
-
-@contextmanager
-def track_routing(model: nn.Module) -> Iterator[RoutingStats]:
-    """Accumulate per-layer PEFT-expert loads (and R's router entropy) over the forwards inside the block.
-
-    Only reads: forward hooks are removed on exit and no module state is changed. Layers that do not
-    route (D, S) are not tracked; a model without PERFT layers yields empty stats.
-    """
-    stats = RoutingStats()
-    handles = []
-    current: dict[str, torch.Tensor | None] = {"mask": None}
-
-    def capture_mask(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        current["mask"] = mask if isinstance(mask, torch.Tensor) else None
-        if current["mask"] is None:
-            stats.padding_masked = False
-
-    handles.append(model.register_forward_pre_hook(capture_mask, with_kwargs=True))
-    layers = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, PerftLayer) and get_variant(m.variant).routed
-    ]
-    for i, (name, layer) in enumerate(layers):
-        device = layer.experts.A.device
-        record = LayerRouting(
-            name=name.removesuffix(".perft"),
-            layer=_layer_index(name, i),
-            variant=layer.variant,
-            num_experts=layer.num_experts,
-            top_k=layer.top_k,
-            load=torch.zeros(layer.num_experts, dtype=torch.long, device=device),
-            tokens=torch.zeros((), dtype=torch.long, device=device),
-            entropy_sum=torch.zeros((), dtype=torch.float64, device=device),
-        )
-        stats.layers.append(record)
-
-        def accumulate(module: PerftLayer, args, output, record: LayerRouting = record) -> None:
-            indices = module.routing_indices  # (T, K)
-            if indices is None:
-                return
-            with torch.no_grad():
-                keep = _token_mask(current["mask"], indices.shape[0])
-                if keep is not None:
-                    keep = keep.to(indices.device)
-                    indices = indices[keep]
-                record.load += torch.bincount(indices.reshape(-1), minlength=record.num_experts).to(
-                    record.load.device
-                )
-                record.tokens += indices.shape[0]
-                if module.variant == "R" and module.router_logits is not None:
-                    logp = torch.log_softmax(module.router_logits.detach().float(), dim=-1)  # (T, N)
-                    entropy = -(logp.exp() * logp).sum(-1)
-                    if keep is not None:
-                        entropy = entropy[keep]
-                    record.entropy_sum += entropy.double().sum().to(record.entropy_sum.device)
-
-        handles.append(layer.register_forward_hook(accumulate))
-    try:
-        yield stats
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-# --- router subspaces ---------------------------------------------------------------------------------
-
-
-def orthonormal_row_basis(w: torch.Tensor, rtol: float = 1e-7) -> torch.Tensor:
-    """(rank, D) orthonormal basis of the row space of w (n, D), from its SVD."""
-    _, s, vh = torch.linalg.svd(w.detach().double().cpu(), full_matrices=False)
-    if s.numel() == 0 or s[0] == 0:
-        return vh[:0]
-    return vh[: int((s > s[0] * rtol).sum())]
-
-
-def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles in degrees (ascending, min(rank a, rank b) of them) between the row spaces of a and b.
-
-    cos(theta_i) are the singular values of Qa Qb^T for orthonormal row bases Qa, Qb (Björck & Golub).
-    0 for a shared direction, 90 for orthogonal subspaces.
-    """
-    qa, qb = orthonormal_row_basis(a), orthonormal_row_basis(b)
-    cos = torch.linalg.svdvals(qa @ qb.T).clamp(0.0, 1.0)
-    return torch.rad2deg(torch.arccos(cos))
-
-
-def perft_blocks(model: nn.Module) -> list[tuple[int, str, PerftMoEBlock]]:
-    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)]
-    return [(_layer_index(n, i), n, m) for i, (n, m) in enumerate(blocks)]
-
-
-def _arch(model: nn.Module):
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    return get_architecture(config.model_type)
-
-
-def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> list[dict]:
-    """Per layer with an R router: principal angles between W_r (N, D) and the frozen W_g (E, D).
-
-    `random_mean_deg` is the mean angle for Gaussian (N, D) matrices against W_g (averaged over
-    `random_draws`): what an untrained, unrelated router gives (for N + E > D the spaces must meet).
-    """
-    arch, rows = _arch(model), []
-    g = torch.Generator().manual_seed(seed)
-    for layer, name, block in perft_blocks(model):
-        if block.perft.router is None:
-            continue
-        w_r = block.perft.router.weight.detach().float().cpu()
-        w_g = arch.router(block.base_layer).weight.detach().float().cpu()
-        angles = principal_angles(w_r, w_g)
-        random = torch.stack([principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean()
-                              for _ in range(random_draws)])  # fmt: skip
-        rows.append({
-            "layer": layer, "name": name, "num_experts": w_r.shape[0], "base_experts": w_g.shape[0],
-            "hidden_size": w_r.shape[1], "angles_deg": [round(float(a), 3) for a in angles],
-            "min_deg": float(angles.min()), "mean_deg": float(angles.mean()), "max_deg": float(angles.max()),
-            "random_mean_deg": float(random.mean()),
-        })  # fmt: skip
-    return rows
-
+from perft_exp.adapters.routing_stats import architecture_of, perft_blocks
 
 # --- the vector picture ---------------------------------------------------------------------------------
 
@@ -285,7 +53,7 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def vector_picture(model: nn.Module, max_per_expert: int = 64) -> list[dict]:
     """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys."""
-    arch, out = _arch(model), []
+    arch, out = architecture_of(model), []
     for layer, name, block in perft_blocks(model):
         keys, owner = ffn_keys(block, arch, max_per_expert)
         mean, comps, ratio = pca_2d(keys)

@@ -26,7 +26,7 @@ from perft_exp.adapters.io import (
     save_adapter,
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
-from perft_exp.analysis.routing import router_angles
+from perft_exp.adapters.routing_stats import router_angles
 from perft_exp.config import changed_from_defaults, describe_changes, validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets

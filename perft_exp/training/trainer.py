@@ -7,6 +7,8 @@
 - checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
 - a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
 - SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
+- every evaluation of R and E also logs per-layer PEFT-expert loads and router entropy
+  (perft_exp/adapters/routing_stats.py: RoutingStatsCallback)
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from transformers import Trainer, TrainerCallback
 
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
-from perft_exp.adapters.model import adapter_aux_loss, perft_layers, trainable_parameters
-from perft_exp.adapters.variants import get_variant
-from perft_exp.analysis.routing import track_routing
+from perft_exp.adapters.model import adapter_aux_loss, trainable_parameters
+from perft_exp.adapters.routing_stats import RoutingStatsCallback
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class PerftTrainer(Trainer):
         self._tokens = 0
         self._tokens_since = time.perf_counter()
         self._window_step: int | None = None  # global_step when the current logging window began
+        self.add_callback(RoutingStatsCallback(self.log))  # R, E: PEFT-expert loads of every evaluation
 
     # ---- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -161,16 +163,6 @@ class PerftTrainer(Trainer):
             self._terms, self._term_count, self._tokens, self._tokens_since = {}, 0, 0, now
             self._window_step = self.state.global_step
         super().log(logs, start_time)
-
-    def evaluate(self, *args, **kwargs):
-        """Validation loss, plus per-layer PEFT-router statistics (expert load, entropy) for R and E."""
-        if not any(get_variant(layer.variant).routed for layer in perft_layers(self._unwrapped())):
-            return super().evaluate(*args, **kwargs)
-        with track_routing(self._unwrapped()) as stats:
-            metrics = super().evaluate(*args, **kwargs)
-        routing = stats.metrics(prefix=schema.trainer_name(schema.ROUTING))
-        self.log(routing)
-        return {**metrics, **routing}
 
     # ---- adapter-only checkpoints ---------------------------------------------------------------
     def _unwrapped(self):
