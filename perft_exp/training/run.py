@@ -1,12 +1,22 @@
 """`train(cfg) -> dict`: one fine-tuning run, from a composed config to its results in the run directory.
 
-validate config -> data -> base model -> adapters -> HF Trainer (+DeepSpeed, W&B) -> best adapter
--> evaluation (and the base model's, cached) -> the results, written through RunDir (perft_exp/run_dir.py).
+`train` reads as the stages it runs, each a function below:
+  validate          the config's cross-field rules (perft_exp/config.py), before anything loads
+  _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run returns
+  _resume_point     the newest complete checkpoint, refused early if it is another variant's or base model's
+  data              the task's records (perft_exp/data/task.py)
+  _build_model      the frozen base model + adapters; the PerftConfig is resolved against it here, once
+  _tokenize         train / validation sets
+  _fit              the HF Trainer (+DeepSpeed, W&B, routing statistics), best adapter by validation loss
+  _evaluate         the test sets (and the untuned base model's, cached below output_root)
+  _record           the results, derived from the resolved config (_results), written last
 Relaunching the same command resumes from the newest checkpoint, or returns the finished results.
+variant=none runs _evaluate_base_only: the frozen model's evaluation, nothing trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,6 +28,7 @@ from omegaconf import DictConfig
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
+from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.io import (
     CONFIG_NAME,
@@ -27,10 +38,10 @@ from perft_exp.adapters.io import (
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.adapters.routing_stats import router_angles
-from perft_exp.config import changed_from_defaults, describe_changes, validate
+from perft_exp.config import TrainerConfig, changed_from_defaults, describe_changes, validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
-from perft_exp.data.task import load_task_data
+from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
@@ -72,39 +83,32 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
+# The trainer config keys that are TrainingArguments' own, passed under their names (config keys equal
+# constructor arguments); base_aux_loss, nonfinite_loss and name are PerftTrainer's or the config's.
+TRAINING_ARGUMENT_KEYS = tuple(
+    f.name
+    for f in dataclasses.fields(TrainerConfig)
+    if f.name in {a.name for a in dataclasses.fields(TrainingArguments)}
+)
+
+
 def _training_arguments(cfg: DictConfig, run: RunDir, has_eval: bool) -> TrainingArguments:
-    tr = cfg.trainer
     bf16 = (
         torch.cuda.is_available()
         and torch.cuda.is_bf16_supported()
         and cfg.model.dtype in ("auto", "bfloat16")
     )
     return TrainingArguments(
+        **{key: cfg.trainer[key] for key in TRAINING_ARGUMENT_KEYS},
         output_dir=str(run.checkpoints),
-        learning_rate=tr.learning_rate,
-        num_train_epochs=tr.num_train_epochs,
-        max_steps=tr.max_steps,
-        per_device_train_batch_size=tr.per_device_train_batch_size,
-        per_device_eval_batch_size=tr.per_device_eval_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
-        warmup_steps=tr.warmup_steps,
-        lr_scheduler_type=tr.lr_scheduler_type,
-        weight_decay=tr.weight_decay,
-        max_grad_norm=tr.max_grad_norm,
         optim="adamw_torch",
         eval_strategy="steps" if has_eval else "no",
-        eval_steps=tr.eval_steps,
         save_strategy="steps",
-        save_steps=tr.save_steps,
-        save_total_limit=tr.save_total_limit,
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        logging_steps=tr.logging_steps,
-        seed=tr.seed,
-        data_seed=tr.seed,
+        data_seed=cfg.trainer.seed,
         bf16=bf16,
-        dataloader_num_workers=tr.dataloader_num_workers,
         remove_unused_columns=False,
         report_to=["wandb"] if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" else [],
         run_name=cfg.name,
@@ -197,32 +201,11 @@ def run_mean_loss(log_history: list[dict]) -> float | None:
     return total / last if last else None
 
 
-def _evaluate_base_only(cfg: DictConfig, perft, run: RunDir, t0: float) -> dict:
-    """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
-    tests = load_task_data(cfg.task, train=False).tests
-    model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
-    model = apply_adapters(model, perft)
-    perft = model.perft_config  # resolved against the model
-    model.eval()
-    results = {
-        "variant": perft.variant, "variant_name": perft.run_label(), "perft": perft.to_dict(),
-        "model": cfg.model.name, "task": cfg.task.name, "seed": cfg.trainer.seed, "train_file": None,
-        "contaminated_test_sets": [], "params": count_parameters(model).to_dict(),
-        "config_changes": describe_changes(changed_from_defaults(cfg)), "train": None, "output_dir": str(run.path),
-    }  # fmt: skip
-    if is_main_process():
-        results["eval"] = evaluate(
-            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=run.records, progress=True,
-        )  # fmt: skip
-        results["runtime_s"] = time.perf_counter() - t0
-        run.write_results(results, cfg)
-        print_table(results)
-    return results
+# --- the stages of a run ---------------------------------------------------------------------------
 
 
-def train(cfg: DictConfig) -> dict:
-    perft = validate(cfg)
+def _prepare_run_dir(cfg: DictConfig) -> tuple[RunDir, dict | None]:
+    """The run directory, checked against the config; the finished run's results when there is nothing to do."""
     run = RunDir(cfg.output_dir)
     run.check(cfg, record=is_main_process())
     if cfg.resume and run.state() == "finished":
@@ -230,49 +213,60 @@ def train(cfg: DictConfig) -> dict:
         results = run.read_results()
         if is_main_process() and results.get("eval"):
             print_table(_in_task_order(results, cfg.task.test_sets))
-        return results
+        return run, results
     run.path.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         run.clear_failure()  # a new attempt; a new failure record is written if it fails again
-    t0 = time.perf_counter()
-    if perft.variant == "none":
-        return _evaluate_base_only(cfg, perft, run, t0)
-    ensure_distributed_env() if cfg.deepspeed.stage else None
-    set_seed(cfg.trainer.seed)
+    return run, None
 
+
+def _resume_point(cfg: DictConfig, perft: PerftConfig, run: RunDir) -> str | None:
+    """The checkpoint to resume from, refused before anything loads if it is another variant's or base model's."""
     checkpoint = latest_complete_checkpoint(run.checkpoints) if cfg.resume else None
-    if checkpoint:  # refuse another variant's or base model's checkpoints before loading anything
+    if checkpoint:
         check_compatible(
             read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained
         )
         log.info("resuming from %s", checkpoint)
-    data = load_task_data(cfg.task)
+    return checkpoint
+
+
+def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
+    """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved PerftConfig)."""
     model, tokenizer = load_model(cfg.model)
     set_seed(cfg.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
     if checkpoint:
         check_compatible(read_adapter_config(checkpoint), model.config, perft, where=checkpoint)
     model = apply_adapters(model, perft)
-    perft = model.perft_config  # resolved against the model: E's N and K, the aux-loss coefficient
-    arch = get_architecture(cfg.model.model_type)
     if cfg.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
+        arch = get_architecture(cfg.model.model_type)
         set_z3_leaf_modules(model, list({type(m) for m in model.modules() if arch.is_block(m)}))
-    params = count_parameters(model).to_dict()
+    return (
+        model,
+        tokenizer,
+        model.perft_config,
+    )  # resolved against the model: E's N and K, the aux coefficient
 
-    train_set, n_truncated = tokenize_dataset(
-        tokenizer, data.train, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
-    )
+
+def _tokenize(cfg: DictConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
+    """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
+    task = cfg.task
+    train_set, n_truncated = tokenize_dataset(tokenizer, data.train, cutoff_len=task.cutoff_len,
+                                              train_on_inputs=task.train_on_inputs)  # fmt: skip
     val_set, _ = tokenize_dataset(
-        tokenizer, data.val, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
+        tokenizer, data.val, cutoff_len=task.cutoff_len, train_on_inputs=task.train_on_inputs
     )
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
-                 cfg.task.cutoff_len, len(val_set))  # fmt: skip
-    flat = run_config(cfg, perft, params, world_size())
-    label = perft.run_label()
-    tracking = is_main_process() and init_wandb(cfg, label, run.path, flat)
+                 task.cutoff_len, len(val_set))  # fmt: skip
+    return train_set, val_set, n_truncated
 
+
+def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
+         checkpoint: str | None):  # fmt: skip
+    """The HF Trainer's run, stopped cleanly by SIGTERM/SIGINT; returns (trainer, its TrainOutput)."""
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
@@ -295,52 +289,111 @@ def train(cfg: DictConfig) -> dict:
     if preemption.signal is not None:
         raise Preempted(f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
                         "the same command resumes from the checkpoint")  # fmt: skip
+    return trainer, train_output
 
-    distributed = _distributed_info(trainer)
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    results: dict = {
+
+def _evaluate(
+    cfg: DictConfig, model, tokenizer, tests: dict, out_dir: Path | None, sharded: bool = False
+) -> dict:
+    main = is_main_process()
+    return evaluate(
+        model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out_dir if main else None, progress=main,
+        synced_gpus=sharded,
+    )  # fmt: skip
+
+
+def _results(cfg: DictConfig, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
+             contaminated: list[str], train: dict | None) -> dict:  # fmt: skip
+    """What a run's results record besides its evaluations, all derived from the resolved config."""
+    return {
         "variant": perft.variant,
-        "variant_name": label,
+        "variant_name": perft.run_label(),
         "perft": perft.to_dict(),
         "model": cfg.model.name,
         "task": cfg.task.name,
         "seed": cfg.trainer.seed,
-        "train_file": cfg.task.train_file,
-        "contaminated_test_sets": contaminated_test_sets(cfg.task.train_file, list(data.tests)),
+        "train_file": train_file,
+        "contaminated_test_sets": contaminated,
         "params": params,
         "config_changes": describe_changes(changed_from_defaults(cfg)),
-        "distributed": distributed,
-        "train": {
-            "steps": trainer.state.global_step,
-            "final_loss": run_mean_loss(trainer.state.log_history),
-            "best_eval_loss": trainer.state.best_metric,
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "skipped_steps": trainer.skipped_steps,
-            "truncated_examples": n_truncated,
-            "runtime_s": train_output.metrics.get("train_runtime"),
-        },
+        "train": train,
         "output_dir": str(run.path),
     }
+
+
+def _record(cfg: DictConfig, run: RunDir, results: dict, t0: float) -> None:
+    results["runtime_s"] = time.perf_counter() - t0
+    run.write_results(results, cfg)
+
+
+def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: float) -> dict:
+    """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
+    tests = load_task_data(cfg.task, train=False).tests
+    model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
+    model = apply_adapters(model, perft)
+    model.eval()
+    params = count_parameters(model).to_dict()
+    results = _results(cfg, model.perft_config, run, params, None, [], None)
+    if is_main_process():
+        results["eval"] = _evaluate(cfg, model, tokenizer, tests, run.records)
+        _record(cfg, run, results, t0)
+        print_table(results)
+    return results
+
+
+def train(cfg: DictConfig) -> dict:
+    """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
+    perft = validate(cfg)
+    run, finished = _prepare_run_dir(cfg)
+    if finished is not None:
+        return finished
+    t0 = time.perf_counter()
+    if perft.variant == "none":
+        return _evaluate_base_only(cfg, perft, run, t0)
+    ensure_distributed_env() if cfg.deepspeed.stage else None
+    set_seed(cfg.trainer.seed)
+    checkpoint = _resume_point(cfg, perft, run)
+
+    data = load_task_data(cfg.task)
+    model, tokenizer, perft = _build_model(cfg, perft, checkpoint)
+    params = count_parameters(model).to_dict()
+    train_set, val_set, n_truncated = _tokenize(cfg, tokenizer, data)
+    tracking = is_main_process() and init_wandb(cfg, perft.run_label(), run.path,
+                                                run_config(cfg, perft, params, world_size()))  # fmt: skip
+
+    trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint)
+    distributed = _distributed_info(trainer)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    train = {
+        "steps": trainer.state.global_step,
+        "final_loss": run_mean_loss(trainer.state.log_history),
+        "best_eval_loss": trainer.state.best_metric,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "skipped_steps": trainer.skipped_steps,
+        "truncated_examples": n_truncated,
+        "runtime_s": train_output.metrics.get("train_runtime"),
+    }
+    contaminated = contaminated_test_sets(cfg.task.train_file, list(data.tests))
+    results = _results(cfg, perft, run, params, cfg.task.train_file, contaminated, train)
+    results["distributed"] = distributed
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
             save_adapter(model, run.adapter, cfg.model.pretrained)
+
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
     if cfg.eval.enabled and data.tests and (is_main_process() or sharded):
         model.eval()
-        results["eval"] = evaluate(
-            model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=run.records if is_main_process() else None,
-            progress=is_main_process(), synced_gpus=sharded,
-        )  # fmt: skip
+        results["eval"] = _evaluate(cfg, model, tokenizer, data.tests, run.records, sharded)
         if cfg.eval.base:
             cache = _base_eval_cache(cfg, model, data.tests)
             results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, cache, sharded)
             results["base_eval_records"] = str(cache.with_suffix(""))
+
     if is_main_process():
-        results["runtime_s"] = time.perf_counter() - t0
-        run.write_results(results, cfg)
+        _record(cfg, run, results, t0)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
             angles = router_angles(model) if perft.variant == "R" and distributed["zero_stage"] != 3 else []
             log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
