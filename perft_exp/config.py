@@ -1,8 +1,13 @@
-"""Typed schemas for the Hydra config tree (`conf/`), and their validation.
+"""Typed schemas for the Hydra config tree (`conf/`), their validation, and the typed run spec built from them.
 
 Every config group has a dataclass here, registered in Hydra's ConfigStore as the group's schema, so a
-misspelled key or a wrong type fails at composition time with the key's name. Cross-field rules that a
-type cannot express live in `validate()`, which runs before any model is loaded.
+misspelled key or a wrong type fails at composition time with the key's name. The values are checked in one
+place, the dataclasses themselves: `validate(cfg)` builds the composed config as these objects
+(OmegaConf.to_object), so each group's `__post_init__` checks its own values (closed choices are the StrEnums
+below, and the spec holds their members), `PerftConfig`'s checks the PEFT knobs against the variant registry,
+and `TrainConfig`'s the rules across groups; then the file system (model path, data directory: last). What
+`validate` returns is the typed run spec; its PerftConfig is resolved against the base model when the adapters
+are applied (PerftConfig.resolve), and the run's results, name, labels and W&B config derive from them.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +27,47 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
+from perft_exp.checks import at_least, one_of
 from perft_exp.run_dir import OUTPUT_ROOT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-QUANTIZATIONS = ("none", "4bit", "8bit")
-EVAL_MODES = ("greedy", "paper", "score")
 ZERO_STAGES = (0, 2, 3)
-TASK_KINDS = ("commonsense", "math")
 DEFAULT_SEED = 42  # a run with another `seed` carries it in its name (`R-n4-k2-r16-s1`)
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"  # bf16 where the hardware has it, else fp32
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    BIT4 = "4bit"
+    BIT8 = "8bit"
+
+
+class TaskKind(StrEnum):
+    COMMONSENSE = "commonsense"
+    MATH = "math"
+
+
+class NonfiniteLoss(StrEnum):
+    STOP = "stop"
+    SKIP = "skip"
+
+
+class LoggerMode(StrEnum):
+    OFFLINE = "offline"
+    ONLINE = "online"
+    DISABLED = "disabled"
+
+
+class EvalMode(StrEnum):
+    GREEDY = "greedy"
+    PAPER = "paper"
+    SCORE = "score"
 
 
 @dataclass
@@ -46,6 +84,10 @@ class ModelConfig:
     revision: str | None = None
     quantization: str = "none"  # bitsandbytes; quantises nn.Linear only: fused experts stay full precision
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.dtype = one_of("model.dtype", self.dtype, Dtype)
+        self.quantization = one_of("model.quantization", self.quantization, Quantization)
 
 
 @dataclass
@@ -65,6 +107,18 @@ class TaskConfig:
     train_on_inputs: bool = True
     max_train_examples: int | None = None
     max_test_examples: int | None = None  # per test set, for quick looks
+
+    def __post_init__(self) -> None:
+        from perft_exp.data.formats import canonical_test_set
+
+        self.kind = one_of("task.kind", self.kind, TaskKind)
+        at_least("task.cutoff_len", self.cutoff_len)
+        at_least("task.val_size", self.val_size, strict=False)
+        for name in self.test_sets:
+            try:
+                canonical_test_set(name)
+            except ValueError as e:
+                raise ValueError(f"task.test_sets: {e}") from e
 
 
 @dataclass
@@ -89,6 +143,22 @@ class TrainerConfig:
     dataloader_num_workers: int = 0
     seed: int = DEFAULT_SEED  # conf/train.yaml sets it to the top-level `seed`
 
+    def __post_init__(self) -> None:
+        self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
+        at_least("trainer.learning_rate", self.learning_rate, strict=False)
+        at_least("trainer.per_device_train_batch_size", self.per_device_train_batch_size)
+        at_least("trainer.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        at_least("trainer.warmup_steps", self.warmup_steps, strict=False)
+        at_least("trainer.eval_steps", self.eval_steps)
+        at_least("trainer.save_steps", self.save_steps)
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError("trainer.num_train_epochs must be > 0 when trainer.max_steps is not set")
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"trainer.save_steps={self.save_steps} must be a multiple of trainer.eval_steps={self.eval_steps} "
+                "(the best checkpoint is chosen by validation loss)"
+            )
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -96,6 +166,9 @@ class DeepSpeedConfig:
     stage: int = 0  # 0 = no DeepSpeed
     offload_optimizer: bool = False
     offload_param: bool = False
+
+    def __post_init__(self) -> None:
+        one_of("deepspeed.stage", self.stage, ZERO_STAGES)
 
 
 @dataclass
@@ -108,6 +181,10 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
     table_rows_per_set: int = 32  # per-question records per test set in the run's W&B table
 
+    def __post_init__(self) -> None:
+        self.mode = one_of("logger.mode", self.mode, LoggerMode)
+        at_least("logger.table_rows_per_set", self.table_rows_per_set, strict=False)
+
 
 @dataclass
 class EvalConfig:
@@ -116,6 +193,10 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int | None = None
     base: bool = False  # also evaluate the untuned base model (the run's results: base_eval)
+
+    def __post_init__(self) -> None:
+        self.mode = one_of("eval.mode", self.mode, EvalMode)
+        at_least("eval.batch_size", self.batch_size)
 
 
 @dataclass
@@ -133,6 +214,15 @@ class TrainConfig:
     output_root: str = OUTPUT_ROOT  # runs, base-model evaluations and sweep records below it (run_dir.py)
     resume: bool = True  # continue from the newest checkpoint in output_dir
     debug: bool = False  # full stack traces on errors
+
+    def __post_init__(self) -> None:
+        """The rules across groups (each group has checked its own values)."""
+        if self.perft.variant == "none" and not (self.eval.enabled and self.task.test_sets):
+            raise ValueError(
+                "variant=none evaluates the frozen base model only; it needs eval.enabled=true and test sets"
+            )
+        if self.model.quantization != Quantization.NONE and self.deepspeed.stage == 3:
+            raise ValueError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
 
 
 def register_schemas() -> None:
@@ -153,16 +243,6 @@ class ConfigError(ValueError):
     """A bad value in the composed config; the message names the key."""
 
 
-def _one_of(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
-
-
-def _positive(key: str, value, strict: bool = True) -> None:
-    if value is None or (value <= 0 if strict else value < 0):
-        raise ConfigError(f"{key}={value!r} must be {'>' if strict else '>='} 0")
-
-
 def perft_config(cfg: DictConfig) -> PerftConfig:
     """The validated PerftConfig of a composed run config (raises ConfigError naming the key)."""
     try:
@@ -171,60 +251,28 @@ def perft_config(cfg: DictConfig) -> PerftConfig:
         raise ConfigError(str(e)) from e
 
 
-def validate(cfg: DictConfig) -> PerftConfig:
-    """Check cross-field rules before any model loads; returns the run's PerftConfig."""
-    perft = perft_config(cfg)
-    m, t, tr, ds, ev = cfg.model, cfg.task, cfg.trainer, cfg.deepspeed, cfg.eval
-    _one_of("model.dtype", m.dtype, DTYPES)
-    _one_of("model.quantization", m.quantization, QUANTIZATIONS)
-    _one_of("task.kind", t.kind, TASK_KINDS)
-    _one_of("eval.mode", ev.mode, EVAL_MODES)
-    _one_of("deepspeed.stage", ds.stage, ZERO_STAGES)
-    _one_of("trainer.nonfinite_loss", tr.nonfinite_loss, ("stop", "skip"))
-    _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
-    _positive("trainer.learning_rate", tr.learning_rate, strict=False)
-    _positive("trainer.per_device_train_batch_size", tr.per_device_train_batch_size)
-    _positive("trainer.gradient_accumulation_steps", tr.gradient_accumulation_steps)
-    _positive("trainer.warmup_steps", tr.warmup_steps, strict=False)
-    _positive("trainer.eval_steps", tr.eval_steps)
-    _positive("trainer.save_steps", tr.save_steps)
-    _positive("eval.batch_size", ev.batch_size)
-    _positive("task.cutoff_len", t.cutoff_len)
-    _positive("task.val_size", t.val_size, strict=False)
-    _positive("logger.table_rows_per_set", cfg.logger.table_rows_per_set, strict=False)
-    if tr.max_steps <= 0 and tr.num_train_epochs <= 0:
-        raise ConfigError("trainer.num_train_epochs must be > 0 when trainer.max_steps is not set")
-    if tr.save_steps % tr.eval_steps:
-        raise ConfigError(
-            f"trainer.save_steps={tr.save_steps} must be a multiple of trainer.eval_steps={tr.eval_steps} "
-            "(the best checkpoint is chosen by validation loss)"
-        )
-    if perft.variant == "none" and not (ev.enabled and t.test_sets):
-        raise ConfigError(
-            "variant=none evaluates the frozen base model only; it needs eval.enabled=true and test sets"
-        )
-    if m.quantization != "none" and ds.stage == 3:
-        raise ConfigError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
-    from perft_exp.data.formats import canonical_test_set
+def validate(cfg: DictConfig) -> TrainConfig:
+    """The typed run spec of a composed config, checked before any model loads (ConfigError naming the key).
 
-    for name in t.test_sets:
-        try:
-            canonical_test_set(name)
-        except ValueError as e:
-            raise ConfigError(f"task.test_sets: {e}") from e
-    pretrained = str(m.pretrained)
+    Every value is checked by its schema dataclass (see the module docstring); the file system last, so a
+    missing data directory is the only error left when it is reported (scripts/sweep.py treats it as a note)."""
+    try:
+        spec: TrainConfig = OmegaConf.to_object(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    pretrained = str(spec.model.pretrained)
     if pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1:  # a path (hub ids are org/name)
         if not Path(pretrained).expanduser().is_dir():
             raise ConfigError(
                 f"model.pretrained={pretrained!r} is not a directory (a local model or a hub id org/name)"
             )
-    data_dir = Path(t.data_dir)  # checked last: scripts/sweep.py treats a missing data directory as a note
-    if not t.synthetic and t.hub_id is None and not data_dir.is_dir():
+    t = spec.task
+    if not t.synthetic and t.hub_id is None and not Path(t.data_dir).is_dir():
         raise ConfigError(
             f"task.data_dir={t.data_dir!r} does not exist; fetch the LLM-Adapters files with "
             "`python scripts/fetch_data.py --data-dir <dir>` or point task.data_dir at them"
         )
-    return perft
+    return spec
 
 
 def cache_root() -> Path:

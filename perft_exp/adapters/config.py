@@ -26,6 +26,7 @@ from perft_exp.adapters.variants import (
     run_label,
     variant_label,
 )
+from perft_exp.checks import one_of
 
 if TYPE_CHECKING:
     from perft_exp.models.arch import MoEArchitecture
@@ -34,13 +35,6 @@ FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
 IMPLS = ("auto", "dense", "grouped", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
-
-
-def _one_of(key: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(
-            f"perft.{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
-        )
 
 
 @dataclass
@@ -63,10 +57,13 @@ class PerftConfig:
 
     def __post_init__(self) -> None:
         spec = get_variant(self.variant)
-        _one_of("form", self.form, FORMS)
-        _one_of("init", self.init, INITS)
-        _one_of("impl", self.impl, IMPLS)
-        _one_of("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
+        for key, allowed in (
+            ("form", FORMS),
+            ("init", INITS),
+            ("impl", IMPLS),
+            ("adapter_dtype", ADAPTER_DTYPES),
+        ):
+            one_of(f"perft.{key}", getattr(self, key), allowed)
         if spec.family is Family.NONE:
             return
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:

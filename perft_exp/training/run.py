@@ -1,7 +1,7 @@
 """`train(cfg) -> dict`: one fine-tuning run, from a composed config to its results in the run directory.
 
 `train` reads as the stages it runs, each a function below:
-  validate          the config's cross-field rules (perft_exp/config.py), before anything loads
+  validate          the typed run spec, every value checked (perft_exp/config.py), before anything loads
   _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run returns
   _resume_point     the newest complete checkpoint, refused early if it is another variant's or base model's
   data              the task's records (perft_exp/data/task.py)
@@ -344,7 +344,7 @@ def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: fl
 
 def train(cfg: DictConfig) -> dict:
     """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
-    perft = validate(cfg)
+    perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
     run, finished = _prepare_run_dir(cfg)
     if finished is not None:
         return finished

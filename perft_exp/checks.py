@@ -1,0 +1,27 @@
+"""Value checks shared by the typed config (perft_exp/config.py) and PerftConfig: one wording for every key.
+
+Each raises ValueError naming the full key and what is allowed (`model.dtype='fp8' is not allowed; choose one
+of auto, float32, bfloat16, float16`); perft_exp/config.py's `validate` reports them as ConfigError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def one_of(key: str, value: T, allowed: Iterable) -> T:
+    """`value` if it is one of `allowed` (for an Enum class: its member of that value), else ValueError."""
+    choices = list(allowed)
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, choices))}")
+    return allowed(value) if isinstance(allowed, type) and issubclass(allowed, Enum) else value
+
+
+def at_least(key: str, value, bound: float = 0, strict: bool = True) -> None:
+    """`value > bound` (strict) or `value >= bound`, else ValueError."""
+    if value is None or (value <= bound if strict else value < bound):
+        raise ValueError(f"{key}={value!r} must be {'>' if strict else '>='} {bound}")
