@@ -35,39 +35,13 @@ ZERO_STAGES = (0, 2, 3)
 DEFAULT_SEED = 42  # a run with another `seed` carries it in its name (`R-n4-k2-r16-s1`)
 
 
-class Dtype(StrEnum):
-    AUTO = "auto"  # bf16 where the hardware has it, else fp32
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
-
-
-class Quantization(StrEnum):
-    NONE = "none"
-    BIT4 = "4bit"
-    BIT8 = "8bit"
-
-
-class TaskKind(StrEnum):
-    COMMONSENSE = "commonsense"
-    MATH = "math"
-
-
-class NonfiniteLoss(StrEnum):
-    STOP = "stop"
-    SKIP = "skip"
-
-
-class LoggerMode(StrEnum):
-    OFFLINE = "offline"
-    ONLINE = "online"
-    DISABLED = "disabled"
-
-
-class EvalMode(StrEnum):
-    GREEDY = "greedy"
-    PAPER = "paper"
-    SCORE = "score"
+# The closed choices of the config (the typed spec holds their members, which equal their strings).
+Dtype = StrEnum("Dtype", {"AUTO": "auto", "FLOAT32": "float32", "BFLOAT16": "bfloat16", "FLOAT16": "float16"})
+Quantization = StrEnum("Quantization", {"NONE": "none", "BIT4": "4bit", "BIT8": "8bit"})
+TaskKind = StrEnum("TaskKind", {"COMMONSENSE": "commonsense", "MATH": "math"})
+NonfiniteLoss = StrEnum("NonfiniteLoss", {"STOP": "stop", "SKIP": "skip"})
+LoggerMode = StrEnum("LoggerMode", {"OFFLINE": "offline", "ONLINE": "online", "DISABLED": "disabled"})
+EvalMode = StrEnum("EvalMode", {"GREEDY": "greedy", "PAPER": "paper", "SCORE": "score"})
 
 
 @dataclass

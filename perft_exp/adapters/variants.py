@@ -31,17 +31,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-
-class Family(StrEnum):
-    PERFT = "perft"
-    LORA = "lora"
-    NONE = "none"
-
-
-class Routing(StrEnum):
-    OWN = "own"
-    BASE = "base"
-    ALL = "all"
+Family = StrEnum("Family", {"PERFT": "perft", "LORA": "lora", "NONE": "none"})
+Routing = StrEnum("Routing", {"OWN": "own", "BASE": "base", "ALL": "all"})
 
 
 @dataclass(frozen=True)
