@@ -30,7 +30,7 @@ class PerftLayer(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.variant, self.impl = cfg.variant, cfg.impl
+        self.variant, self.impl, self.routing = cfg.variant, cfg.impl, cfg.spec.routing
         self.authors_weighting_defect = cfg.authors_weighting_defect
         dtype = model_dtype if cfg.adapter_dtype == "model" else _DTYPES[cfg.adapter_dtype]
         spec = cfg.spec
@@ -78,10 +78,10 @@ class PerftLayer(nn.Module):
     def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
         """x (T, D) -> y (T, D) in x's dtype. `base_routing` is the frozen router's output (E, defect)."""
         h = self.dropout(x.to(self.experts.A.dtype))
-        if self.variant in ("D", "S"):
+        if self.routing is Routing.ALL:
             y = self.experts.forward_all(h)
         else:
-            if self.variant == "R":
+            if self.routing is Routing.OWN:
                 logits, weights, indices = self.router(x)
                 self.router_logits, self.routing_indices = logits, indices
                 if self.authors_weighting_defect:

@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.layer import PerftLayer
-from perft_exp.adapters.variants import get_variant
+from perft_exp.adapters.variants import Routing, get_variant
 from perft_exp.models.arch import get_architecture
 
 
@@ -86,7 +86,7 @@ class LayerRouting:
             "router_entropy": None,
             "router_entropy_norm": None,
         }
-        if self.variant == "R" and tokens:
+        if get_variant(self.variant).routing is Routing.OWN and tokens:
             h = float(self.entropy_sum) / tokens
             out["router_entropy"] = h
             out["router_entropy_norm"] = h / math.log(self.num_experts) if self.num_experts > 1 else 0.0
@@ -181,7 +181,7 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
                     record.load.device
                 )
                 record.tokens += indices.shape[0]
-                if module.variant == "R" and module.router_logits is not None:
+                if module.router is not None and module.router_logits is not None:
                     logp = torch.log_softmax(module.router_logits.detach().float(), dim=-1)  # (T, N)
                     entropy = -(logp.exp() * logp).sum(-1)
                     if keep is not None:

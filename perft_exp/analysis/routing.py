@@ -2,7 +2,7 @@
 perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
 
     vector_picture(model)             # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
-    plot_loads(per_layer, path)       # per-layer PEFT-expert load bars (R red, E blue)
+    plot_loads(per_layer, path)       # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
     plot_vectors(picture, path)       # the vector picture, one panel per layer
 
 Key vectors. An FFN expert's keys are the rows of its gate projection (the first I rows of gate_up_proj (2I, D)):
@@ -21,6 +21,7 @@ from torch import nn
 
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.routing_stats import architecture_of, perft_blocks
+from perft_exp.adapters.variants import REGISTRY
 
 # --- the vector picture ---------------------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ def plot_loads(per_layer: list[dict], path, title: str = "") -> None:
     for ax, row in zip(axes, per_layer):
         total = sum(row["load"]) or 1
         share = [100 * c / total for c in row["load"]]
-        ax.bar(range(len(share)), share, color="tab:red" if row["variant"] == "R" else "tab:blue", width=0.8)
+        ax.bar(range(len(share)), share, color=REGISTRY[row["variant"]].style["color"], width=0.8)
         ax.axhline(100 / row["num_experts"], color="black", linestyle="--", linewidth=1, label="uniform")
         text = f"layer {row['layer']}  H_load={row['load_entropy']:.2f}"
         if row["router_entropy_norm"] is not None:

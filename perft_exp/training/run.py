@@ -38,6 +38,7 @@ from perft_exp.adapters.io import (
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.adapters.routing_stats import router_angles
+from perft_exp.adapters.variants import Routing
 from perft_exp.config import TrainerConfig, changed_from_defaults, describe_changes, validate
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
@@ -359,8 +360,9 @@ def train(cfg: DictConfig) -> dict:
     model, tokenizer, perft = _build_model(cfg, perft, checkpoint)
     params = count_parameters(model).to_dict()
     train_set, val_set, n_truncated = _tokenize(cfg, tokenizer, data)
-    tracking = is_main_process() and init_wandb(cfg, perft.run_label(), run.path,
-                                                run_config(cfg, perft, params, world_size()))  # fmt: skip
+    tracking = is_main_process() and init_wandb(
+        cfg, perft, run.path, run_config(cfg, perft, params, world_size())
+    )
 
     trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint)
     distributed = _distributed_info(trainer)
@@ -395,7 +397,8 @@ def train(cfg: DictConfig) -> dict:
     if is_main_process():
         _record(cfg, run, results, t0)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
-            angles = router_angles(model) if perft.variant == "R" and distributed["zero_stage"] != 3 else []
+            own_router = perft.spec.routing is Routing.OWN
+            angles = router_angles(model) if own_router and distributed["zero_stage"] != 3 else []
             log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
         print_table(results)
     return results

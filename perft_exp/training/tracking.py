@@ -50,9 +50,9 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: in
     return {key.name: value for key, value in values.items()}
 
 
-def init_wandb(cfg: DictConfig, label: str, output_dir: Path, flat_config: dict) -> bool:
-    """Start (or resume) the run's W&B run, named `label` (PerftConfig.run_label), with the flat keys of
-    `run_config` beside the Hydra config; False when logging is off."""
+def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, flat_config: dict) -> bool:
+    """Start (or resume) the run's W&B run, named by the resolved PerftConfig's run_label, with the flat keys of
+    `run_config` beside the Hydra config (whose `perft` is the resolved one); False when logging is off."""
     if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
         return False
@@ -61,14 +61,14 @@ def init_wandb(cfg: DictConfig, label: str, output_dir: Path, flat_config: dict)
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_MODE"] = cfg.logger.mode
     run_id = hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:16]
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True) | {"perft": perft.to_dict()}
     clash = sorted(set(config) & set(flat_config) - {schema.SEED.name})
     assert not clash, f"flat W&B config keys {clash} would replace parts of the Hydra config"
     config.update(flat_config)
     wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        name=label,
+        name=perft.run_label(),
         group=cfg.logger.group or f"{cfg.task.name}/{cfg.model.name}",
         tags=list(cfg.logger.tags),
         dir=str(output_dir),
