@@ -62,3 +62,17 @@ def batch(seed: int = 1, b: int = 3, t: int = 7) -> dict[str, torch.Tensor]:
     mask = torch.ones(b, t, dtype=torch.long)
     mask[0, :2] = 0  # some left padding
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def perft_model(variant: str, **kw) -> transformers.PreTrainedModel:
+    """The tiny OLMoE with a PERFT variant attached (r=4, no dropout), in eval mode: R (Top2/4), E, D (3)."""
+    from perft_exp.adapters.config import PerftConfig
+    from perft_exp.adapters.model import apply_adapters
+
+    spec = {
+        "R": dict(num_experts=4, top_k=2),
+        "E": dict(num_experts=None, top_k=None),
+        "D": dict(num_experts=3),
+    }
+    cfg = PerftConfig(variant=variant, bottleneck=4, dropout=0.0, **{**spec[variant], **kw})
+    return apply_adapters(tiny_moe("olmoe"), cfg).eval()
