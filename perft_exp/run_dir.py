@@ -63,6 +63,16 @@ def sweep_record(output_root: str | Path, sweep: str) -> Path:
     return Path(output_root) / "sweeps" / f"{sweep}.json"
 
 
+def write_sweep_overrides(output_root: str | Path, sweep: str, overrides: list[str]) -> None:
+    atomic_write_json(sweep_record(output_root, sweep), {"overrides": list(overrides)})
+
+
+def read_sweep_overrides(output_root: str | Path, sweep: str) -> list[str]:
+    """The overrides of the sweep's last `run` ([] when it was never run, or run without any)."""
+    path = sweep_record(output_root, sweep)
+    return (json.loads(path.read_text()).get("overrides") or []) if path.is_file() else []
+
+
 class _Below:
     """A path below a run directory, as a read-only attribute of RunDir: `RunDir(p).results == p / RESULTS_NAME`."""
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters, trainable_parameters
-from perft_exp.files import atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
+from perft_exp.files import atomic_write_json
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"

@@ -7,7 +7,6 @@ directory (each would skip the other as finished).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,8 +14,14 @@ from pathlib import Path
 
 from perft_exp.cli import one_line
 from perft_exp.config import ConfigError, compose, validate
-from perft_exp.files import atomic_write_json
-from perft_exp.run_dir import OUTPUT_ROOT, STATES, RunDir, RunDirConflict, sweep_record
+from perft_exp.run_dir import (
+    OUTPUT_ROOT,
+    STATES,
+    RunDir,
+    RunDirConflict,
+    read_sweep_overrides,
+    write_sweep_overrides,
+)
 from perft_exp.sweeps.grid import Sweep, SweepError
 
 
@@ -81,15 +86,14 @@ def summary(jobs: list[Job]) -> str:
 
 
 def remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
-    atomic_write_json(sweep_record(OUTPUT_ROOT, sweep.name), {"overrides": list(overrides)})
+    write_sweep_overrides(OUTPUT_ROOT, sweep.name, overrides)
 
 
 def launched_overrides(sweep: Sweep, overrides: list[str]) -> list[str]:
     """The overrides given, or else the ones the last `run` of this sweep had (said on stderr)."""
-    path = sweep_record(OUTPUT_ROOT, sweep.name)
-    if overrides or not path.is_file():
+    if overrides:
         return overrides
-    last = json.loads(path.read_text()).get("overrides") or []
+    last = read_sweep_overrides(OUTPUT_ROOT, sweep.name)
     if last:
         print(f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
               file=sys.stderr)  # fmt: skip
