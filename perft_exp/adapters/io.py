@@ -20,9 +20,10 @@ from torch import nn
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters, trainable_parameters
 from perft_exp.files import atomic_write_json
+from perft_exp.run_dir import ADAPTER_CONFIG_NAME
 
 WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
+CONFIG_NAME = ADAPTER_CONFIG_NAME  # named by run_dir.py, which reads it without torch
 FORMAT_VERSION = 1
 _SIGNATURE_KEYS = (
     "model_type",
