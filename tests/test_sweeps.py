@@ -88,6 +88,28 @@ def test_each_block_of_the_large_grids_composes(name):
             )
 
 
+# What the authors' evaluate scripts generate (their per-model shell scripts: --max_new_tokens 4 / 256).
+AUTHORS_MAX_NEW_TOKENS = {"commonsense": 4, "math": 256}
+
+
+def _paper_model_sweeps() -> list[str]:
+    """Every sweep whose model is a real one (not the tiny embedded default's)."""
+    return [n for n in sweep_cli.list_sweeps() if not str(sweep_cli.Sweep.load(n).fixed["model"]).startswith("tiny")]
+
+
+def test_every_job_of_every_paper_sweep_evaluates_with_the_authors_protocol():
+    from perft_exp.config import compose
+    from perft_exp.evaluation.evaluator import max_new_tokens_for
+
+    names = _paper_model_sweeps()
+    assert set(PAPER_GRIDS) | {"bottleneck_ablation"} <= set(names)
+    for name in names:
+        for job in sweep_cli.Sweep.load(name).jobs():
+            ev, kind = (cfg := compose(job)).eval, cfg.task.kind
+            assert ev.mode == "paper", (name, job)
+            assert max_new_tokens_for(ev.mode, kind, ev.max_new_tokens) == AUTHORS_MAX_NEW_TOKENS[kind], (name, job)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
 def test_every_job_of_the_large_grids_composes(name):
@@ -117,7 +139,7 @@ def test_show_is_a_dry_run(monkeypatch, capsys):
 def test_block_becomes_one_multirun_command():
     sweep = sweep_cli.Sweep.load("mixtral_math")
     assert sweep.block_overrides(sweep.blocks[0], ["deepspeed=zero3"]) == [
-        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "logger.group=mixtral_math",
+        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "eval=paper", "logger.group=mixtral_math",
         "variant=R", "routing=n2k2,n8k2", "perft.bottleneck=8", "deepspeed=zero3",
     ]  # fmt: skip
 

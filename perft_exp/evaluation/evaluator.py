@@ -49,6 +49,12 @@ def _task(name: str) -> str:
     return "commonsense" if name in COMMONSENSE_TEST_SETS else "math"
 
 
+def max_new_tokens_for(mode: str, kind: str, override: int | None = None) -> int:
+    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override` (eval.max_new_tokens)
+    when set, else the mode's default (paper: the authors' 4 and 256)."""
+    return override or _MAX_NEW_TOKENS[(mode, kind)]
+
+
 @contextmanager
 def _left_padding(tokenizer: Any) -> Iterator[None]:
     """Left padding (and EOS as pad when there is no pad token) for the duration, then restored."""
@@ -96,7 +102,7 @@ def _generate_set(
         "do_sample": False,
         "num_beams": _NUM_BEAMS[mode],
         "num_return_sequences": 1,
-        "max_new_tokens": max_new_tokens or _MAX_NEW_TOKENS[(mode, _task(name))],
+        "max_new_tokens": max_new_tokens_for(mode, _task(name), max_new_tokens),
         "early_stopping": False,
         "length_penalty": 1.0,
         "repetition_penalty": 1.0,
