@@ -25,6 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 EVAL_MODES = ("greedy", "paper", "score")
+EVAL_PROTOCOLS = ("fixed", "authors")  # perft_exp/evaluation/protocol.py
+PROMPTS = ("clean", "authors")  # perft_exp/data/prompts.py
 ZERO_STAGES = (0, 2, 3)
 TASK_KINDS = ("commonsense", "math")
 DEFAULT_SEED = 42  # a run with another `seed` carries it in its name (`R-n4-k2-r16-s1`)
@@ -61,6 +63,7 @@ class TaskConfig:
     val_seed: int = 42
     cutoff_len: int = 256
     train_on_inputs: bool = True
+    prompt: str = "clean"  # training template: clean | authors (their leaked indentation, byte for byte)
     max_train_examples: int | None = None
     max_test_examples: int | None = None  # per test set, for quick looks
 
@@ -113,6 +116,7 @@ class EvalConfig:
     mode: str = "greedy"
     batch_size: int = 16
     max_new_tokens: int | None = None
+    protocol: str = "fixed"  # prompt strings and answer matching: fixed | authors (evaluation/protocol.py)
     base: bool = False  # also evaluate the untuned base model (results.json: base_eval)
 
 
@@ -176,6 +180,8 @@ def validate(cfg: DictConfig) -> PerftConfig:
     _one_of("model.quantization", m.quantization, QUANTIZATIONS)
     _one_of("task.kind", t.kind, TASK_KINDS)
     _one_of("eval.mode", ev.mode, EVAL_MODES)
+    _one_of("eval.protocol", ev.protocol, EVAL_PROTOCOLS)
+    _one_of("task.prompt", t.prompt, PROMPTS)
     _one_of("deepspeed.stage", ds.stage, ZERO_STAGES)
     _one_of("trainer.nonfinite_loss", tr.nonfinite_loss, ("stop", "skip"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))

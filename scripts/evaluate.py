@@ -50,7 +50,7 @@ def run(argv: list[str]) -> dict:
     out = run_dir / "evaluations" / f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}"
     result = evaluate(
         model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out,
+        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
     )  # fmt: skip
     atomic_write_json(out / "results.json", {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))

@@ -94,7 +94,8 @@ AUTHORS_MAX_NEW_TOKENS = {"commonsense": 4, "math": 256}
 
 def _paper_model_sweeps() -> list[str]:
     """Every sweep whose model is a real one (not the tiny embedded default's)."""
-    return [n for n in sweep_cli.list_sweeps() if not str(sweep_cli.Sweep.load(n).fixed["model"]).startswith("tiny")]
+    names = sweep_cli.list_sweeps()
+    return [n for n in names if not str(sweep_cli.Sweep.load(n).fixed["model"]).startswith("tiny")]
 
 
 def test_every_job_of_every_paper_sweep_evaluates_with_the_authors_protocol():
@@ -107,7 +108,8 @@ def test_every_job_of_every_paper_sweep_evaluates_with_the_authors_protocol():
         for job in sweep_cli.Sweep.load(name).jobs():
             ev, kind = (cfg := compose(job)).eval, cfg.task.kind
             assert ev.mode == "paper", (name, job)
-            assert max_new_tokens_for(ev.mode, kind, ev.max_new_tokens) == AUTHORS_MAX_NEW_TOKENS[kind], (name, job)
+            tokens = max_new_tokens_for(ev.mode, kind, ev.max_new_tokens)
+            assert tokens == AUTHORS_MAX_NEW_TOKENS[kind], (name, job)
 
 
 @pytest.mark.slow

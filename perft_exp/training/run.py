@@ -140,6 +140,7 @@ def _base_eval_cache(cfg: DictConfig, model, tests: dict, out_root: Path) -> Pat
         "dtype": cfg.model.dtype,
         "mode": cfg.eval.mode,
         "max_new_tokens": cfg.eval.max_new_tokens,
+        "protocol": cfg.eval.protocol,
         "tests": {name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
                   for name, recs in sorted(tests.items())},
     }  # fmt: skip
@@ -157,7 +158,7 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
-            progress=main, synced_gpus=sharded,
+            progress=main, synced_gpus=sharded, protocol=cfg.eval.protocol,
         )  # fmt: skip
     if main:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +222,7 @@ def _evaluate_base_only(cfg: DictConfig, perft, out: Path, results_path: Path, t
     if is_main_process():
         results["eval"] = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval", progress=True,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval", progress=True, protocol=cfg.eval.protocol,
         )  # fmt: skip
         results["runtime_s"] = time.perf_counter() - t0
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
@@ -270,11 +271,13 @@ def train(cfg: DictConfig) -> dict:
     params = count_parameters(model).to_dict()
 
     train_set, n_truncated = tokenize_dataset(
-        tokenizer, data.train, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
-    )
+        tokenizer, data.train, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs,
+        prompt=cfg.task.prompt,
+    )  # fmt: skip
     val_set, _ = tokenize_dataset(
-        tokenizer, data.val, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs
-    )
+        tokenizer, data.val, cutoff_len=cfg.task.cutoff_len, train_on_inputs=cfg.task.train_on_inputs,
+        prompt=cfg.task.prompt,
+    )  # fmt: skip
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  cfg.task.cutoff_len, len(val_set))  # fmt: skip
@@ -328,6 +331,7 @@ def train(cfg: DictConfig) -> dict:
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "skipped_steps": trainer.skipped_steps,
             "truncated_examples": n_truncated,
+            "empty_answers": data.empty_answers,  # train: kept; a test set: left out (perft_exp.data.formats)
             "runtime_s": train_output.metrics.get("train_runtime"),
         },
         "output_dir": str(out),
@@ -343,7 +347,7 @@ def train(cfg: DictConfig) -> dict:
         results["eval"] = evaluate(
             model, tokenizer, data.tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens, out_dir=out / "eval" if is_main_process() else None,
-            progress=is_main_process(), synced_gpus=sharded,
+            progress=is_main_process(), synced_gpus=sharded, protocol=cfg.eval.protocol,
         )  # fmt: skip
         if cfg.eval.base:
             cache = _base_eval_cache(cfg, model, data.tests, Path("outputs"))
