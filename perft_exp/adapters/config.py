@@ -15,6 +15,7 @@ FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
 IMPLS = ("auto", "dense", "grouped", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
+DROPOUT_SCOPES = ("expert", "shared")
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -32,6 +33,9 @@ class PerftConfig:
     bottleneck: int = 16  # r; also the rank of the LoRA baselines
     alpha: float | None = None  # None -> 2 * bottleneck, as in every paper run
     dropout: float = 0.05
+    # expert: each PEFT expert draws its own mask, where the authors apply it (LoRA: on its input; adapter: after
+    # W_down); shared: one mask on x for all experts. The LoRA baselines use HF PEFT's dropout either way.
+    dropout_scope: str = "expert"
     form: str = "lora"  # "lora": (alpha/r) B A dropout(x); "adapter": W_up act(W_down x)
     activation: str = "silu"  # adapter form only
     init: str = "paper"  # "paper": A ~ N(0, 2/r), B ~ N(0, 1e-12); "zero_b": B = 0 (no-op at step 0)
@@ -48,6 +52,7 @@ class PerftConfig:
         _one_of("init", self.init, INITS)
         _one_of("impl", self.impl, IMPLS)
         _one_of("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
+        _one_of("dropout_scope", self.dropout_scope, DROPOUT_SCOPES)
         if self.variant == "none":
             return
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
