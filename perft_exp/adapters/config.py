@@ -16,6 +16,8 @@ INITS = ("paper", "zero_b")
 IMPLS = ("auto", "dense", "grouped", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
 DROPOUT_SCOPES = ("expert", "shared")
+ROUTER_INITS = ("linear", "authors")
+ROUTER_DTYPES = ("float32", "model")
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -43,6 +45,10 @@ class PerftConfig:
     # The authors' OLMoE code scaled R's j-th chosen PEFT expert by the j-th largest *base-router*
     # weight, so W_r learned from the aux loss alone. Off by default; on only to compare with them.
     authors_weighting_defect: bool = False
+    # R's router W_r: "linear" = nn.Linear's U(-1/sqrt(D), 1/sqrt(D)) in fp32 (ours); the authors' router was made
+    # by from_pretrained: the model's _init_weights N(0, 0.02), in the model's dtype (bf16), never re-initialised.
+    router_init: str = "linear"
+    router_dtype: str = "float32"  # "model": the base model's dtype (bf16 on GPU), as the authors ran it
     impl: str = "auto"  # routed compute: dense masked, grouped matmul over chosen experts, or loop
     adapter_dtype: str = "float32"  # dtype of the PEFT parameters ("model": same as the base)
 
@@ -53,6 +59,8 @@ class PerftConfig:
         _one_of("impl", self.impl, IMPLS)
         _one_of("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         _one_of("dropout_scope", self.dropout_scope, DROPOUT_SCOPES)
+        _one_of("router_init", self.router_init, ROUTER_INITS)
+        _one_of("router_dtype", self.router_dtype, ROUTER_DTYPES)
         if self.variant == "none":
             return
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:

@@ -56,7 +56,14 @@ class PerftLayer(nn.Module):
             device=device,
         )
         self.router = (
-            PeftRouter(hidden_size, num_experts, cfg.top_k, dtype=torch.float32, device=device)
+            PeftRouter(
+                hidden_size,
+                num_experts,
+                cfg.top_k,
+                init=cfg.router_init,
+                device=device,
+                dtype=model_dtype if cfg.router_dtype == "model" else torch.float32,
+            )  # fmt: skip
             if cfg.variant == "R"
             else None
         )
