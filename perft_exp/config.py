@@ -74,7 +74,10 @@ class TrainerConfig:
     learning_rate: float = 1e-5
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 16
+    # The optimizer step's batch (perft_exp/training/batch.py): a fixed global batch, split over the ranks, or
+    # (global_batch_size null) per-device batch x accumulation x ranks. The micro batch is per-device, per forward.
+    global_batch_size: int | None = None
+    per_device_train_batch_size: int | None = 16  # null with a global batch: global / world size
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 100
@@ -186,8 +189,9 @@ def validate(cfg: DictConfig) -> PerftConfig:
     _one_of("trainer.nonfinite_loss", tr.nonfinite_loss, ("stop", "skip"))
     _one_of("logger.mode", cfg.logger.mode, ("offline", "online", "disabled"))
     _positive("trainer.learning_rate", tr.learning_rate, strict=False)
-    _positive("trainer.per_device_train_batch_size", tr.per_device_train_batch_size)
-    _positive("trainer.gradient_accumulation_steps", tr.gradient_accumulation_steps)
+    from perft_exp.training.batch import batch_plan
+
+    batch_plan(tr, int(os.environ.get("WORLD_SIZE", "1")))  # the ranks this process was started with
     _positive("trainer.warmup_steps", tr.warmup_steps, strict=False)
     _positive("trainer.eval_steps", tr.eval_steps)
     _positive("trainer.save_steps", tr.save_steps)

@@ -37,6 +37,7 @@ from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RESULTS_NAME, check_run_dir, clear_failure
+from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
     deepspeed_config,
     ensure_distributed_env,
@@ -72,8 +73,11 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
-def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingArguments:
+def _training_arguments(
+    cfg: DictConfig, out: Path, has_eval: bool, plan: BatchPlan | None = None
+) -> TrainingArguments:
     tr = cfg.trainer
+    plan = plan or batch_plan(tr, world_size())
     bf16 = (
         torch.cuda.is_available()
         and torch.cuda.is_bf16_supported()
@@ -84,9 +88,9 @@ def _training_arguments(cfg: DictConfig, out: Path, has_eval: bool) -> TrainingA
         learning_rate=tr.learning_rate,
         num_train_epochs=tr.num_train_epochs,
         max_steps=tr.max_steps,
-        per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_train_batch_size=plan.micro_batch,
         per_device_eval_batch_size=tr.per_device_eval_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        gradient_accumulation_steps=plan.accumulation,
         warmup_steps=tr.warmup_steps,
         lr_scheduler_type=tr.lr_scheduler_type,
         weight_decay=tr.weight_decay,
@@ -286,11 +290,12 @@ def train(cfg: DictConfig) -> dict:
     label = perft.run_label(base_top_k, base_experts)
     tracking = is_main_process() and init_wandb(cfg, label, out, flat)
 
+    plan = batch_plan(cfg.trainer, world_size())
     aux_coef = perft.aux_loss_coef if perft.aux_loss_coef is not None else arch.adapter_aux_loss_coef
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
-        args=_training_arguments(cfg, out, has_eval=len(val_set) > 0),
+        args=_training_arguments(cfg, out, has_eval=len(val_set) > 0, plan=plan),
         train_dataset=train_set,
         eval_dataset=val_set or None,
         data_collator=CausalLMCollator(tokenizer),
@@ -301,6 +306,10 @@ def train(cfg: DictConfig) -> dict:
         nonfinite_loss=cfg.trainer.nonfinite_loss,
         base_model_name=cfg.model.pretrained,
     )
+    assert trainer.args.world_size == plan.world_size, (
+        trainer.args.world_size,
+        plan,
+    )  # the ranks planned for
     preemption.install()
     try:
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -324,6 +333,7 @@ def train(cfg: DictConfig) -> dict:
         "params": params,
         "config_changes": describe_changes(changed_from_defaults(cfg)),
         "distributed": distributed,
+        "batch": plan.to_dict(),  # global = micro x accumulation x world size (perft_exp/training/batch.py)
         "train": {
             "steps": trainer.state.global_step,
             "final_loss": run_mean_loss(trainer.state.log_history),
