@@ -6,7 +6,8 @@
     python scripts/evaluate.py run_dir=<run> variant=none          # the frozen base model
 
 The run's own overrides (its .hydra/overrides.yaml) are replayed first, so the model and adapter match;
-results go to <run>/evaluations/<task>-<mode>[-base]/ (per-example JSONL + results.json).
+results go to <run>/evaluations/<task>-<mode>[-authors][-base]/ (per-example JSONL + results.json; -authors with
+eval.protocol=authors).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def run(argv: list[str]) -> dict:
         model = load_adapter(model, run_dir / "adapter")
     model.eval()
     tests = load_task_data(cfg.task).tests
-    out = run_dir / "evaluations" / f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}"
+    protocol = "" if cfg.eval.protocol == "fixed" else f"-{cfg.eval.protocol}"  # never over the fixed one
+    out = run_dir / "evaluations" / f"{cfg.task.name}-{cfg.eval.mode}{protocol}{'-base' if base_only else ''}"
     result = evaluate(
         model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
