@@ -42,6 +42,8 @@ TaskKind = StrEnum("TaskKind", {"COMMONSENSE": "commonsense", "MATH": "math"})
 NonfiniteLoss = StrEnum("NonfiniteLoss", {"STOP": "stop", "SKIP": "skip"})
 LoggerMode = StrEnum("LoggerMode", {"OFFLINE": "offline", "ONLINE": "online", "DISABLED": "disabled"})
 EvalMode = StrEnum("EvalMode", {"GREEDY": "greedy", "PAPER": "paper", "SCORE": "score"})
+EvalProtocol = StrEnum("EvalProtocol", {"FIXED": "fixed", "AUTHORS": "authors"})  # evaluation/protocol.py
+Prompt = StrEnum("Prompt", {"CLEAN": "clean", "AUTHORS": "authors"})  # data/prompts.py
 
 
 @dataclass
@@ -79,6 +81,7 @@ class TaskConfig:
     val_seed: int = 42
     cutoff_len: int = 256
     train_on_inputs: bool = True
+    prompt: str = "clean"  # training template: clean | authors (their leaked indentation, byte for byte)
     max_train_examples: int | None = None
     max_test_examples: int | None = None  # per test set, for quick looks
 
@@ -86,6 +89,7 @@ class TaskConfig:
         from perft_exp.data.formats import canonical_test_set
 
         self.kind = one_of("task.kind", self.kind, TaskKind)
+        self.prompt = one_of("task.prompt", self.prompt, Prompt)
         at_least("task.cutoff_len", self.cutoff_len)
         at_least("task.val_size", self.val_size, strict=False)
         for name in self.test_sets:
@@ -101,7 +105,10 @@ class TrainerConfig:
     learning_rate: float = 1e-5
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 16
+    # The optimizer step's batch (perft_exp/training/batch.py): a fixed global batch, split over the ranks, or
+    # (global_batch_size null) per-device batch x accumulation x ranks. The micro batch is per-device, per forward.
+    global_batch_size: int | None = None
+    per_device_train_batch_size: int | None = 16  # null with a global batch: global / world size
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 100
@@ -120,8 +127,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
         at_least("trainer.learning_rate", self.learning_rate, strict=False)
-        at_least("trainer.per_device_train_batch_size", self.per_device_train_batch_size)
-        at_least("trainer.gradient_accumulation_steps", self.gradient_accumulation_steps)
+        from perft_exp.training.batch import batch_plan
+
+        batch_plan(
+            self, int(os.environ.get("WORLD_SIZE", "1"))
+        )  # splits on the ranks this process started with
         at_least("trainer.warmup_steps", self.warmup_steps, strict=False)
         at_least("trainer.eval_steps", self.eval_steps)
         at_least("trainer.save_steps", self.save_steps)
@@ -166,10 +176,12 @@ class EvalConfig:
     mode: str = "greedy"
     batch_size: int = 16
     max_new_tokens: int | None = None
+    protocol: str = "fixed"  # prompt strings and answer matching: fixed | authors (evaluation/protocol.py)
     base: bool = False  # also evaluate the untuned base model (the run's results: base_eval)
 
     def __post_init__(self) -> None:
         self.mode = one_of("eval.mode", self.mode, EvalMode)
+        self.protocol = one_of("eval.protocol", self.protocol, EvalProtocol)
         at_least("eval.batch_size", self.batch_size)
 
 

@@ -6,8 +6,8 @@
     python scripts/evaluate.py run_dir=<run> variant=none          # the frozen base model
 
 The run's own overrides (Hydra's record of its command line) are replayed first, so the model and adapter
-match; results go to <run>/evaluations/<task>-<mode>[-base]/ (per-example JSONL + the results, see
-perft_exp/run_dir.py).
+match; results go to <run>/evaluations/<task>-<mode>[-authors][-base]/ (per-example JSONL + the results, see
+perft_exp/run_dir.py; -authors with eval.protocol=authors).
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ def run(argv: list[str]) -> dict:
         model = load_adapter(model, run_dir.adapter)
     model.eval()
     tests = load_task_data(cfg.task).tests
-    out = run_dir.evaluation(f"{cfg.task.name}-{cfg.eval.mode}{'-base' if base_only else ''}")
+    protocol = "" if cfg.eval.protocol == "fixed" else f"-{cfg.eval.protocol}"  # never over the fixed one
+    out = run_dir.evaluation(f"{cfg.task.name}-{cfg.eval.mode}{protocol}{'-base' if base_only else ''}")
     result = evaluate(
         model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out,
+        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
     )  # fmt: skip
     run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))

@@ -101,12 +101,7 @@ def test_other_groups(group):
 
 def test_paper_trainer_settings():
     t = compose(["trainer=olmoe"]).trainer
-    assert (t.learning_rate, t.per_device_train_batch_size, t.warmup_steps, t.num_train_epochs) == (
-        1e-5,
-        16,
-        100,
-        3,
-    )
+    assert (t.learning_rate, t.global_batch_size, t.warmup_steps, t.num_train_epochs) == (1e-5, 16, 100, 3)
     assert (t.eval_steps, t.save_steps, t.save_total_limit, t.max_grad_norm) == (80, 80, 3, 1.0)
     assert compose(["trainer=mixtral"]).trainer.learning_rate == 2e-5
 

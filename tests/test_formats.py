@@ -10,9 +10,11 @@ from perft_exp.data.formats import (
     DataError,
     canonical_test_set,
     contaminated_test_sets,
+    count_empty_answers,
     load_from_hub,
     load_test_sets,
     load_train,
+    split_indices,
     split_validation,
 )
 
@@ -62,7 +64,6 @@ def test_load_test_sets_case_insensitive_dirs_and_names(tmp_path):
         ([_record(0), _record(1, answer=4)], "record 1.*'answer' is a int"),
         ([_record(0, input=None)], "record 0.*'input' is a NoneType"),
         ([_record(0), _record(1, instruction="  ")], "record 1 has an empty instruction"),
-        ([_record(0, answer="")], "record 0 has an empty answer"),
     ],
 )
 def test_bad_train_file_names_file_and_record(tmp_path, payload, message):
@@ -89,6 +90,18 @@ def test_test_record_without_answer_names_file_and_record(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_empty_answers_are_kept_for_training_and_left_out_of_scoring_and_counted(tmp_path):
+    """The authors' loader keeps training records with an empty answer (training reads `output`); a test record
+    without an answer cannot be scored. Neither fails the file."""
+    records = [_record(0), _record(1, answer=""), _record(2, answer="  ")]
+    _write(tmp_path / "math_50k.json", records)
+    assert load_train(tmp_path, "math_50k") == records and count_empty_answers(records) == 2
+    _write(tmp_path / "dataset" / "gsm8k" / "test.json", records)
+    skipped = {}
+    assert load_test_sets(tmp_path, ["gsm8k"], skipped=skipped)["gsm8k"] == [_record(0)]
+    assert skipped == {"gsm8k": 2}
+
+
 def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
 
@@ -109,6 +122,18 @@ def test_contamination_flag():
     assert contaminated_test_sets("data/math_10k.json", ["SingleEq"]) == ["SingleEq"]
     assert contaminated_test_sets("math_50k", names) == []
     assert contaminated_test_sets("commonsense_170k", ["boolq"]) == []
+
+
+def test_validation_split_is_the_authors_datasets_call():
+    """The authors held out `data["train"].train_test_split(test_size=120, shuffle=True, seed=42)["test"]`."""
+    import datasets
+
+    records = [_record(i) for i in range(500)]
+    theirs = datasets.Dataset.from_list(records).train_test_split(test_size=120, shuffle=True, seed=42)
+    train, val = split_validation(records, 120, 42)
+    assert val == list(theirs["test"]) and train == list(theirs["train"])
+    train_idx, val_idx = split_indices(500, 120, 42)
+    assert [records[i] for i in val_idx] == val and sorted(train_idx + val_idx) == list(range(500))
 
 
 def test_split_validation_is_deterministic_and_disjoint():

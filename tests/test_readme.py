@@ -89,6 +89,9 @@ COMMANDS = {
     "python scripts/sweep.py show olmoe_commonsense": ok(
         "olmoe_commonsense: 100 jobs, all compose and validate"
     ),
+    "python scripts/sweep.py show olmoe_commonsense_authors": ok(
+        "olmoe_commonsense_authors: 100 jobs, all compose and validate"
+    ),
     "python scripts/sweep.py status olmoe_commonsense": ok("olmoe_commonsense: 100 pending"),
     "python scripts/sweep.py run toy": ok("toy: 2 finished", shrink=True),
     "python scripts/sweep.py run olmoe_math --launcher slurm --partition gpu --timeout-min 1440": error(

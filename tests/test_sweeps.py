@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import subprocess
@@ -17,7 +18,8 @@ from perft_exp.sweeps import grid as sweep_grid
 from perft_exp.sweeps import jobs as sweep_jobs
 from perft_exp.sweeps import launch as sweep_launch
 
-PAPER_GRIDS = {"olmoe_commonsense": 100, "olmoe_math": 52, "mixtral_commonsense": 12, "mixtral_math": 3}
+PAPER_GRIDS = {"olmoe_commonsense": 100, "olmoe_math": 52, "mixtral_commonsense": 12, "mixtral_math": 3,
+               "olmoe_commonsense_authors": 100, "olmoe_math_authors": 52}  # fmt: skip
 SMALL = ["mixtral_commonsense", "mixtral_math", "bottleneck_ablation", "toy"]
 
 
@@ -86,6 +88,52 @@ def test_each_block_of_the_large_grids_composes(name):
             )
 
 
+# What the authors' evaluate scripts generate (their per-model shell scripts: --max_new_tokens 4 / 256).
+AUTHORS_MAX_NEW_TOKENS = {"commonsense": 4, "math": 256}
+
+
+def _paper_model_sweeps() -> list[str]:
+    """Every sweep whose model is a real one (not the tiny embedded default's)."""
+    names = sweep_grid.list_sweeps()
+    return [n for n in names if not str(sweep_grid.Sweep.load(n).fixed["model"]).startswith("tiny")]
+
+
+@functools.cache
+def _composed(name: str) -> tuple:
+    """(job, composed config) for every job of a sweep, composed once for all the tests that read them."""
+    from perft_exp.config import compose
+
+    return tuple((job, compose(job)) for job in sweep_grid.Sweep.load(name).jobs())
+
+
+def test_every_job_of_every_paper_sweep_evaluates_with_the_authors_protocol():
+    from perft_exp.evaluation.evaluator import max_new_tokens_for
+
+    names = _paper_model_sweeps()
+    assert set(PAPER_GRIDS) | {"bottleneck_ablation"} <= set(names)
+    for name in names:
+        for job, cfg in _composed(name):
+            ev, kind = cfg.eval, cfg.task.kind
+            assert ev.mode == "paper", (name, job)
+            tokens = max_new_tokens_for(ev.mode, kind, ev.max_new_tokens)
+            assert tokens == AUTHORS_MAX_NEW_TOKENS[kind], (name, job)
+
+
+@pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
+def test_the_authors_sweep_is_the_grid_run_for_run_as_the_authors_ran_it(name):
+    ours, theirs = sweep_grid.Sweep.load(name), sweep_grid.Sweep.load(f"{name}_authors")
+    assert sorted(map(_perft_knobs, theirs.jobs())) == sorted(map(_perft_knobs, ours.jobs()))
+    dirs = set()
+    for job, cfg in _composed(theirs.name):
+        assert (cfg.eval.mode, cfg.eval.protocol, cfg.task.prompt) == ("paper", "authors", "authors"), job
+        assert (cfg.task.val_size, cfg.task.val_seed, cfg.perft.dropout_scope) == (120, 42, "expert"), job
+        p = cfg.perft
+        authors_r = (p.authors_weighting_defect, p.router_init, p.router_dtype) == (True, "authors", "model")
+        assert authors_r == (p.variant == "R"), job
+        assert cfg.name.startswith("authors-") and cfg.name not in dirs
+        dirs.add(cfg.name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["olmoe_commonsense", "olmoe_math"])
 def test_every_job_of_the_large_grids_composes(name):
@@ -115,7 +163,7 @@ def test_show_is_a_dry_run(monkeypatch, capsys):
 def test_block_becomes_one_multirun_command():
     sweep = sweep_grid.Sweep.load("mixtral_math")
     assert sweep.block_overrides(sweep.blocks[0], ["deepspeed=zero3"]) == [
-        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "logger.group=mixtral_math",
+        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "eval=paper", "logger.group=mixtral_math",
         "variant=R", "routing=n2k2,n8k2", "perft.bottleneck=8", "deepspeed=zero3",
     ]  # fmt: skip
 

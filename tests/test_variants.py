@@ -42,6 +42,9 @@ def test_every_variant_composes_and_validates(name):
               authors_weighting_defect=True), "R-n8-k2-r16-a8-adapter-zero_b-defect",
          "R (Top2/8) [alpha=8, adapter, init=zero_b, authors' defect] r16"),
         (dict(variant="S", num_experts=None, top_k=None, alpha=32.0), "S-r16", "S (1) r16"),
+        (dict(variant="R", num_experts=4, top_k=2, dropout_scope="shared", router_init="authors",
+              router_dtype="model"), "R-n4-k2-r16-drop_shared-rinit_authors-rdtype_model",
+         "R (Top2/4) [shared dropout, router init=authors, router dtype=model] r16"),
     ],
 )  # fmt: skip
 def test_run_names_and_labels(perft, tag, label):

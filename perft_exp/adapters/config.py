@@ -35,6 +35,9 @@ FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
 IMPLS = ("auto", "dense", "grouped", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
+DROPOUT_SCOPES = ("expert", "shared")
+ROUTER_INITS = ("linear", "authors")
+ROUTER_DTYPES = ("float32", "model")
 
 
 @dataclass
@@ -45,6 +48,9 @@ class PerftConfig:
     bottleneck: int = 16  # r; also the rank of the LoRA baselines
     alpha: float | None = None  # None -> 2 * bottleneck, as in every paper run
     dropout: float = 0.05
+    # expert: each PEFT expert draws its own mask, where the authors apply it (LoRA: on its input; adapter: after
+    # W_down); shared: one mask on x for all experts. The LoRA baselines use HF PEFT's dropout either way.
+    dropout_scope: str = "expert"
     form: str = "lora"  # "lora": (alpha/r) B A dropout(x); "adapter": W_up act(W_down x)
     activation: str = "silu"  # adapter form only
     init: str = "paper"  # "paper": A ~ N(0, 2/r), B ~ N(0, 1e-12); "zero_b": B = 0 (no-op at step 0)
@@ -52,6 +58,10 @@ class PerftConfig:
     # The authors' OLMoE code scaled R's j-th chosen PEFT expert by the j-th largest *base-router*
     # weight, so W_r learned from the aux loss alone. Off by default; on only to compare with them.
     authors_weighting_defect: bool = False
+    # R's router W_r: "linear" = nn.Linear's U(-1/sqrt(D), 1/sqrt(D)) in fp32 (ours); the authors' router was made
+    # by from_pretrained: the model's _init_weights N(0, 0.02), in the model's dtype (bf16), never re-initialised.
+    router_init: str = "linear"
+    router_dtype: str = "float32"  # "model": the base model's dtype (bf16 on GPU), as the authors ran it
     impl: str = "auto"  # routed compute: dense masked, grouped matmul over chosen experts, or loop
     adapter_dtype: str = "float32"  # dtype of the PEFT parameters ("model": same as the base)
 
@@ -62,6 +72,9 @@ class PerftConfig:
             ("init", INITS),
             ("impl", IMPLS),
             ("adapter_dtype", ADAPTER_DTYPES),
+            ("dropout_scope", DROPOUT_SCOPES),
+            ("router_init", ROUTER_INITS),
+            ("router_dtype", ROUTER_DTYPES),
         ):
             one_of(f"perft.{key}", getattr(self, key), allowed)
         if spec.family is Family.NONE:

@@ -11,6 +11,17 @@ Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t
            Custom autograd functions keep only (S, r) activations: the (S, D) gathered inputs and
            per-pair outputs are recomputed or summed away, never saved.
   loop:    a Python loop over experts (perft_exp.adapters.reference); the oracle and the benchmark's strawman.
+
+Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
+training only: every (token, expert) pair draws its own keep mask m ~ Bernoulli(1 - p), scaled by 1 / (1 - p),
+applied where the authors apply it in each form:
+  LoRA form:    expert_j(x) = s * B_j A_j (m_tj * x)           mask over D, on the expert's input
+  adapter form: expert_j(x) = W_up act(m_tj * (W_down x))      mask over r, after W_down, before the activation
+The masks are one tensor `keep` (T, K, D or r), one row per routed pair (K = N for the always-on experts of D
+and S), drawn here or passed in (the tests hand the same masks to every path and to the loop oracle). Costs:
+grouped keeps a bool (S, D) mask for backward; dense computes every expert for each of the K masked inputs
+(K times the dense work, a (T, K, D) masked input kept for backward); D/S keep a (T, N, D) masked input.
+`dropout_scope=shared` is one mask on x shared by all experts, drawn by the layer (perft_exp.adapters.layer).
 """
 
 from __future__ import annotations
@@ -29,29 +40,39 @@ _GATHER_COLUMNS = 32
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
 
+def _masked(xs: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Inverted dropout with a given keep mask: xs * keep / (1 - p); xs itself when there is no mask."""
+    return xs if keep is None else xs * keep.to(xs.dtype) * scale
+
+
 class _GatherGroupedMM(torch.autograd.Function):
-    """h_p = x[token_p] @ W[e_p] for expert-sorted pairs p: x (T, D), W (N, D, r) -> h (S, r).
+    """h_p = (keep_p * x[token_p]) @ W[e_p] for expert-sorted pairs p: x (T, D), W (N, D, r) -> h (S, r).
 
     The gathered (S, D) copy of x is not kept for backward: W's gradient gathers it again, which costs
     one (S, D) copy instead of holding S * D activations per layer (S = T * K, 8x the layer input).
+    An expert-scope dropout mask `keep` (S, D) is kept as bool (a quarter of the fp32 copy).
     """
 
     @staticmethod
-    def forward(ctx, x, w, token, offsets):
-        ctx.save_for_backward(x, w, token, offsets)
-        return F.grouped_mm(x.index_select(0, token), w, offs=offsets)
+    def forward(ctx, x, w, token, offsets, keep=None, scale: float = 1.0):
+        ctx.save_for_backward(x, w, token, offsets, keep)
+        ctx.scale = scale
+        return F.grouped_mm(_masked(x.index_select(0, token), keep, scale), w, offs=offsets)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w, token, offsets = ctx.saved_tensors
+        x, w, token, offsets, keep = ctx.saved_tensors
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_xs = F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets)  # (S, D)
+            grad_xs = _masked(
+                F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale
+            )  # (S, D)
             grad_x = torch.zeros_like(x).index_add_(0, token, grad_xs)
         if ctx.needs_input_grad[1]:
-            grad_w = F.grouped_mm(x.index_select(0, token).t(), grad, offs=offsets)  # (N, D, r)
-        return grad_x, grad_w, None, None
+            xs = _masked(x.index_select(0, token), keep, ctx.scale)
+            grad_w = F.grouped_mm(xs.t(), grad, offs=offsets)  # (N, D, r)
+        return grad_x, grad_w, None, None, None, None
 
 
 class _GroupedMMScatter(torch.autograd.Function):
@@ -104,12 +125,14 @@ class PeftExperts(nn.Module):
         activation: str = "silu",
         scaling: float = 2.0,
         init: str = "paper",
+        dropout: float = 0.0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         self.num_experts, self.hidden_size, self.bottleneck = num_experts, hidden_size, bottleneck
         self.form, self.scaling, self.init = form, scaling, init
+        self.dropout = dropout  # expert scope: each (token, expert) pair its own mask (module docstring)
         self.act = _ACTIVATIONS[activation] if form == "adapter" else None
         factory = {"dtype": dtype, "device": device}
         self.A = nn.Parameter(torch.empty(num_experts, hidden_size, bottleneck, **factory))  # (N, D, r) down
@@ -133,27 +156,56 @@ class PeftExperts(nn.Module):
     def _f(self, h: torch.Tensor) -> torch.Tensor:
         return self.act(h) if self.act is not None else h
 
-    def forward_all(self, x: torch.Tensor) -> torch.Tensor:
-        """sum_j expert_j(x) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA."""
+    @property
+    def _scale(self) -> float:
+        return 1.0 / (1.0 - self.dropout)
+
+    def draw_keep(self, x: torch.Tensor, pairs: int) -> torch.Tensor | None:
+        """Keep masks (T, pairs, D or r) for expert-scope dropout, or None outside training or at p = 0."""
+        if not (self.training and self.dropout > 0):
+            return None
+        width = self.hidden_size if self.form == "lora" else self.bottleneck
+        return torch.rand(x.shape[0], pairs, width, device=x.device) >= self.dropout
+
+    def forward_all(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """sum_j expert_j(x) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
+        `keep` (T, N, D or r): expert-scope dropout masks (drawn here in training unless given)."""
         N, D, r = self.A.shape
+        keep = self.draw_keep(x, N) if keep is None else keep
         a = self.A.permute(1, 0, 2).reshape(D, N * r)  # (D, N*r)
-        h = self._f(x @ a)  # (T, N*r)
-        return (h @ self.B.reshape(N * r, D)) * self.scaling  # (T, D)
+        if keep is not None and self.form == "lora":  # each expert reads its own masked copy of x
+            h = torch.einsum("tnd,ndr->tnr", _masked(x.unsqueeze(1), keep, self._scale), self.A)
+            h = h.reshape(-1, N * r)  # (T, N*r)
+        else:
+            h = x @ a  # (T, N*r)
+            if keep is not None:  # adapter form: after W_down
+                h = _masked(h, keep.reshape(h.shape), self._scale)
+        return (self._f(h) @ self.B.reshape(N * r, D)) * self.scaling  # (T, D)
 
     def forward_routed(
-        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, impl: str = "auto"
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        indices: torch.Tensor,
+        impl: str = "auto",
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K)."""
+        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K).
+        `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless given).
+        """
+        keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
             impl = self.choose_impl(indices.shape[-1])
         if impl == "grouped" and not grouped_mm_supported(x, self.A):
             impl = "dense"
         if impl == "dense":
-            return self._dense(x, weights, indices)
+            return self._dense(x, weights, indices, keep)
         if impl == "grouped":
-            return self._grouped(x, weights, indices)
+            return self._grouped(x, weights, indices, keep)
         if impl == "loop":
-            return reference.routed_loop(x, weights, indices, self.A, self.B, self._f, self.scaling)
+            return reference.routed_loop(
+                x, weights, indices, self.A, self.B, self._f, self.scaling, keep, self._scale, self.form
+            )
         raise ValueError(f"unknown impl {impl!r}")
 
     def choose_impl(self, top_k: int) -> str:
@@ -167,22 +219,48 @@ class PeftExperts(nn.Module):
             return "grouped"
         return "dense"
 
-    def _dense(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _dense(
+        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         N, D, r = self.A.shape
-        T = x.shape[0]
-        h = self._f(x @ self.A.permute(1, 0, 2).reshape(D, N * r))  # (T, N*r)
-        gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(1, indices, weights.to(h.dtype))
-        h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
-        return (h @ self.B.reshape(N * r, D)) * self.scaling
+        T, K = indices.shape
+        a = self.A.permute(1, 0, 2).reshape(D, N * r)
+        if keep is None:
+            h = self._f(x @ a)  # (T, N*r)
+            gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(1, indices, weights.to(h.dtype))
+            h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
+            return (h @ self.B.reshape(N * r, D)) * self.scaling
+        # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or masks
+        # its own W_down output (adapter form); every expert is computed for each of the K inputs, the chosen kept.
+        xk = (
+            _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
+        )  # (T, K|1, D)
+        hk = (xk @ a).view(T, -1, N, r).expand(T, K, N, r)
+        hk = hk.gather(2, indices.view(T, K, 1, 1).expand(T, K, 1, r)).squeeze(
+            2
+        )  # (T, K, r): the chosen experts
+        if self.form != "lora":
+            hk = _masked(hk, keep, self._scale)
+        hk = self._f(hk) * weights.to(hk.dtype).unsqueeze(-1)
+        # A token meets an expert at most once: scattering the K pairs into their expert slots sums nothing.
+        h = hk.new_zeros(T, N, r).scatter(1, indices.unsqueeze(-1).expand(T, K, r), hk)
+        return (h.view(T, N * r) @ self.B.reshape(N * r, D)) * self.scaling
 
-    def _grouped(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def _grouped(
+        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
         T, K = indices.shape
         flat = indices.reshape(-1)  # (S,) with S = T*K
         # Unstable sort: a token meets an expert at most once, so any order within a group sums the same.
         order = torch.sort(flat).indices
         token = order // K  # token of each expert-sorted (token, expert) pair
         offsets = torch.cumsum(torch.bincount(flat, minlength=self.num_experts), 0).to(torch.int32)
-        h = self._f(_GatherGroupedMM.apply(x, self.A, token, offsets))  # (S, r)
+        keep = None if keep is None else keep.reshape(T * K, -1).index_select(0, order)  # (S, D or r)
+        if self.form == "lora":
+            h = _GatherGroupedMM.apply(x, self.A, token, offsets, keep, self._scale)  # (S, r)
+        else:
+            h = _masked(_GatherGroupedMM.apply(x, self.A, token, offsets), keep, self._scale)
+        h = self._f(h)
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
         return _GroupedMMScatter.apply(h, self.B, token, offsets, T)  # (T, D)

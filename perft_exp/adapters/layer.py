@@ -4,6 +4,8 @@ R: own router over N experts, top-K, renormalised weights      y = sum_{j in J} 
 E: one expert per FFN expert, the frozen router's S and p_i    y = sum_{i in S} p_i expert_i(x)
 D: N experts always on                                          y = sum_j expert_j(x)
 S: one expert always on                                         y = expert(x)
+Dropout (training only): `dropout_scope=expert` leaves it to the experts, one mask per (token, expert) pair
+(perft_exp.adapters.experts); `shared` draws one mask on x here, read by every expert.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class PerftLayer(nn.Module):
             raise ValueError(
                 f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
             )
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        shared = cfg.dropout_scope == "shared" and cfg.dropout > 0
+        self.dropout = nn.Dropout(cfg.dropout) if shared else nn.Identity()
         self.experts = PeftExperts(
             num_experts,
             hidden_size,
@@ -51,11 +54,19 @@ class PerftLayer(nn.Module):
             activation=cfg.activation,
             scaling=cfg.scaling,
             init=cfg.init,
+            dropout=cfg.dropout if cfg.dropout_scope == "expert" else 0.0,
             dtype=dtype,
             device=device,
         )
         self.router = (
-            PeftRouter(hidden_size, num_experts, cfg.top_k, dtype=torch.float32, device=device)
+            PeftRouter(
+                hidden_size,
+                num_experts,
+                cfg.top_k,
+                init=cfg.router_init,
+                device=device,
+                dtype=model_dtype if cfg.router_dtype == "model" else torch.float32,
+            )  # fmt: skip
             if spec.routing is Routing.OWN
             else None
         )

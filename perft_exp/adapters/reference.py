@@ -19,13 +19,21 @@ def routed_loop(
     B: torch.Tensor,  # (N, r, D)
     f: Callable[[torch.Tensor], torch.Tensor],
     scaling: float,
+    keep: torch.Tensor | None = None,  # (T, K, D) LoRA form, (T, K, r) adapter form: dropout per routed pair
+    keep_scale: float = 1.0,  # 1 / (1 - p)
+    form: str = "lora",
 ) -> torch.Tensor:
     y = torch.zeros_like(x)
     for e in range(A.shape[0]):
         token, slot = torch.where(indices == e)
         if token.numel() == 0:
             continue
-        out = f(x[token] @ A[e]) @ B[e] * scaling  # (n_e, D)
+        m = None if keep is None else keep[token, slot].to(x.dtype) * keep_scale  # this expert's own masks
+        xe = x[token] * m if m is not None and form == "lora" else x[token]
+        pre = xe @ A[e]
+        if m is not None and form != "lora":
+            pre = pre * m
+        out = f(pre) @ B[e] * scaling  # (n_e, D)
         y = y.index_add(0, token, out * weights[token, slot].unsqueeze(-1).to(out.dtype))
     return y
 
@@ -36,8 +44,15 @@ def all_loop(
     B: torch.Tensor,
     f: Callable[[torch.Tensor], torch.Tensor],
     scaling: float,
+    keep: torch.Tensor | None = None,  # (T, N, D) LoRA form, (T, N, r) adapter form
+    keep_scale: float = 1.0,
+    form: str = "lora",
 ) -> torch.Tensor:
     y = torch.zeros_like(x)
     for e in range(A.shape[0]):
-        y = y + f(x @ A[e]) @ B[e] * scaling
+        m = None if keep is None else keep[:, e].to(x.dtype) * keep_scale
+        pre = (x * m if m is not None and form == "lora" else x) @ A[e]
+        if m is not None and form != "lora":
+            pre = pre * m
+        y = y + f(pre) @ B[e] * scaling
     return y

@@ -1,6 +1,11 @@
 """`PeftRouter`: variant R's own learned router over its N PEFT experts.
 
 q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J). W_r is (N, D), no bias.
+
+Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the authors'
+router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std = initializer_range,
+0.02 for OLMoE and Mixtral). Its dtype (`perft.router_dtype`) is fp32 or, as theirs, the model's: in bf16 an
+AdamW update at lr 1e-5 is mostly below half a unit in the last place of a weight of size ~0.02, so it is lost.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+AUTHORS_INIT_STD = 0.02  # transformers' initializer_range of OLMoE-1B-7B and Mixtral-8x7B
+
 
 class PeftRouter(nn.Module):
     def __init__(
@@ -19,6 +26,7 @@ class PeftRouter(nn.Module):
         num_experts: int,
         top_k: int,
         *,
+        init: str = "linear",
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
@@ -27,9 +35,14 @@ class PeftRouter(nn.Module):
         self.weight = nn.Parameter(
             torch.empty(num_experts, hidden_size, dtype=dtype, device=device)
         )  # (N, D)
-        with torch.no_grad():  # nn.Linear's default init
-            bound = 1.0 / math.sqrt(hidden_size)
-            self.weight.uniform_(-bound, bound)
+        with torch.no_grad():
+            if init == "authors":
+                self.weight.normal_(0.0, AUTHORS_INIT_STD)
+            elif init == "linear":
+                bound = 1.0 / math.sqrt(hidden_size)
+                self.weight.uniform_(-bound, bound)
+            else:
+                raise ValueError(f"unknown router init {init!r}")
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, top_k={self.top_k}"

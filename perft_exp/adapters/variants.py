@@ -117,6 +117,12 @@ KNOBS = (
     Knob("init", lambda p: p.get("init", "paper") != "paper", lambda p: p["init"], lambda p: f"init={p['init']}"),
     Knob("authors_weighting_defect", lambda p: bool(p.get("authors_weighting_defect")),
          lambda p: "defect", lambda p: "authors' defect"),
+    Knob("dropout_scope", lambda p: p.get("dropout_scope", "expert") != "expert",
+         lambda p: f"drop_{p['dropout_scope']}", lambda p: f"{p['dropout_scope']} dropout"),
+    Knob("router_init", lambda p: p.get("router_init", "linear") != "linear",
+         lambda p: f"rinit_{p['router_init']}", lambda p: f"router init={p['router_init']}"),
+    Knob("router_dtype", lambda p: p.get("router_dtype", "float32") != "float32",
+         lambda p: f"rdtype_{p['router_dtype']}", lambda p: f"router dtype={p['router_dtype']}"),
 )  # fmt: skip
 # The knobs a run name shows (the routing knobs, the bottleneck, KNOBS): with the model, task and seed they are
 # what a run name's hash of the remaining config changes is taken against (perft_exp/config.py).

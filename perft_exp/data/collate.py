@@ -1,6 +1,6 @@
 """Tokenization of LLM-Adapters records for causal-LM training, and the padding collator.
 
-The full text is `build_prompt(instruction, input) + output`, cut at `cutoff_len` tokens; EOS is
+The full text is `build_training_prompt(instruction, input, prompt) + output` (the clean template by default), cut at `cutoff_len` tokens; EOS is
 appended only when the text is shorter than the cutoff (the LLM-Adapters rule, so a truncated
 example never learns to stop mid-sentence). With `train_on_inputs=False` the prompt tokens get
 label -100 and only the response is learned.
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from perft_exp.data.prompts import build_prompt
+from perft_exp.data.prompts import build_training_prompt
 
 IGNORE_INDEX = -100
 
@@ -27,17 +27,19 @@ def tokenize_record(
     cutoff_len: int = 256,
     train_on_inputs: bool = True,
     add_eos: bool = True,
+    prompt: str = "clean",
 ) -> dict:
-    """{input_ids, attention_mask, labels, truncated} for one record; `truncated` = tokens were dropped."""
-    prompt = build_prompt(record["instruction"], record.get("input", ""))
-    ids = tokenizer(prompt + record["output"])["input_ids"]
+    """{input_ids, attention_mask, labels, truncated} for one record; `truncated` = tokens were dropped.
+    `prompt`: the template, "clean" or "authors" (perft_exp.data.prompts)."""
+    head = build_training_prompt(record["instruction"], record.get("input", ""), prompt)
+    ids = tokenizer(head + record["output"])["input_ids"]
     truncated = len(ids) > cutoff_len
     ids = ids[:cutoff_len]
     if add_eos and len(ids) < cutoff_len and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]
     labels = list(ids)
     if not train_on_inputs:
-        n_prompt = min(len(tokenizer(prompt)["input_ids"]), len(ids))
+        n_prompt = min(len(tokenizer(head)["input_ids"]), len(ids))
         labels[:n_prompt] = [IGNORE_INDEX] * n_prompt
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "truncated": truncated}
 
@@ -48,11 +50,12 @@ def tokenize_dataset(
     cutoff_len: int = 256,
     train_on_inputs: bool = True,
     add_eos: bool = True,
+    prompt: str = "clean",
 ) -> tuple[list[dict], int]:
     """(examples with input_ids/attention_mask/labels, number of truncated examples)."""
     examples, n_truncated = [], 0
     for record in records:
-        example = tokenize_record(tokenizer, record, cutoff_len, train_on_inputs, add_eos)
+        example = tokenize_record(tokenizer, record, cutoff_len, train_on_inputs, add_eos, prompt)
         n_truncated += example.pop("truncated")
         examples.append(example)
     log.info("tokenized %d examples, %d truncated at %d tokens", len(examples), n_truncated, cutoff_len)

@@ -6,14 +6,17 @@ A data dir is laid out as LLM-Adapters ships it:
     <data_dir>/dataset/<TestSet>/test.json      one dir per test set, named as in COMMONSENSE/MATH_TEST_SETS
 
 Each file is a JSON list of records `{"instruction", "input", "output", "answer"}`. Every defect
-raises `DataError` naming the file and the record index: nothing is skipped silently.
+raises `DataError` naming the file and the record index: nothing is skipped silently. One exception,
+as the authors' loader has it: a record with an empty `answer` is kept in a training file (training reads
+`output` only) and left out of a test set (it cannot be scored); both are counted (`count_empty_answers`,
+`load_test_sets(..., skipped=)`) and the run reports the counts in results.json.
 `scripts/fetch_data.py` downloads the files for users with a network.
 """
 
 from __future__ import annotations
 
 import json
-import random
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,9 @@ CONTAMINATED = {"math_10k": ["AddSub", "MultiArith", "SingleEq"]}
 _TRAIN_FIELDS = ("instruction", "input", "output", "answer")
 _TEST_FIELDS = ("instruction", "answer")
 _OPTIONAL_TEST_FIELDS = ("input", "output")
+
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -82,9 +88,12 @@ def _read_records(path: Path, required: tuple[str, ...], optional: tuple[str, ..
                 )
         if not record["instruction"].strip():
             raise DataError(f"{path}: record {i} has an empty instruction")
-        if not record["answer"].strip():
-            raise DataError(f"{path}: record {i} has an empty answer")
     return data
+
+
+def count_empty_answers(records: list[dict]) -> int:
+    """How many records have an empty `answer` (kept for training, left out of scoring)."""
+    return sum(not record["answer"].strip() for record in records)
 
 
 def load_train(data_dir: str | Path, train_file: str) -> list[dict]:
@@ -102,14 +111,24 @@ def _test_dir(data_dir: Path, name: str) -> Path:
     return root / name
 
 
-def load_test_sets(data_dir: str | Path, names: list[str]) -> dict[str, list[dict]]:
-    """{canonical name: records} from `<data_dir>/dataset/<name>/test.json`, dirs matched case-insensitively."""
+def load_test_sets(
+    data_dir: str | Path, names: list[str], skipped: dict[str, int] | None = None
+) -> dict[str, list[dict]]:
+    """{canonical name: records} from `<data_dir>/dataset/<name>/test.json`, dirs matched case-insensitively.
+
+    Records with an empty answer cannot be scored: they are left out, counted in the log and, per set with any,
+    in `skipped`."""
     sets = {}
     for name in map(canonical_test_set, names):
         records = _read_records(
             _test_dir(Path(data_dir), name) / "test.json", _TEST_FIELDS, _OPTIONAL_TEST_FIELDS
         )
-        sets[name] = [{"input": "", **r} for r in records]
+        sets[name] = [{"input": "", **r} for r in records if r["answer"].strip()]
+        if len(sets[name]) < len(records):
+            log.warning("%s: %d of %d test records have an empty answer; left out", name,
+                        len(records) - len(sets[name]), len(records))  # fmt: skip
+            if skipped is not None:
+                skipped[name] = len(records) - len(sets[name])
     return sets
 
 
@@ -120,22 +139,34 @@ def load_from_hub(dataset_id: str, split: str = "train") -> list[dict]:
     rows = datasets.load_dataset(dataset_id, split=split)
     records = [{field: row.get(field, "") for field in _TRAIN_FIELDS} for row in rows]
     for i, record in enumerate(records):
-        for field in _TEST_FIELDS:
-            if not isinstance(record[field], str) or not record[field].strip():
-                raise DataError(f"{dataset_id}[{split}]: record {i} has no {field!r}")
+        for field in _TRAIN_FIELDS:
+            if not isinstance(record[field], str):
+                raise DataError(f"{dataset_id}[{split}]: record {i} field {field!r} is not a string")
+        if not record["instruction"].strip():
+            raise DataError(f"{dataset_id}[{split}]: record {i} has no 'instruction'")
     if not records:
         raise DataError(f"{dataset_id}[{split}]: no records")
     return records
 
 
+def split_indices(n: int, val_size: int = 120, seed: int = 42) -> tuple[list[int], list[int]]:
+    """(train, val) record indices exactly as the authors split: `datasets`' own
+    `Dataset.train_test_split(test_size=val_size, shuffle=True, seed=seed)` on the n records, called on a
+    dataset of their indices (it draws one numpy permutation; val is its first val_size entries, train the rest,
+    both in permutation order)."""
+    if val_size <= 0 or val_size >= n:
+        raise DataError(f"val_size={val_size} must be in [1, {n - 1}] for {n} records")
+    import datasets  # deferred: importing it costs about a second
+
+    split = datasets.Dataset.from_dict({"i": list(range(n))}).train_test_split(
+        test_size=val_size, shuffle=True, seed=seed
+    )
+    return list(split["train"]["i"]), list(split["test"]["i"])
+
+
 def split_validation(
     records: list[dict], val_size: int = 120, seed: int = 42
 ) -> tuple[list[dict], list[dict]]:
-    """(train, val): a seeded permutation holds out `val_size` records; the same seed gives the same split."""
-    if val_size <= 0 or val_size >= len(records):
-        raise DataError(f"val_size={val_size} must be in [1, {len(records) - 1}] for {len(records)} records")
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    train = [records[i] for i in order[val_size:]]
-    val = [records[i] for i in order[:val_size]]
-    return train, val
+    """(train, val): the authors' held-out `val_size` records (split_indices); the same seed, the same split."""
+    train, val = split_indices(len(records), val_size, seed)
+    return [records[i] for i in train], [records[i] for i in val]

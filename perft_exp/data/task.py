@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perft_exp.data.formats import load_from_hub, load_test_sets, load_train, split_validation
+from perft_exp.data.formats import (
+    count_empty_answers,
+    load_from_hub,
+    load_test_sets,
+    load_train,
+    split_validation,
+)
 
 
 @dataclass
@@ -17,6 +23,8 @@ class TaskData:
     train: list[dict]
     val: list[dict]
     tests: dict[str, list[dict]] = field(default_factory=dict)
+    # Records with an empty answer: {"train": kept in the training file, <test set>: left out of it}.
+    empty_answers: dict[str, int] = field(default_factory=dict)
 
 
 def load_task_data(task, train: bool = True) -> TaskData:
@@ -26,19 +34,20 @@ def load_task_data(task, train: bool = True) -> TaskData:
         from perft_exp.data.synthetic import ensure_suite
 
         ensure_suite(task.kind, data_dir)
-    train_recs, val = [], []
+    train_recs, val, empty = [], [], {}
     if train:
         records = (
             load_from_hub(task.hub_id, "train")
             if task.hub_id and not data_dir.is_dir()
             else load_train(data_dir, task.train_file)
         )
+        empty["train"] = count_empty_answers(records)
         train_recs, val = (
             split_validation(records, task.val_size, task.val_seed) if task.val_size else (records, [])
         )
         if task.max_train_examples:
             train_recs = train_recs[: task.max_train_examples]
-    tests = load_test_sets(data_dir, list(task.test_sets)) if task.test_sets else {}
+    tests = load_test_sets(data_dir, list(task.test_sets), skipped=empty) if task.test_sets else {}
     if task.max_test_examples:
         tests = {name: recs[: task.max_test_examples] for name, recs in tests.items()}
-    return TaskData(train_recs, val, tests)
+    return TaskData(train_recs, val, tests, empty)

@@ -29,9 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from perft_exp.data.formats import COMMONSENSE_TEST_SETS, canonical_test_set
-from perft_exp.data.prompts import COMMONSENSE_PREFILL, build_prompt, response_of
-from perft_exp.evaluation.extract import CHOICE_LABELS, extract_answer, extract_aqua_authors, is_correct
+from perft_exp.data.prompts import COMMONSENSE_PREFILL, response_of
+from perft_exp.evaluation.extract import CHOICE_LABELS, extract_aqua_authors
 from perft_exp.evaluation.metrics import average_metrics, macro_average, summarize_set
+from perft_exp.evaluation.protocol import AUTHORS, FIXED, Protocol
 
 MODES = ("greedy", "paper", "score")
 
@@ -47,6 +48,12 @@ _NUM_BEAMS = {"paper": 4, "greedy": 1}
 
 def _task(name: str) -> str:
     return "commonsense" if name in COMMONSENSE_TEST_SETS else "math"
+
+
+def max_new_tokens_for(mode: str, kind: str, override: int | None = None) -> int:
+    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override` (eval.max_new_tokens)
+    when set, else the mode's default (paper: the authors' 4 and 256)."""
+    return override or _MAX_NEW_TOKENS[(mode, kind)]
 
 
 @contextmanager
@@ -86,9 +93,11 @@ def _generate_set(
     max_new_tokens: int | None,
     progress: bool,
     synced_gpus: bool = False,
+    protocol: Protocol = FIXED,
 ) -> list[dict]:
-    prefill = COMMONSENSE_PREFILL if mode == "paper" and _task(name) == "commonsense" else ""
-    prompts = [build_prompt(r["instruction"], r.get("input", "")) + prefill for r in records]
+    # The authors' commonsense string always ends in the prefill; the fixed protocol prefills in paper mode.
+    prefill = _task(name) == "commonsense" and (mode == "paper" or protocol.name == "authors")
+    prompts = [protocol.prompt(r, COMMONSENSE_PREFILL if prefill else "") for r in records]
     ids = tokenizer(prompts)["input_ids"]
     # Longest first: similar lengths share a batch, and an out-of-memory shows in the first batch.
     order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
@@ -96,7 +105,7 @@ def _generate_set(
         "do_sample": False,
         "num_beams": _NUM_BEAMS[mode],
         "num_return_sequences": 1,
-        "max_new_tokens": max_new_tokens or _MAX_NEW_TOKENS[(mode, _task(name))],
+        "max_new_tokens": max_new_tokens_for(mode, _task(name), max_new_tokens),
         "early_stopping": False,
         "length_penalty": 1.0,
         "repetition_penalty": 1.0,
@@ -114,22 +123,22 @@ def _generate_set(
         out = model.generate(**inputs, **decoding)
         for i, text in zip(batch, tokenizer.batch_decode(out, skip_special_tokens=True)):
             responses[i] = response_of(text)
-    return [_row(name, i, prompts[i], responses[i], r["answer"]) for i, r in enumerate(records)]
+    return [_row(name, i, prompts[i], responses[i], r["answer"], protocol) for i, r in enumerate(records)]
 
 
-def _row(name: str, index: int, prompt: str, response: str, label: str) -> dict:
-    extracted = extract_answer(name, response)
+def _row(name: str, index: int, prompt: str, response: str, label: str, protocol: Protocol = FIXED) -> dict:
+    extracted = protocol.extract(name, response)
     row = {
         "id": index,
         "prompt": prompt,
         "response": response,
         "extracted": extracted,
         "label": label,
-        "correct": is_correct(name, extracted, label),
+        "correct": protocol.is_correct(name, extracted, label),
     }
-    if name == "AQuA":
+    if name == "AQuA" and protocol.name == "fixed":
         row["extracted_authors"] = extract_aqua_authors(response)
-        row["correct_authors"] = is_correct(name, row["extracted_authors"], label)
+        row["correct_authors"] = AUTHORS.is_correct(name, row["extracted_authors"], label)
     return row
 
 
@@ -146,10 +155,11 @@ def _label_start(context_ids: list[int], full_ids: list[int]) -> int:
 
 
 def _score_set(
-    model: Any, tokenizer: Any, name: str, records: list[dict], batch_size: int, progress: bool
-) -> list[dict]:
+    model: Any, tokenizer: Any, name: str, records: list[dict], batch_size: int, progress: bool,
+    protocol: Protocol = FIXED,
+) -> list[dict]:  # fmt: skip
     labels = CHOICE_LABELS[name]
-    contexts = [build_prompt(r["instruction"], r.get("input", "")) + COMMONSENSE_PREFILL for r in records]
+    contexts = [protocol.prompt(r, COMMONSENSE_PREFILL) for r in records]
     context_ids = tokenizer(contexts)["input_ids"]
     # The space goes with the label, not the context, so the label keeps its in-text tokenization.
     full_ids = [tokenizer([c + " " + label for label in labels])["input_ids"] for c in contexts]
@@ -176,7 +186,7 @@ def _score_set(
     rows = []
     for i, record in enumerate(records):
         best = labels[max(range(len(labels)), key=lambda k: scores[i][k])]
-        row = _row(name, i, contexts[i], f"{COMMONSENSE_PREFILL} {best}", record["answer"])
+        row = _row(name, i, contexts[i], f"{COMMONSENSE_PREFILL} {best}", record["answer"], protocol)
         row["scores"] = dict(zip(labels, scores[i]))
         rows.append(row)
     return rows
@@ -192,6 +202,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     progress: bool = True,
     synced_gpus: bool = False,
+    protocol: str = "fixed",
 ) -> dict:
     """Per-set metrics, plus the over-set averages and overall "questions_per_s".
 
@@ -200,11 +211,13 @@ def evaluate(
     Fractions in [0, 1]; "average" is the unweighted mean accuracy over sets, `average_skill`,
     `average_majority`, ... (metrics.AVERAGE_KEYS) those of the other metrics. AQuA also reports
     `accuracy_authors_rule`. In `score` mode `batch_size` counts questions, each of which
-    expands to one sequence per label. `synced_gpus`: the model is sharded with ZeRO-3 over several
+    expands to one sequence per label. `protocol` ("fixed" | "authors", perft_exp.evaluation.protocol) picks
+    the prompt strings and the answer matching. `synced_gpus`: the model is sharded with ZeRO-3 over several
     ranks, each of which calls evaluate on the same questions (forwards gather the shards collectively).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    rules = Protocol(protocol)
     sets = {canonical_test_set(name): records for name, records in test_sets.items()}
     if mode == "score" and (math_sets := [n for n in sets if _task(n) == "math"]):
         raise ValueError(f"score mode ranks commonsense labels; it cannot score {math_sets}")
@@ -219,7 +232,7 @@ def evaluate(
             for name, records in sets.items():
                 start = time.perf_counter()
                 if mode == "score":
-                    rows = _score_set(model, tokenizer, name, records, batch_size, progress)
+                    rows = _score_set(model, tokenizer, name, records, batch_size, progress, rules)
                 else:
                     rows = _generate_set(
                         model,
@@ -231,6 +244,7 @@ def evaluate(
                         max_new_tokens,
                         progress,
                         synced_gpus,
+                        rules,
                     )
                 seconds = time.perf_counter() - start
                 total_seconds += seconds

@@ -49,6 +49,7 @@ from perft_exp.files import atomic_write_json
 from perft_exp.models.arch import get_architecture
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir, base_eval_dir
+from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
     deepspeed_config,
     ensure_distributed_env,
@@ -85,15 +86,20 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
 
 
 # The trainer config keys that are TrainingArguments' own, passed under their names (config keys equal
-# constructor arguments); base_aux_loss, nonfinite_loss and name are PerftTrainer's or the config's.
+# constructor arguments); base_aux_loss, nonfinite_loss and name are PerftTrainer's or the config's, and the
+# micro batch and accumulation come from the batch plan (perft_exp/training/batch.py).
+_PLANNED = ("per_device_train_batch_size", "gradient_accumulation_steps")
 TRAINING_ARGUMENT_KEYS = tuple(
     f.name
     for f in dataclasses.fields(TrainerConfig)
-    if f.name in {a.name for a in dataclasses.fields(TrainingArguments)}
+    if f.name in {a.name for a in dataclasses.fields(TrainingArguments)} and f.name not in _PLANNED
 )
 
 
-def _training_arguments(cfg: DictConfig, run: RunDir, has_eval: bool) -> TrainingArguments:
+def _training_arguments(
+    cfg: DictConfig, run: RunDir, has_eval: bool, plan: BatchPlan | None = None
+) -> TrainingArguments:
+    plan = plan or batch_plan(cfg.trainer, world_size())
     bf16 = (
         torch.cuda.is_available()
         and torch.cuda.is_bf16_supported()
@@ -102,6 +108,8 @@ def _training_arguments(cfg: DictConfig, run: RunDir, has_eval: bool) -> Trainin
     return TrainingArguments(
         **{key: cfg.trainer[key] for key in TRAINING_ARGUMENT_KEYS},
         output_dir=str(run.checkpoints),
+        per_device_train_batch_size=plan.micro_batch,
+        gradient_accumulation_steps=plan.accumulation,
         optim="adamw_torch",
         eval_strategy="steps" if has_eval else "no",
         save_strategy="steps",
@@ -145,6 +153,7 @@ def _base_eval_cache(cfg: DictConfig, model, tests: dict) -> Path:
         "dtype": cfg.model.dtype,
         "mode": cfg.eval.mode,
         "max_new_tokens": cfg.eval.max_new_tokens,
+        "protocol": cfg.eval.protocol,
         "tests": {name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
                   for name, recs in sorted(tests.items())},
     }  # fmt: skip
@@ -162,7 +171,7 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
-            progress=main, synced_gpus=sharded,
+            progress=main, synced_gpus=sharded, protocol=cfg.eval.protocol,
         )  # fmt: skip
     if main:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -255,10 +264,9 @@ def _tokenize(cfg: DictConfig, tokenizer, data: TaskData) -> tuple[list, list, i
     """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
     task = cfg.task
     train_set, n_truncated = tokenize_dataset(tokenizer, data.train, cutoff_len=task.cutoff_len,
-                                              train_on_inputs=task.train_on_inputs)  # fmt: skip
-    val_set, _ = tokenize_dataset(
-        tokenizer, data.val, cutoff_len=task.cutoff_len, train_on_inputs=task.train_on_inputs
-    )
+                                              train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
+    val_set, _ = tokenize_dataset(tokenizer, data.val, cutoff_len=task.cutoff_len,
+                                  train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
     if is_main_process():
         log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
                  task.cutoff_len, len(val_set))  # fmt: skip
@@ -266,12 +274,12 @@ def _tokenize(cfg: DictConfig, tokenizer, data: TaskData) -> tuple[list, list, i
 
 
 def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
-         checkpoint: str | None):  # fmt: skip
+         checkpoint: str | None, plan: BatchPlan):  # fmt: skip
     """The HF Trainer's run, stopped cleanly by SIGTERM/SIGINT; returns (trainer, its TrainOutput)."""
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
-        args=_training_arguments(cfg, run, has_eval=len(val_set) > 0),
+        args=_training_arguments(cfg, run, has_eval=len(val_set) > 0, plan=plan),
         train_dataset=train_set,
         eval_dataset=val_set or None,
         data_collator=CausalLMCollator(tokenizer),
@@ -282,6 +290,10 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
         nonfinite_loss=cfg.trainer.nonfinite_loss,
         base_model_name=cfg.model.pretrained,
     )
+    assert trainer.args.world_size == plan.world_size, (
+        trainer.args.world_size,
+        plan,
+    )  # the ranks planned for
     preemption.install()
     try:
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -300,7 +312,7 @@ def _evaluate(
     return evaluate(
         model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens, out_dir=out_dir if main else None, progress=main,
-        synced_gpus=sharded,
+        synced_gpus=sharded, protocol=cfg.eval.protocol,
     )  # fmt: skip
 
 
@@ -364,7 +376,8 @@ def train(cfg: DictConfig) -> dict:
         cfg, perft, run.path, run_config(cfg, perft, params, world_size())
     )
 
-    trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint)
+    plan = batch_plan(cfg.trainer, world_size())
+    trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint, plan)
     distributed = _distributed_info(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
     train = {
@@ -374,11 +387,15 @@ def train(cfg: DictConfig) -> dict:
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "skipped_steps": trainer.skipped_steps,
         "truncated_examples": n_truncated,
+        "empty_answers": data.empty_answers,  # train: kept; a test set: left out (perft_exp.data.formats)
         "runtime_s": train_output.metrics.get("train_runtime"),
     }
     contaminated = contaminated_test_sets(cfg.task.train_file, list(data.tests))
     results = _results(cfg, perft, run, params, cfg.task.train_file, contaminated, train)
     results["distributed"] = distributed
+    results["batch"] = (
+        plan.to_dict()
+    )  # global = micro x accumulation x world size (perft_exp/training/batch.py)
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
             save_adapter(model, run.adapter, cfg.model.pretrained)

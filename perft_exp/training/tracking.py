@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_files
+from perft_exp.training.batch import batch_plan
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: in
         schema.ACTIVATED: params["activated_trainable"],
         schema.TRAINABLE_RATIO: params["trainable_ratio"],
         schema.ACTIVATED_RATIO: params["activated_ratio"],
-        schema.GLOBAL_BATCH: tr.per_device_train_batch_size * tr.gradient_accumulation_steps * world_size,
+        schema.GLOBAL_BATCH: batch_plan(tr, world_size).global_batch,
         schema.WORLD_SIZE: world_size,
     }
     assert set(values) == set(schema.CONFIG_KEYS), "run_config and metric_schema.CONFIG_KEYS disagree"
