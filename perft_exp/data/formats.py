@@ -9,7 +9,7 @@ Each file is a JSON list of records `{"instruction", "input", "output", "answer"
 raises `DataError` naming the file and the record index: nothing is skipped silently. One exception,
 as the authors' loader has it: a record with an empty `answer` is kept in a training file (training reads
 `output` only) and left out of a test set (it cannot be scored); both are counted (`count_empty_answers`,
-`load_test_sets(..., skipped=)`) and the run reports the counts in results.json.
+`load_test_sets(..., skipped=)`) and the run reports the counts in its results (`train.empty_answers`).
 `scripts/fetch_data.py` downloads the files for users with a network.
 """
 

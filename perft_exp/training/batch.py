@@ -7,7 +7,7 @@ the global batch is fixed and the rest is derived from the number of ranks:
     accumulation  = per rank / micro batch                             (must divide)
 so the optimizer steps, and with them warmup and the eval/save points (counted in optimizer steps), are the same
 on 1, 2 or 8 ranks. Without it (trainer=tiny, debug) the global batch is what the per-device batch and
-`trainer.gradient_accumulation_steps` make on the ranks there are. results.json keeps the plan under `batch`.
+`trainer.gradient_accumulation_steps` make on the ranks there are. The run's results keep the plan under `batch`.
 """
 
 from __future__ import annotations
