@@ -372,11 +372,9 @@ def train(cfg: DictConfig) -> dict:
     model, tokenizer, perft = _build_model(cfg, perft, checkpoint)
     params = count_parameters(model).to_dict()
     train_set, val_set, n_truncated = _tokenize(cfg, tokenizer, data)
-    tracking = is_main_process() and init_wandb(
-        cfg, perft, run.path, run_config(cfg, perft, params, world_size())
-    )
-
     plan = batch_plan(cfg.trainer, world_size())
+    tracking = is_main_process() and init_wandb(cfg, perft, run.path, run_config(cfg, perft, params, plan))
+
     trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint, plan)
     distributed = _distributed_info(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)

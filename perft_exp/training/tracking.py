@@ -21,15 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_files
-from perft_exp.training.batch import batch_plan
+from perft_exp.training.batch import BatchPlan
 
 log = logging.getLogger(__name__)
 
 
-def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: int) -> dict:
+def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, plan: BatchPlan) -> dict:
     """The flat config keys of metric_schema.CONFIG_KEYS for one run, from its resolved PerftConfig."""
     n, k = perft.spec.routing_numbers(perft.to_dict())
-    tr = cfg.trainer
     values = {
         schema.VARIANT: perft.variant,
         schema.LABEL: perft.display_name(),
@@ -44,8 +43,8 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, world_size: in
         schema.ACTIVATED: params["activated_trainable"],
         schema.TRAINABLE_RATIO: params["trainable_ratio"],
         schema.ACTIVATED_RATIO: params["activated_ratio"],
-        schema.GLOBAL_BATCH: batch_plan(tr, world_size).global_batch,
-        schema.WORLD_SIZE: world_size,
+        schema.GLOBAL_BATCH: plan.global_batch,
+        schema.WORLD_SIZE: plan.world_size,
     }
     assert set(values) == set(schema.CONFIG_KEYS), "run_config and metric_schema.CONFIG_KEYS disagree"
     return {key.name: value for key, value in values.items()}
