@@ -189,6 +189,9 @@ def test_probes_cover_every_fact():
         assert len(probes) == len(world.facts())
         assert all(value in values for _, value, values in probes)
     assert len(synthetic.question_probes("test")) == len(world.facts("test"))
+    arithmetic_probes = synthetic.arithmetic_probes()
+    assert len(arithmetic_probes) == len(set(arithmetic_probes)) > 500
+    assert all(eval(prefix.removesuffix("=")) == result for prefix, result in arithmetic_probes)
 
 
 def test_commonsense_generator_signature():

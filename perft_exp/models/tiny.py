@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -252,6 +253,30 @@ def probe_accuracy(
     return hits / len(probes)
 
 
+@torch.no_grad()
+def completion_accuracy(
+    model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerFast,
+    probes: list[tuple[str, int]], max_new_tokens: int = 4,
+) -> float:
+    """Share of (prefix, number) probes whose greedy continuation starts with the number ("7 + 5 =" -> " 12.")."""
+    if not probes:
+        return float("nan")
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    hits = 0
+    try:
+        for start in range(0, len(probes), 128):
+            chunk = probes[start : start + 128]
+            enc = tokenizer([p for p, _ in chunk], return_tensors="pt", padding=True).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            for row, (_, want) in zip(out[:, enc["input_ids"].shape[1] :], chunk):
+                found = re.match(r"\s*(\d+)", tokenizer.decode(row, skip_special_tokens=True))
+                hits += found is not None and int(found.group(1)) == want
+    finally:
+        tokenizer.padding_side = side
+    return hits / len(probes)
+
+
 def knowledge_report(
     model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerFast
 ) -> dict[str, float]:
@@ -266,6 +291,8 @@ def knowledge_report(
         report[f"question_recall_{split}"] = probe_accuracy(
             model, tokenizer, synthetic.question_probes(split)
         )
+    # The math suites' every step is a fact of this table; what share of it the model completes.
+    report["arithmetic_recall"] = completion_accuracy(model, tokenizer, synthetic.arithmetic_probes())
     return report
 
 

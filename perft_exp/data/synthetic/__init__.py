@@ -16,7 +16,7 @@ model stored in pre-training.
     suite.py        assembly (balanced labels), writing and caching in the LLM-Adapters layout
 """
 
-from perft_exp.data.synthetic.corpus import fact_probes, pretraining_corpus, question_probes
+from perft_exp.data.synthetic.corpus import arithmetic_probes, fact_probes, pretraining_corpus, question_probes
 from perft_exp.data.synthetic.suite import (
     DEFAULT_SIZES,
     GENERATORS,
@@ -30,6 +30,7 @@ from perft_exp.data.synthetic.suite import (
 from perft_exp.data.synthetic.world import build_world
 
 __all__ = [
+    "arithmetic_probes",
     "DEFAULT_SIZES",
     "GENERATORS",
     "SYNTHETIC_VERSION",

@@ -251,3 +251,8 @@ def question_probes(split: str | None = None) -> list[Probe]:
         prefix = f"q: {questions[0].format(s=subject)} a:" + (f" {lead}" if lead else "")
         probes.append((prefix, value, VALUES[relation]))
     return probes
+
+
+def arithmetic_probes() -> list[tuple[str, int]]:
+    """Each fact of the arithmetic table cut before its result ("7 + 5 =", 12): what the model stored."""
+    return [(f"{x} {op} {y} =", z) for x, op, y, z in arithmetic.table()]
