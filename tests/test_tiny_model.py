@@ -75,6 +75,28 @@ def test_build_record(built):
     assert build["seconds"]["total"] > 0
 
 
+def test_completion_accuracy_reads_the_number_the_model_writes_first(built):
+    """A stand-in model that continues every prompt with a fixed text: " 12." counts for 12, not for 1."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(built[2])
+
+    class Writes:
+        device = torch.device("cpu")
+
+        def __init__(self, text: str) -> None:
+            self.ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+
+        def generate(self, input_ids, max_new_tokens, **kwargs):
+            new = self.ids[:, :max_new_tokens].expand(len(input_ids), -1)
+            return torch.cat([input_ids, new], dim=1)
+
+    probes = [("7 + 5 =", 12), ("3 * 4 =", 12), ("6 - 5 =", 1), ("1 + 1 + 9 =", 11)]
+    side = tokenizer.padding_side
+    assert tiny.completion_accuracy(Writes(" 12. 1"), tokenizer, probes) == 0.5
+    assert tiny.completion_accuracy(Writes(" 1"), tokenizer, probes) == 0.25
+    assert tiny.completion_accuracy(Writes(" twelve"), tokenizer, probes) == 0.0
+    assert tokenizer.padding_side == side  # restored
+
+
 def test_random_control_is_tiny_olmoe_without_pretraining(tmp_path):
     """Same architecture, tokenizer and initial weights as tiny_olmoe; only the pre-training is skipped."""
     assert tiny.TINY_SPECS["tiny_olmoe_random"] == dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], steps=0)
