@@ -69,8 +69,13 @@ def test_build_record(built):
         assert build["pretrain_loss_final"] < build["pretrain_loss_first"]
     else:
         assert build["pretrain_tokens"] == 0 and build["pretrain_loss_final"] is None
-    for key in ("fact_recall", "fact_recall_test", "question_recall_train", "question_recall_test",
-                "arithmetic_recall"):
+    for key in (
+        "fact_recall",
+        "fact_recall_test",
+        "question_recall_train",
+        "question_recall_test",
+        "arithmetic_recall",
+    ):
         assert 0.0 <= build[key] <= 1.0, key
     assert build["seconds"]["total"] > 0
 

@@ -57,7 +57,7 @@ def max_new_tokens_for(mode: str, kind: str, override: int | None = None) -> int
 
 
 @contextmanager
-def _left_padding(tokenizer: Any) -> Iterator[None]:
+def left_padding(tokenizer: Any) -> Iterator[None]:
     """Left padding (and EOS as pad when there is no pad token) for the duration, then restored."""
     side, had_pad = tokenizer.padding_side, tokenizer.pad_token is not None
     tokenizer.padding_side = "left"
@@ -228,7 +228,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     try:
-        with _left_padding(tokenizer), torch.inference_mode():
+        with left_padding(tokenizer), torch.inference_mode():
             for name, records in sets.items():
                 start = time.perf_counter()
                 if mode == "score":

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from perft_exp.data import synthetic
 from perft_exp.data.prompts import build_prompt
+from perft_exp.evaluation.evaluator import left_padding
 
 # Bump when the build recipe below changes in a way the spec does not capture.
 BUILD_VERSION = "2"
@@ -255,15 +256,16 @@ def probe_accuracy(
 
 @torch.no_grad()
 def completion_accuracy(
-    model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerFast,
-    probes: list[tuple[str, int]], max_new_tokens: int = 4,
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerFast,
+    probes: list[tuple[str, int]],
+    max_new_tokens: int = 4,
 ) -> float:
     """Share of (prefix, number) probes whose greedy continuation starts with the number ("7 + 5 =" -> " 12.")."""
     if not probes:
         return float("nan")
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     hits = 0
-    try:
+    with left_padding(tokenizer):
         for start in range(0, len(probes), 128):
             chunk = probes[start : start + 128]
             enc = tokenizer([p for p, _ in chunk], return_tensors="pt", padding=True).to(model.device)
@@ -272,8 +274,6 @@ def completion_accuracy(
             for row, (_, want) in zip(out[:, enc["input_ids"].shape[1] :], chunk):
                 found = re.match(r"\s*(\d+)", tokenizer.decode(row, skip_special_tokens=True))
                 hits += found is not None and int(found.group(1)) == want
-    finally:
-        tokenizer.padding_side = side
     return hits / len(probes)
 
 

@@ -16,7 +16,12 @@ model stored in pre-training.
     suite.py        assembly (balanced labels), writing and caching in the LLM-Adapters layout
 """
 
-from perft_exp.data.synthetic.corpus import arithmetic_probes, fact_probes, pretraining_corpus, question_probes
+from perft_exp.data.synthetic.corpus import (
+    arithmetic_probes,
+    fact_probes,
+    pretraining_corpus,
+    question_probes,
+)
 from perft_exp.data.synthetic.suite import (
     DEFAULT_SIZES,
     GENERATORS,
