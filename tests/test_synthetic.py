@@ -189,6 +189,23 @@ def test_probes_cover_every_fact():
         assert len(probes) == len(world.facts())
         assert all(value in values for _, value, values in probes)
     assert len(synthetic.question_probes("test")) == len(world.facts("test"))
+    # One relation's probes: its facts only; together the relations' probes are all of them.
+    for make in (synthetic.fact_probes, synthetic.question_probes):
+        by_relation = {r: make("test", r) for r in RELATIONS}
+        assert all(len(by_relation[r]) == len(world.subjects(r, "test")) for r in RELATIONS)
+        assert all(values == VALUES[r] for r, probes in by_relation.items() for _, _, values in probes)
+        assert sorted(p for ps in by_relation.values() for p in ps) == sorted(make("test"))
+    # Exam probes: the pre-training exam layout cut before the option's number, which is the value's place.
+    for (relation, subject, value), (prefix, number, numbers) in zip(
+        world.facts("test"), synthetic.exam_probes("test")
+    ):
+        assert prefix.endswith("### Response:\nthe right option is answer") and re.search(
+            rf"\b{subject}\b", prefix
+        )
+        assert re.search(rf"Answer{number}: (.+)\n", prefix).group(1) == value
+        assert len(numbers) == len(VALUES[relation])
+    with pytest.raises(ValueError, match="unknown relation"):
+        synthetic.fact_probes("test", "colour")
     arithmetic_probes = synthetic.arithmetic_probes()
     assert len(arithmetic_probes) == len(set(arithmetic_probes)) > 500
     assert all(eval(prefix.removesuffix("=")) == result for prefix, result in arithmetic_probes)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from perft_exp.data.synthetic.world import RELATIONS
 from perft_exp.models import tiny
 
 
@@ -77,6 +78,11 @@ def test_build_record(built):
         "arithmetic_recall",
     ):
         assert 0.0 <= build[key] <= 1.0, key
+    # Per relation, held-out facts: every relation, each a share.
+    assert set(build["by_relation"]) == set(RELATIONS)
+    for relation, scores in build["by_relation"].items():
+        assert set(scores) == {"fact_recall_test", "question_recall_test"}, relation
+        assert all(0.0 <= v <= 1.0 for v in scores.values()), relation
     assert build["seconds"]["total"] > 0
 
 

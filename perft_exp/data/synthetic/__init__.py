@@ -18,6 +18,7 @@ model stored in pre-training.
 
 from perft_exp.data.synthetic.corpus import (
     arithmetic_probes,
+    exam_probes,
     fact_probes,
     pretraining_corpus,
     question_probes,
@@ -43,6 +44,7 @@ __all__ = [
     "TRAIN_FILES",
     "build_world",
     "ensure_suite",
+    "exam_probes",
     "fact_probes",
     "make_suite",
     "pretraining_corpus",

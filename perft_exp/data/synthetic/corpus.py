@@ -228,28 +228,50 @@ def pretraining_corpus(seed: int = 0, n: int = 12000) -> list[str]:
 Probe = tuple[str, str, tuple[str, ...]]  # (prefix, correct value, the relation's values)
 
 
-def fact_probes(split: str | None = None) -> list[Probe]:
-    """Each fact's canonical statement cut before its value: what the model stored."""
+def _facts(world: World, split: str | None, relation: str | None) -> list[tuple[str, str, str]]:
+    if relation is not None and relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    return [f for f in world.facts(split) if relation is None or f[0] == relation]
+
+
+def fact_probes(split: str | None = None, relation: str | None = None) -> list[Probe]:
+    """Each fact's (of one `relation`, or all) canonical statement cut before its value: what the model stored."""
     world = build_world()
     probes = []
-    for relation, subject, value in world.facts(split):
+    for relation, subject, value in _facts(world, split, relation):
         text = statement(relation, subject, value)
         probes.append((text[: text.rindex(value)].rstrip(), value, VALUES[relation]))
     return probes
 
 
-def question_probes(split: str | None = None) -> list[Probe]:
-    """Each fact asked in the pre-training Q/A form: what the model can read out.
+def question_probes(split: str | None = None, relation: str | None = None) -> list[Probe]:
+    """Each fact (of one `relation`, or all) asked in the pre-training Q/A form: what the model can read out.
 
     On `test` facts, which pre-training never asks about, this measures extractability.
     """
     world = build_world()
     probes = []
-    for relation, subject, value in world.facts(split):
+    for relation, subject, value in _facts(world, split, relation):
         questions, answer = QUESTIONS[relation]
         lead = answer.format(v=value)[: answer.format(v=value).rindex(value)].strip()
         prefix = f"q: {questions[0].format(s=subject)} a:" + (f" {lead}" if lead else "")
         probes.append((prefix, value, VALUES[relation]))
+    return probes
+
+
+def exam_probes(split: str | None = None, relation: str | None = None) -> list[Probe]:
+    """Each fact asked as a pre-training exam (the suites' layout, the exams' wording), cut before the
+    option's number ("... the right option is answer" -> "3"): whether the model maps what it
+    recalls to the option's label, the step every suite needs. The values are the option numbers."""
+    world = build_world()
+    probes = []
+    for relation, subject, value in _facts(world, split, relation):
+        options = list(VALUES[relation])
+        question = QUESTIONS[relation][0][0].format(s=subject)
+        exam = multiple_choice(EXAM_LEADS[0], question, "Answer", options, options.index(value))
+        prefix = build_prompt(exam["instruction"]) + f"{EXAM_SAYS[0]} answer"
+        numbers = tuple(str(i) for i in range(1, len(options) + 1))
+        probes.append((prefix, numbers[options.index(value)], numbers))
     return probes
 
 
