@@ -75,13 +75,15 @@ def test_build_record(built):
         "fact_recall_test",
         "question_recall_train",
         "question_recall_test",
+        "exam_recall_train",
+        "exam_recall_test",
         "arithmetic_recall",
     ):
         assert 0.0 <= build[key] <= 1.0, key
     # Per relation, held-out facts: every relation, each a share.
     assert set(build["by_relation"]) == set(RELATIONS)
     for relation, scores in build["by_relation"].items():
-        assert set(scores) == {"fact_recall_test", "question_recall_test"}, relation
+        assert set(scores) == {"fact_recall_test", "question_recall_test", "exam_recall_test"}, relation
         assert all(0.0 <= v <= 1.0 for v in scores.values()), relation
     assert build["seconds"]["total"] > 0
 

@@ -15,6 +15,9 @@ A fifth of the documents are multiple-choice *exams* about train facts, laid out
 their own instructions and answer phrase: the web text a real model reads holds many such exams,
 and without them a model this small learns to point from a recalled value to its option label
 only slowly in fine-tuning (measured: +10 points of skill after 600 steps without, +26 with).
+They teach the layout, not the answer: the shipped build answers its own exams at chance, also
+about train facts (`exam_probes`; `exam_recall_*` in perft_build.json), so fine-tuning still learns
+the step from a recalled value to its option's number.
 None of it uses the suites' instructions or the "the correct answer is" response, so the
 pre-trained model does not answer the suites (its skill before fine-tuning is below zero); word-list
 documents cover the suites' vocabulary without their structure, so no suite token is untrained.
@@ -238,9 +241,9 @@ def fact_probes(split: str | None = None, relation: str | None = None) -> list[P
     """Each fact's (of one `relation`, or all) canonical statement cut before its value: what the model stored."""
     world = build_world()
     probes = []
-    for relation, subject, value in _facts(world, split, relation):
-        text = statement(relation, subject, value)
-        probes.append((text[: text.rindex(value)].rstrip(), value, VALUES[relation]))
+    for rel, subject, value in _facts(world, split, relation):
+        text = statement(rel, subject, value)
+        probes.append((text[: text.rindex(value)].rstrip(), value, VALUES[rel]))
     return probes
 
 
@@ -251,11 +254,11 @@ def question_probes(split: str | None = None, relation: str | None = None) -> li
     """
     world = build_world()
     probes = []
-    for relation, subject, value in _facts(world, split, relation):
-        questions, answer = QUESTIONS[relation]
+    for rel, subject, value in _facts(world, split, relation):
+        questions, answer = QUESTIONS[rel]
         lead = answer.format(v=value)[: answer.format(v=value).rindex(value)].strip()
         prefix = f"q: {questions[0].format(s=subject)} a:" + (f" {lead}" if lead else "")
-        probes.append((prefix, value, VALUES[relation]))
+        probes.append((prefix, value, VALUES[rel]))
     return probes
 
 
@@ -265,9 +268,9 @@ def exam_probes(split: str | None = None, relation: str | None = None) -> list[P
     recalls to the option's label, the step every suite needs. The values are the option numbers."""
     world = build_world()
     probes = []
-    for relation, subject, value in _facts(world, split, relation):
-        options = list(VALUES[relation])
-        question = QUESTIONS[relation][0][0].format(s=subject)
+    for rel, subject, value in _facts(world, split, relation):
+        options = list(VALUES[rel])
+        question = QUESTIONS[rel][0][0].format(s=subject)
         exam = multiple_choice(EXAM_LEADS[0], question, "Answer", options, options.index(value))
         prefix = build_prompt(exam["instruction"]) + f"{EXAM_SAYS[0]} answer"
         numbers = tuple(str(i) for i in range(1, len(options) + 1))
