@@ -16,9 +16,7 @@ from perft_exp.data.synthetic.world import OBJECTS, PEOPLE, RELATIONS, VALUES
 from perft_exp.evaluation.extract import CHOICE_LABELS
 
 # Which relation each multiple-choice set asks about (boolq asks weight or size).
-SET_RELATIONS = {"piqa": ("weight",), "social_i_qa": ("hobby", "pet"), "hellaswag": ("use",),
-                 "winogrande": ("size",), "ARC-Easy": ("material",), "ARC-Challenge": ("room",),
-                 "openbookqa": ("color",), "boolq": ("weight", "size")}  # fmt: skip
+SET_RELATIONS = commonsense.ASKS
 NAMES = re.compile(r"\b(" + "|".join(OBJECTS + PEOPLE) + r")\b")
 
 

@@ -178,3 +178,15 @@ def test_stale_temp_dir_of_a_killed_build_is_removed(tmp_path):
 def test_cache_root_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PERFT_CACHE", str(tmp_path))
     assert tiny.default_cache_root() == tmp_path
+
+
+def test_knowledge_table_reports_every_relation_with_its_chance_and_sets(built):
+    _, _, path = built
+    lines = tiny.knowledge_table(path).splitlines()
+    assert lines[0].split() == ["relation", "stored", "Q/A", "exam", "chance", "asked", "by"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(RELATIONS)
+    assert rows["room"].split()[4] == "20.0" and rows["room"].endswith("ARC-Challenge")
+    assert rows["weight"].endswith("boolq, piqa") and rows["color"].endswith("openbookqa")
+    for line in lines[1:]:
+        assert all(0.0 <= float(v) <= 100.0 for v in line.split()[1:5]), line

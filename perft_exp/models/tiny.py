@@ -12,6 +12,7 @@ Usage:
     path = ensure_tiny_model("tiny_olmoe")   # built once (about a minute on 2 cores), cached after
 
     python -m perft_exp.models.tiny tiny_olmoe [--cache-root DIR]   # build (or find) and print the path
+    python -m perft_exp.models.tiny tiny_olmoe --report   # ... and what it knows of the held-out facts
 
 The cache root is $PERFT_CACHE or <repo>/.cache/perft_exp; each model lives in
 `<name>-<hash of spec and data version>`, so a changed spec builds a new directory.
@@ -39,7 +40,7 @@ from tqdm.auto import tqdm
 
 from perft_exp.data import synthetic
 from perft_exp.data.prompts import build_prompt
-from perft_exp.data.synthetic.world import RELATIONS
+from perft_exp.data.synthetic.world import RELATIONS, VALUES
 from perft_exp.evaluation.evaluator import left_padding
 
 # Bump when the build recipe below changes in a way the spec does not capture.
@@ -400,12 +401,40 @@ def ensure_tiny_model(
     return final
 
 
+def knowledge_table(path: str | Path) -> str:
+    """What the tiny model saved at `path` knows of the held-out facts, per relation, as a text table:
+    statement completion, question and exam read-out (%, measured now, so older builds report too),
+    beside chance (1 / number of values) and the test sets that ask the relation."""
+    from perft_exp.data.synthetic.commonsense import ASKS
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    rows = [f"{'relation':10s} {'stored':>7s} {'Q/A':>6s} {'exam':>6s} {'chance':>7s}  asked by"]
+    for relation, scores in knowledge_by_relation(model, tokenizer).items():
+        stored, qa, exam = (
+            100 * scores[k] for k in ("fact_recall_test", "question_recall_test", "exam_recall_test")
+        )
+        sets = ", ".join(name for name, relations in ASKS.items() if relation in relations) or "-"
+        rows.append(
+            f"{relation:10s} {stored:7.1f} {qa:6.1f} {exam:6.1f} {100 / len(VALUES[relation]):7.1f}  {sets}"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("name", choices=sorted(TINY_SPECS))
     parser.add_argument("--cache-root", default=None)
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also print what the model knows of the held-out facts, per relation",
+    )
     args = parser.parse_args()
-    print(ensure_tiny_model(args.name, args.cache_root))
+    path = ensure_tiny_model(args.name, args.cache_root)
+    print(path)
+    if args.report:
+        print(knowledge_table(path))
 
 
 if __name__ == "__main__":

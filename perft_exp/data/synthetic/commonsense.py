@@ -149,6 +149,18 @@ openbookqa = asking(
 )  # fmt: skip
 
 
+# Which relations each test set asks about.
+ASKS: dict[str, tuple[str, ...]] = {
+    "boolq": ("weight", "size"),
+    "piqa": ("weight",),
+    "social_i_qa": ("hobby", "pet"),
+    "hellaswag": ("use",),
+    "winogrande": ("size",),
+    "ARC-Easy": ("material",),
+    "ARC-Challenge": ("room",),
+    "openbookqa": ("color",),
+}
+
 GENERATORS: dict[str, Generator] = {
     "boolq": boolq,
     "piqa": piqa,
@@ -159,3 +171,4 @@ GENERATORS: dict[str, Generator] = {
     "ARC-Challenge": arc_challenge,
     "openbookqa": openbookqa,
 }
+assert set(ASKS) == set(GENERATORS)
