@@ -9,7 +9,7 @@ hub checkpoint.
 
 Usage:
     from perft_exp.models.tiny import ensure_tiny_model
-    path = ensure_tiny_model("tiny_olmoe")   # built once (about a minute on 2 cores), cached after
+    path = ensure_tiny_model("tiny_olmoe")   # built once (about 4.5 min on 2 cores), cached after
 
     python -m perft_exp.models.tiny tiny_olmoe [--cache-root DIR]   # build (or find) and print the path
     python -m perft_exp.models.tiny tiny_olmoe --report   # ... and what it knows of the held-out facts
@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from perft_exp.data import synthetic
 from perft_exp.data.prompts import build_prompt
+from perft_exp.data.synthetic.commonsense import ASKS
 from perft_exp.data.synthetic.world import RELATIONS, VALUES
 from perft_exp.evaluation.evaluator import left_padding
 
@@ -405,8 +406,6 @@ def knowledge_table(path: str | Path) -> str:
     """What the tiny model saved at `path` knows of the held-out facts, per relation, as a text table:
     statement completion, question and exam read-out (%, measured now, so older builds report too),
     beside chance (1 / number of values) and the test sets that ask the relation."""
-    from perft_exp.data.synthetic.commonsense import ASKS
-
     model = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     rows = [f"{'relation':10s} {'stored':>7s} {'Q/A':>6s} {'exam':>6s} {'chance':>7s}  asked by"]
