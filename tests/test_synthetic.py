@@ -138,11 +138,60 @@ def test_math_records(math_suite):
             else:
                 float(r["answer"])
             assert r["output"].endswith(f"The answer is {r['answer'].removesuffix('.0')}")
-    for r in train:  # the rationale's arithmetic is right
-        for x, op, y, z in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", r["output"]):
-            assert eval(f"{x} {op} {y}") == int(z)
+    for r in train + [r for records in tests.values() for r in records]:  # the arithmetic is right
+        steps = re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", r["output"])
+        assert steps and all(eval(f"{x} {op} {y}") == int(z) for x, op, y, z in steps), r["output"]
     letters = Counter(r["answer"] for r in tests["AQuA"])
     assert max(letters.values()) <= 0.35 * len(tests["AQuA"]), letters
+
+
+def test_math_answers_follow_from_the_asked_objects_facts(math_suite):
+    """A problem's unknown is its object's fact: held out for test problems, train for training
+    records; the response states it first and the answer is the set's arithmetic on its number."""
+    from perft_exp.data.synthetic import math
+
+    world = synthetic.build_world()
+    train, tests = math_suite
+    by_set = {name: [(r, "test") for r in records] for name, records in tests.items()}
+    for r in train:
+        name = next(n for n, spec in math.SETS.items() if _matches(spec.problem, r["instruction"]))
+        by_set[name].append((r, "train"))
+    for name, records in by_set.items():
+        spec = math.SETS[name]
+        assert {split for _, split in records} == {"train", "test"}, name
+        for r, split in records:
+            (subject,) = [s for s in NAMES.findall(r["instruction"]) if s in OBJECTS]
+            values = [world.value(rel, subject) for rel in spec.relations]
+            assert all(subject in world.subjects(rel, split) for rel in spec.relations), (name, subject)
+            assert r["output"].startswith(f"{values[0]}: "), r["output"]
+            numbers = [math.RULES[rel][0][v] for rel, v in zip(spec.relations, values)]
+            _, answer = math.compute(spec.steps(numbers))
+            expected = "ABCDE"[math.AQUA_OPTIONS.index(answer)] if name == "AQuA" else str(answer)
+            assert r["answer"].removesuffix(".0") == expected, (name, r)
+
+
+def _matches(template: str, text: str) -> bool:
+    pattern = (
+        re.escape(template).replace(r"\{p\}", r"\w+").replace(r"\{q\}", r"\w+").replace(r"\{o\}", r"\w+")
+    )
+    return re.match(pattern, text) is not None
+
+
+def test_a_constant_answer_has_no_math_skill(math_suite):
+    """Each set's most common answer is well below certainty: knowing the facts is worth points."""
+    _, tests = math_suite
+    for name, records in tests.items():
+        top = Counter(r["answer"] for r in records).most_common(1)[0][1]
+        assert top <= 0.55 * len(records), name
+
+
+def test_the_arithmetic_suite_is_unchanged_for_the_corpus():
+    """The corpus and tokenizer read the arithmetic problems (CORPUS_SUITES) as they were at corpus
+    version 5: still seeded under the math suite's name, still arithmetic on numbers in the problem."""
+    train, tests = synthetic.make_suite("arithmetic", n_train=30, n_test=3, seed=0)
+    assert list(tests) == list(synthetic.TEST_SETS["math"]) and len(train) == 30
+    assert all(re.search(r"\d", r["instruction"]) for r in train)
+    assert set(synthetic.CORPUS_SUITES) == {"commonsense", "arithmetic"}
 
 
 def test_pretraining_corpus_states_every_fact_in_several_forms(corpus_text):
@@ -175,10 +224,17 @@ def test_pretraining_corpus_has_no_suite_instructions(corpus_text):
     assert re.search(r"\d+ \+ \d+ = \d+\.", corpus_text) and " plus " in corpus_text
 
 
-def test_pretraining_corpus_covers_every_word_of_the_suites(corpus_text):
-    train, tests = synthetic.make_suite("commonsense", n_train=200, n_test=10, seed=5)
-    words = {w.strip(".,?:") for r in train for w in r["instruction"].replace("/", " ").split()}
-    assert [w for w in words if w not in corpus_text] == []
+@pytest.mark.parametrize("kind", ["commonsense", "math"])
+def test_pretraining_corpus_covers_every_word_of_the_suites(kind, corpus_text):
+    """A suite uses only words the corpus has (the corpus does not follow a suite's rewording)."""
+    train, tests = synthetic.make_suite(kind, n_train=200, n_test=10, seed=5)
+    records = train + [r for rs in tests.values() for r in rs]
+    words = {
+        w.strip(".,?:()")
+        for r in records
+        for w in (r["instruction"] + " " + r["output"]).replace("/", " ").split()
+    }
+    assert [w for w in words if w and w not in corpus_text] == []
 
 
 def test_probes_cover_every_fact():

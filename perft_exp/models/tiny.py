@@ -85,7 +85,7 @@ class TinySpec:
     def key(self) -> str:
         """Short hash of everything that determines the built weights."""
         blob = json.dumps(
-            {"spec": asdict(self), "data": synthetic.SYNTHETIC_VERSION, "build": BUILD_VERSION},
+            {"spec": asdict(self), "data": synthetic.CORPUS_VERSION, "build": BUILD_VERSION},
             sort_keys=True,
         )
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
@@ -118,9 +118,9 @@ def default_cache_root() -> Path:
 
 
 def _tokenizer_texts(spec: TinySpec) -> list[str]:
-    """What the tokenizer should encode compactly: the corpus, prompts and both suites."""
+    """What the tokenizer should encode compactly: the corpus, prompts and the corpus's suites."""
     texts = synthetic.pretraining_corpus(seed=spec.seed, n=min(spec.corpus_docs, 4000))
-    for kind in synthetic.TEST_SETS:
+    for kind in synthetic.CORPUS_SUITES:
         train, tests = synthetic.make_suite(kind, n_train=800, n_test=10, seed=spec.seed)
         for rec in train + [r for recs in tests.values() for r in recs]:
             texts.append(build_prompt(rec["instruction"], rec["input"]) + rec["output"])

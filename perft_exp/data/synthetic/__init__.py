@@ -12,7 +12,8 @@ model stored in pre-training.
     corpus.py       the pre-training corpus and the knowledge probes
     arithmetic.py   the arithmetic table and number words
     commonsense.py  one generator per commonsense test set
-    math.py         one generator per math test set
+    math.py         one generator per math test set (word problems whose unknown is a stored fact)
+    arithmetic_problems.py  the arithmetic word problems math asked before; the corpus draws words from them
     suite.py        assembly (balanced labels), writing and caching in the LLM-Adapters layout
 """
 
@@ -24,9 +25,11 @@ from perft_exp.data.synthetic.corpus import (
     question_probes,
 )
 from perft_exp.data.synthetic.suite import (
+    CORPUS_SUITES,
+    CORPUS_VERSION,
     DEFAULT_SIZES,
     GENERATORS,
-    SYNTHETIC_VERSION,
+    SUITE_VERSION,
     TEST_SETS,
     TRAIN_FILES,
     ensure_suite,
@@ -37,9 +40,11 @@ from perft_exp.data.synthetic.world import build_world
 
 __all__ = [
     "arithmetic_probes",
+    "CORPUS_SUITES",
+    "CORPUS_VERSION",
     "DEFAULT_SIZES",
     "GENERATORS",
-    "SYNTHETIC_VERSION",
+    "SUITE_VERSION",
     "TEST_SETS",
     "TRAIN_FILES",
     "build_world",

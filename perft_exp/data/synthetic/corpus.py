@@ -201,12 +201,12 @@ assert set(CORPUS_MIX) == set(DOCUMENTS)
 
 @cache
 def suite_vocab() -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """Every word of the prompt template and the suites, weighted by count ** 0.75."""
-    from perft_exp.data.synthetic.suite import DEFAULT_SIZES, TEST_SETS, make_suite
+    """Every word of the prompt template and the CORPUS_SUITES, weighted by count ** 0.75."""
+    from perft_exp.data.synthetic.suite import CORPUS_SIZES, CORPUS_SUITES, make_suite
 
     text = [build_prompt("x", "y"), build_prompt("x")]
-    for kind in TEST_SETS:
-        train, tests = make_suite(kind, *DEFAULT_SIZES[kind], seed=0)
+    for kind in CORPUS_SUITES:
+        train, tests = make_suite(kind, *CORPUS_SIZES[kind], seed=0)
         text += [
             r["instruction"] + " " + r["output"] for r in train + [r for rs in tests.values() for r in rs]
         ]

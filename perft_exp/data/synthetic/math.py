@@ -1,122 +1,139 @@
-"""The synthetic math suite: word problems about the world's people and objects, one generator per test set.
+"""The synthetic math suite: word problems whose unknown is a stored fact, one generator per test set.
 
-Every step of a problem is arithmetic the tiny model was pre-trained on (`arithmetic.known`):
-numbers are rejection-sampled until the whole chain is. A generator has the commonsense
-signature `(world, rng, split, position) -> record`; `split` does not apply (the arithmetic
-table is shared knowledge) and `position` places AQuA's correct letter, so its gold labels
-are balanced.
+A problem's one unknown is a held-out fact of an object (its weight, size or colour); a fixed
+conversion of the miniature turns the fact into a number (a heavy thing needs 4 bags, a light one 2,
+...; never stated in a problem, learnt from the training records, which use the train facts), and
+the set's arithmetic combines it with numbers that are the same in every problem of the set. The
+response states the fact first, then the conversion, then each arithmetic step:
+
+    ann has 2 bags of food and then takes the glim. how many bags does ann carry now?
+    -> heavy: a heavy thing needs 4 bags. 2 + 4 = 6. The answer is 6
+
+So a fine-tuned model scores above the most common answer only by reading the fact out of the
+frozen model, as in the commonsense suite; the arithmetic is learnt in fine-tuning. What this
+miniature does not test is arithmetic on numbers taken from the problem's text: that needs
+in-context copying, which the tiny model does not learn in its minutes of pre-training (measured:
+problems over the pre-training arithmetic table scored below the most common answer, and
+problems that stated a number to use were answered as if it were absent). The arithmetic word
+problems that this suite replaced live on in `arithmetic_problems` (the corpus draws its words
+from them).
+
+Stating the fact first, as the pre-training's instruction documents answer, reads it out better
+than after a lead-in ("it is a heavy thing, ..."): measured on the shipped build, adapter seeds
+42 / 2, skill +33.6 / +28.4 against +26.3 / +18.8.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from perft_exp.data.synthetic import arithmetic
 from perft_exp.data.synthetic.commonsense import Generator, Record
-from perft_exp.data.synthetic.world import OBJECTS, PEOPLE, World
+from perft_exp.data.synthetic.world import PEOPLE, World
+
+# relation -> (value -> number, how the response states the fact and its conversion: {v}, {n})
+RULES: dict[str, tuple[dict[str, int], str]] = {
+    "weight": ({"heavy": 4, "light": 2}, "{v}: a {v} thing needs {n} bags."),
+    "size": ({"big": 6, "small": 2}, "{v}: a {v} thing needs {n} boxes."),
+    "color": ({"red": 2, "blue": 3, "green": 4, "yellow": 5}, "{v}: {v} needs {n} boxes of paint."),
+}
 
 Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
 
 
-def solve(steps: list[Step]) -> list[arithmetic.Fact] | None:
-    """The chain of facts computing `steps`, or None if a step is outside the pre-training table."""
-    out, prev = [], 0
+@dataclass(frozen=True)
+class MathSet:
+    """A test set: the relations it reads (of one object), its problem ({p}, {q}: people; {o}: the
+    object) and its arithmetic on the facts' numbers."""
+
+    relations: tuple[str, ...]
+    problem: str
+    steps: Callable[[list[int]], list[Step]]
+
+
+SETS: dict[str, MathSet] = {
+    "AddSub": MathSet(
+        ("weight",), "{p} has 2 bags of food and then takes the {o}. how many bags does {p} carry now?",
+        lambda n: [(2, "+", n[0])],
+    ),
+    "MultiArith": MathSet(
+        ("weight",),
+        "{p} has 2 bags of food, takes the {o} and then gives 1 bag to {q}. how many bags does {p} carry now?",
+        lambda n: [(2, "+", n[0]), (-1, "-", 1)],
+    ),
+    "SingleEq": MathSet(
+        ("size",), "{p} had 9 boxes and used some for the {o}. how many boxes are left?", lambda n: [(9, "-", n[0])]
+    ),
+    "gsm8k": MathSet(
+        ("weight", "size"), "{p} will move the {o}. how many bags and boxes does {p} need?",
+        lambda n: [(n[0], "+", n[1])],
+    ),
+    "AQuA": MathSet(
+        ("weight", "size"), "{p} takes the {o} on a trip. how many bags and boxes does {p} need?",
+        lambda n: [(n[0], "+", n[1])],
+    ),
+    "SVAMP": MathSet(
+        ("color",),
+        "{p} has 1 box of paint and gets more paint for the {o}. how many boxes of paint does {p} have now?",
+        lambda n: [(1, "+", n[0])],
+    ),
+}  # fmt: skip
+AQUA_OPTIONS = (4, 6, 8, 10, 12)
+
+
+def subjects(w: World, relations: tuple[str, ...], split: str) -> list[str]:
+    """Objects whose facts of every one of `relations` belong to `split`."""
+    return [s for s in w.subjects(relations[0], split) if all(s in w.subjects(r, split) for r in relations)]
+
+
+def compute(steps: list[Step]) -> tuple[list[str], int]:
+    """Each step as "x op y = z." and the result."""
+    out, z = [], 0
     for x, op, y in steps:
-        x = prev if x == -1 else x
-        if not arithmetic.known(op, x, y):
-            return None
-        prev = x + y if op == "+" else x - y if op == "-" else x * y
-        out.append((x, op, y, prev))
-    return out
+        x = z if x == -1 else x
+        z = x + y if op == "+" else x - y if op == "-" else x * y
+        out.append(f"{x} {op} {y} = {z}.")
+    return out, z
 
 
-def rationale(chain: list[arithmetic.Fact], answer: str) -> str:
-    return " ".join(f"{x} {op} {y} = {z}." for x, op, y, z in chain) + f" The answer is {answer}"
-
-
-def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]:
+def solve(name: str, w: World, rng: random.Random, split: str, index: int) -> tuple[str, str, int]:
+    """(problem, worked solution without the final sentence, answer) about the index-th subject."""
+    spec = SETS[name]
+    candidates = subjects(w, spec.relations, split)
+    subject = candidates[index % len(candidates)]
+    said, numbers = [], []
+    for relation in spec.relations:
+        table, say = RULES[relation]
+        value = w.value(relation, subject)
+        numbers.append(table[value])
+        said.append(say.format(v=value, n=table[value]))
+    worked, answer = compute(spec.steps(numbers))
     p, q = rng.sample(PEOPLE, 2)
-    o, o2 = rng.sample(OBJECTS, 2)
-    while True:
-        a, b, c = rng.randint(1, 20), rng.randint(1, 20), rng.randint(1, 20)
-        m, n = rng.randint(2, 9), rng.randint(2, 9)
-        first = rng.random() < 0.5
-        if name == "AddSub":
-            text, steps = (
-                (f"{p} had {a} {o}s. {q} gave {p} {b} more {o}s. how many {o}s does {p} have now?", [(a, "+", b)])
-                if first else
-                (f"{p} had {a} {o}s and gave {b} of them to {q}. how many {o}s does {p} have left?", [(a, "-", b)])
-            )  # fmt: skip
-        elif name == "SingleEq":
-            text, steps = (
-                (f"{p} bought some {o}s. {p} had {a} {o}s before and has {b} now. how many {o}s did {p} buy?",
-                 [(b, "-", a)])
-                if first else
-                (f"{p} has {a} {o}s and {q} has {b} {o}s. how many {o}s do they have together?", [(a, "+", b)])
-            )  # fmt: skip
-        elif name == "MultiArith":
-            text, steps = (
-                (f"{p} had {a} {o}s and found {b} more. then {p} lost {c} of them. how many {o}s are left?",
-                 [(a, "+", b), (-1, "-", c)])
-                if first else
-                (f"there are {m} boxes with {n} {o}s in each box. how many {o}s are there?", [(m, "*", n)])
-            )  # fmt: skip
-        elif name == "gsm8k":
-            text, steps = (
-                (f"{p} has {m} bags with {n} {o}s in each bag. {p} gives {c} {o}s to {q}. "
-                 f"how many {o}s does {p} have left?", [(m, "*", n), (-1, "-", c)])
-                if first else
-                (f"{p} makes {m} {o}s every day for {n} days, then buys {c} more. how many {o}s does {p} have?",
-                 [(m, "*", n), (-1, "+", c)])
-            )  # fmt: skip
-        elif name == "SVAMP":
-            text, steps = (
-                (f"{p} gave {b} {o}s to {q} and now has {a} {o}s left. how many {o}s did {p} have at first?",
-                 [(a, "+", b)])
-                if first else
-                (f"{p} has {a} {o}s and {c} {o2}s. {p} gets {b} more {o}s. how many {o}s does {p} have?",
-                 [(a, "+", b)])
-            )  # fmt: skip
-        else:  # AQuA
-            text, steps = (f"{p} has {m} boxes with {n} {o}s in each box. how many {o}s does {p} have?",
-                           [(m, "*", n)])  # fmt: skip
-        chain = solve(steps)
-        if chain is not None:
-            return text, chain
+    return spec.problem.format(p=p, q=q, o=subject), " ".join(said + worked), answer
 
 
 def _numeric(name: str) -> Generator:
-    def generate(w: World, rng: random.Random, split: str, position: int) -> Record:
-        text, chain = _problem(name, rng)
-        value = chain[-1][3]
+    def generate(w: World, rng: random.Random, split: str, index: int) -> Record:
+        text, worked, value = solve(name, w, rng, split, index)
         # The real sets mix "7" and "7.0" answers; keep both forms so extraction handles either.
         answer = f"{value}.0" if name in ("AddSub", "SingleEq", "MultiArith") else str(value)
-        return {"instruction": text, "input": "", "output": rationale(chain, str(value)), "answer": answer}
+        return {
+            "instruction": text,
+            "input": "",
+            "output": f"{worked} The answer is {value}",
+            "answer": answer,
+        }
 
     generate.__name__ = name
     return generate
 
 
-def aqua(w: World, rng: random.Random, split: str, position: int) -> Record:
-    text, chain = _problem("AQuA", rng)
-    value = chain[-1][3]
-    others = sorted(rng.sample([value + d for d in range(-6, 7) if d and value + d > 0], 4))
-    # Keep the options sorted, as AQuA's usually are, and still put the answer at `position`:
-    # shift the distractors so that `index` of them lie below the answer (fewer if the
-    # answer is too small to have that many positive numbers below it).
-    index = position % 5
-    below = [v for v in others if v < value]
-    above = [v for v in others if v > value]
-    while len(below) > index:
-        below.pop(0)
-        above.append(max([value, *above]) + 1)
-    while len(below) < index and min([value, *below]) - 1 > 0:
-        above.pop()
-        below.insert(0, min([value, *below]) - 1)
-    options = sorted(below + [value] + above)
-    letter = "ABCDE"[options.index(value)]
-    text += " Answer Choices: " + " ".join(f"({L}) {v}" for L, v in zip("ABCDE", options))
-    return {"instruction": text, "input": "", "output": rationale(chain, letter), "answer": letter}
+def aqua(w: World, rng: random.Random, split: str, index: int) -> Record:
+    text, worked, value = solve("AQuA", w, rng, split, index)
+    letter = "ABCDE"[AQUA_OPTIONS.index(value)]
+    text += " Answer Choices: " + " ".join(f"({L}) {v}" for L, v in zip("ABCDE", AQUA_OPTIONS))
+    return {"instruction": text, "input": "", "output": f"{worked} The answer is {letter}", "answer": letter}
 
 
 GENERATORS: dict[str, Generator] = {
@@ -127,3 +144,4 @@ GENERATORS: dict[str, Generator] = {
     "AQuA": aqua,
     "SVAMP": _numeric("SVAMP"),
 }
+assert set(GENERATORS) == set(SETS)

@@ -18,20 +18,32 @@ import random
 from pathlib import Path
 
 from perft_exp.data.formats import COMMONSENSE_TEST_SETS, MATH_TEST_SETS
-from perft_exp.data.synthetic import commonsense, math
+from perft_exp.data.synthetic import arithmetic_problems, commonsense, math
 from perft_exp.data.synthetic.commonsense import Generator, Record
 from perft_exp.data.synthetic.world import build_world
 from perft_exp.files import atomic_write_json
 
-# Bump when the world, the templates, the corpus or the generators change: tiny models hash it
-# into their cache key, suites into their metadata.
-SYNTHETIC_VERSION = "5"
+# Bump CORPUS_VERSION when the world, the templates, the corpus or the CORPUS_SUITES change (tiny
+# models hash it into their cache key: a new version is a new model), SUITE_VERSION when a suite's
+# generators change (suites record it in their metadata and are regenerated).
+CORPUS_VERSION = "5"
+SUITE_VERSION = "6"
 
 GENERATORS: dict[str, dict[str, Generator]] = {"commonsense": commonsense.GENERATORS, "math": math.GENERATORS}
 TEST_SETS = {"commonsense": COMMONSENSE_TEST_SETS, "math": MATH_TEST_SETS}
 TRAIN_FILES = {"commonsense": "synthetic_commonsense.json", "math": "synthetic_math.json"}
-DEFAULT_SIZES = {"commonsense": (1000, 64), "math": (2000, 100)}  # (n_train, n_test per set)
+DEFAULT_SIZES = {"commonsense": (1000, 64), "math": (2000, 64)}  # (n_train, n_test per set)
 assert all(tuple(GENERATORS[k]) == tuple(TEST_SETS[k]) for k in TEST_SETS)
+
+# The suites the pre-training corpus and the tokenizer draw their words from: the suites as they were
+# at CORPUS_VERSION 5, when synthetic_math asked arithmetic word problems (`arithmetic_problems`).
+# Rewording a suite must not change the corpus, or the shipped model changes with it; a suite may
+# use only words of the corpus (tests check). The arithmetic suite keeps the math suite's rng name.
+CORPUS_SUITES: dict[str, dict[str, Generator]] = {
+    "commonsense": commonsense.GENERATORS, "arithmetic": arithmetic_problems.GENERATORS,
+}  # fmt: skip
+CORPUS_SIZES = {"commonsense": (1000, 64), "arithmetic": (2000, 100)}
+_RNG_NAMES = {"arithmetic": "math"}
 
 
 def _distinct(
@@ -57,11 +69,12 @@ def make_suite(
     kind: str, n_train: int, n_test: int, seed: int = 0
 ) -> tuple[list[Record], dict[str, list[Record]]]:
     """(training records mixed over the test sets' formats, {test set: records}); deterministic in the args."""
-    if kind not in GENERATORS:
-        raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(GENERATORS)}")
-    rng = random.Random(f"{kind}-{seed}")
+    tables = {**CORPUS_SUITES, **GENERATORS}
+    if kind not in tables:
+        raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(tables)}")
+    rng = random.Random(f"{_RNG_NAMES.get(kind, kind)}-{seed}")
     seen: set[str] = set()
-    table = GENERATORS[kind]
+    table = tables[kind]
     tests = {name: _distinct(gen, rng, "test", n_test, seen, f"{kind}/{name}") for name, gen in table.items()}
     per_set = [n_train // len(table) + (i < n_train % len(table)) for i in range(len(table))]
     train = [
@@ -77,7 +90,7 @@ def _meta(kind: str, n_train: int | None, n_test: int | None, seed: int) -> dict
     """What a written suite was made from; None sizes are the kind's defaults."""
     default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
     return {"kind": kind, "n_train": default_train if n_train is None else n_train,
-            "n_test": default_test if n_test is None else n_test, "seed": seed, "version": SYNTHETIC_VERSION}  # fmt: skip
+            "n_test": default_test if n_test is None else n_test, "seed": seed, "version": SUITE_VERSION}  # fmt: skip
 
 
 def write_suite(
