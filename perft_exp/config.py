@@ -122,6 +122,10 @@ class TrainerConfig:
     base_aux_loss: bool = True  # keep the base model's router aux loss on (the authors did)
     nonfinite_loss: str = "stop"  # stop | skip
     dataloader_num_workers: int = 0
+    # random | group_by_length (batches of similar lengths, still shuffled: less padding) | sequential
+    train_sampling_strategy: str = "random"
+    # Run the LM head only where the loss reads it (the positions before a label token); the same loss.
+    logits_at_labels: bool = True
     seed: int = DEFAULT_SEED  # conf/train.yaml sets it to the top-level `seed`
 
     def __post_init__(self) -> None:

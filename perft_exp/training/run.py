@@ -289,6 +289,7 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
         base_aux_loss=cfg.trainer.base_aux_loss,
         nonfinite_loss=cfg.trainer.nonfinite_loss,
         base_model_name=cfg.model.pretrained,
+        logits_at_labels=cfg.trainer.logits_at_labels,
     )
     assert trainer.args.world_size == plan.world_size, (
         trainer.args.world_size,

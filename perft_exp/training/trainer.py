@@ -2,6 +2,8 @@
 
 - loss = LM loss + base router aux loss (transformers, `output_router_logits=True`)
          + perft.aux_loss_coef * R's adapter-router aux loss; the terms are logged separately
+- the LM head runs only at the positions whose next token is a label (`logits_to_keep`): with the
+  loss on the response only, most of a prompt's logits are never read (trainer.logits_at_labels)
 - tokens/s, seconds per optimizer step and peak memory in the training logs
 - every logged name comes from perft_exp/metric_schema.py (what the W&B dashboards read)
 - checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import resource
@@ -21,12 +24,14 @@ import signal
 import time
 
 import torch
+import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, trainable_parameters
 from perft_exp.adapters.routing_stats import RoutingStatsCallback
+from perft_exp.data.collate import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,33 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
+def label_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose next token is a label in some row of the batch: the only logits that a
+    next-token loss reads (positions, 1-D, ascending)."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+
+
+def next_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, num_items_in_batch=None
+) -> torch.Tensor:
+    """transformers' causal-LM loss for logits kept at `positions` only: each position predicts the
+    next token; a sum over the batch's label tokens divided by `num_items_in_batch` when given
+    (gradient accumulation), else their mean."""
+    targets = labels[:, positions + 1].to(logits.device)
+    loss = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
+    return loss / count
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the causal LM's forward takes `logits_to_keep` (transformers >= 4.50 models; an HF-PEFT
+    wrapper passes it on to its base model)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def peak_memory_gb() -> float:
     """Peak memory so far (GiB): allocated CUDA memory on a GPU, else the process's peak resident set."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -84,6 +116,7 @@ class PerftTrainer(Trainer):
         base_aux_loss: bool = True,
         nonfinite_loss: str = "stop",
         base_model_name: str = "",
+        logits_at_labels: bool = True,
         **kwargs,
     ) -> None:
         model = kwargs.get("model", args[0] if args else None)
@@ -102,12 +135,33 @@ class PerftTrainer(Trainer):
         self._tokens = 0
         self._tokens_since = time.perf_counter()
         self._window_step: int | None = None  # global_step when the current logging window began
+        self._lm_loss: torch.Tensor | None = None
+        if logits_at_labels and self.compute_loss_func is None and accepts_logits_to_keep(self._unwrapped()):
+            # The Trainer's hook for an own loss: it takes the labels out of the inputs, calls the model,
+            # then this (and scales the result for gradient accumulation and devices as it would the model's).
+            self.compute_loss_func = self._loss_at_label_positions
         self.add_callback(RoutingStatsCallback(self.log))  # R, E: PEFT-expert loads of every evaluation
 
     # ---- loss ---------------------------------------------------------------------------------
+    def _loss_at_label_positions(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
+        """LM loss from the logits at `label_positions` (the model ran with them as `logits_to_keep`),
+        plus the base router aux loss as transformers adds it when it computes the loss itself."""
+        loss = next_token_loss(outputs.logits, labels, label_positions(labels), num_items_in_batch)
+        self._lm_loss = loss.detach()
+        base_aux = getattr(outputs, "aux_loss", None)
+        if base_aux is not None:
+            loss = loss + self._base_aux_coef() * base_aux.to(loss.device)
+        return loss
+
+    def _base_aux_coef(self) -> float:
+        return getattr(getattr(self._unwrapped(), "config", None), "router_aux_loss_coef", 0.0)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.base_aux_loss:
             inputs = {**inputs, "output_router_logits": True}
+        if self.compute_loss_func == self._loss_at_label_positions and "labels" in inputs:
+            inputs = {**inputs, "logits_to_keep": label_positions(inputs["labels"])}
+        self._lm_loss = None
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
@@ -120,10 +174,12 @@ class PerftTrainer(Trainer):
             terms[schema.ADAPTER_AUX_LOSS] = float(aux.detach())
             loss = loss + self.adapter_aux_coef * aux.to(loss.device)
         if model.training:
-            base_coef = getattr(getattr(self._unwrapped(), "config", None), "router_aux_loss_coef", 0.0)
-            terms[schema.LM_LOSS] = float(outputs.loss.detach()) - base_coef * terms.get(
-                schema.BASE_AUX_LOSS, 0.0
-            )
+            if self._lm_loss is not None:
+                terms[schema.LM_LOSS] = float(self._lm_loss)
+            else:
+                terms[schema.LM_LOSS] = float(outputs.loss.detach()) - self._base_aux_coef() * terms.get(
+                    schema.BASE_AUX_LOSS, 0.0
+                )
             for k, v in terms.items():
                 self._terms[k] = self._terms.get(k, 0.0) + v
             self._term_count += 1
