@@ -29,6 +29,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from perft_exp.data.formats import MATH_TEST_SETS
 from perft_exp.data.synthetic.commonsense import Generator, Record
 from perft_exp.data.synthetic.world import PEOPLE, World
 
@@ -136,12 +137,8 @@ def aqua(w: World, rng: random.Random, split: str, index: int) -> Record:
     return {"instruction": text, "input": "", "output": f"{worked} The answer is {letter}", "answer": letter}
 
 
+# In the order of the real test sets (formats.MATH_TEST_SETS).
 GENERATORS: dict[str, Generator] = {
-    "AddSub": _numeric("AddSub"),
-    "MultiArith": _numeric("MultiArith"),
-    "SingleEq": _numeric("SingleEq"),
-    "gsm8k": _numeric("gsm8k"),
-    "AQuA": aqua,
-    "SVAMP": _numeric("SVAMP"),
+    name: aqua if name == "AQuA" else _numeric(name) for name in MATH_TEST_SETS
 }
 assert set(GENERATORS) == set(SETS)
