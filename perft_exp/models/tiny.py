@@ -302,7 +302,7 @@ def knowledge_report(
         report[f"exam_recall_{split}"] = probe_accuracy(
             model, tokenizer, synthetic.exam_probes(split), sep=""
         )
-    # The math suites' every step is a fact of this table; what share of it the model completes.
+    # The pre-training arithmetic table (the steps of `arithmetic_problems`): what share the model completes.
     report["arithmetic_recall"] = completion_accuracy(model, tokenizer, synthetic.arithmetic_probes())
     return report
 

@@ -1,7 +1,8 @@
 """The arithmetic the tiny models are pre-trained on, and the words for numbers.
 
 Sums and differences of numbers up to ADD_MAX and products up to MUL_MAX x MUL_MAX, written as
-"3 + 4 = 7." or "three plus four is seven."; the math suites use only these steps.
+"3 + 4 = 7." or "three plus four is seven."; the arithmetic word problems (`arithmetic_problems`) use
+only these steps. `chain` and `equation` compute and write a problem's steps for both math suites.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import random
 
 ADD_MAX, MUL_MAX = 20, 10
 Fact = tuple[int, str, int, int]  # (x, op, y, result)
+Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
 
 _ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
          "fifteen sixteen seventeen eighteen nineteen").split()  # fmt: skip
@@ -25,6 +27,21 @@ def number_word(n: int) -> str:
         return _ONES[n]
     tens, ones = divmod(n, 10)
     return _TENS[tens] + ("" if ones == 0 else " " + _ONES[ones])
+
+
+def chain(steps: list[Step]) -> list[Fact]:
+    """The facts computing `steps` in turn."""
+    out, prev = [], 0
+    for x, op, y in steps:
+        x = prev if x == -1 else x
+        prev = x + y if op == "+" else x - y if op == "-" else x * y
+        out.append((x, op, y, prev))
+    return out
+
+
+def equation(fact: Fact) -> str:
+    x, op, y, z = fact
+    return f"{x} {op} {y} = {z}."
 
 
 def known(op: str, x: int, y: int) -> bool:
@@ -49,5 +66,5 @@ def table() -> list[Fact]:
 def sentence(fact: Fact, rng: random.Random) -> str:
     x, op, y, z = fact
     if rng.random() < 0.7:
-        return f"{x} {op} {y} = {z}."
+        return equation(fact)
     return f"{number_word(x)} {_OP_WORDS[op]} {number_word(y)} is {number_word(z)}."

@@ -21,23 +21,15 @@ from perft_exp.data.synthetic import arithmetic
 from perft_exp.data.synthetic.commonsense import Generator, Record
 from perft_exp.data.synthetic.world import OBJECTS, PEOPLE, World
 
-Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
 
-
-def solve(steps: list[Step]) -> list[arithmetic.Fact] | None:
+def solve(steps: list[arithmetic.Step]) -> list[arithmetic.Fact] | None:
     """The chain of facts computing `steps`, or None if a step is outside the pre-training table."""
-    out, prev = [], 0
-    for x, op, y in steps:
-        x = prev if x == -1 else x
-        if not arithmetic.known(op, x, y):
-            return None
-        prev = x + y if op == "+" else x - y if op == "-" else x * y
-        out.append((x, op, y, prev))
-    return out
+    facts = arithmetic.chain(steps)
+    return facts if all(arithmetic.known(op, x, y) for x, op, y, _ in facts) else None
 
 
 def rationale(chain: list[arithmetic.Fact], answer: str) -> str:
-    return " ".join(f"{x} {op} {y} = {z}." for x, op, y, z in chain) + f" The answer is {answer}"
+    return " ".join(map(arithmetic.equation, chain)) + f" The answer is {answer}"
 
 
 def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]:

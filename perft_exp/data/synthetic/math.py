@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from perft_exp.data.formats import MATH_TEST_SETS
+from perft_exp.data.synthetic import arithmetic
 from perft_exp.data.synthetic.commonsense import Generator, Record
 from perft_exp.data.synthetic.world import PEOPLE, World
 
@@ -40,8 +41,6 @@ RULES: dict[str, tuple[dict[str, int], str]] = {
     "color": ({"red": 2, "blue": 3, "green": 4, "yellow": 5}, "{v}: {v} needs {n} boxes of paint."),
 }
 
-Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
-
 
 @dataclass(frozen=True)
 class MathSet:
@@ -50,7 +49,7 @@ class MathSet:
 
     relations: tuple[str, ...]
     problem: str
-    steps: Callable[[list[int]], list[Step]]
+    steps: Callable[[list[int]], list[arithmetic.Step]]
 
 
 SETS: dict[str, MathSet] = {
@@ -85,17 +84,14 @@ AQUA_OPTIONS = (4, 6, 8, 10, 12)
 
 def subjects(w: World, relations: tuple[str, ...], split: str) -> list[str]:
     """Objects whose facts of every one of `relations` belong to `split`."""
-    return [s for s in w.subjects(relations[0], split) if all(s in w.subjects(r, split) for r in relations)]
+    others = [set(w.subjects(r, split)) for r in relations[1:]]
+    return [s for s in w.subjects(relations[0], split) if all(s in o for o in others)]
 
 
-def compute(steps: list[Step]) -> tuple[list[str], int]:
+def compute(steps: list[arithmetic.Step]) -> tuple[list[str], int]:
     """Each step as "x op y = z." and the result."""
-    out, z = [], 0
-    for x, op, y in steps:
-        x = z if x == -1 else x
-        z = x + y if op == "+" else x - y if op == "-" else x * y
-        out.append(f"{x} {op} {y} = {z}.")
-    return out, z
+    facts = arithmetic.chain(steps)
+    return [arithmetic.equation(f) for f in facts], facts[-1][3]
 
 
 def solve(name: str, w: World, rng: random.Random, split: str, index: int) -> tuple[str, str, int]:
