@@ -1,6 +1,6 @@
 """Re-evaluate a finished run's adapter without retraining; other tasks or modes by override.
 
-    python scripts/evaluate.py run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16
+    python scripts/evaluate.py run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter
     python scripts/evaluate.py run_dir=<run> eval.mode=paper
     python scripts/evaluate.py run_dir=<run> task=synthetic_math task.max_test_examples=20
     python scripts/evaluate.py run_dir=<run> variant=none          # the frozen base model

@@ -212,13 +212,35 @@ def test_run_names_separate_what_the_command_line_changes():
     def name(*overrides: str) -> str:
         return compose(list(overrides)).name
 
-    assert name() == name("variant=R", "perft.num_experts=4") == name("logger=none") == "R-n4-k2-r16"
-    assert name("variant=E", "perft.bottleneck=8") == "E-r8"
+    assert name() == name("variant=R", "perft.num_experts=4") == name("logger=none") == "R-n4-k2-r16-adapter"
+    assert name("variant=E", "perft.bottleneck=8") == "E-r8-adapter"
     others = {name("deepspeed=zero2", "trainer=debug"), name("deepspeed=zero3", "trainer=debug"),
               name("trainer.learning_rate=1e-3"), name("perft.dropout=0.1")}  # fmt: skip
-    assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-") for n in others)
+    assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-adapter-") for n in others)
     assert name("trainer=debug", "deepspeed=zero2") == name("deepspeed=zero2", "trainer=debug")
     assert name("name=mine") == "mine"
+
+
+def test_the_tiny_models_set_the_adapter_form_for_perft_only():
+    """The embedded default's PEFT experts take the adapter form on the tiny OLMoE models (and their control), the
+    paper's LoRA form elsewhere; the run name shows it, and the LoRA baselines neither run nor name it."""
+
+    def perft(*overrides: str):
+        cfg = compose(list(overrides))
+        return cfg.name, perft_config(cfg)
+
+    assert perft() == perft("model=tiny_olmoe_random")
+    name, cfg = perft()
+    assert name == "R-n4-k2-r16-adapter" and cfg.form == "adapter" and cfg.scaling == 1.0
+    assert cfg.run_label() == "R (Top2/4) [adapter] r16"
+    for model in ("tiny_mixtral", "olmoe_1b_7b", "mixtral_8x7b"):
+        name, cfg = perft(f"model={model}")
+        assert name == "R-n4-k2-r16" and cfg.form == "lora"
+    # The paper's form on the tiny model is the run that had the name before: no hash of a difference.
+    assert perft("perft.form=lora")[0] == "R-n4-k2-r16"
+    for form in ([], ["perft.form=adapter"], ["perft.form=lora"]):
+        name, cfg = perft("variant=qv_lora", *form)
+        assert name == "qv_lora-r16" and cfg.form == "lora" and cfg.run_label() == "qv-LoRA r16"
 
 
 def test_run_names_hash_the_resolved_config_not_the_command_line():
@@ -227,10 +249,11 @@ def test_run_names_hash_the_resolved_config_not_the_command_line():
     def name(*overrides: str) -> str:
         return compose(list(overrides)).name
 
-    assert name("eval.mode=greedy") == name("trainer=tiny", "deepspeed=none", "eval=greedy") == "R-n4-k2-r16"
-    assert name("task=synthetic_math", "eval.mode=greedy") == name("task=synthetic_math") == "R-n4-k2-r16"
-    assert name("trainer.learning_rate=1e-3") == name("trainer.learning_rate=0.001") != "R-n4-k2-r16"
-    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8"  # 0.05 is the default
+    default = "R-n4-k2-r16-adapter"
+    assert name("eval.mode=greedy") == name("trainer=tiny", "deepspeed=none", "eval=greedy") == default
+    assert name("task=synthetic_math", "eval.mode=greedy") == name("task=synthetic_math") == default
+    assert name("trainer.learning_rate=1e-3") == name("trainer.learning_rate=0.001") != default
+    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8-adapter"  # 0.05 is the default
 
 
 def test_what_a_run_changed_is_described_by_group():
@@ -281,15 +304,17 @@ def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_pat
     )  # the arguments, without initialising torch.distributed
 
     default, one = compose([]), compose(["seed=1"])
-    assert default.seed == default.trainer.seed == DEFAULT_SEED and default.name == "R-n4-k2-r16"
-    assert one.trainer.seed == 1 and one.name == "R-n4-k2-r16-s1"
-    assert compose([f"seed={DEFAULT_SEED}"]).name == "R-n4-k2-r16"
+    assert default.seed == default.trainer.seed == DEFAULT_SEED and default.name == "R-n4-k2-r16-adapter"
+    assert one.trainer.seed == 1 and one.name == "R-n4-k2-r16-adapter-s1"
+    assert compose([f"seed={DEFAULT_SEED}"]).name == "R-n4-k2-r16-adapter"
     assert compose(["seed=2", "trainer=debug"]).trainer.seed == 2  # another trainer preset follows it too
-    assert compose(["seed=1", "trainer=debug"]).name.startswith("R-n4-k2-r16-s1-")
-    assert compose(["variant=E", "perft.bottleneck=8", "seed=0"]).name == "E-r8-s0"
+    assert compose(["seed=1", "trainer=debug"]).name.startswith("R-n4-k2-r16-adapter-s1-")
+    assert compose(["variant=E", "perft.bottleneck=8", "seed=0"]).name == "E-r8-adapter-s0"
     explicit = compose(["trainer.seed=5"])  # still accepted; enters the override hash
     assert (
-        explicit.trainer.seed == 5 and explicit.name.startswith("R-n4-k2-r16-") and explicit.name != one.name
+        explicit.trainer.seed == 5
+        and explicit.name.startswith("R-n4-k2-r16-adapter-")
+        and explicit.name != one.name
     )
     args = run._training_arguments(one, RunDir(tmp_path), has_eval=True)
     assert args["seed"] == args["data_seed"] == 1

@@ -47,14 +47,16 @@ def _assert_skill_without_a_constant(ev: dict, sets: int, at_least: float) -> No
 def test_demo_beats_the_best_constant_answer_without_answering_a_constant(tmp_path):
     """`python train.py`: skill over the best constant answer on average, no set answered >= 90 % alike.
 
-    The threshold is below the measured +24.8 points (README) with a margin for platform numerics and
-    for the spread between fine-tuning seeds and configs (seed=1 +26.0; perft.init=zero_b +17.2, and +16.8
-    with the shared dropout mask and validation split of before issue 12); the goal of +25 is at the edge.
+    The threshold is below the measured +26.0 points (README: the plain command; seeds 1 / 2 / 3 +28.5 / +27.0
+    / +27.3) with a margin for platform numerics and for the spread between builds of the tiny model (a build
+    from another pre-training seed scored +6.2 and +18.9, README); the LoRA form of the PEFT experts scored
+    +23.0 here (`perft.form=lora`).
     """
     results, stdout = _train(tmp_path)
     assert results["variant"] == "R" and results["train"]["steps"] == 600
+    assert results["perft"]["form"] == "adapter"  # the tiny model's form of the PEFT experts
     ev = results["eval"]
-    _assert_skill_without_a_constant(ev, sets=8, at_least=0.10)
+    _assert_skill_without_a_constant(ev, sets=8, at_least=0.15)
     # The numbers are those of the per-question records the run wrote.
     recomputed = metrics_from_run_dir(tmp_path / "run")
     assert recomputed["average_skill"] == pytest.approx(ev["average_skill"])
@@ -73,8 +75,8 @@ def test_the_random_weights_control_has_no_skill(tmp_path):
 def test_synthetic_math_reads_stored_facts_into_numbers(tmp_path):
     """`python train.py task=synthetic_math`: skill over the most common answer, no set answered >= 90 % alike.
 
-    The threshold is below the measured +33.3 points (README; one thread, adapter seeds 42 / 1 / 2:
-    +33.6 / +28.1 / +28.4) with a margin for platform numerics; the random-weights control scored +1.6.
+    The threshold is below the measured +28.4 points (README: the plain command; one thread, adapter seeds
+    42 / 1: +28.9 / +35.7) with a margin for platform numerics; the random-weights control scored -2.1.
     """
     results, _ = _train(tmp_path, "task=synthetic_math")
     _assert_skill_without_a_constant(results["eval"], sets=6, at_least=0.15)

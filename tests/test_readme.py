@@ -174,7 +174,7 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
         (trained,) = [
-            d for d in runs if re.fullmatch(r"R-n4-k2-r16-[0-9a-f]{6}", d.name)
+            d for d in runs if re.fullmatch(r"R-n4-k2-r16-adapter-[0-9a-f]{6}", d.name)
         ]  # the shrunk default
         argv = [
             a.replace("outputs/runs/<task>/<model>/<run>", str(trained.relative_to(workdir))) for a in argv

@@ -40,6 +40,10 @@ ROUTER_INITS = ("linear", "authors")
 ROUTER_DTYPES = ("float32", "model")
 
 
+# The fields that shape the PEFT experts only; the LoRA baselines ignore them (reset to these defaults).
+PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl", "adapter_dtype")
+
+
 @dataclass
 class PerftConfig:
     variant: str = "R"
@@ -79,6 +83,12 @@ class PerftConfig:
             one_of(f"perft.{key}", getattr(self, key), allowed)
         if spec.family is Family.NONE:
             return
+        if spec.family is Family.LORA:
+            # A LoRA baseline is HF PEFT's LoRA (rank, alpha, dropout): the PEFT experts' form and init do not
+            # apply. A model config may set them for PERFT (the tiny models' adapter form): back to the defaults,
+            # so a baseline's saved config, name and label say what it ran.
+            for key in PERFT_ONLY:
+                setattr(self, key, _DEFAULTS[key])
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"perft.bottleneck={self.bottleneck!r} must be an integer >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -174,3 +184,6 @@ class PerftConfig:
     def run_label(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
         """The label of one run (console table, W&B, count_params): `R (Top2/4) r16`, `qv-LoRA r8`."""
         return run_label(self.to_dict(), base_top_k, base_experts)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(PerftConfig)}

@@ -19,7 +19,8 @@ everything the rest of the code asks about a variant:
   style         marker and colour in the figures (perft_exp/analysis/results.py)
 
 KNOBS are the non-routing knobs that change what a run computes and so show in its name and label when they
-differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`).
+differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`); each names the variant families it
+applies to (a LoRA baseline's name never shows the PEFT experts' form).
 
 A new variant is one entry in REGISTRY and its conf/variant/<name>.yaml (plus its tests); a new knob that shows
 in names and labels is one entry in KNOBS.
@@ -82,29 +83,35 @@ class Variant:
         if self.family is Family.NONE:
             return self.name
         parts = [self.tag.format(**perft), f"r{perft['bottleneck']}"]
-        return "-".join(parts + [k.tag(perft) for k in KNOBS if k.is_set(perft)])
+        return "-".join(parts + [k.tag(perft) for k in self.knobs_set(perft)])
+
+    def knobs_set(self, perft: Mapping) -> list[Knob]:
+        """The KNOBS that apply to this variant's family and differ from the paper's defaults in `perft`."""
+        return [k for k in KNOBS if self.family in k.families and k.is_set(perft)]
 
     def display_name(self, perft: Mapping) -> str:
         """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""
         needed = [k for k in ("num_experts", "top_k") if "{" + k in self.label]
         label = self.name if any(perft.get(k) is None for k in needed) else self.label.format(**perft)
-        return label + _knob_labels(perft)
+        return label + _knob_labels(perft, self.knobs_set(perft))
 
 
 @dataclass(frozen=True)
 class Knob:
-    """A knob shown in run names and labels when it differs from the paper's default."""
+    """A knob shown in run names and labels when it differs from the paper's default, for the variant families
+    it applies to (the LoRA baselines take the rank and alpha only; the rest shape the PEFT experts)."""
 
     key: str
     is_set: Callable[[Mapping], bool]
     tag: Callable[[Mapping], str]
     label: Callable[[Mapping], str]
+    families: tuple[Family, ...] = (Family.PERFT,)
 
 
-def _knob_labels(perft: Mapping) -> str:
-    """` [alpha=8, adapter]`: the KNOBS that differ from the paper's defaults, for a label."""
-    knobs = [k.label(perft) for k in KNOBS if k.is_set(perft)]
-    return f" [{', '.join(knobs)}]" if knobs else ""
+def _knob_labels(perft: Mapping, knobs: list[Knob] | None = None) -> str:
+    """` [alpha=8, adapter]`: the knobs that differ from the paper's defaults (of KNOBS unless given), for a label."""
+    labels = [k.label(perft) for k in (knobs if knobs is not None else KNOBS) if k.is_set(perft)]
+    return f" [{', '.join(labels)}]" if labels else ""
 
 
 def _alpha_set(p: Mapping) -> bool:
@@ -112,7 +119,8 @@ def _alpha_set(p: Mapping) -> bool:
 
 
 KNOBS = (
-    Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}"),
+    Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}",
+         families=(Family.PERFT, Family.LORA)),
     Knob("form", lambda p: p.get("form", "lora") != "lora", lambda p: p["form"], lambda p: p["form"]),
     Knob("init", lambda p: p.get("init", "paper") != "paper", lambda p: p["init"], lambda p: f"init={p['init']}"),
     Knob("authors_weighting_defect", lambda p: bool(p.get("authors_weighting_defect")),

@@ -20,7 +20,7 @@ every set has a chance rate) and `average_top_prediction_share` are unweighted m
 `max_top_prediction_share` is the largest share of one prediction in any set.
 
     from perft_exp.evaluation.metrics import metrics_from_run_dir
-    m = metrics_from_run_dir("outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16")
+    m = metrics_from_run_dir("outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter")
     m["average_skill"], m["boolq"]["top_prediction_share"]
 """
 
