@@ -201,7 +201,7 @@ def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["train"]["steps"] == 8 and results["variant_name"] == "R (Top2/4) r16"
+    assert results["train"]["steps"] == 8 and results["variant_name"] == "R (Top2/4) [adapter] r16"
     assert "model.quantization=4bit" in results["config_changes"]
 
 
@@ -253,7 +253,8 @@ def test_run_names_hash_the_resolved_config_not_the_command_line():
     assert name("eval.mode=greedy") == name("trainer=tiny", "deepspeed=none", "eval=greedy") == default
     assert name("task=synthetic_math", "eval.mode=greedy") == name("task=synthetic_math") == default
     assert name("trainer.learning_rate=1e-3") == name("trainer.learning_rate=0.001") != default
-    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8-adapter"  # 0.05 is the default
+    # 0.05 is the default dropout
+    assert name("variant=E", "perft.bottleneck=8", "perft.dropout=0.05") == "E-r8-adapter"
 
 
 def test_what_a_run_changed_is_described_by_group():

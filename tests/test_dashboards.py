@@ -139,7 +139,8 @@ def test_an_offline_run_feeds_every_panel(micro_model_dir, app_env, tmp_path):
     assert dashboards.missing_keys(keys, [run]) == []
 
     c, params = run.config, results["params"]
-    assert (c["variant"], c["config_label"], c["N"], c["K"], c["r"]) == ("R", "R (Top2/4)", 4, 2, 16)
+    label = "R (Top2/4) [adapter]"  # the tiny model's form of the PEFT experts
+    assert (c["variant"], c["config_label"], c["N"], c["K"], c["r"]) == ("R", label, 4, 2, 16)
     assert (c["task_name"], c["model_name"], c["seed"], c["sweep_name"]) == (
         "synthetic_commonsense", "tiny_olmoe", 42, "toy",
     )  # fmt: skip

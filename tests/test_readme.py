@@ -58,16 +58,16 @@ def error(says: str) -> Expect:
 NO_DATA = "task.data_dir='data/llm_adapters' does not exist"
 COMMANDS = {
     # Set-up
-    "make demo": ok("R (Top2/4) r16 on tiny_olmoe / synthetic_commonsense", shrink=True),
+    "make demo": ok("R (Top2/4) [adapter] r16 on tiny_olmoe / synthetic_commonsense", shrink=True),
     "make test": ok(),
     # Running experiments
     "python train.py variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16": ok(
-        "R (Top2/4) r16", True
+        "R (Top2/4) [adapter] r16", True
     ),
-    "python train.py variant=E perft.bottleneck=8": ok("E (Top2/8) r8", shrink=True),
+    "python train.py variant=E perft.bottleneck=8": ok("E (Top2/8) [adapter] r8", shrink=True),
     "python train.py variant=qv_lora perft.bottleneck=16": ok("qv-LoRA r16", shrink=True),
     "python train.py variant=none": ok("base model on tiny_olmoe", shrink=True),
-    "python train.py seed=1": ok("R-n4-k2-r16-s1-", shrink=True),
+    "python train.py seed=1": ok("R-n4-k2-r16-adapter-s1-", shrink=True),
     "python train.py task=synthetic_math eval.mode=greedy": ok("on tiny_olmoe / synthetic_math", shrink=True),
     "python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 "
     "perft.bottleneck=16": ok('"config": "R (Top2/4) r16"'),

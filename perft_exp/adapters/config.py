@@ -41,7 +41,8 @@ ROUTER_DTYPES = ("float32", "model")
 
 
 # The fields that shape the PEFT experts only; the LoRA baselines ignore them (reset to these defaults).
-PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl", "adapter_dtype")
+PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl",
+              "adapter_dtype")  # fmt: skip
 
 
 @dataclass
