@@ -205,7 +205,7 @@ class RunDir:
             if record:
                 atomic_write_json(self.run_config, want)
             return
-        a, b = flatten(have), flatten(want)
+        a, b = flatten(_as_run(have)), flatten(want)
         # Keys on one side only are schema changes between versions of this code, not another experiment.
         diff = [k for k in sorted(a.keys() & b.keys()) if a[k] != b[k]]
         if not diff:
@@ -247,9 +247,17 @@ def config_identity(conf: dict) -> dict:
     return {k: v for k, v in conf.items() if k not in RELAUNCH_FREE and k != "hydra"}
 
 
+def _as_run(ident: dict) -> dict:
+    """An identity with its `perft` as the variant runs it (a LoRA baseline ignores the PEFT experts' form ...)."""
+    from perft_exp.adapters.config import applicable
+
+    return {**ident, "perft": applicable(ident["perft"])} if isinstance(ident.get("perft"), dict) else ident
+
+
 def run_identity(cfg: DictConfig) -> dict:
-    """What a run directory's results depend on: the resolved config, and the tiny model's build key."""
-    ident = config_identity(OmegaConf.to_container(cfg, resolve=True))
+    """What a run directory's results depend on: the resolved config (its `perft` as the variant runs it), and the
+    tiny model's build key."""
+    ident = _as_run(config_identity(OmegaConf.to_container(cfg, resolve=True)))
     pretrained = str(cfg.model.pretrained)
     if pretrained.startswith(
         "tiny:"

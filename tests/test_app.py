@@ -243,6 +243,23 @@ def test_the_tiny_models_set_the_adapter_form_for_perft_only():
         assert name == "qv_lora-r16" and cfg.form == "lora" and cfg.run_label() == "qv-LoRA r16"
 
 
+def test_a_baselines_run_directory_takes_it_with_any_form(tmp_path):
+    """`variant=qv_lora` on the tiny model (form adapter composed, not run) and with `perft.form=lora` (the toy
+    sweep's) are one run: the directory's config check agrees; for PERFT the form is another run."""
+    from perft_exp.run_dir import RunDirConflict, run_identity
+
+    plain, lora = compose(["variant=qv_lora"]), compose(["variant=qv_lora", "perft.form=lora"])
+    assert plain.perft.form == "adapter" and run_identity(plain) == run_identity(lora)
+    assert run_identity(plain)["perft"]["form"] == "lora"  # what run_config.json records
+    run = RunDir(tmp_path / "qv")
+    run.check(lora)
+    run.check(plain)  # no conflict
+    perft = RunDir(tmp_path / "R")
+    perft.check(compose(["name=R"]))
+    with pytest.raises(RunDirConflict, match="perft.form"):
+        perft.check(compose(["name=R", "perft.form=lora"]))
+
+
 def test_run_names_hash_the_resolved_config_not_the_command_line():
     """Naming a default value changes nothing; two spellings of one value are one run (issue 14, item 7)."""
 

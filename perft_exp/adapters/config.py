@@ -14,6 +14,7 @@ What each variant takes from the user, from the model, or pins is its registry e
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -88,8 +89,8 @@ class PerftConfig:
             # A LoRA baseline is HF PEFT's LoRA (rank, alpha, dropout): the PEFT experts' form and init do not
             # apply. A model config may set them for PERFT (the tiny models' adapter form): back to the defaults,
             # so a baseline's saved config, name and label say what it ran.
-            for key in PERFT_ONLY:
-                setattr(self, key, _DEFAULTS[key])
+            for key, value in applicable(self.to_dict()).items():
+                setattr(self, key, value)
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"perft.bottleneck={self.bottleneck!r} must be an integer >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -188,3 +189,14 @@ class PerftConfig:
 
 
 _DEFAULTS = {f.name: f.default for f in fields(PerftConfig)}
+
+
+def applicable(perft: Mapping) -> dict:
+    """`perft` (a dict of PerftConfig's keys, some or all) as its variant runs it: a LoRA baseline's PERFT-only keys at
+    their defaults, since HF PEFT's LoRA ignores them. A run directory compares configs through it, so
+    `variant=qv_lora` on a model that sets the adapter form and `variant=qv_lora perft.form=lora` are one run."""
+    out = dict(perft)
+    spec = REGISTRY.get(out.get("variant"))
+    if spec is not None and spec.family is Family.LORA:
+        out.update({k: _DEFAULTS[k] for k in PERFT_ONLY if k in out})
+    return out
