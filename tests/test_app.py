@@ -251,6 +251,9 @@ def test_a_baselines_run_directory_takes_it_with_any_form(tmp_path):
     plain, lora = compose(["variant=qv_lora"]), compose(["variant=qv_lora", "perft.form=lora"])
     assert plain.perft.form == "adapter" and run_identity(plain) == run_identity(lora)
     assert run_identity(plain)["perft"]["form"] == "lora"  # what run_config.json records
+    # The frozen model takes no PEFT-expert key either.
+    frozen = compose(["variant=none"])
+    assert run_identity(frozen) == run_identity(compose(["variant=none", "perft.form=lora"]))
     run = RunDir(tmp_path / "qv")
     run.check(lora)
     run.check(plain)  # no conflict

@@ -41,11 +41,6 @@ ROUTER_INITS = ("linear", "authors")
 ROUTER_DTYPES = ("float32", "model")
 
 
-# The fields that shape the PEFT experts only; the LoRA baselines ignore them (reset to these defaults).
-PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl",
-              "adapter_dtype")  # fmt: skip
-
-
 @dataclass
 class PerftConfig:
     variant: str = "R"
@@ -83,14 +78,13 @@ class PerftConfig:
             ("router_dtype", ROUTER_DTYPES),
         ):
             one_of(f"perft.{key}", getattr(self, key), allowed)
+        # A LoRA baseline (HF PEFT's LoRA: rank, alpha, dropout) or the frozen model does not take the PEFT experts'
+        # form, init, ...; a model config may set them for PERFT (the tiny models' adapter form): back to the
+        # defaults, so the saved config, name and label say what ran.
+        for key, value in applicable(self.to_dict()).items():
+            setattr(self, key, value)
         if spec.family is Family.NONE:
             return
-        if spec.family is Family.LORA:
-            # A LoRA baseline is HF PEFT's LoRA (rank, alpha, dropout): the PEFT experts' form and init do not
-            # apply. A model config may set them for PERFT (the tiny models' adapter form): back to the defaults,
-            # so a baseline's saved config, name and label say what it ran.
-            for key, value in applicable(self.to_dict()).items():
-                setattr(self, key, value)
         if not isinstance(self.bottleneck, int) or self.bottleneck < 1:
             raise ValueError(f"perft.bottleneck={self.bottleneck!r} must be an integer >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -192,11 +186,12 @@ _DEFAULTS = {f.name: f.default for f in fields(PerftConfig)}
 
 
 def applicable(perft: Mapping) -> dict:
-    """`perft` (a dict of PerftConfig's keys, some or all) as its variant runs it: a LoRA baseline's PERFT-only keys at
-    their defaults, since HF PEFT's LoRA ignores them. A run directory compares configs through it, so
-    `variant=qv_lora` on a model that sets the adapter form and `variant=qv_lora perft.form=lora` are one run."""
+    """`perft` (a dict of PerftConfig's keys, some or all) as its variant runs it: the keys the variant does not
+    take (`Variant.takes`: PERFT_ONLY, for a LoRA baseline or the frozen model) at their defaults. A run directory
+    compares configs through it, so `variant=qv_lora` on a model that sets the adapter form and
+    `variant=qv_lora perft.form=lora` are one run."""
     out = dict(perft)
     spec = REGISTRY.get(out.get("variant"))
-    if spec is not None and spec.family is Family.LORA:
-        out.update({k: _DEFAULTS[k] for k in PERFT_ONLY if k in out})
+    if spec is not None:
+        out.update({k: _DEFAULTS[k] for k in out if k in _DEFAULTS and not spec.takes(k)})
     return out

@@ -19,8 +19,8 @@ everything the rest of the code asks about a variant:
   style         marker and colour in the figures (perft_exp/analysis/results.py)
 
 KNOBS are the non-routing knobs that change what a run computes and so show in its name and label when they
-differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`); each names the variant families it
-applies to (a LoRA baseline's name never shows the PEFT experts' form).
+differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`). PERFT_ONLY are the keys that shape
+the PEFT experts alone: a LoRA baseline neither runs nor names them (its name never shows the experts' form).
 
 A new variant is one entry in REGISTRY and its conf/variant/<name>.yaml (plus its tests); a new knob that shows
 in names and labels is one entry in KNOBS.
@@ -86,8 +86,14 @@ class Variant:
         return "-".join(parts + [k.tag(perft) for k in self.knobs_set(perft)])
 
     def knobs_set(self, perft: Mapping) -> list[Knob]:
-        """The KNOBS that apply to this variant's family and differ from the paper's defaults in `perft`."""
-        return [k for k in KNOBS if self.family in k.families and k.is_set(perft)]
+        """The KNOBS that this variant takes and that differ from the paper's defaults in `perft`."""
+        if self.family is Family.NONE:
+            return []
+        return [k for k in KNOBS if self.takes(k.key) and k.is_set(perft)]
+
+    def takes(self, key: str) -> bool:
+        """Whether `perft.<key>` can change what this variant runs: PERFT_ONLY keys only for PERFT variants."""
+        return self.family is Family.PERFT or key not in PERFT_ONLY
 
     def display_name(self, perft: Mapping) -> str:
         """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""
@@ -98,14 +104,12 @@ class Variant:
 
 @dataclass(frozen=True)
 class Knob:
-    """A knob shown in run names and labels when it differs from the paper's default, for the variant families
-    it applies to (the LoRA baselines take the rank and alpha only; the rest shape the PEFT experts)."""
+    """A knob shown in run names and labels when it differs from the paper's default (for a variant that takes it)."""
 
     key: str
     is_set: Callable[[Mapping], bool]
     tag: Callable[[Mapping], str]
     label: Callable[[Mapping], str]
-    families: tuple[Family, ...] = (Family.PERFT,)
 
 
 def _knob_labels(perft: Mapping, knobs: list[Knob] | None = None) -> str:
@@ -119,8 +123,7 @@ def _alpha_set(p: Mapping) -> bool:
 
 
 KNOBS = (
-    Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}",
-         families=(Family.PERFT, Family.LORA)),
+    Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}"),
     Knob("form", lambda p: p.get("form", "lora") != "lora", lambda p: p["form"], lambda p: p["form"]),
     Knob("init", lambda p: p.get("init", "paper") != "paper", lambda p: p["init"], lambda p: f"init={p['init']}"),
     Knob("authors_weighting_defect", lambda p: bool(p.get("authors_weighting_defect")),
@@ -132,6 +135,11 @@ KNOBS = (
     Knob("router_dtype", lambda p: p.get("router_dtype", "float32") != "float32",
          lambda p: f"rdtype_{p['router_dtype']}", lambda p: f"router dtype={p['router_dtype']}"),
 )  # fmt: skip
+# The perft keys that shape the PEFT experts only. The LoRA baselines are HF PEFT's LoRA (rank, alpha, dropout) and
+# the frozen model has no adapter: these do not apply to them, so their names leave them out and PerftConfig resets
+# them (adapters/config.py).
+PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl",
+              "adapter_dtype")  # fmt: skip
 # The knobs a run name shows (the routing knobs, the bottleneck, KNOBS): with the model, task and seed they are
 # what a run name's hash of the remaining config changes is taken against (perft_exp/config.py).
 TAG_KNOBS = ("num_experts", "top_k", "bottleneck", *(k.key for k in KNOBS))
