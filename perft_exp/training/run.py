@@ -47,7 +47,7 @@ from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
 from perft_exp.models.arch import get_architecture
-from perft_exp.models.loading import load_model
+from perft_exp.models.loading import load_model, resolve_pretrained
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
@@ -235,7 +235,11 @@ def _resume_point(cfg: DictConfig, perft: PerftConfig, run: RunDir) -> str | Non
     checkpoint = latest_complete_checkpoint(run.checkpoints) if cfg.resume else None
     if checkpoint:
         check_compatible(
-            read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained
+            read_adapter_config(checkpoint),
+            None,
+            perft,
+            where=checkpoint,
+            base_model=resolve_pretrained(cfg.model),
         )
         log.info("resuming from %s", checkpoint)
     return checkpoint
@@ -288,7 +292,7 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
         adapter_aux_coef=perft.aux_loss_coef,
         base_aux_loss=cfg.trainer.base_aux_loss,
         nonfinite_loss=cfg.trainer.nonfinite_loss,
-        base_model_name=cfg.model.pretrained,
+        base_model_name=resolve_pretrained(cfg.model),  # a path that loads: AutoPeftModelForCausalLM
         logits_at_labels=cfg.trainer.logits_at_labels,
     )
     assert trainer.args.world_size == plan.world_size, (
@@ -397,7 +401,7 @@ def train(cfg: DictConfig) -> dict:
     )  # global = micro x accumulation x world size (perft_exp/training/batch.py)
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
-            save_adapter(model, run.adapter, cfg.model.pretrained)
+            save_adapter(model, run.adapter, resolve_pretrained(cfg.model))
 
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
