@@ -45,8 +45,15 @@ def main() -> None:
         model=model_path,
         train_dataset=Dataset.from_dict({"text": texts}),
         peft_config=perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16),
-        args=SFTConfig(output_dir=f"{args.out}/trl", max_steps=args.steps, per_device_train_batch_size=4,
-                       learning_rate=1e-4, report_to=[], save_strategy="no", bf16=False),  # fmt: skip
+        args=SFTConfig(
+            output_dir=f"{args.out}/trl",
+            max_steps=args.steps,
+            per_device_train_batch_size=4,
+            learning_rate=1e-4,
+            report_to=[],
+            save_strategy="no",
+            bf16=False,
+        ),  # fmt: skip
     )
     trainer.model.print_trainable_parameters()
     trainer.train()

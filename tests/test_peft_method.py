@@ -242,3 +242,17 @@ def test_old_format_adapters_still_load(tmp_path, variant):
     torch.testing.assert_close(logits(load_adapter(tiny_moe("olmoe"), old)), ref, atol=0, rtol=0)
     new = convert_old_adapter(old, tmp_path / "new")
     torch.testing.assert_close(logits(PeftModel.from_pretrained(tiny_moe("olmoe"), new)), ref, atol=0, rtol=0)
+
+
+def test_an_old_format_checkpoint_resumes_into_the_peft_model():
+    """A run begun before PEFT's format resumes from its checkpoint (the trainer loads it with load_weights)."""
+    from perft_exp.adapters.config import PerftConfig
+    from perft_exp.adapters.io import load_weights
+    from perft_exp.adapters.model import apply_adapters
+
+    old = DATA / "old_format_adapter_R"
+    model = apply_adapters(tiny_moe("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4,
+                                                          dropout=0.0))  # fmt: skip
+    load_weights(model, old)
+    ref = load_file(old / "reference_logits.safetensors")["logits"]
+    torch.testing.assert_close(logits(model.eval()), ref, atol=0, rtol=0)

@@ -188,6 +188,9 @@ def load_adapter(
 def load_weights(model: nn.Module, adapter_dir: str | os.PathLike, adapter_name: str = "default") -> None:
     """Load a saved adapter's tensors into a PEFT model that already carries the same adapter (resuming a
     checkpoint, the best checkpoint at the end): every tensor present, nothing else."""
+    if read_adapter_config(adapter_dir)["old_format"]:  # a checkpoint of a run begun before PEFT's format
+        with tempfile.TemporaryDirectory() as tmp:
+            return load_weights(model, convert_old_adapter(adapter_dir, tmp), adapter_name)
     weights = Path(adapter_dir) / WEIGHTS_NAME
     check_adapter_files(adapter_dir)
     state = load_peft_weights(str(adapter_dir), device="cpu")
