@@ -256,3 +256,23 @@ def test_an_old_format_checkpoint_resumes_into_the_peft_model():
     load_weights(model, old)
     ref = load_file(old / "reference_logits.safetensors")["logits"]
     torch.testing.assert_close(logits(model.eval()), ref, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_the_hydra_perft_group_and_the_peft_config_are_one_list_of_knobs(variant):
+    """Every key `train.py` composes under `perft.` is a field of perft_exp.PerftConfig (inherited, not copied), and
+    a composed config becomes the same PEFT config."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from perft_exp.adapters.config import PerftConfig as Knobs
+    from perft_exp.adapters.tuner import PerftPeftConfig
+    from perft_exp.config import compose, perft_config
+
+    assert issubclass(perft_exp.PerftConfig, Knobs)
+    assert {f.name for f in fields(Knobs)} <= {f.name for f in fields(perft_exp.PerftConfig)}
+    cfg = compose([f"variant={variant}"])
+    assert set(OmegaConf.to_container(cfg.perft)) <= {f.name for f in fields(Knobs)}
+    knobs = perft_config(cfg)
+    assert PerftPeftConfig.from_knobs(knobs).knobs() == knobs
