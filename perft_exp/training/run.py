@@ -46,7 +46,7 @@ from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
-from perft_exp.models.arch import get_architecture
+from perft_exp.models.arch import find_moe_blocks, get_architecture
 from perft_exp.models.loading import load_model, resolve_pretrained
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
@@ -255,8 +255,12 @@ def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
     if cfg.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
+        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
+        # rest of the block (its router, and the PERFT module that hooks add beside it) keeps ZeRO-3's own
+        # per-module gathering: PERFT's parameters live under the block but are not called by its forward.
         arch = get_architecture(cfg.model.model_type)
-        set_z3_leaf_modules(model, list({type(m) for m in model.modules() if arch.is_block(m)}))
+        experts = {type(arch.experts(block)) for _, block in find_moe_blocks(model, arch)}
+        set_z3_leaf_modules(model, list(experts))
     return (
         model,
         tokenizer,
