@@ -218,6 +218,11 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
             return (output[0] + y.view_as(output[0]), *output[1:])
         return output + y.view_as(output)
 
+    def enable_adapters(self, enabled: bool) -> None:
+        # Disabled, the hook skips the PEFT experts, so no gradient reaches them: only the flag changes. PEFT's
+        # default also toggles requires_grad, which fails on parameters ZeRO-3 gathered under inference mode.
+        self._disable_adapters = not enabled
+
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(MERGE_REFUSAL)
 
