@@ -151,6 +151,10 @@ def check_adapter_files(path: str | os.PathLike) -> dict:
         ) from e
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
+        if (
+            path / "adapter_model.bin"
+        ).is_file():  # saved with safe_serialization=False: PEFT reads it itself
+            return meta
         raise AdapterError(f"no adapter weights at {weights}")
     try:
         with safe_open(str(weights), framework="pt") as f:
