@@ -7,10 +7,10 @@ import pytest
 import torch
 from moe_models import ARCHS, batch, tiny_moe
 
-from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.io import AdapterError, load_adapter, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, adapters_disabled, apply_adapters, perft_layers
+from perft_exp.adapters.routing_stats import perft_blocks
 from perft_exp.models.arch import get_architecture
 
 VARIANTS = {
@@ -22,9 +22,25 @@ VARIANTS = {
 }
 
 
-def oracle(block: PerftMoEBlock, x: torch.Tensor, config) -> torch.Tensor:
+def first_block(model):
+    """(the first MoE block carrying PERFT, its active PerftLayer)."""
+    _, _, block, layer = perft_blocks(model)[0]
+    return block, layer
+
+
+def base_block(block, x: torch.Tensor) -> torch.Tensor:
+    """The frozen block's own output (its PERFT module switched off for one call)."""
+    block.perft._disable_adapters = True
+    try:
+        return block(x)
+    finally:
+        block.perft._disable_adapters = False
+
+
+def oracle(block, x: torch.Tensor, config) -> torch.Tensor:
     """PERFT by the book, one expert at a time: routing recomputed from the raw weights."""
-    layer, (T, D) = block.perft, x.reshape(-1, x.shape[-1]).shape
+    layer = first_active(block)
+    T, D = x.reshape(-1, x.shape[-1]).shape
     h = x.reshape(T, D).to(layer.experts.A.dtype)
     A, B, s = layer.experts.A, layer.experts.B, layer.experts.scaling
     f = layer.experts.act or (lambda t: t)
@@ -36,7 +52,7 @@ def oracle(block: PerftMoEBlock, x: torch.Tensor, config) -> torch.Tensor:
         top, chosen = torch.topk(probs, layer.top_k, dim=-1)
         weights = top / top.sum(-1, keepdim=True)
     else:  # E: the frozen router, recomputed
-        router = get_architecture(config.model_type).router(block.base_layer)
+        router = get_architecture(config.model_type).router(block)
         probs = torch.softmax(x.reshape(T, D).float() @ router.weight.float().T, dim=-1)
         weights, chosen = torch.topk(probs, layer.top_k, dim=-1)
         if getattr(config, "norm_topk_prob", True):
@@ -46,7 +62,11 @@ def oracle(block: PerftMoEBlock, x: torch.Tensor, config) -> torch.Tensor:
         for k in range(chosen.shape[1]):
             e = int(chosen[t, k])
             y[t] += weights[t, k].to(h.dtype) * (f(h[t] @ A[e]) @ B[e]) * s
-    return block.base_layer(x) + y.reshape(x.shape).to(x.dtype)
+    return base_block(block, x) + y.reshape(x.shape).to(x.dtype)
+
+
+def first_active(block):
+    return next(iter(block.perft.perft_layer.values()))
 
 
 def _perft_model(arch: str, variant: str, dtype: str = "float32", impl: str = "auto", **kw):
@@ -70,7 +90,7 @@ ROUTED_IMPLS = [
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fast_path_matches_loop_oracle(arch, variant, impl, dtype):
     model = _perft_model(arch, variant, dtype, impl)
-    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    block, layer = first_block(model)
     x = torch.randn(2, 5, model.config.hidden_size, requires_grad=True)
     x2 = x.detach().clone().requires_grad_(True)
 
@@ -79,7 +99,7 @@ def test_fast_path_matches_loop_oracle(arch, variant, impl, dtype):
     _close(fast, slow, dtype)
 
     g = torch.randn_like(fast)
-    params = [p for p in block.perft.parameters()]
+    params = [p for p in layer.parameters()]
     grads_fast = torch.autograd.grad(fast, [x, *params], g)
     grads_slow = torch.autograd.grad(slow, [x2, *params], g, allow_unused=True)
     for gf, gs in zip(grads_fast, grads_slow):
@@ -140,16 +160,16 @@ def test_E_is_routed_by_the_base_routers_choices(arch):
     model = _perft_model(arch, "E")
     arch_facts = get_architecture(model.config.model_type)
     seen = {}
-    for name, block in ((n, m) for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)):
-        arch_facts.router(block.base_layer).register_forward_hook(
+    blocks = {name: (block, layer) for _, name, block, layer in perft_blocks(model)}
+    for name, (block, _) in blocks.items():
+        arch_facts.router(block).register_forward_hook(
             lambda mod, args, out, name=name: seen.__setitem__(name, out[2].clone())
         )
     with torch.no_grad():
         model(**batch())
-    blocks = {n: m for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)}
-    assert seen.keys() == blocks.keys()
-    for name, block in blocks.items():
-        assert torch.equal(block.perft.routing_indices, seen[name])
+    assert seen.keys() == blocks.keys() and len(seen) == model.config.num_hidden_layers
+    for name, (_, layer) in blocks.items():
+        assert torch.equal(layer.routing_indices, seen[name])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -234,7 +254,7 @@ def test_adapters_disabled_gives_the_base_model():
 
 def test_adapter_form_runs():
     model = _perft_model("olmoe", "R", form="adapter")
-    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    block, _ = first_block(model)
     x = torch.randn(1, 4, 32)
     torch.testing.assert_close(block(x), oracle(block, x, model.config), atol=1e-5, rtol=1e-4)
 
@@ -274,6 +294,6 @@ def test_unknown_architecture():
 def test_grouped_falls_back_when_kernel_cannot_take_the_shape():
     # bf16 with r=4 rows are 8 bytes: not 16-byte aligned, so the grouped request must still be right.
     model = _perft_model("olmoe", "R_many", "bfloat16", "grouped", bottleneck=4)
-    block = next(m for m in model.modules() if isinstance(m, PerftMoEBlock))
+    block, _ = first_block(model)
     x = torch.randn(1, 4, 32)
     _close(block(x), oracle(block, x, model.config), "bfloat16")

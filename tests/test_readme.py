@@ -21,6 +21,7 @@ starts empty), with these shrinks, and no others:
 - `<task>/<model>/<run>` placeholders become the run the block before trained; fetch_data.py gets
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
+- `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
 - `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two rounds).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
@@ -128,6 +129,8 @@ COMMANDS = {
     "python scripts/wandb_dashboard.py --sweep toy --check": error(
         "none of the sweep's runs has an offline W&B run"
     ),
+    # Use PERFT in your own code
+    "python scripts/peft_example.py": ok("reloaded with equal logits"),
     # docs/benchmarks.md
     "python scripts/bench.py --eval --json outputs/bench/cpu_olmoe_mini.json": ok(
         "wrote outputs/bench/cpu_olmoe_mini.json"
@@ -224,6 +227,8 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
             argv.insert(2, "--local_rank=0")
     if argv[:3] == ["python", "scripts/sweep.py", "run"] and argv[3] == "toy":
         argv[3] = str(workdir / "toy.yaml")
+    if argv[:2] == ["python", "scripts/peft_example.py"]:
+        argv += [f"--model={micro}"]
     if argv[:2] == ["python", "scripts/fetch_data.py"]:
         argv += ["--base-url", CLOSED + "/{ref}/"]
     if argv[:2] == ["python", "scripts/bench.py"] and "--eval" in argv:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from moe_models import batch, perft_model
 
-from perft_exp.adapters.routing_stats import router_angles, track_routing
+from perft_exp.adapters.routing_stats import perft_blocks, router_angles, track_routing
 from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
 
 
@@ -17,9 +17,9 @@ def test_router_angles_and_figures(tmp_path):
     for row in rows:
         assert len(row["angles_deg"]) == 4 and 0.0 <= row["min_deg"] <= row["max_deg"] <= 90.0
     # a router initialised inside the frozen router's row space has angle 0 to it
-    block = next(m for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "perft"))
+    _, _, block, layer = perft_blocks(model)[0]
     with torch.no_grad():
-        block.perft.router.weight.copy_(torch.randn(4, 8) @ block.base_layer.gate.weight)
+        layer.router.weight.copy_(torch.randn(4, 8) @ block.gate.weight)
     assert router_angles(model)[0]["max_deg"] < 1e-3
 
     picture = vector_picture(model)

@@ -10,8 +10,11 @@ Dropout (training only): `dropout_scope=expert` leaves it to the experts, one ma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.experts import PeftExperts
@@ -102,3 +105,21 @@ class PerftLayer(nn.Module):
                 self.routing_indices = indices
             y = self.experts.forward_routed(h, weights, indices, self.impl)
         return y.to(x.dtype)
+
+
+def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:
+    return (m for m in model.modules() if isinstance(m, PerftLayer))
+
+
+def adapter_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """R's router load-balancing loss over all layers, in the base model's Switch form (padding masked).
+
+    None when the model has no PEFT router or no forward has run since the last call (reading it consumes it).
+    """
+    layers = [m for m in perft_layers(model) if m.router is not None and m.router_logits is not None]
+    if not layers:
+        return None
+    logits = tuple(m.router_logits for m in layers)
+    for m in layers:
+        m.router_logits = None
+    return load_balancing_loss_func(logits, layers[0].num_experts, layers[0].top_k, attention_mask)

@@ -35,8 +35,8 @@ from torch import nn
 from transformers import TrainerCallback
 
 from perft_exp import metric_schema as schema
-from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.layer import PerftLayer
+from perft_exp.adapters.tuner import block_name, perft_tuner_layers
 from perft_exp.adapters.variants import Routing, get_variant
 from perft_exp.models.arch import get_architecture
 
@@ -157,7 +157,7 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
     for i, (name, layer) in enumerate(layers):
         device = layer.experts.A.device
         record = LayerRouting(
-            name=name.removesuffix(".perft"),
+            name=block_name(name),
             layer=_layer_index(name, i),
             variant=layer.variant,
             num_experts=layer.num_experts,
@@ -264,9 +264,13 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(cos))
 
 
-def perft_blocks(model: nn.Module) -> list[tuple[int, str, PerftMoEBlock]]:
-    blocks = [(n, m) for n, m in model.named_modules() if isinstance(m, PerftMoEBlock)]
-    return [(_layer_index(n, i), n, m) for i, (n, m) in enumerate(blocks)]
+def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer]]:
+    """(layer index, block name, the frozen MoE block, its active PERFT adapter) for every block carrying PERFT."""
+    out = []
+    for i, (name, block, tuner) in enumerate(perft_tuner_layers(model)):
+        layer = next(tuner.perft_layer[a] for a in tuner.active_adapters if a in tuner.perft_layer)
+        out.append((_layer_index(name, i), block_name(name), block, layer))
+    return out
 
 
 def architecture_of(model: nn.Module):
@@ -282,11 +286,11 @@ def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> li
     """
     arch, rows = architecture_of(model), []
     g = torch.Generator().manual_seed(seed)
-    for layer, name, block in perft_blocks(model):
-        if block.perft.router is None:
+    for layer, name, block, perft in perft_blocks(model):
+        if perft.router is None:
             continue
-        w_r = block.perft.router.weight.detach().float().cpu()
-        w_g = arch.router(block.base_layer).weight.detach().float().cpu()
+        w_r = perft.router.weight.detach().float().cpu()
+        w_g = arch.router(block).weight.detach().float().cpu()
         angles = principal_angles(w_r, w_g)
         random = torch.stack([principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean()
                               for _ in range(random_draws)])  # fmt: skip

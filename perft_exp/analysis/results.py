@@ -129,7 +129,7 @@ def _base_routing(run_dir: Path) -> tuple[int | None, int | None]:
     meta = RunDir(run_dir).adapter_config()
     if meta is None:
         return None, None
-    sig = meta.get("base_signature", {})
+    sig = meta.get("base_signature") or {}
     return sig.get("num_experts_per_tok"), sig.get("num_experts") or sig.get("num_local_experts")
 
 

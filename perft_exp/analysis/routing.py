@@ -19,7 +19,6 @@ import math
 import torch
 from torch import nn
 
-from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.routing_stats import architecture_of, perft_blocks
 from perft_exp.adapters.variants import REGISTRY
 
@@ -30,9 +29,9 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def ffn_keys(block: PerftMoEBlock, arch, max_per_expert: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit gate rows of the frozen FFN experts, (E*m, D), and the expert of each row, (E*m,)."""
-    experts = arch.experts(block.base_layer)
+    experts = arch.experts(block)
     gate_up = experts.gate_up_proj.detach().float().cpu()  # (E, 2I, D)
     num_experts, two_i, _ = gate_up.shape
     assert two_i % 2 == 0, f"gate_up_proj {tuple(gate_up.shape)}: expected (E, 2I, D)"
@@ -55,26 +54,26 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def vector_picture(model: nn.Module, max_per_expert: int = 64) -> list[dict]:
     """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys."""
     arch, out = architecture_of(model), []
-    for layer, name, block in perft_blocks(model):
+    for layer, name, block, perft in perft_blocks(model):
         keys, owner = ffn_keys(block, arch, max_per_expert)
         mean, comps, ratio = pca_2d(keys)
 
         def project(v: torch.Tensor, mean=mean, comps=comps) -> torch.Tensor:
             return ((_unit(v.detach().double().cpu()) - mean) @ comps.T).float()
 
-        a = block.perft.experts.A.detach().float().cpu()  # (N, D, r): column c of A_j is a key
+        a = perft.experts.A.detach().float().cpu()  # (N, D, r): column c of A_j is a key
         peft_keys = a.permute(0, 2, 1).reshape(-1, a.shape[1])  # (N*r, D)
         entry = {
             "layer": layer,
             "name": name,
-            "variant": block.perft.variant,
+            "variant": perft.variant,
             "explained": [float(r) for r in ratio],
             "ffn_keys": project(keys),
             "ffn_owner": owner,
-            "base_router": project(arch.router(block.base_layer).weight),
+            "base_router": project(arch.router(block).weight),
             "peft_keys": project(peft_keys),
             "peft_owner": torch.arange(a.shape[0]).repeat_interleave(a.shape[2]),
-            "peft_router": None if block.perft.router is None else project(block.perft.router.weight),
+            "peft_router": None if perft.router is None else project(perft.router.weight),
         }
         out.append(entry)
     return out

@@ -46,8 +46,8 @@ from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
-from perft_exp.models.arch import get_architecture
-from perft_exp.models.loading import load_model
+from perft_exp.models.arch import find_moe_blocks, get_architecture
+from perft_exp.models.loading import load_model, resolve_pretrained
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
@@ -235,7 +235,11 @@ def _resume_point(cfg: DictConfig, perft: PerftConfig, run: RunDir) -> str | Non
     checkpoint = latest_complete_checkpoint(run.checkpoints) if cfg.resume else None
     if checkpoint:
         check_compatible(
-            read_adapter_config(checkpoint), None, perft, where=checkpoint, base_model=cfg.model.pretrained
+            read_adapter_config(checkpoint),
+            None,
+            perft,
+            where=checkpoint,
+            base_model=resolve_pretrained(cfg.model),
         )
         log.info("resuming from %s", checkpoint)
     return checkpoint
@@ -251,8 +255,12 @@ def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
     if cfg.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
+        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
+        # rest of the block (its router, and the PERFT module that hooks add beside it) keeps ZeRO-3's own
+        # per-module gathering: PERFT's parameters live under the block but are not called by its forward.
         arch = get_architecture(cfg.model.model_type)
-        set_z3_leaf_modules(model, list({type(m) for m in model.modules() if arch.is_block(m)}))
+        experts = {type(arch.experts(block)) for _, block in find_moe_blocks(model, arch)}
+        set_z3_leaf_modules(model, list(experts))
     return (
         model,
         tokenizer,
@@ -288,7 +296,7 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
         adapter_aux_coef=perft.aux_loss_coef,
         base_aux_loss=cfg.trainer.base_aux_loss,
         nonfinite_loss=cfg.trainer.nonfinite_loss,
-        base_model_name=cfg.model.pretrained,
+        base_model_name=resolve_pretrained(cfg.model),  # a path that loads: AutoPeftModelForCausalLM
         logits_at_labels=cfg.trainer.logits_at_labels,
     )
     assert trainer.args.world_size == plan.world_size, (
@@ -397,7 +405,7 @@ def train(cfg: DictConfig) -> dict:
     )  # global = micro x accumulation x world size (perft_exp/training/batch.py)
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
-            save_adapter(model, run.adapter, cfg.model.pretrained)
+            save_adapter(model, run.adapter, resolve_pretrained(cfg.model))
 
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.

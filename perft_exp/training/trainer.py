@@ -6,7 +6,7 @@
   loss on the response only, most of a prompt's logits are never read (trainer.logits_at_labels)
 - tokens/s, seconds per optimizer step and peak memory in the training logs
 - every logged name comes from perft_exp/metric_schema.py (what the W&B dashboards read)
-- checkpoints and the final model hold the trainable (adapter) tensors only, as safetensors
+- checkpoints and the final model hold the adapter only, in PEFT's format (perft_exp/adapters/io.py)
 - a non-finite loss stops the run naming the step (or, if configured, skips and counts the step)
 - SIGTERM/SIGINT (SLURM preemption, Ctrl-C) saves a checkpoint at the next step boundary, then stops
 - every evaluation of R and E also logs per-layer PEFT-expert loads and router entropy
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
 import resource
 import signal
 import time
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from perft_exp import metric_schema as schema
-from perft_exp.adapters.io import WEIGHTS_NAME, save_adapter
+from perft_exp.adapters.io import load_weights, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, trainable_parameters
 from perft_exp.adapters.routing_stats import RoutingStatsCallback
 from perft_exp.data.collate import IGNORE_INDEX
@@ -169,16 +168,24 @@ class PerftTrainer(Trainer):
         base_aux = getattr(outputs, "aux_loss", None)
         if base_aux is not None:
             terms[schema.BASE_AUX_LOSS] = float(base_aux.detach())
-        aux = adapter_aux_loss(model, inputs.get("attention_mask"))
+        # With labels in training the PERFT tuner has added R's aux loss to the model's loss (and exposes it);
+        # otherwise (labels taken out for the loss at label positions, evaluation) it is added here, once.
+        aux = getattr(outputs, "perft_aux_loss", None)
+        model_added = aux is not None
+        if aux is None:
+            aux = adapter_aux_loss(model, inputs.get("attention_mask"))
         if aux is not None:
             terms[schema.ADAPTER_AUX_LOSS] = float(aux.detach())
-            loss = loss + self.adapter_aux_coef * aux.to(loss.device)
+            if not model_added:
+                loss = loss + self.adapter_aux_coef * aux.to(loss.device)
         if model.training:
             if self._lm_loss is not None:
                 terms[schema.LM_LOSS] = float(self._lm_loss)
             else:
-                terms[schema.LM_LOSS] = float(outputs.loss.detach()) - self._base_aux_coef() * terms.get(
-                    schema.BASE_AUX_LOSS, 0.0
+                terms[schema.LM_LOSS] = (
+                    float(outputs.loss.detach())
+                    - self._base_aux_coef() * terms.get(schema.BASE_AUX_LOSS, 0.0)
+                    - (self.adapter_aux_coef * terms[schema.ADAPTER_AUX_LOSS] if model_added else 0.0)
                 )
             for k, v in terms.items():
                 self._terms[k] = self._terms.get(k, 0.0) + v
@@ -244,16 +251,7 @@ class PerftTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
 
     def _load_adapter_weights(self, checkpoint_dir: str) -> None:
-        from safetensors.torch import load_file
-
-        path = os.path.join(checkpoint_dir, WEIGHTS_NAME)
-        state = load_file(path)
-        params = trainable_parameters(self._unwrapped())
-        if set(state) != set(params):
-            raise ValueError(f"{path} does not hold this run's adapter tensors")
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(state[name])
+        load_weights(self._unwrapped(), checkpoint_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self._load_adapter_weights(resume_from_checkpoint)

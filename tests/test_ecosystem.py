@@ -1,0 +1,136 @@
+"""PERFT in the field's tools: TRL's SFTTrainer takes `peft_config=perft_exp.PerftConfig(...)`, and
+lm-evaluation-harness scores a saved PERFT adapter with `--model hf --model_args pretrained=...,peft=...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import perft_exp
+from perft_exp.adapters.layer import perft_layers
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["the glim is heavy. the correct answer is true", "eve likes to swim. the correct answer is answer2",
+         "the blorp is small. the correct answer is option1", "is the glim heavy? the correct answer is false"]  # fmt: skip
+
+
+def _one_process(monkeypatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_trl_sft_trainer_trains_R_with_its_router_loss_and_saves_it(micro_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    _one_process(monkeypatch)
+    tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-2,
+                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, max_length=64,
+                     bf16=False)  # fp32: the reloaded logits must equal the trained ones exactly  # fmt: skip
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(micro_model_dir),
+        args=args,
+        train_dataset=Dataset.from_dict({"text": TEXTS * 2}),
+        processing_class=tokenizer,
+        peft_config=perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4, dropout=0.0),
+    )
+    model = trainer.model
+    router = next(perft_layers(model)).router.weight
+    before = router.detach().clone()
+    trainer.train()
+    assert not torch.equal(router, before), "R's router did not train"
+    batch = tokenizer(TEXTS[:2], return_tensors="pt", padding=True)
+    model.train()
+    out = model(**batch, labels=batch["input_ids"])
+    assert out.perft_aux_loss is not None  # what TRL's loss (model(**batch).loss) included at every step
+
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"] == "PERFT"
+    model.eval()
+    with torch.no_grad():
+        ref = model(**batch).logits
+        loaded = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(micro_model_dir), tmp_path / "adapter"
+        )
+        torch.testing.assert_close(loaded.eval()(**batch).logits, ref, atol=0, rtol=0)
+
+
+def _choice_scores(model, tokenizer, docs: list[dict]) -> list[list[float]]:
+    """Per document, each choice's summed continuation log-likelihood, as lm-eval's `loglikelihood` computes it."""
+    out = []
+    for doc in docs:
+        ctx = tokenizer(doc["prompt"])["input_ids"]
+        scores = []
+        for choice in doc["choices"]:
+            whole = tokenizer(doc["prompt"] + " " + choice)["input_ids"]  # lm-eval's target_delimiter
+            cont = whole[len(ctx) :]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].float(), -1)
+            scores.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
+        out.append(scores)
+    return out
+
+
+def _loglik(resp) -> float:
+    """A logged (log-likelihood, is-greedy) response, as a list or its string form."""
+    while isinstance(resp, list | tuple):
+        resp = resp[0]
+    return float(resp.strip("()[] ").split(",")[0]) if isinstance(resp, str) else float(resp)
+
+
+@pytest.mark.slow
+def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
+    """The documented command (docs/peft.md) on a local task made from the synthetic suite."""
+    pytest.importorskip("lm_eval")
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from lm_eval_task import write_task
+
+    tasks = tmp_path / "tasks"
+    name = write_task(tasks, "boolq", n=16)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(micro_model_dir),
+                           perft_exp.PerftConfig(variant="D", num_experts=2, bottleneck=4))  # fmt: skip
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    cmd = [sys.executable, "-c", "import perft_exp; from lm_eval.__main__ import cli_evaluate; cli_evaluate()",
+           "--model", "hf", "--model_args", f"pretrained={micro_model_dir},peft={tmp_path / 'adapter'},dtype=float32",
+           "--tasks", name, "--include_path", str(tasks), "--device", "cpu", "--batch_size", "4",
+           "--output_path", str(tmp_path / "scores"), "--log_samples"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next((tmp_path / "scores").rglob("results_*.json")).read_text())
+    samples = [
+        json.loads(line)
+        for line in next((tmp_path / "scores").rglob("samples_*.jsonl")).read_text().splitlines()
+    ]
+    scored = [[_loglik(r) for r in s["filtered_resps"]] for s in sorted(samples, key=lambda s: s["doc_id"])]
+
+    docs = [json.loads(line) for line in (tasks / f"{name}.jsonl").read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(micro_model_dir).eval()
+    base_scores = _choice_scores(base, tokenizer, docs)
+    tuned = _choice_scores(PeftModel.from_pretrained(base, tmp_path / "adapter").eval(), tokenizer, docs)
+    assert torch.allclose(
+        torch.tensor(scored), torch.tensor(tuned), atol=1e-4
+    )  # lm-eval scored the adapter...
+    assert not torch.allclose(
+        torch.tensor(scored), torch.tensor(base_scores), atol=1e-2
+    )  # ...not the base model
+    right = sum(max(range(len(s)), key=s.__getitem__) == d["label"] for s, d in zip(tuned, docs))
+    assert result["results"][name]["acc,none"] == pytest.approx(right / len(docs))
