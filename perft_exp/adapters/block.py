@@ -8,6 +8,8 @@ is computed once and is exactly the base model's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -15,9 +17,17 @@ from perft_exp.adapters.layer import PerftLayer
 
 
 class PerftMoEBlock(nn.Module):
-    def __init__(self, base_layer: nn.Module, perft: PerftLayer, router: nn.Module) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        perft: PerftLayer,
+        router: nn.Module,
+        routing: Callable[[nn.Module, object], tuple] | None = None,
+    ) -> None:
         super().__init__()
         self.base_layer = base_layer
+        # The family's router-output converter (MoEArchitecture.routing): its output as (logits, weights, indices).
+        self._routing = routing
         self.perft = perft
         self._base_routing: tuple | None = None
         self.enabled = True  # False: the frozen block alone (base-model evaluation)
@@ -25,7 +35,7 @@ class PerftMoEBlock(nn.Module):
             router.register_forward_hook(self._capture_routing)
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
-        self._base_routing = output
+        self._base_routing = output if self._routing is None else self._routing(self.base_layer, output)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         out = self.base_layer(hidden_states, *args, **kwargs)

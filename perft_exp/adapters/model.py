@@ -21,7 +21,7 @@ from perft_exp.adapters.baselines import apply_lora_baseline
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.layer import PerftLayer
-from perft_exp.models.arch import MoEArchitecture, find_moe_blocks, get_architecture
+from perft_exp.models.arch import MoEArchitecture, architecture_for, find_moe_blocks
 
 
 def freeze(model: nn.Module) -> None:
@@ -38,7 +38,7 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
     """Wrap every MoE block of `model` in a PerftMoEBlock (in place); only PEFT parameters train."""
     if not cfg.is_perft:
         raise ValueError(f"apply_perft takes variants R, E, D, S; got {cfg.variant!r}")
-    arch = arch or get_architecture(model.config.model_type)
+    arch = arch or architecture_for(model)
     cfg = cfg.resolve(arch, model.config)
     blocks = find_moe_blocks(model, arch)
     if not blocks:
@@ -49,7 +49,8 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
     freeze(model)
     cfg_model = model.config
     for name, block in blocks:
-        ref = next(arch.router(block).parameters())
+        ref = next(arch.router(block).parameters(), None)
+        ref = ref if ref is not None else next(block.parameters())
         layer = PerftLayer(
             cfg,
             cfg_model.hidden_size,
@@ -57,7 +58,7 @@ def apply_perft(model: nn.Module, cfg: PerftConfig, arch: MoEArchitecture | None
             model_dtype=ref.dtype,
             device=ref.device,
         )
-        _set_submodule(model, name, PerftMoEBlock(block, layer, arch.router(block)))
+        _set_submodule(model, name, PerftMoEBlock(block, layer, arch.router(block), arch.routing))
     model.perft_config = cfg
     return model
 
@@ -66,7 +67,7 @@ def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
     """PERFT variants in place; LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only.
 
     `cfg` is resolved against the model first (PerftConfig.resolve); `model.perft_config` is the resolved one."""
-    cfg = cfg.resolve(get_architecture(model.config.model_type), model.config)
+    cfg = cfg.resolve(architecture_for(model), model.config)
     if cfg.variant == "none":
         freeze(model)
         model.perft_config = cfg

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 import transformers
+from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from perft_exp.config import ModelConfig
-from perft_exp.models.arch import get_architecture
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,11 +40,19 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
 
 def build_config(cfg: ModelConfig) -> PretrainedConfig:
     """The HF config from our YAML's architecture numbers alone (no hub, no files)."""
-    arch = get_architecture(cfg.model_type)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
     if not cfg.architecture:
         raise ValueError(f"model {cfg.name!r} has no `architecture` numbers; cannot build it offline")
-    config_cls = getattr(transformers, arch.config_class)
-    return config_cls(**dict(cfg.architecture))
+    if cfg.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"model.model_type={cfg.model_type!r}: transformers {transformers.__version__} has no such type"
+        )
+    return CONFIG_MAPPING[cfg.model_type](
+        **OmegaConf.to_container(cfg.architecture, resolve=True)
+        if OmegaConf.is_config(cfg.architecture)
+        else dict(cfg.architecture)
+    )
 
 
 def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:

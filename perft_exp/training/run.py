@@ -46,7 +46,7 @@ from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
-from perft_exp.models.arch import get_architecture
+from perft_exp.models.arch import NotApplicable, architecture_for
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
@@ -251,7 +251,7 @@ def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
     if cfg.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
-        arch = get_architecture(cfg.model.model_type)
+        arch = architecture_for(model)
         set_z3_leaf_modules(model, list({type(m) for m in model.modules() if arch.is_block(m)}))
     return (
         model,
@@ -414,7 +414,11 @@ def train(cfg: DictConfig) -> dict:
         _record(cfg, run, results, t0)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
             own_router = perft.spec.routing is Routing.OWN
-            angles = router_angles(model) if own_router and distributed["zero_stage"] != 3 else []
+            try:
+                angles = router_angles(model) if own_router and distributed["zero_stage"] != 3 else []
+            except NotApplicable as e:  # a family whose router has no (E, D) matrix
+                log.info("router angles: %s", e)
+                angles = []
             log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
         print_table(results)
     return results

@@ -1,0 +1,164 @@
+"""R, E, D, S and the LoRA baselines on every MoE family transformers ships (tiny random models, one process).
+
+One test per family: the architecture is detected (or read from its family file), every variant runs forward and
+backward with adapters on every MoE block, only adapter parameters get gradients, switching the adapters off gives
+the base logits, and E's batched output equals a loop over the experts weighted by the routing exactly as the
+family's router returns it (DeepSeek's scaled sigmoid, gpt-oss's softmax over the top-k, Llama-4's scores).
+Families left out are named in SKIPPED with the reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from moe_models import batch, moe_families, tiny_family
+
+from perft_exp.adapters.block import PerftMoEBlock
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.model import adapters_disabled, apply_adapters, perft_layers
+from perft_exp.adapters.variants import LORA_BASELINES
+from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
+
+SKIPPED = {
+    "beam": "no MoE block with an `experts` child: BeamTopKRouter feeds expert MLPs held elsewhere",
+    "doge": "DogeCDMoE is a retrieval-style expert bank (embeddings), not routed FFN experts",
+    "flint": "no MoE block with an `experts` child the router feeds",
+    "gemma4_text": "no MoE block with an `experts` child and a `gate`/`router` child",
+    "jetmoe": "mixture of attention and MLP heads (MoA): no `experts` child beside its router",
+    "deepseek_v4": "hash router: routing reads input_ids, which the MoE block does not receive",
+    "inkling_text": "router returns four tensors (logits, weights, indices, and a per-token scale)",
+    "zaya": "router returns four tensors, with one extra expert slot and a (B, S, D) tensor",
+    "bailing_hybrid": "default config does not shrink to a tiny model (top-k index out of range)",
+    "dbrx": "default config does not build in transformers 5.23 (DbrxAttentionConfig has no rope_theta)",
+    "lfm2_moe": "default config does not shrink to a tiny model (layer types not derived from the layer count)",
+    "dots3_note_text": "default config does not shrink (num_key_value_heads must equal num_attention_heads)",
+    # Multimodal wrappers: their text model is the family tested.
+    "dots3_note": "multimodal wrapper of dots3_note_text",
+    "gemma4": "multimodal wrapper of gemma4_text",
+    "llama4": "multimodal wrapper of llama4_text",
+    "qwen3_5_moe": "multimodal wrapper of qwen3_5_moe_text",
+    "qwen4_exp": "multimodal wrapper of qwen4_exp_text",
+    "longcat_flash": "tiny model not built here: its default config keeps a 70M-parameter embedding",
+}
+FAMILIES = [f for f in moe_families() if f not in SKIPPED]
+VARIANTS = {
+    "R": dict(variant="R", num_experts=4, top_k=2),
+    "E": dict(variant="E", num_experts=None, top_k=None),
+    "D": dict(variant="D", num_experts=2),
+    "S": dict(variant="S", num_experts=None),
+}
+
+
+def _logits(model, inputs, **kw) -> torch.Tensor:
+    return model(**inputs, **kw).logits
+
+
+def _attach(model_type: str, spec: dict):
+    model = tiny_family(model_type)
+    cfg = PerftConfig(bottleneck=4, dropout=0.0, init="zero_b", **spec)
+    model = apply_adapters(model, cfg)
+    with torch.no_grad():
+        for layer in perft_layers(model):
+            layer.experts.B.normal_(0, 0.1)  # a PEFT path that contributes
+    return model
+
+
+def _check_training_step(model, inputs, label: str) -> None:
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    model.train()
+    out = model(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable, f"{label}: nothing trains"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), f"{label}: no gradient"
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            assert p.grad is None, f"{label}: frozen {n} got a gradient"
+            assert torch.equal(p, frozen[n]), f"{label}: frozen {n} changed"
+    model.eval()
+
+
+def _E_oracle(block: PerftMoEBlock, arch, x: torch.Tensor) -> torch.Tensor:
+    """The base block plus sum_{i in S} p_i expert_i(x), one token and one expert at a time, with (S, p) the
+    family's routing exactly as its router returns it (captured here by our own hook)."""
+    seen = []
+    handle = arch.router(block.base_layer).register_forward_hook(lambda m, a, o: seen.append(o))
+    base = block.base_layer(x)
+    handle.remove()
+    base = base[0] if isinstance(base, tuple) else base
+    _, weights, indices = arch.routing(block.base_layer, seen[0])
+    layer = block.perft
+    A, B, s = layer.experts.A, layer.experts.B, layer.experts.scaling
+    f = layer.experts.act or (lambda t: t)
+    h = x.reshape(-1, x.shape[-1]).to(A.dtype)
+    y = torch.zeros_like(h)
+    for t in range(h.shape[0]):
+        for k in range(indices.shape[1]):
+            e = int(indices[t, k])
+            y[t] += weights[t, k].to(h.dtype) * (f(h[t] @ A[e]) @ B[e]) * s
+    return base + y.view_as(base).to(base.dtype)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_every_variant_on_every_family(model_type):
+    torch.manual_seed(0)
+    base = tiny_family(model_type)
+    arch = architecture_for(base)
+    num_blocks = len(find_moe_blocks(base, arch))
+    assert num_blocks >= 1
+    inputs = batch()
+    with torch.no_grad():
+        reference = _logits(base, inputs)
+
+    for name, spec in VARIANTS.items():
+        label = f"{model_type} {name}"
+        model = _attach(model_type, spec)
+        blocks = [m for m in model.modules() if isinstance(m, PerftMoEBlock)]
+        assert len(blocks) == num_blocks, f"{label}: adapters on {len(blocks)} of {num_blocks} MoE blocks"
+        with torch.no_grad():
+            adapted = _logits(model, inputs)
+            with adapters_disabled(model):
+                off = _logits(model, inputs)
+        torch.testing.assert_close(off, reference, msg=f"{label}: adapters off is not the base model")
+        assert not torch.allclose(adapted, reference), f"{label}: the adapters change nothing"
+        if name == "E":
+            x = torch.randn(1, 5, model.config.hidden_size)
+            with torch.no_grad():
+                fast = blocks[0](x)
+                fast = fast[0] if isinstance(fast, tuple) else fast
+                torch.testing.assert_close(fast, _E_oracle(blocks[0], arch, x), rtol=1e-4, atol=1e-5)
+        _check_training_step(model, inputs, label)
+
+    for name in LORA_BASELINES:
+        label = f"{model_type} {name}"
+        try:
+            model = apply_adapters(
+                tiny_family(model_type), PerftConfig(variant=name, bottleneck=4, dropout=0.0)
+            )
+        except NotApplicable:
+            assert name != "qv_lora" or not arch.attention_qv, label
+            continue
+        _check_training_step(model, inputs, label)
+
+
+def test_the_skip_list_names_only_families_transformers_ships():
+    assert set(SKIPPED) <= set(moe_families())
+
+
+# MiniMax collects router logits by module path, which today's wrapper moves (mlp.gate -> mlp.base_layer.gate);
+# the PEFT-tuner injection (issue 23) keeps the base model's paths.
+ROUTER_LOGITS_XFAIL = {"minimax": "router logits collected by module path; the wrapper moves it (issue 23)"}
+
+
+@pytest.mark.parametrize(
+    "model_type",
+    [pytest.param(f, marks=pytest.mark.xfail(reason=ROUTER_LOGITS_XFAIL[f], strict=True))
+     if f in ROUTER_LOGITS_XFAIL else f for f in FAMILIES],
+)  # fmt: skip
+def test_router_logits_are_collected_with_perft_attached(model_type):
+    if not hasattr(tiny_family(model_type).config, "output_router_logits"):
+        pytest.skip(f"{model_type} has no output_router_logits")
+    model = _attach(model_type, VARIANTS["E"])
+    with torch.no_grad():
+        out = model(**batch(), output_router_logits=True)
+    assert out.router_logits, f"{model_type}: no router logits collected with PERFT attached"
