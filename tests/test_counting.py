@@ -86,7 +86,9 @@ def _within(value: float, published: float, digits: int | None) -> bool:
 
 # DeepSeek-V2-Lite: we count 2.45B active without the embedding table (2.24B without both embeddings, 2.66B with
 # them); the report's 2.4B matches none of these at its precision, so its convention is not known.
-UNMATCHED = {"deepseek_v2_lite": "published 2.4B active matches no counting convention we know (2.24/2.45/2.66B)"}
+UNMATCHED = {
+    "deepseek_v2_lite": "published 2.4B active matches no counting convention we know (2.24/2.45/2.66B)"
+}
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import transformers
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from perft_exp.config import ModelConfig
 
@@ -38,21 +38,49 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
     return cfg.pretrained
 
 
+# Keys of a checkpoint's config.json that are bookkeeping, not architecture.
+_NOT_ARCHITECTURE = ("transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path", "auto_map",
+                     "model_type")  # fmt: skip
+
+
+def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
+    """The config.json of a local checkpoint `model.pretrained` points at (None for hub ids and tiny:<name>)."""
+    path = Path(cfg.pretrained)
+    if cfg.pretrained.startswith("tiny:") or not (path / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if config.model_type != cfg.model_type:
+        raise ValueError(
+            f"model.model_type={cfg.model_type!r} but {path} holds a {config.model_type!r} model"
+        )
+    return config
+
+
+def loaded_architecture(cfg: ModelConfig) -> dict | None:
+    """The architecture numbers of the local checkpoint `model.pretrained` points at (what a run records instead
+    of the YAML's numbers), or None where there is no local config.json to read."""
+    config = checkpoint_config(cfg)
+    if config is None:
+        return None
+    return {k: v for k, v in config.to_diff_dict().items() if k not in _NOT_ARCHITECTURE}
+
+
 def build_config(cfg: ModelConfig) -> PretrainedConfig:
-    """The HF config from our YAML's architecture numbers alone (no hub, no files)."""
+    """The HF config: a local checkpoint's own config.json, else our YAML's architecture numbers (no hub, no files)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    config = checkpoint_config(cfg)
+    if config is not None:
+        return config
     if not cfg.architecture:
         raise ValueError(f"model {cfg.name!r} has no `architecture` numbers; cannot build it offline")
     if cfg.model_type not in CONFIG_MAPPING:
         raise ValueError(
             f"model.model_type={cfg.model_type!r}: transformers {transformers.__version__} has no such type"
         )
-    return CONFIG_MAPPING[cfg.model_type](
-        **OmegaConf.to_container(cfg.architecture, resolve=True)
-        if OmegaConf.is_config(cfg.architecture)
-        else dict(cfg.architecture)
-    )
+    arch = cfg.architecture
+    return CONFIG_MAPPING[cfg.model_type](**(OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch)
+                                             else dict(arch)))  # fmt: skip
 
 
 def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
@@ -47,7 +47,7 @@ from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
 from perft_exp.models.arch import NotApplicable, architecture_for
-from perft_exp.models.loading import load_model
+from perft_exp.models.loading import load_model, loaded_architecture
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
@@ -356,8 +356,18 @@ def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: fl
     return results
 
 
+def _record_loaded_architecture(cfg: DictConfig) -> None:
+    """model.pretrained=<local dir>: the run's config (run_config.json, config.yaml, W&B) holds that checkpoint's
+    architecture numbers, not the YAML's, before anything reads or records them."""
+    loaded = loaded_architecture(cfg.model)
+    if loaded is not None:
+        with open_dict(cfg):
+            cfg.model.architecture = loaded
+
+
 def train(cfg: DictConfig) -> dict:
     """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
+    _record_loaded_architecture(cfg)
     perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
     run, finished = _prepare_run_dir(cfg)
     if finished is not None:

@@ -161,7 +161,13 @@ def probe_router(block: nn.Module, router: nn.Module, hidden_size: int, tokens: 
                 block(x)
             except Exception:  # noqa: BLE001 - e.g. data-dependent ops on `meta`: the router alone then
                 seen.clear()
-                router(x.view(tokens, hidden_size))
+                try:
+                    router(x.view(tokens, hidden_size))
+                except Exception as e:  # noqa: BLE001 - reported as the one line detection gives
+                    raise UnsupportedModel(
+                        f"router {type(router).__name__} does not run on hidden states alone "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                    ) from e
     finally:
         handle.remove()
         block.train(was_training)
@@ -180,7 +186,10 @@ def detect(model: nn.Module) -> MoEArchitecture:
     router, experts = getattr(block, router_attr), getattr(block, _EXPERTS_NAME)
     num_experts, fused = _expert_count(experts)
     top_k = _router_top_k(block, router, config)
-    output = probe_router(block, router, config.hidden_size)
+    try:
+        output = probe_router(block, router, config.hidden_size)
+    except UnsupportedModel as e:
+        raise UnsupportedModel(f"{config.model_type}: {e}") from None
     if top_k is None and isinstance(output, tuple) and len(output) == 3:
         top_k = int(output[1].shape[-1])
     check_routing(output, 3, num_experts, top_k, f"{config.model_type}: router {type(router).__name__}")
