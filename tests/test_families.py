@@ -15,8 +15,11 @@ from moe_models import batch, moe_families, tiny_family
 
 from perft_exp.adapters.block import PerftMoEBlock
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.model import adapters_disabled, apply_adapters, perft_layers
+from perft_exp.adapters.routing_stats import router_angles, track_routing
 from perft_exp.adapters.variants import LORA_BASELINES
+from perft_exp.analysis.routing import vector_picture
 from perft_exp.models.arch import NotApplicable, UnsupportedModel, architecture_for, find_moe_blocks
 from perft_exp.models.arch.support import NOT_TRIED
 
@@ -70,6 +73,24 @@ def _check_training_step(model, inputs, label: str) -> None:
     model.eval()
 
 
+def _check_statistics(model, arch, inputs, label: str) -> None:
+    """Routing loads, router angles, the vector picture and parameter counts: a value, or one NotApplicable line."""
+    with torch.no_grad(), track_routing(model) as stats:
+        model(**inputs)
+    tokens = int(inputs["attention_mask"].sum())
+    for row in stats.per_layer():
+        assert sum(row["load"]) == tokens * row["top_k"], label
+    for statistic in (router_angles, vector_picture):
+        try:
+            statistic(model)
+        except NotApplicable as e:
+            assert "\n" not in str(e) and (arch.router_weight is None or arch.gate_up == "none"), (label, e)
+    counts = count_parameters(model)
+    assert 0 < counts.activated_trainable <= counts.trainable and counts.base_active < counts.base_total, (
+        label
+    )
+
+
 def _E_oracle(block: PerftMoEBlock, arch, x: torch.Tensor) -> torch.Tensor:
     """The base block plus sum_{i in S} p_i expert_i(x), one token and one expert at a time, with (S, p) the
     family's routing exactly as its router returns it (captured here by our own hook)."""
@@ -113,6 +134,7 @@ def test_every_variant_on_every_family(model_type):
                 off = _logits(model, inputs)
         torch.testing.assert_close(off, reference, msg=f"{label}: adapters off is not the base model")
         assert not torch.allclose(adapted, reference), f"{label}: the adapters change nothing"
+        _check_statistics(model, arch, inputs, label)
         if name == "E":
             x = torch.randn(1, 5, model.config.hidden_size)
             with torch.no_grad():
@@ -161,3 +183,19 @@ def test_router_logits_are_collected_with_perft_attached(model_type):
     with torch.no_grad():
         out = model(**batch(), output_router_logits=True)
     assert out.router_logits, f"{model_type}: no router logits collected with PERFT attached"
+
+
+@pytest.mark.parametrize("model_type, layout", [("olmoe", "concatenated"), ("gpt_oss", "interleaved_transposed"),
+                                                ("llama4_text", "transposed"), ("aria_text", "transposed")])  # fmt: skip
+def test_gate_rows_follow_the_experts_layout(model_type, layout):
+    """The gate rows the vector picture reads are the ones the expert computes its gate from."""
+    model = tiny_family(model_type)
+    arch = architecture_for(model)
+    assert arch.gate_up == layout
+    block = find_moe_blocks(model, arch)[0][1]
+    experts = arch.experts(block)
+    w = getattr(experts, arch.expert_params[0])[0]  # expert 0, as stored
+    x = torch.randn(3, model.config.hidden_size)
+    gate_up = x @ w if layout.endswith("transposed") else x @ w.T  # (3, 2I), in the expert's own layout
+    gate = gate_up[:, 0::2] if layout.startswith("interleaved") else gate_up[:, : gate_up.shape[1] // 2]
+    torch.testing.assert_close(x @ arch.gate_rows(block)[0].T, gate)

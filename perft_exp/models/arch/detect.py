@@ -193,7 +193,9 @@ def detect(model: nn.Module) -> MoEArchitecture:
     if top_k is None and isinstance(output, tuple) and len(output) == 3:
         top_k = int(output[1].shape[-1])
     check_routing(output, 3, num_experts, top_k, f"{config.model_type}: router {type(router).__name__}")
-    weight = getattr(router, "weight", None)
+    # The router's (E, D) scoring matrix, wherever the router keeps it (`weight`, `wg.weight`, `gate.weight`).
+    router_weight = next((n for n, p in router.named_parameters() if tuple(p.shape) == (num_experts, config.hidden_size)),
+                         None)  # fmt: skip
     others = tuple(n for n, c in block.named_children() if n not in (router_attr, _EXPERTS_NAME) and any(
         True for _ in c.parameters()))  # fmt: skip
     return MoEArchitecture(
@@ -209,7 +211,7 @@ def detect(model: nn.Module) -> MoEArchitecture:
         expert_params=fused,
         attention_qv=_attention_qv(model),
         always_active=others,
-        router_weight="weight" if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None,
+        router_weight=router_weight,
         gate_up=_gate_up_layout(experts, fused),
         detected=True,
     )
