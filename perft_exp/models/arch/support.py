@@ -29,9 +29,17 @@ _NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk")
 FAMILY_OVERRIDES: dict[str, dict] = {
     "zaya": {"num_experts_per_tok": 1},  # ZAYA routes top-1 only
-    "qwen4_exp_text": {
-        "layer_types": None
-    },  # its full-attention layers need an indexer budget the default lacks
+    # qwen4_exp_text: its full-attention layers need an indexer budget the default config lacks.
+    "qwen4_exp_text": {"layer_types": None},
+    # DBRX keeps its sizes in nested configs; the default has no rope_theta and no clip_qkv.
+    "dbrx": {
+        "d_model": 32,
+        "n_heads": 4,
+        "n_layers": 2,
+        "max_seq_len": 128,
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        "ffn_config": {"ffn_hidden_size": 16, "moe_num_experts": 8, "moe_top_k": 2},
+    },  # fmt: skip
     "mimo_v2_flash": {"num_key_value_heads": 2},  # its sliding-window heads are sized from the full ones
     "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_d_state": 8},
 }
@@ -44,7 +52,6 @@ NOT_TRIED: dict[str, str] = {
     "qwen4_exp": "multimodal wrapper of qwen4_exp_text",
     "longcat_flash": "its default config keeps a 70M-parameter embedding: no tiny model",
     "bailing_hybrid": "default config does not shrink to a tiny model (top-k index out of range)",
-    "dbrx": "default config does not build in transformers 5.23 (DbrxAttentionConfig has no rope_theta)",
     "lfm2_moe": "default config does not shrink (layer types not derived from the layer count)",
     "dots3_note_text": "default config does not shrink (num_key_value_heads must equal num_attention_heads)",
 }
