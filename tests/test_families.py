@@ -28,7 +28,7 @@ UNSUPPORTED = {
     "beam": "no MoE block found",
     "doge": "no MoE block found",  # DogeCDMoE: an expert bank of embeddings, not routed FFN experts
     "flint": "no MoE block found",
-    "gemma4_text": "no MoE block found",
+    "gemma4_text": "sit directly in the decoder layer",
     "jetmoe": "no MoE block found",  # mixture of attention and MLP heads: no `experts` child beside a router
     "inkling_text": "returns",  # four tensors: logits, weights, indices and a per-token scale
     "zaya": "returns",  # four tensors, one extra expert slot

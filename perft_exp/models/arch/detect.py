@@ -60,6 +60,12 @@ def _find_block(model: nn.Module) -> tuple[str, nn.Module, str]:
         )
     preferred = [c for c in candidates if c[3]] or candidates
     name, block, attr, _ = preferred[0]
+    if any(n in ("self_attn", "attn", "attention") for n, _ in block.named_children()):
+        # PERFT sits in parallel with an MoE block: a decoder layer is not one (its input is not the router's).
+        raise UnsupportedModel(
+            f"{model.config.model_type}: router and experts sit directly in the decoder layer "
+            f"{type(block).__name__}, not in an MoE block of their own"
+        )
     return name, block, attr
 
 

@@ -29,6 +29,7 @@ _NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "mo
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk")
 FAMILY_OVERRIDES: dict[str, dict] = {
     "zaya": {"num_experts_per_tok": 1},  # ZAYA routes top-1 only
+    "gemma4_text": {"enable_moe_block": True, "top_k_experts": 2},  # the default config is dense
     # qwen4_exp_text: its full-attention layers need an indexer budget the default config lacks.
     "qwen4_exp_text": {"layer_types": None},
     # DBRX keeps its sizes in nested configs; the default has no rope_theta and no clip_qkv.
