@@ -38,11 +38,6 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
     return cfg.pretrained
 
 
-# Keys of a checkpoint's config.json that are bookkeeping, not architecture.
-_NOT_ARCHITECTURE = ("transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path", "auto_map",
-                     "model_type")  # fmt: skip
-
-
 def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
     """The config.json of a local checkpoint `model.pretrained` points at (None for hub ids and tiny:<name>)."""
     path = Path(cfg.pretrained)
@@ -54,15 +49,6 @@ def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
             f"model.model_type={cfg.model_type!r} but {path} holds a {config.model_type!r} model"
         )
     return config
-
-
-def loaded_architecture(cfg: ModelConfig) -> dict | None:
-    """The architecture numbers of the local checkpoint `model.pretrained` points at (what a run records instead
-    of the YAML's numbers), or None where there is no local config.json to read."""
-    config = checkpoint_config(cfg)
-    if config is None:
-        return None
-    return {k: v for k, v in config.to_diff_dict().items() if k not in _NOT_ARCHITECTURE}
 
 
 def build_config(cfg: ModelConfig) -> PretrainedConfig:

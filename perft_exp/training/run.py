@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
@@ -39,7 +39,13 @@ from perft_exp.adapters.io import (
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.adapters.routing_stats import router_angles
 from perft_exp.adapters.variants import Routing
-from perft_exp.config import TrainerConfig, changed_from_defaults, describe_changes, validate
+from perft_exp.config import (
+    TrainerConfig,
+    changed_from_defaults,
+    describe_changes,
+    record_checkpoint_architecture,
+    validate,
+)
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import TaskData, load_task_data
@@ -47,7 +53,7 @@ from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
 from perft_exp.models.arch import NotApplicable, architecture_for
-from perft_exp.models.loading import load_model, loaded_architecture
+from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
@@ -356,18 +362,9 @@ def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: fl
     return results
 
 
-def _record_loaded_architecture(cfg: DictConfig) -> None:
-    """model.pretrained=<local dir>: the run's config (run_config.json, config.yaml, W&B) holds that checkpoint's
-    architecture numbers, not the YAML's, before anything reads or records them."""
-    loaded = loaded_architecture(cfg.model)
-    if loaded is not None:
-        with open_dict(cfg):
-            cfg.model.architecture = loaded
-
-
 def train(cfg: DictConfig) -> dict:
     """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
-    _record_loaded_architecture(cfg)
+    record_checkpoint_architecture(cfg)
     perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
     run, finished = _prepare_run_dir(cfg)
     if finished is not None:
