@@ -265,6 +265,35 @@ def validate(cfg: DictConfig) -> TrainConfig:
     return spec
 
 
+# Keys of a checkpoint's config.json that are bookkeeping, not architecture.
+_NOT_ARCHITECTURE = ("transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path", "auto_map",
+                     "model_type")  # fmt: skip
+
+
+def checkpoint_architecture(model: DictConfig) -> dict | None:
+    """The architecture numbers in the config.json of the local checkpoint `model.pretrained` points at (None for
+    hub ids and tiny:<name>): what a run records instead of the YAML's numbers."""
+    path = Path(str(model.pretrained)) / "config.json"
+    if str(model.pretrained).startswith("tiny:") or not path.is_file():
+        return None
+    config = json.loads(path.read_text())
+    if config.get("model_type") != model.model_type:
+        raise ConfigError(
+            f"model.model_type={model.model_type!r} but {path.parent} holds a {config.get('model_type')!r} model"
+        )
+    return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
+
+
+def record_checkpoint_architecture(cfg: DictConfig) -> None:
+    """model.pretrained=<local dir>: the config (run_config.json, config.yaml, W&B) holds that checkpoint's
+    architecture numbers, not the YAML's. The run's name stays the one its directory was made with."""
+    loaded = checkpoint_architecture(cfg.model)
+    if loaded is not None:
+        with open_dict(cfg):
+            cfg.name = cfg.name  # resolved before the numbers change: the directory Hydra made
+            cfg.model.architecture = loaded
+
+
 def cache_root() -> Path:
     """Where built tiny models and generated synthetic data live (env PERFT_CACHE overrides)."""
     return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))

@@ -37,6 +37,7 @@ from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
 from perft_exp.cli import one_line
 from perft_exp.data.prompts import build_prompt
 from perft_exp.data.task import load_task_data
+from perft_exp.models.arch import NotApplicable
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir
 
@@ -106,9 +107,13 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
             plot_loads(
                 info["layers"], out / "load.png", f"{info['config']}: PEFT-expert load ({run_dir.name})"
             )
-    info["angles"] = router_angles(model)
-    plot_vectors(vector_picture(model), out / "vectors.png", f"{info['config']} ({run_dir.name}): "
-                 "router rows and expert keys in the FFN keys' PCA plane")  # fmt: skip
+    try:
+        info["angles"] = router_angles(model)
+        plot_vectors(vector_picture(model), out / "vectors.png", f"{info['config']} ({run_dir.name}): "
+                     "router rows and expert keys in the FFN keys' PCA plane")  # fmt: skip
+    except NotApplicable as e:  # the family has no router matrix or no gate/up split: say so, keep the loads
+        info["angles"], info["vectors"] = None, f"not applicable: {e}"
+        print(f"{run_dir.name}: router angles and vector picture not applicable: {e}", file=sys.stderr)
     (out / "routing.json").write_text(json.dumps(info, indent=2) + "\n")
     info["out"] = str(out)
     return info

@@ -3,8 +3,8 @@
     python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16
 
 Prints one JSON object: trainable, activated_trainable, base_total, base_active and their ratios. Takes the
-same `key=value` overrides as train.py; builds nothing in memory and downloads nothing. Tiny local
-models (no `architecture` numbers in their YAML) are loaded for real instead.
+same `key=value` overrides as train.py; builds nothing in memory and downloads nothing. `model.pretrained=<dir>`
+counts that checkpoint's own config.json; tiny:<name> models are loaded for real.
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.model import apply_adapters
 from perft_exp.cli import one_line
 from perft_exp.config import compose, perft_config
-from perft_exp.models.loading import build_meta_model, load_model
+from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
 
 
 def count(overrides: list[str]) -> dict:
     cfg = compose(overrides)
     perft = perft_config(cfg)
-    model = build_meta_model(cfg.model) if cfg.model.architecture else load_model(cfg.model)[0]
+    # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the YAML's.
+    local = checkpoint_config(cfg.model) is not None
+    model = build_meta_model(cfg.model) if cfg.model.architecture or local else load_model(cfg.model)[0]
     model = apply_adapters(model, perft)
     return {"model": cfg.model.name, "config": model.perft_config.run_label(),
             **count_parameters(model).to_dict()}  # fmt: skip

@@ -8,7 +8,9 @@ import functools
 import torch
 import transformers
 
-VOCAB = 97
+from perft_exp.models.arch.support import moe_families, tiny_family_model  # noqa: F401 - re-exported
+
+VOCAB = 97  # tiny_family_model uses the same (perft_exp/models/arch/support.py)
 
 TINY_CONFIGS = {
     "olmoe": lambda: transformers.OlmoeConfig(
@@ -29,7 +31,7 @@ TINY_CONFIGS = {
     ),
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=32, moe_intermediate_size=16, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=8, num_experts_per_tok=2,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=8, num_experts=8, num_experts_per_tok=2,
         norm_topk_prob=True, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     ),
 }  # fmt: skip
@@ -76,3 +78,16 @@ def perft_model(variant: str, **kw) -> transformers.PreTrainedModel:
     }
     cfg = PerftConfig(variant=variant, bottleneck=4, dropout=0.0, **{**spec[variant], **kw})
     return apply_adapters(tiny_moe("olmoe"), cfg).eval()
+
+
+# --- every MoE family transformers ships, as a tiny random model (perft_exp/models/arch/support.py) ---------
+
+
+@functools.cache
+def _build_family(model_type: str, seed: int) -> transformers.PreTrainedModel:
+    return tiny_family_model(model_type, seed)
+
+
+def tiny_family(model_type: str, seed: int = 0) -> transformers.PreTrainedModel:
+    """A fresh copy of the tiny random model of any MoE family (cached per process)."""
+    return copy.deepcopy(_build_family(model_type, seed))

@@ -19,20 +19,27 @@ from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import LORA_BASELINES
-from perft_exp.models.arch import get_architecture
+from perft_exp.models.arch import MoEArchitecture, NotApplicable, architecture_for
 
 log = logging.getLogger(__name__)
 
 
-def lora_config(cfg: PerftConfig, model_type: str) -> LoraConfig:
-    arch = get_architecture(model_type)
+def lora_config(cfg: PerftConfig, arch: MoEArchitecture) -> LoraConfig:
     if cfg.variant not in LORA_BASELINES:
         raise ValueError(f"not a LoRA baseline: {cfg.variant!r}; choose one of {', '.join(LORA_BASELINES)}")
     where = {
         "attention_qv": ([*arch.attention_qv], []),
-        "router": ([], [f"{arch.router_attr}.weight"]),
+        "router": ([], [f"{arch.router_attr}.{arch.router_weight}"] if arch.router_weight else []),
         "experts": ([], [f"{arch.experts_attr}.{p}" for p in arch.expert_params]),
     }
+    missing = {
+        "attention_qv": "no q_proj/v_proj",
+        "router": "no router weight matrix",
+        "experts": "no fused 3-D expert tensors",
+    }
+    for target in cfg.spec.lora_targets:
+        if where[target] == ([], []):
+            raise NotApplicable(f"{cfg.variant} does not apply to {arch.model_type}: {missing[target]}")
     targets = [where[t] for t in cfg.spec.lora_targets]
     modules = [m for mods, _ in targets for m in mods]
     parameters = [p for _, params in targets for p in params]
@@ -52,6 +59,6 @@ def lora_config(cfg: PerftConfig, model_type: str) -> LoraConfig:
 
 
 def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
-    peft_model = get_peft_model(model, lora_config(cfg, model.config.model_type))
+    peft_model = get_peft_model(model, lora_config(cfg, architecture_for(model)))
     peft_model.perft_config = cfg
     return peft_model

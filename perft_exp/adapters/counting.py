@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from perft_exp.adapters.layer import PerftLayer
-from perft_exp.models.arch import get_architecture, supported_architectures
+from perft_exp.models.arch import UnsupportedModel, architecture_for
 
 
 @dataclass
@@ -47,8 +47,10 @@ def _numel(p: nn.Parameter) -> int:
 
 def count_parameters(model: nn.Module) -> ParamCounts:
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    arch = get_architecture(model_type) if model_type in supported_architectures() else None
+    try:
+        arch = architecture_for(model) if config is not None else None
+    except UnsupportedModel:  # a dense model: every parameter is active
+        arch = None
     expert_fraction = arch.top_k(config) / arch.num_experts(config) if arch else 1.0
     expert_marker = f".{arch.experts_attr}." if arch else None
 

@@ -20,7 +20,7 @@ from perft_exp.adapters.baselines import apply_lora_baseline
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.layer import PerftLayer, adapter_aux_loss, perft_layers
 from perft_exp.adapters.tuner import PerftPeftConfig
-from perft_exp.models.arch import get_architecture
+from perft_exp.models.arch import architecture_for
 
 __all__ = ["PerftLayer", "adapter_aux_loss", "adapters_disabled", "apply_adapters", "apply_perft", "freeze",
            "perft_layers", "trainable_parameters"]  # fmt: skip
@@ -47,7 +47,7 @@ def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
     """PERFT variants and LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only.
 
     `cfg` is resolved against the model first (PerftConfig.resolve); `model.perft_config` is the resolved one."""
-    cfg = cfg.resolve(get_architecture(model.config.model_type), model.config)
+    cfg = cfg.resolve(architecture_for(model), model.config)
     if cfg.variant == "none":
         freeze(model)
         model.perft_config = cfg

@@ -38,7 +38,7 @@ from perft_exp import metric_schema as schema
 from perft_exp.adapters.layer import PerftLayer
 from perft_exp.adapters.tuner import block_name, perft_tuner_layers
 from perft_exp.adapters.variants import Routing, get_variant
-from perft_exp.models.arch import get_architecture
+from perft_exp.models.arch import architecture_for
 
 
 def _layer_index(name: str, fallback: int) -> int:
@@ -274,12 +274,13 @@ def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer
 
 
 def architecture_of(model: nn.Module):
-    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
-    return get_architecture(config.model_type)
+    return architecture_for(model)
 
 
 def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> list[dict]:
     """Per layer with an R router: principal angles between W_r (N, D) and the frozen W_g (E, D).
+
+    Raises NotApplicable (one line) on a family whose router has no (E, D) matrix.
 
     `random_mean_deg` is the mean angle for Gaussian (N, D) matrices against W_g (averaged over
     `random_draws`): what an untrained, unrelated router gives (for N + E > D the spaces must meet).
@@ -290,7 +291,7 @@ def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> li
         if perft.router is None:
             continue
         w_r = perft.router.weight.detach().float().cpu()
-        w_g = arch.router(block).weight.detach().float().cpu()
+        w_g = arch.router_matrix(block).detach().float().cpu()
         angles = principal_angles(w_r, w_g)
         random = torch.stack([principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean()
                               for _ in range(random_draws)])  # fmt: skip

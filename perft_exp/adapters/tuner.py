@@ -23,6 +23,7 @@ peft.mapping's three tables under a `str` enum member of its own (`PerftType.PER
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -39,7 +40,7 @@ from torch import nn
 from perft_exp.adapters import config as knobs
 from perft_exp.adapters.layer import PerftLayer, adapter_aux_loss
 from perft_exp.adapters.variants import Routing
-from perft_exp.models.arch import find_moe_blocks, get_architecture
+from perft_exp.models.arch import MoEArchitecture, architecture_for, find_moe_blocks
 
 PREFIX = "perft_"  # PEFT's per-method prefix: the ModuleDict of adapters is `perft_layer`
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -174,8 +175,11 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("perft_layer",)
     other_param_names = ()
 
-    def __init__(self, block: nn.Module, router: nn.Module) -> None:
+    def __init__(self, block: nn.Module, router: nn.Module, arch: MoEArchitecture) -> None:
         nn.Module.__init__(self)
+        # The family's reading of its router's output as (logits, top-k weights, top-k indices); a plain
+        # attribute, not a submodule, so the block's state dict is unchanged.
+        self._routing = functools.partial(arch.routing, block)
         self.perft_layer = nn.ModuleDict()
         self._active_adapter: str | list[str] = "default"
         self._disable_adapters = False
@@ -199,7 +203,7 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self._hooks = []
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
-        self._base_routing = output
+        self._base_routing = self._routing(output)
 
     def _active_layers(self) -> list[PerftLayer]:
         if self.disable_adapters:
@@ -309,7 +313,7 @@ class PerftModel(BaseTuner):
             cfg.base_signature is not None
         ):  # a saved adapter: refuse another base model before attaching anything
             check_signature(cfg.base_signature, config)
-        arch = get_architecture(config.model_type)
+        arch = architecture_for(model)
         cfg = cfg.resolve(arch, config)
         cfg.base_signature = base_signature(config)
         blocks = find_moe_blocks(model, arch)
@@ -323,10 +327,11 @@ class PerftModel(BaseTuner):
             router = arch.router(block)
             layer = getattr(block, "perft", None)
             if layer is None:
-                layer = PerftTunerLayer(block, router)
+                layer = PerftTunerLayer(block, router, arch)
                 block.perft = layer
             layer.set_adapter(self.active_adapters)
-            ref = next(router.parameters())
+            ref = next(router.parameters(), None)
+            ref = ref if ref is not None else next(block.parameters())
             layer.update_layer(
                 adapter_name, cfg, config.hidden_size, arch.top_k(config), ref.dtype, ref.device
             )

@@ -5,7 +5,7 @@ perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
     plot_loads(per_layer, path)       # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
     plot_vectors(picture, path)       # the vector picture, one panel per layer
 
-Key vectors. An FFN expert's keys are the rows of its gate projection (the first I rows of gate_up_proj (2I, D)):
+Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them: MoEArchitecture.gate_rows):
 token x activates hidden unit i through x . w_i, so the rows are directions in the input space x lives in. A
 PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r). Router rows (W_g (E, D), R's
 W_r (N, D)) score x the same way. All vectors are scaled to unit length before PCA, which is fitted on the FFN
@@ -30,12 +30,12 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit gate rows of the frozen FFN experts, (E*m, D), and the expert of each row, (E*m,)."""
-    experts = arch.experts(block)
-    gate_up = experts.gate_up_proj.detach().float().cpu()  # (E, 2I, D)
-    num_experts, two_i, _ = gate_up.shape
-    assert two_i % 2 == 0, f"gate_up_proj {tuple(gate_up.shape)}: expected (E, 2I, D)"
-    gate = gate_up[:, : two_i // 2]  # (E, I, D): x . row = the pre-activation of a hidden unit
+    """Unit gate rows of the frozen FFN experts, (E*m, D), and the expert of each row, (E*m,).
+
+    The family's gate/up layout (MoEArchitecture.gate_rows) says where the gate rows are; NotApplicable where the
+    experts have no gate/up split."""
+    gate = arch.gate_rows(block).detach().float().cpu()  # (E, I, D): x . row = a hidden unit's input
+    num_experts = gate.shape[0]
     step = max(1, gate.shape[1] // max_per_expert)
     keys = gate[:, ::step][:, :max_per_expert]  # (E, m, D)
     owner = torch.arange(num_experts).repeat_interleave(keys.shape[1])
@@ -70,7 +70,7 @@ def vector_picture(model: nn.Module, max_per_expert: int = 64) -> list[dict]:
             "explained": [float(r) for r in ratio],
             "ffn_keys": project(keys),
             "ffn_owner": owner,
-            "base_router": project(arch.router(block).weight),
+            "base_router": project(arch.router_matrix(block)),
             "peft_keys": project(peft_keys),
             "peft_owner": torch.arange(a.shape[0]).repeat_interleave(a.shape[2]),
             "peft_router": None if perft.router is None else project(perft.router.weight),

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from perft_exp.config import ModelConfig
-from perft_exp.models.arch import get_architecture
 
 log = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -38,13 +38,35 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
     return cfg.pretrained
 
 
+def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
+    """The config.json of a local checkpoint `model.pretrained` points at (None for hub ids and tiny:<name>)."""
+    path = Path(cfg.pretrained)
+    if cfg.pretrained.startswith("tiny:") or not (path / "config.json").is_file():
+        return None
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    if config.model_type != cfg.model_type:
+        raise ValueError(
+            f"model.model_type={cfg.model_type!r} but {path} holds a {config.model_type!r} model"
+        )
+    return config
+
+
 def build_config(cfg: ModelConfig) -> PretrainedConfig:
-    """The HF config from our YAML's architecture numbers alone (no hub, no files)."""
-    arch = get_architecture(cfg.model_type)
+    """The HF config: a local checkpoint's own config.json, else our YAML's architecture numbers (no hub, no files)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = checkpoint_config(cfg)
+    if config is not None:
+        return config
     if not cfg.architecture:
         raise ValueError(f"model {cfg.name!r} has no `architecture` numbers; cannot build it offline")
-    config_cls = getattr(transformers, arch.config_class)
-    return config_cls(**dict(cfg.architecture))
+    if cfg.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"model.model_type={cfg.model_type!r}: transformers {transformers.__version__} has no such type"
+        )
+    arch = cfg.architecture
+    return CONFIG_MAPPING[cfg.model_type](**(OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch)
+                                             else dict(arch)))  # fmt: skip
 
 
 def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:

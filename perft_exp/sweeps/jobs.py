@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perft_exp.cli import one_line
-from perft_exp.config import ConfigError, compose, validate
+from perft_exp.config import ConfigError, compose, record_checkpoint_architecture, validate
 from perft_exp.run_dir import (
     OUTPUT_ROOT,
     STATES,
@@ -45,6 +45,7 @@ def check_job(overrides: list[str]) -> Job:
 
     A missing data directory is a note (fetch the data later), not an error; `run` refuses to launch then."""
     cfg = compose(overrides)
+    record_checkpoint_architecture(cfg)  # as train.py records it
     notes = []
     try:
         validate(cfg)

@@ -39,14 +39,20 @@ from perft_exp.adapters.io import (
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
 from perft_exp.adapters.routing_stats import router_angles
 from perft_exp.adapters.variants import Routing
-from perft_exp.config import TrainerConfig, changed_from_defaults, describe_changes, validate
+from perft_exp.config import (
+    TrainerConfig,
+    changed_from_defaults,
+    describe_changes,
+    record_checkpoint_architecture,
+    validate,
+)
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
 from perft_exp.files import atomic_write_json
-from perft_exp.models.arch import find_moe_blocks, get_architecture
+from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model, resolve_pretrained
 from perft_exp.run_dir import RunDir, base_eval_dir
 from perft_exp.training.batch import BatchPlan, batch_plan
@@ -258,7 +264,7 @@ def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
         # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
         # rest of the block (its router, and the PERFT module that hooks add beside it) keeps ZeRO-3's own
         # per-module gathering: PERFT's parameters live under the block but are not called by its forward.
-        arch = get_architecture(cfg.model.model_type)
+        arch = architecture_for(model)
         experts = {type(arch.experts(block)) for _, block in find_moe_blocks(model, arch)}
         set_z3_leaf_modules(model, list(experts))
     return (
@@ -366,6 +372,7 @@ def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: fl
 
 def train(cfg: DictConfig) -> dict:
     """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
+    record_checkpoint_architecture(cfg)
     perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
     run, finished = _prepare_run_dir(cfg)
     if finished is not None:
@@ -422,7 +429,11 @@ def train(cfg: DictConfig) -> dict:
         _record(cfg, run, results, t0)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
             own_router = perft.spec.routing is Routing.OWN
-            angles = router_angles(model) if own_router and distributed["zero_stage"] != 3 else []
+            try:
+                angles = router_angles(model) if own_router and distributed["zero_stage"] != 3 else []
+            except NotApplicable as e:  # a family whose router has no (E, D) matrix
+                log.info("router angles: %s", e)
+                angles = []
             log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
         print_table(results)
     return results

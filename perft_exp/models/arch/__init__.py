@@ -1,16 +1,31 @@
 """Per-architecture facts: where a model keeps its MoE blocks, routers and experts.
 
-Each MoE family is one small file in this package that calls `register(MoEArchitecture(...))`.
-Adding a family means adding a file; nothing else in the code branches on model type.
+Most families need no code here: `architecture_for(model)` examines a model whose type has no entry once
+(perft_exp/models/arch/detect.py) and finds its MoE blocks, their router and experts, and the config keys
+holding the expert count and top-k. A family file (`register(MoEArchitecture(...))`, one small file each)
+holds only what detection cannot know: the authors' adapter aux coefficient, a router-output converter,
+nested config keys, the gate/up layout of the expert tensor.
+
+    python -m perft_exp.models.arch      # the support table of every MoE family transformers ships
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+
+Routing = tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]  # (logits (T, E), top-k weights (T, k), indices (T, k))
+# Gate/up layouts of a fused expert tensor: gate rows then up rows (E, 2I, D); the same transposed (E, D, 2I);
+# gate and up alternating along 2I (gpt-oss); "none": no fused gate/up tensor (DBRX, non-gated experts).
+GATE_UP_LAYOUTS = ("concatenated", "transposed", "interleaved", "interleaved_transposed", "none")
 
 
 @dataclass(frozen=True)
@@ -20,7 +35,7 @@ class MoEArchitecture:
     model_type: str  # config.model_type
     config_class: str  # transformers config class name, for building offline
     block_class: str  # class name of the sparse MoE block (layers[i].mlp)
-    num_experts_key: str  # config attribute holding the number of FFN experts
+    num_experts_key: str  # config attribute holding the number of FFN experts ("a.b": nested)
     top_k_key: str = "num_experts_per_tok"
     router_attr: str = "gate"  # block.gate(x) -> (router_logits, top_k_weights, top_k_index)
     experts_attr: str = "experts"  # fused 3-D expert weights
@@ -30,12 +45,22 @@ class MoEArchitecture:
     adapter_aux_loss_coef: float = 0.01
     # Per-token always-active parts of the block beyond the routed experts (e.g. Qwen2-MoE shared expert).
     always_active: tuple[str, ...] = field(default=())
+    # (block, router output) -> (logits, top-k weights, top-k indices), for routers that return another form.
+    router_output: Callable[[nn.Module, object], Routing] | None = None
+    router_weight: str | None = (
+        "weight"  # the router's (E, D) scoring matrix, relative to the router; None: none
+    )
+    gate_up: str = "concatenated"  # layout of expert_params[0], one of GATE_UP_LAYOUTS
+    detected: bool = False  # True: found by perft_exp/models/arch/detect.py, no family file
+
+    def __post_init__(self) -> None:
+        assert self.gate_up in GATE_UP_LAYOUTS, f"{self.model_type}: gate_up={self.gate_up!r}"
 
     def num_experts(self, config) -> int:
-        return int(getattr(config, self.num_experts_key))
+        return int(_config_value(config, self.num_experts_key))
 
     def top_k(self, config) -> int:
-        return int(getattr(config, self.top_k_key))
+        return int(_config_value(config, self.top_k_key))
 
     def is_block(self, module: nn.Module) -> bool:
         return type(module).__name__ == self.block_class
@@ -46,8 +71,44 @@ class MoEArchitecture:
     def experts(self, block: nn.Module) -> nn.Module:
         return getattr(block, self.experts_attr)
 
+    def routing(self, block: nn.Module, output) -> Routing:
+        """The router's output as (logits (T, E), top-k weights (T, k), top-k indices (T, k))."""
+        return self.router_output(block, output) if self.router_output is not None else output
+
+    def router_matrix(self, block: nn.Module) -> torch.Tensor:
+        """The frozen router's (E, D) scoring matrix W_g; a one-line error where the router has none."""
+        if self.router_weight is None:
+            raise NotApplicable(f"{self.model_type}: the router has no (experts, hidden) weight matrix")
+        return functools.reduce(getattr, self.router_weight.split("."), self.router(block))
+
+    def gate_rows(self, block: nn.Module) -> torch.Tensor:
+        """The experts' gate projections as (E, I, D) rows; a one-line error where there is no gate/up split."""
+        if self.gate_up == "none" or not self.expert_params:
+            raise NotApplicable(f"{self.model_type}: the experts have no fused gate/up tensor")
+        w = getattr(self.experts(block), self.expert_params[0])
+        if self.gate_up.endswith("transposed"):
+            w = w.transpose(1, 2)  # (E, D, 2I) -> (E, 2I, D)
+        assert w.shape[1] % 2 == 0, f"{self.model_type}: gate/up tensor {tuple(w.shape)} has an odd 2I"
+        return w[:, 0::2] if self.gate_up.startswith("interleaved") else w[:, : w.shape[1] // 2]
+
+
+class NotApplicable(ValueError):
+    """A statistic or baseline that this family's modules cannot give (no router matrix, no gate/up split)."""
+
+
+class UnsupportedModel(ValueError):
+    """A model detection cannot attach PERFT to; the message says what was not found."""
+
+
+def _config_value(config, key: str):
+    value = config
+    for part in key.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    return value
+
 
 _REGISTRY: dict[str, MoEArchitecture] = {}
+_DETECTED: dict[str, MoEArchitecture] = {}
 
 
 def register(arch: MoEArchitecture) -> MoEArchitecture:
@@ -57,22 +118,41 @@ def register(arch: MoEArchitecture) -> MoEArchitecture:
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
+        if info.name not in ("detect", "__main__"):
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def architecture_for(model: nn.Module) -> MoEArchitecture:
+    """The facts for this model: its family file, else what detection finds in it (examined once per type)."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    if not _REGISTRY:
+        _load_all()
+    if config.model_type in _REGISTRY:
+        return _REGISTRY[config.model_type]
+    if config.model_type not in _DETECTED:
+        from perft_exp.models.arch.detect import detect
+
+        _DETECTED[config.model_type] = detect(model)
+    return _DETECTED[config.model_type]
 
 
 def get_architecture(model_type: str) -> MoEArchitecture:
-    """The facts for `model_type`; a clear error naming the supported types otherwise."""
+    """The facts for `model_type`: its family file, else detection on a `meta` model of its default config.
+
+    A clear one-line error when transformers has no such type or detection finds no MoE block in it."""
     if not _REGISTRY:
         _load_all()
-    if model_type not in _REGISTRY:
-        raise ValueError(
-            f"unknown MoE architecture {model_type!r}; supported: {', '.join(sorted(_REGISTRY))} "
-            "(add a file to perft_exp/models/arch/ to support a new family)"
-        )
-    return _REGISTRY[model_type]
+    if model_type in _REGISTRY:
+        return _REGISTRY[model_type]
+    if model_type not in _DETECTED:
+        from perft_exp.models.arch.detect import detect_type
+
+        _DETECTED[model_type] = detect_type(model_type)
+    return _DETECTED[model_type]
 
 
 def supported_architectures() -> list[str]:
+    """The families with a file (detected families are found on use)."""
     if not _REGISTRY:
         _load_all()
     return sorted(_REGISTRY)
