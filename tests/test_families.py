@@ -13,11 +13,11 @@ import pytest
 import torch
 from moe_models import batch, moe_families, tiny_family
 
-from perft_exp.adapters.tuner import perft_tuner_layers
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.model import adapters_disabled, apply_adapters, perft_layers
 from perft_exp.adapters.routing_stats import router_angles, track_routing
+from perft_exp.adapters.tuner import perft_tuner_layers
 from perft_exp.adapters.variants import LORA_BASELINES
 from perft_exp.analysis.routing import vector_picture
 from perft_exp.models.arch import NotApplicable, UnsupportedModel, architecture_for, find_moe_blocks
