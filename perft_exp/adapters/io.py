@@ -33,6 +33,7 @@ from perft_exp.adapters.tuner import (
     base_signature,
     check_adapter_files,
 )
+from perft_exp.models.arch import get_architecture
 from perft_exp.run_dir import ADAPTER_CONFIG_NAME
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME  # named by run_dir.py, which reads it without torch
@@ -156,7 +157,7 @@ def convert_old_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
             "base_model.model." + k.replace(".perft.", ".perft.perft_layer.", 1): v for k, v in state.items()
         }
     else:
-        peft_config = lora_config(cfg, meta["base_signature"]["model_type"])
+        peft_config = lora_config(cfg, get_architecture(meta["base_signature"]["model_type"]))
         state = {k.replace(".default.", ".", 1): v for k, v in state.items()}
     peft_config.base_model_name_or_path = meta.get("base_model")
     dst.mkdir(parents=True, exist_ok=True)
