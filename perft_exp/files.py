@@ -41,22 +41,23 @@ def write_error(exc: BaseException, path: str | os.PathLike | None = None) -> Wr
     Only errors of the disk (DISK_ERRNOS) count, unless `path` is given: the caller was writing it, so a
     permission error counts too."""
     allowed = WRITE_ERRNOS if path is not None else DISK_ERRNOS
-    seen, e = set(), exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    chain, e = [], exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
         if isinstance(e, WriteError):
             return e
         code = e.errno if isinstance(e, OSError) else None
         if code is None:
             m = _RUST_IO.search(str(e))
             code = int(m.group(1)) if m else None
-        if code is None and path is not None and _TORCH_WRITER.search(str(e)):
-            code = errno.ENOSPC if _nearly_full(path) else errno.EIO
-        if code in allowed:
-            where = getattr(e, "filename", None) or path
-            if where is not None:
-                return WriteError(code, os.strerror(code), str(where))
-        e = e.__cause__ or e.__context__
+        where = getattr(e, "filename", None) or path
+        if code in allowed and where is not None:
+            return WriteError(code, os.strerror(code), str(where))
+    if path is not None and any(_TORCH_WRITER.search(str(e)) for e in chain):
+        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
+        return WriteError(code, os.strerror(code), str(path))
     return None
 
 
