@@ -265,3 +265,27 @@ def test_collect_lists_and_skips_corrupt_runs(tmp_path):
     assert sorted(collection.corrupt) == sorted(str(RunDir(bad[rel]).corrupt()) for rel in CORRUPTIBLE)
     text = write_markdown(collection, tmp_path / "results.md").read_text()
     assert "## Corrupt run directories" in text and "resume=false" in text
+
+
+def test_status_shows_corrupt_jobs_and_run_skips_them(tmp_path, monkeypatch, capsys):
+    from perft_exp.sweeps import cli as sweep_cli
+    from perft_exp.sweeps import jobs as sweep_jobs
+    from perft_exp.sweeps import launch as sweep_launch
+    from perft_exp.sweeps.grid import Sweep
+
+    monkeypatch.chdir(tmp_path)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("fixed: {variant: S, trainer: debug}\nblocks:\n  - {seed: [0, 1]}\n")
+    jobs = sweep_jobs.check_sweep(Sweep.load(str(grid)))
+    jobs[0].run_dir.mkdir(parents=True)
+    (jobs[0].run_dir / "run_config.json").write_text('{"model": {"na')
+    assert sweep_cli.main(["status", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert f"corrupt   {jobs[0].run_dir}  {jobs[0].run_dir / 'run_config.json'} is unreadable (" in out
+    assert out.splitlines()[-1] == "grid: 1 corrupt, 1 pending"
+    launched = []
+    monkeypatch.setattr(sweep_launch, "run_on_gpus", lambda js, *a, **k: launched.extend(j.run_dir for j in js
+                                                                                          if j.claimable()))  # fmt: skip
+    assert sweep_cli.main(["run", str(grid), "--jobs", "2"]) == 1
+    assert launched == [jobs[1].run_dir]
+    assert "skipped: " in capsys.readouterr().err
