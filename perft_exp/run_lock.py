@@ -220,8 +220,10 @@ class RunLock:
     def release(self) -> None:
         """Stop the heartbeat and remove the hold file if it is still this process's."""
         self._stop.set()
+        atexit.unregister(self.release)
         with _HELD_LOCK:
-            _HELD.pop(self.run_dir.resolve(), None)
+            if _HELD.get(self.run_dir.resolve()) is self:
+                del _HELD[self.run_dir.resolve()]
         self._owner = False
         holder = read_holder(self.path)
         if holder is not None and holder.token == self.token:

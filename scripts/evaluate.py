@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 from perft_exp.adapters.io import load_adapter
 from perft_exp.cli import EXIT_HELD, error_line, one_line
@@ -59,7 +60,8 @@ def run(argv: list[str]) -> dict:
 
 def main() -> None:
     argv = sys.argv[1:]
-    held = [RunDir(a.split("=", 1)[1]).hold() for a in argv if a.startswith("run_dir=")]
+    dirs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run_dir=")]
+    held = [RunDir(d).hold() for d in dirs if d.is_dir()]
     try:
         with held[0] if held else contextlib.nullcontext():  # nothing loads while another process works there
             run(argv)
