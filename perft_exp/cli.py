@@ -186,6 +186,8 @@ def _app(cfg: DictConfig) -> float | None:
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)
     except OSError as e:  # taking the hold on a full or read-only disk (train's own errors are _Failed)
+        if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
+            raise
         print(f"error: {error_line(e)}", file=sys.stderr)
         sys.exit(EXIT_RUN)
     except _Failed as failed:

@@ -227,4 +227,7 @@ class RunLock:
         self._owner = False
         holder = read_holder(self.path)
         if holder is not None and holder.token == self.token:
-            self.path.unlink(missing_ok=True)
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError as e:  # a file system gone read-only: the hold goes stale with its heartbeat
+                log.warning("%s: could not remove the hold: %s", self.path, e)

@@ -177,7 +177,7 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
         # a cache written before the knowledge metrics existed gets them from its records
         return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
     main = is_main_process()
-    with adapters_disabled(model):
+    with adapters_disabled(model), writing(cache.with_suffix("")):
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
