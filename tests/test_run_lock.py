@@ -289,3 +289,38 @@ def test_status_shows_corrupt_jobs_and_run_skips_them(tmp_path, monkeypatch, cap
     assert sweep_cli.main(["run", str(grid), "--jobs", "2"]) == 1
     assert launched == [jobs[1].run_dir]
     assert "skipped: " in capsys.readouterr().err
+
+
+def test_the_pool_skips_held_jobs_and_a_lost_tie_is_no_failure(tmp_path, monkeypatch, capsys):
+    """`--jobs N` / `--launcher gpus`: a job another process holds is not launched; a job whose train.py lost
+    the tie for its hold (exit code 75) is skipped, not recorded as failed."""
+    from perft_exp.cli import EXIT_HELD
+    from perft_exp.sweeps import jobs as sweep_jobs
+    from perft_exp.sweeps import launch as sweep_launch
+
+    fake = tmp_path / "fake_train.py"  # stands in for train.py: finishes, or loses the tie like the app
+    fake.write_text(
+        "import json, os, sys\n"
+        "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
+        f"if args['tie'] == '1': print('error: in use by another process', file=sys.stderr); sys.exit({EXIT_HELD})\n"
+        "open(os.path.join(args['out'], 'results.json'), 'w').write('{}')\n"
+    )
+    monkeypatch.setattr(sweep_launch, "TRAIN_PY", fake)
+    jobs = [
+        sweep_jobs.Job([f"out={tmp_path / n}", f"tie={int(n == 'tie')}"], tmp_path / n)
+        for n in ("held", "tie", "free")
+    ]
+    for job in jobs:
+        job.first_state = job.state()
+    proc = _holder(tmp_path / "held")
+    try:
+        sweep_launch.run_on_gpus(jobs, [["0"]], cpu=True)
+        assert [job.state() for job in jobs] == ["running", "pending", "finished"]
+        assert (
+            not (tmp_path / "held" / "launcher.log").exists()
+            and not (tmp_path / "tie" / "failed.json").exists()
+        )
+        assert f"skip   {tmp_path / 'tie'} (running elsewhere)" in capsys.readouterr().out
+    finally:
+        proc.kill()
+        proc.wait()
