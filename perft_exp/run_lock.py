@@ -95,16 +95,22 @@ class Holder:
 
 
 def read_holder(path: Path) -> Holder | None:
-    """The hold file's holder; None when there is no hold. An unreadable file is a holder that has ended."""
+    """The hold file's holder; None when there is no hold. An unreadable file (damaged, or being written where
+    link(2) is missing) counts as a holder of unknown identity until its mtime is stale."""
     try:
         age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    except OSError:
+        age = 0.0
+    try:
         record = json.loads(path.read_text())
         return Holder(str(record["host"]), int(record["pid"]), str(record["since"]), str(record["token"]),
                       record.get("pid_start"), age)  # fmt: skip
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError):  # being written without link(2), or damaged
-        return Holder("?", -1, "?", "", None, age if "age" in locals() else 0.0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Holder("?", -1, "?", "", None, age)
 
 
 _HELD: dict[Path, RunLock] = {}  # this process's holds, by directory

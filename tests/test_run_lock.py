@@ -324,3 +324,18 @@ def test_the_pool_skips_held_jobs_and_a_lost_tie_is_no_failure(tmp_path, monkeyp
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_an_unreadable_hold_file_holds_until_it_is_stale(tmp_path):
+    hold = tmp_path / "run" / HOLD_NAME
+    hold.parent.mkdir()
+    hold.write_text('{"host": "no')
+    with (
+        pytest.raises(RunDirHeld, match="an unreadable hold file, touched 0 s ago"),
+        RunLock(tmp_path / "run"),
+    ):
+        pass
+    old = time.time() - run_lock.STALE_S - 1
+    os.utime(hold, (old, old))
+    with RunLock(tmp_path / "run"):
+        pass
