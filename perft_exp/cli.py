@@ -167,24 +167,20 @@ def _app(cfg: DictConfig) -> float | None:
     from perft_exp.run_dir import RunDir
     from perft_exp.run_lock import RunDirHeld
     from perft_exp.training.distributed import is_main_process
-    from perft_exp.training.run import train
-    from perft_exp.training.trainer import Preempted
 
     run = RunDir(cfg.output_dir)
     try:
-        # Rank 0 holds the directory for every rank of the run (train() holding it again is a no-op).
+        # Rank 0 holds the directory for every rank of the run (train() holding it again is a no-op), before
+        # torch and the trainer are even imported.
         hold = run.hold() if is_main_process() else contextlib.nullcontext()
         with hold:
-            return _run_and_record(cfg, run, train)
+            return _run_and_record(cfg, run)
     except RunDirHeld as e:
         if _is_multirun():  # another launcher runs this job: go on with the next
             log.warning("job %s skipped: %s", cfg.name, e)
             return None
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_HELD)
-    except Preempted as e:
-        log.warning("%s", e)
-        sys.exit(EXIT_PREEMPTED)
     except OSError as e:  # taking the hold on a full or read-only disk (train's own errors are _Failed)
         if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
             raise
@@ -203,14 +199,18 @@ class _Failed(Exception):
     """(the exception, its one line): a job's failure, recorded while the job still holds its directory."""
 
 
-def _run_and_record(cfg: DictConfig, run, train) -> float | None:
+def _run_and_record(cfg: DictConfig, run) -> float | None:
     from perft_exp.run_dir import RunDirConflict, RunDirCorrupt
     from perft_exp.run_lock import RunDirHeld
+    from perft_exp.training.run import train
     from perft_exp.training.trainer import Preempted
 
     try:
         results = train(cfg)
-    except (Preempted, RunDirHeld):
+    except Preempted as e:
+        log.warning("%s", e)
+        sys.exit(EXIT_PREEMPTED)
+    except RunDirHeld:
         raise
     except Exception as e:  # noqa: BLE001 - any failure (out-of-memory included) is one line and a failure record
         if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
