@@ -56,8 +56,13 @@ def test_a_second_launch_of_a_running_run_is_refused_at_once(micro_model_dir, ap
     (line,) = _error_lines(second.stderr)
     assert f"{run_dir} is in use by another process ({socket.gethostname()}, pid {first.pid}, since " in line
     assert "Traceback" not in second.stderr and "resuming" not in second.stdout + second.stderr
+    lines = []
+    for text in first.stdout:  # training under way: SIGTERM is a preemption from here on
+        lines.append(text)
+        if "/4000 [" in text:
+            break
     first.send_signal(signal.SIGTERM)  # preempted: it checkpoints, exits 143 and lets go of the directory
-    out, _ = first.communicate(timeout=600)
+    out = "".join(lines) + first.communicate(timeout=600)[0]
     assert first.returncode == 143, out[-3000:]
     assert not (run_dir / HOLD_NAME).exists() and not (run_dir / "failed.json").exists()
 
