@@ -5,10 +5,15 @@ so a typo or a bad value fails at once, as one line naming the key, with exit co
 later, of any exception (out-of-memory included), prints its first error line (exit code 1) and leaves it in
 the run directory's failure record (perft_exp/run_dir.py), with the traceback, so `scripts/sweep.py status` shows it as failed; in a
 multirun the other jobs go on. `debug=true` (or PERFT_DEBUG=1) shows full stack traces instead.
+
+A job holds its run directory from before anything loads to its end (perft_exp/run_lock.py): a second launch
+of the same run exits at once with code 75 and one line naming the holder (in a multirun, the job is skipped).
+A full disk, a quota or a read-only file system is one line naming the path being written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -25,6 +30,7 @@ from perft_exp.optional_imports import hide_unused
 
 log = logging.getLogger("perft_exp")
 EXIT_CONFIG, EXIT_RUN, EXIT_PREEMPTED = 2, 1, 143
+EXIT_HELD = 75  # EX_TEMPFAIL: another process runs this job; sweep launchers skip it
 _NOISE = re.compile(r"^\s*(full_key|object_type|reference_type|To append|Set the environment variable|$)")
 
 
@@ -148,8 +154,12 @@ def error_line(exc: BaseException) -> str:
     """The first error line of any exception: one_line() for the app's own errors, `Type: first line` else."""
     from perft_exp.adapters.io import AdapterError
     from perft_exp.config import ConfigError
+    from perft_exp.files import write_error
     from perft_exp.training.trainer import NonFiniteLossError
 
+    disk = write_error(exc)
+    if disk is not None:
+        return str(disk)
     if isinstance(exc, (ConfigError, AdapterError, NonFiniteLossError, *_CLEAR_ERRORS)):
         return one_line(exc)
     first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
@@ -159,7 +169,44 @@ def error_line(exc: BaseException) -> str:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     from perft_exp.config import ConfigError
-    from perft_exp.run_dir import RunDir, RunDirConflict
+    from perft_exp.run_dir import RunDir
+    from perft_exp.run_lock import RunDirHeld
+    from perft_exp.training.distributed import is_main_process
+
+    run = RunDir(cfg.output_dir)
+    try:
+        # Rank 0 holds the directory for every rank of the run (train() holding it again is a no-op), before
+        # torch and the trainer are even imported.
+        hold = run.hold() if is_main_process() else contextlib.nullcontext()
+        with hold:
+            return _run_and_record(cfg, run)
+    except RunDirHeld as e:
+        if _is_multirun():  # another launcher runs this job: go on with the next
+            log.warning("job %s skipped: %s", cfg.name, e)
+            return None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_HELD)
+    except OSError as e:  # taking the hold on a full or read-only disk (train's own errors are _Failed)
+        if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
+            raise
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_RUN)
+    except _Failed as failed:
+        e, message = failed.args
+        if _is_multirun():  # the sweep goes on with the next job
+            log.error("job %s failed: %s", cfg.name, message)
+            return None
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUN)
+
+
+class _Failed(Exception):
+    """(the exception, its one line): a job's failure, recorded while the job still holds its directory."""
+
+
+def _run_and_record(cfg: DictConfig, run) -> float | None:
+    from perft_exp.run_dir import RunDirConflict, RunDirCorrupt
+    from perft_exp.run_lock import RunDirHeld
     from perft_exp.training.run import train
     from perft_exp.training.trainer import Preempted
 
@@ -168,17 +215,17 @@ def _app(cfg: DictConfig) -> float | None:
     except Preempted as e:
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)
+    except RunDirHeld:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure (out-of-memory included) is one line and a failure record
         if cfg.debug or os.environ.get("PERFT_DEBUG") == "1":
             raise
         message = error_line(e)
-        if not isinstance(e, RunDirConflict):  # that directory is another run's: leave it alone
-            RunDir(cfg.output_dir).record_failure(message, type(e).__name__, exc=e)
-        if _is_multirun():  # the sweep goes on with the next job
-            log.error("job %s failed: %s", cfg.name, message)
-            return None
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG if isinstance(e, ConfigError) else EXIT_RUN)
+        # A directory of another config's run, or one to start over: leave it as it is.
+        if not isinstance(e, (RunDirConflict, RunDirCorrupt)):
+            not_recorded = run.record_failure(message, type(e).__name__, exc=e)
+            message += f"; {not_recorded}" if not_recorded else ""
+        raise _Failed(e, message) from None
     return (results.get("eval") or {}).get("average")
 
 

@@ -2,6 +2,7 @@
 
     <output_root>/runs/<task>/<model>/<name>/      (output_root: `outputs`, relative to the launch directory)
       results.json        a finished run                 -> state "finished"
+      .hold.json          the process working in it      -> state "running" (perft_exp/run_lock.py)
       failed.json         a run that raised              -> state "failed" (error: the first error line)
       checkpoints/        an interrupted run             -> state "started"; else "pending"
       run_config.json     the config that owns the directory (checked by train.py and by every sweep)
@@ -16,11 +17,16 @@
 
 Training, sweeps, re-evaluation, the results tables and the routing analysis all find, read and write these
 files through `RunDir` only, so no other module spells a file name of this layout.
+
+A run directory with an unreadable results.json, failed.json, run_config.json, config.yaml or adapter config
+is in state "corrupt" (`RunDir.corrupt()` names the file and the fix): reports list and skip it, and train.py
+refuses to resume it until it is started over with `resume=false`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +36,8 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from perft_exp.files import atomic_write_json
+from perft_exp.files import atomic_write_bytes, atomic_write_json
+from perft_exp.run_lock import Holder, RunLock, read_holder
 
 RESULTS_NAME = "results.json"
 FAILED_NAME = "failed.json"
@@ -41,7 +48,7 @@ ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG_NAME = "adapter_config.json"  # adapters/io.py writes it (adapter/, checkpoints)
 CHECKPOINTS_DIR = "checkpoints"
 EVALUATIONS_DIR = "evaluations"
-STATES = ("finished", "failed", "started", "pending")
+STATES = ("corrupt", "finished", "running", "failed", "started", "pending")
 OUTPUT_ROOT = "outputs"  # the config's default `output_root`
 # Keys that may change between launches of the same run without changing what it computes.
 RELAUNCH_FREE = ("resume", "debug", "output_dir", "output_root", "name", "logger")
@@ -49,8 +56,39 @@ RELAUNCH_FREE = ("resume", "debug", "output_dir", "output_root", "name", "logger
 _NOT_RUNS = (CHECKPOINTS_DIR, EVALUATIONS_DIR)
 
 
+log = logging.getLogger(__name__)
+
+
 class RunDirConflict(ValueError):
     """The run directory holds a run of another config."""
+
+
+class RunDirCorrupt(ValueError):
+    """A file of the run directory cannot be read (see RunDir.corrupt)."""
+
+
+@dataclass(frozen=True)
+class CorruptFile:
+    """An unreadable file of a run directory, why, and what to do about it."""
+
+    path: Path
+    reason: str
+
+    @property
+    def fix(self) -> str:
+        if self.path.name == FAILED_NAME:
+            return "delete it (it only records a failure), or relaunch: a new attempt replaces it"
+        return "relaunch the run with resume=false to start it over (or delete the run directory)"
+
+    def __str__(self) -> str:
+        return f"{self.path} is unreadable ({self.reason}); {self.fix}"
+
+
+def _read_json(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def base_eval_dir(output_root: str | Path, task: str, model: str) -> Path:
@@ -115,6 +153,17 @@ class RunDir:
         """The directory of one re-evaluation (`<task>-<mode>[-base]`); `write_evaluation` fills it."""
         return self.path / EVALUATIONS_DIR / name
 
+    # --- the hold: one process at a time (perft_exp/run_lock.py) ----------------------------------------
+
+    def hold(self) -> RunLock:
+        """`with run.hold(): ...`: this process works here; raises RunDirHeld if a live process already does."""
+        return RunLock(self.path)
+
+    def holder(self) -> Holder | None:
+        """The live process holding the directory (None when none does, or its hold is stale)."""
+        found = read_holder(self.path / ".hold.json")
+        return found if found is not None and found.alive() else None
+
     def has_adapter(self) -> bool:
         return (self.adapter / ADAPTER_CONFIG_NAME).is_file()
 
@@ -124,9 +173,34 @@ class RunDir:
 
     # --- state and results ------------------------------------------------------------------------------
 
+    def corrupt_files(self) -> list[CorruptFile]:
+        """The directory's records that exist but cannot be read."""
+        found = []
+        for path in (self.results, self.run_config, self.failed, self.adapter / ADAPTER_CONFIG_NAME):
+            try:
+                if path.is_file():
+                    _read_json(path)
+            except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+                found.append(CorruptFile(path, _reason(e)))
+        try:
+            spec = yaml.safe_load(self.config_yaml.read_text()) if self.config_yaml.is_file() else {}
+            if not isinstance(spec, dict):
+                found.append(CorruptFile(self.config_yaml, "not a YAML mapping"))
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            found.append(CorruptFile(self.config_yaml, _reason(e)))
+        return found
+
+    def corrupt(self) -> CorruptFile | None:
+        """The first unreadable record of the directory (None when all read)."""
+        return next(iter(self.corrupt_files()), None)
+
     def state(self) -> str:
+        if self.corrupt() is not None:
+            return "corrupt"
         if self.results.is_file():
             return "finished"
+        if self.holder() is not None:
+            return "running"
         if self.failed.is_file():
             return "failed"
         if self.checkpoints.is_dir():
@@ -139,8 +213,7 @@ class RunDir:
 
     def write_results(self, results: dict, cfg: DictConfig) -> None:
         """The resolved config (config.yaml), then the results: results.json last, as the mark of a finished run."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, self.config_yaml, resolve=True)
+        atomic_write_bytes(self.config_yaml, OmegaConf.to_yaml(cfg, resolve=True).encode())
         atomic_write_json(self.results, results)
 
     def write_evaluation(self, name: str, record: dict) -> Path:
@@ -151,15 +224,22 @@ class RunDir:
 
     # --- failures ---------------------------------------------------------------------------------------
 
-    def record_failure(self, error: str, kind: str, exc: BaseException | None = None, **extra) -> None:
+    def record_failure(self, error: str, kind: str, exc: BaseException | None = None, **extra) -> str | None:
         """failed.json: the first error line, its kind, and the traceback when there is one. A first record
-        wins (under torchrun every rank fails; the first to fail holds the real error)."""
+        wins (under torchrun every rank fails; the first to fail holds the real error).
+
+        Never raises for the disk (it runs inside failure handlers): returns why the record could not be
+        written (`failed.json not written: ...`), else None."""
         if self.failed.is_file():
-            return
+            return None
         record = {"error": error, "type": kind, **extra}
         if exc is not None:
             record["traceback"] = "".join(traceback.format_exception(exc))
-        atomic_write_json(self.failed, record)
+        try:
+            atomic_write_json(self.failed, record)
+        except OSError as e:
+            return f"{self.failed} not written either: {e.strerror or e}"
+        return None
 
     def clear_failure(self) -> None:
         """A new attempt: the old failure is stale (a new one is recorded if it fails again)."""
@@ -167,8 +247,8 @@ class RunDir:
 
     def read_failure(self) -> str:
         try:
-            return json.loads(self.failed.read_text()).get("error", "")
-        except (OSError, json.JSONDecodeError):
+            return _read_json(self.failed).get("error", "")
+        except (OSError, ValueError):
             return ""
 
     # --- the config the directory belongs to ------------------------------------------------------------
@@ -187,7 +267,7 @@ class RunDir:
 
     def _recorded_identity(self) -> dict | None:
         if self.run_config.is_file():
-            return json.loads(self.run_config.read_text())
+            return _read_json(self.run_config)
         if self.config_yaml.is_file():  # a run finished before run_config.json existed
             return config_identity(OmegaConf.to_container(self.load_spec()))
         return None
@@ -200,6 +280,13 @@ class RunDir:
         `record`: write run_config.json on first use, or on `resume=false` (train.py); sweeps only check.
         """
         want = run_identity(cfg)
+        # failed.json is left out: a new attempt replaces it anyway
+        bad = [c for c in self.corrupt_files() if c.path.name != FAILED_NAME]
+        if bad and cfg.resume:
+            raise RunDirCorrupt(f"{bad[0]} ({len(bad)} unreadable files)" if len(bad) > 1 else str(bad[0]))
+        for c in bad if record else ():  # resume=false: starting over, the unreadable records go
+            log.warning("%s is unreadable (%s); removed, the run starts over", c.path, c.reason)
+            c.path.unlink(missing_ok=True)
         have = self._recorded_identity()
         if have is None:
             if record:
@@ -240,6 +327,10 @@ class RunDir:
                     continue
                 seen.add(run_dir)
                 yield cls(run_dir)
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e).splitlines()[0]
 
 
 def config_identity(conf: dict) -> dict:

@@ -12,6 +12,7 @@ Arguments are key=value:
               task's test sets; only the prompt tokens are routed (one forward pass, no generation)
   device      default: cuda when available
   forward     false: skip the data pass (router angles and the vector picture need only the weights)
+  --strict    exit 1 when a run directory is corrupt (an unreadable record: listed with the fix and skipped)
 
 Per run with PERFT layers, into <out>/<task>/<model>/<run>/: load.png (per-layer PEFT-expert load, R and E),
 vectors.png (router rows and expert keys in the PCA plane of the frozen FFN experts' keys; definitions in
@@ -46,8 +47,8 @@ DEFAULTS = {"out": "outputs/routing", "runs": "*", "batches": "4", "batch_size":
 
 
 def parse_args(argv: list[str]) -> tuple[list[Path], dict]:
-    run_dirs, opts = [], dict(DEFAULTS)
-    for arg in argv:
+    run_dirs, opts = [], {**DEFAULTS, "strict": "--strict" in argv}
+    for arg in (a for a in argv if a != "--strict"):
         key, sep, value = arg.partition("=")
         if not sep:  # a bare path is a run_dir
             key, value = "run_dir", arg
@@ -67,6 +68,12 @@ def find_runs(paths: list[Path], pattern: str = "*") -> list[Path]:
     runs = [run.path for path in paths for run in RunDir.find(path, pattern)
             if run.state() == "finished" and run.has_adapter()]  # fmt: skip
     return list(dict.fromkeys(runs))
+
+
+def find_corrupt(paths: list[Path], pattern: str = "*") -> list[str]:
+    """The unreadable file of each corrupt run directory at or below the paths, with its fix."""
+    found = (run.corrupt() for path in paths for run in RunDir.find(path, pattern))
+    return list(dict.fromkeys(str(bad) for bad in found if bad is not None))
 
 
 def test_prompts(task_cfg, n: int) -> list[str]:
@@ -170,6 +177,9 @@ def write_tables(results: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     run_dirs, opts = parse_args(sys.argv[1:] if argv is None else argv)
     runs = find_runs(run_dirs, opts["runs"])
+    corrupt = find_corrupt(run_dirs, opts["runs"])
+    for line in corrupt:
+        print(f"corrupt, skipped: {line}", file=sys.stderr)
     if not runs:
         print(f"error: no run directories (config.yaml + adapter/) at or below {', '.join(map(str, run_dirs))}",
               file=sys.stderr)  # fmt: skip
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run_dir}: {info['config']}, {', '.join(summary)} -> {info['out']}")
     write_tables(results, out)
     print(f"tables: {out / 'routing_stats.md'}, {out / 'principal_angles.md'}")
-    return 1 if failures else 0
+    return 1 if failures or (opts["strict"] and corrupt) else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ paired comparisons between its configurations.
     python scripts/collect_results.py outputs/runs --out outputs/report
     python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
 
-See perft_exp/analysis/results.py and perft_exp/analysis/paired.py for what each file holds.
+See perft_exp/analysis/results.py and perft_exp/analysis/paired.py for what each file holds. A run directory
+with an unreadable file is listed (file and fix) and left out; the exit code is 0 then unless --strict.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", default="*", help="only run directories whose name matches this glob, e.g. 'toy-*'"
     )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any run directory is corrupt")
     args = parser.parse_args(argv)
     collection = collect(args.root, args.runs)
+    for line in collection.corrupt:
+        print(f"corrupt, skipped: {line}", file=sys.stderr)
     if not collection.runs and not collection.failed:
-        print(f"error: no {RESULTS_NAME} below {args.root}", file=sys.stderr)
+        print(f"error: no readable {RESULTS_NAME} below {args.root}", file=sys.stderr)
         return 2
     files = write_report(args.root, args.out, args.runs)
     files.update(write_paired(collection, args.out))
-    print(f"{len(collection.runs)} rows ({len(collection.failed)} failed runs) from {args.root}:")
+    print(f"{len(collection.runs)} rows ({len(collection.failed)} failed, {len(collection.corrupt)} corrupt runs) "
+          f"from {args.root}:")  # fmt: skip
     for path in files.values():
         print(f"  {path}")
-    return 0
+    return 1 if args.strict and collection.corrupt else 0
 
 
 if __name__ == "__main__":

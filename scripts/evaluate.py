@@ -12,16 +12,20 @@ perft_exp/run_dir.py; -authors with eval.protocol=authors).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from pathlib import Path
 
 from perft_exp.adapters.io import load_adapter
-from perft_exp.cli import one_line
+from perft_exp.cli import EXIT_HELD, error_line, one_line
 from perft_exp.config import compose, perft_config
 from perft_exp.data.task import load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table
+from perft_exp.files import write_error, writing
 from perft_exp.models.loading import load_model
 from perft_exp.run_dir import RunDir
+from perft_exp.run_lock import RunDirHeld
 
 
 def run(argv: list[str]) -> dict:
@@ -43,10 +47,11 @@ def run(argv: list[str]) -> dict:
     tests = load_task_data(cfg.task).tests
     protocol = "" if cfg.eval.protocol == "fixed" else f"-{cfg.eval.protocol}"  # never over the fixed one
     out = run_dir.evaluation(f"{cfg.task.name}-{cfg.eval.mode}{protocol}{'-base' if base_only else ''}")
-    result = evaluate(
-        model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
-    )  # fmt: skip
+    with writing(out):
+        result = evaluate(
+            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
+        )  # fmt: skip
     run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))
     print(f"written to {out}")
@@ -54,10 +59,17 @@ def run(argv: list[str]) -> dict:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    dirs = [Path(a.split("=", 1)[1]) for a in argv if a.startswith("run_dir=")]
+    held = [RunDir(d).hold() for d in dirs if d.is_dir()]
     try:
-        run(sys.argv[1:])
+        with held[0] if held else contextlib.nullcontext():  # nothing loads while another process works there
+            run(argv)
+    except RunDirHeld as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_HELD)
     except Exception as e:  # noqa: BLE001 - a CLI: one line, non-zero exit
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {error_line(e) if write_error(e) else one_line(e)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -20,6 +20,9 @@ per-question records `<run>/eval/<set>.jsonl`; a single run gets the interval ov
 The figures draw these intervals as error bars and the majority-label and chance averages as reference
 lines. Results written before the skill metrics existed get them from their records, else blanks.
 
+A run directory with an unreadable record (state "corrupt", perft_exp/run_dir.py) is left out of the tables and
+listed under "Corrupt run directories" with the file and the fix.
+
 Reads run directories only, through perft_exp/run_dir.py (the run's results, its eval/*.jsonl records, and for
 E runs recorded before the resolved run spec its adapter's base-model signature, for the top-k/E label);
 trains nothing.
@@ -228,6 +231,7 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
 class Collection:
     runs: list[Run]  # finished runs, and one base-model row per (model, task) where any run has base_eval
     failed: list[tuple[str, str]]  # (run dir, error) of runs in state "failed" (a failure record, no results)
+    corrupt: list[str] = field(default_factory=list)  # an unreadable file of a run, and the fix (CorruptFile)
 
     def groups(self) -> dict[tuple[str, str], list[Run]]:
         out: dict[tuple[str, str], list[Run]] = defaultdict(list)
@@ -238,8 +242,12 @@ class Collection:
 
 def collect(root: str | Path, pattern: str = "*") -> Collection:
     """Every run below `root` (run directory names matching `pattern`, e.g. "toy-*")."""
-    runs, failed, bases = [], [], {}
+    runs, failed, corrupt, bases = [], [], [], {}
     for found in RunDir.find(root, pattern):
+        bad = found.corrupt()
+        if bad is not None:
+            corrupt.append(str(bad))
+            continue
         results = found.read_results()
         if results is None:
             failed.append((str(found.path), found.read_failure()))
@@ -253,7 +261,7 @@ def collect(root: str | Path, pattern: str = "*") -> Collection:
             bases.setdefault((base.model, base.task), base)
     have_base_run = {(r.model, r.task) for r in runs if r.variant == "none"}
     runs += [b for key, b in bases.items() if key not in have_base_run]
-    return Collection(runs, failed)
+    return Collection(runs, failed, corrupt)
 
 
 def ordered_test_sets(runs: Iterable[Run]) -> list[str]:
@@ -534,6 +542,9 @@ def write_markdown(collection: Collection, path: str | Path) -> Path:
         parts.append("")
     if collection.failed:
         parts += ["## Failed runs", ""] + [f"- `{d}`: {err}" for d, err in collection.failed] + [""]
+    if collection.corrupt:
+        parts += ["## Corrupt run directories", "", "Left out of the tables above:", ""]
+        parts += [f"- {line}" for line in collection.corrupt] + [""]
     Path(path).write_text("\n".join(parts))
     return Path(path)
 

@@ -45,6 +45,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             line += f"  {job.run.read_failure()}"
         elif state == "conflict":
             line += f"  {job.conflict}"
+        elif state == "running":
+            holder = job.run.holder()
+            line += f"  ({holder.host}, pid {holder.pid}, since {holder.started})" if holder else ""
+        elif state == "corrupt":
+            line += f"  {job.run.corrupt()}"
         print(line)
     print(f"{sweep.name}: {summary(jobs)}")
     return 0
@@ -62,6 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SweepError(f"{sweep.name}: {len(conflicts)} jobs: {conflicts[0]}")
     remember_overrides(sweep, args.overrides)
     print(f"{sweep.name}: {len(jobs)} jobs ({summary(jobs)}); launcher {args.launcher}", flush=True)
+    for job in jobs:
+        if job.state() == "corrupt":
+            print(f"skipped: {job.run.corrupt()}", file=sys.stderr)
     try:
         if args.launcher == "gpus":
             if not args.gpus:
@@ -81,7 +89,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for job in jobs:
         if job.state() == "failed":
             print(f"failed: {job.run.failed}")
-    return 0 if all(job.state() == "finished" for job in jobs) else 1
+    running = sum(job.state() == "running" for job in jobs)
+    if running:
+        print(
+            f"{sweep.name}: {running} jobs running under other launchers; the grid is complete when they end"
+        )
+    return 0 if all(job.state() in ("finished", "running") for job in jobs) else 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,8 +1,12 @@
 """A sweep's jobs before anything launches: each composed, validated and checked against its run directory.
 
-A job's state is its run directory's (perft_exp/run_dir.py: finished / failed / started / pending), or
-`conflict` when that directory holds a run of another config. Two jobs of one grid may not share a run
-directory (each would skip the other as finished).
+A job's state is its run directory's (perft_exp/run_dir.py: corrupt / finished / running / failed / started /
+pending), or `conflict` when that directory holds a run of another config. Two jobs of one grid may not share a
+run directory (each would skip the other as finished).
+
+Several launchers may run one sweep at once (two nodes, a re-submitted array): a job is launched only if, at
+that moment, no live process holds its run directory, it is not finished, and it has not failed since this
+launcher looked (`Job.claimable`); the job's own hold (train.py) settles a tie, the loser exiting with code 75.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from perft_exp.run_dir import (
     STATES,
     RunDir,
     RunDirConflict,
+    RunDirCorrupt,
     read_sweep_overrides,
     write_sweep_overrides,
 )
@@ -31,6 +36,7 @@ class Job:
     run_dir: Path
     notes: list[str] = field(default_factory=list)  # why it cannot run yet (missing data)
     conflict: str = ""  # its run directory holds a run of another config (RunDir.check)
+    first_state: str = ""  # its state when this launcher checked it
 
     @property
     def run(self) -> RunDir:
@@ -38,6 +44,14 @@ class Job:
 
     def state(self) -> str:
         return "conflict" if self.conflict else self.run.state()
+
+    def claimable(self) -> bool:
+        """Whether to launch it now: not finished, corrupt or running, and not failed since this launcher looked
+        (another launcher ran it; a failure found at the start is retried)."""
+        state = self.state()
+        return state not in ("finished", "corrupt", "running", "conflict") and (
+            state != "failed" or self.first_state == "failed"
+        )
 
 
 def check_job(overrides: list[str]) -> Job:
@@ -58,6 +72,9 @@ def check_job(overrides: list[str]) -> Job:
         job.run.check(cfg, record=False)
     except RunDirConflict as e:
         job.conflict = str(e)
+    except RunDirCorrupt:  # its state says so; `status` names the file
+        pass
+    job.first_state = job.state()
     return job
 
 

@@ -5,7 +5,8 @@
                 (torchrun over the group's GPUs when it has several); SIGTERM on Ctrl-C, so jobs checkpoint
 
 A job that dies without recording its own failure (killed, or failed before the app started) gets one from
-its log's first error line, so `status` shows why.
+its log's first error line, so `status` shows why. A job another launcher holds or has finished meanwhile is
+skipped (`Job.claimable`; train.py exits with EXIT_HELD when it loses a tie), so several launchers share a grid.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
-from perft_exp.cli import SLURM_EXTRA_HINT, submitit_installed
+from perft_exp.cli import EXIT_HELD, SLURM_EXTRA_HINT, submitit_installed
 from perft_exp.config import REPO_ROOT
 from perft_exp.sweeps.grid import Sweep, SweepError
 from perft_exp.sweeps.jobs import Job
@@ -52,7 +53,8 @@ def run_multirun(sweep: Sweep, jobs: list[Job], extra: list[str], launcher_overr
         if all(job.state() == "finished" for job in block_jobs):
             continue
         for job in block_jobs:  # a retry: the app records a new failure if the job fails again
-            job.run.clear_failure()
+            if job.claimable() and job.state() == "failed":
+                job.run.clear_failure()
         cmd = [sys.executable, str(TRAIN_PY), "-m", *sweep.block_overrides(block, extra), *launcher_overrides]
         print("+", *(f"{k}={v}" for k, v in sweep.env.items()), " ".join(cmd[1:]), flush=True)
         rc = subprocess.call(cmd, env={**os.environ, **sweep.env})
@@ -83,7 +85,7 @@ def first_error(log_text: str) -> str | None:
 
 def _record_failure(job: Job, rc: int, log_path: Path) -> None:
     """A job that died without recording its failure itself (killed, or it failed before the app started)."""
-    if job.run.state() == "finished":
+    if job.run.state() in ("finished", "running", "corrupt"):
         return
     message = first_error(log_path.read_text(errors="replace")) or f"exit code {rc}"
     job.run.record_failure(message, f"exit code {rc}", log=str(log_path))
@@ -95,7 +97,7 @@ def run_on_gpus(
     """One worker thread per GPU group; each takes the next unfinished job and runs it pinned to its GPUs.
 
     `cpu`: the groups are CPU worker slots (`run --jobs N`): no GPU is pinned or used."""
-    queue = [job for job in jobs if job.state() != "finished"]
+    queue = [job for job in jobs if job.claimable()]
     lock, procs, stop = threading.Lock(), {}, threading.Event()
 
     def worker(group: list[str]) -> None:
@@ -104,6 +106,10 @@ def run_on_gpus(
                 if not queue:
                     return
                 job = queue.pop(0)
+            where = f"cpu {group[0]}" if cpu else f"gpu {','.join(group)}"
+            if not job.claimable():  # another launcher holds, finished or failed it since we looked
+                print(f"[{where}] skip   {job.run_dir} ({job.state()} elsewhere)", flush=True)
+                continue
             job.run_dir.mkdir(parents=True, exist_ok=True)
             job.run.clear_failure()  # a retry: the old failure is stale
             if len(group) == 1 or cpu:
@@ -113,7 +119,6 @@ def run_on_gpus(
                        f"--nproc_per_node={len(group)}", str(TRAIN_PY), *job.overrides]  # fmt: skip
             job_env = {**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": "" if cpu else ",".join(group)}
             log_path = job.run.launcher_log
-            where = f"cpu {group[0]}" if cpu else f"gpu {','.join(group)}"
             print(f"[{where}] start  {job.run_dir}", flush=True)
             with open(log_path, "a") as log:
                 proc = subprocess.Popen(cmd, env=job_env, stdout=log, stderr=subprocess.STDOUT)
@@ -122,6 +127,9 @@ def run_on_gpus(
                 rc = proc.wait()
                 with lock:
                     procs.pop(proc.pid)
+            if rc == EXIT_HELD:  # another launcher took it first
+                print(f"[{where}] skip   {job.run_dir} (running elsewhere)", flush=True)
+                continue
             if rc and not stop.is_set():
                 _record_failure(job, rc, log_path)
             print(f"[{where}] {job.state():<8} {job.run_dir}", flush=True)

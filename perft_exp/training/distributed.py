@@ -24,6 +24,9 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
+    """Rank 0, also before ensure_distributed_env() under a multi-task Slurm step (it holds the run directory)."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0")) == 0
     return int(os.environ.get("RANK", "0")) == 0
 
 

@@ -16,10 +16,12 @@ variant=none runs _evaluate_base_only: the frozen model's evaluation, nothing tr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -51,7 +53,7 @@ from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
-from perft_exp.files import atomic_write_json
+from perft_exp.files import WriteError, atomic_write_json, writing
 from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model, resolve_pretrained
 from perft_exp.run_dir import RunDir, base_eval_dir
@@ -89,6 +91,14 @@ def latest_complete_checkpoint(checkpoints: Path) -> str | None:
         if (ckpt / CONFIG_NAME).is_file():
             return str(ckpt)
     return None
+
+
+def _remove_torn_checkpoints(checkpoints: Path) -> list[Path]:
+    """Remove the checkpoints a failed save left half-written (to free the space they hold); returns them."""
+    torn = [p for p in sorted(checkpoints.glob("checkpoint-*")) if not (p / "trainer_state.json").is_file()]
+    for path in torn:
+        shutil.rmtree(path, ignore_errors=True)
+    return torn
 
 
 # The trainer config keys that are TrainingArguments' own, passed under their names (config keys equal
@@ -173,7 +183,7 @@ def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, shar
         # a cache written before the knowledge metrics existed gets them from its records
         return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
     main = is_main_process()
-    with adapters_disabled(model):
+    with adapters_disabled(model), writing(cache.with_suffix("")):
         result = evaluate(
             model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
             max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
@@ -311,7 +321,13 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
     )  # the ranks planned for
     preemption.install()
     try:
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
+        with writing(run.checkpoints):
+            train_output = trainer.train(resume_from_checkpoint=checkpoint)
+    except WriteError as e:
+        torn = _remove_torn_checkpoints(run.checkpoints) if is_main_process() else []
+        if torn and e.filename == str(run.checkpoints):  # no file named by the writer: name the checkpoint
+            e.filename = str(torn[-1])
+        raise
     finally:
         preemption.uninstall()
     if preemption.signal is not None:
@@ -324,11 +340,12 @@ def _evaluate(
     cfg: DictConfig, model, tokenizer, tests: dict, out_dir: Path | None, sharded: bool = False
 ) -> dict:
     main = is_main_process()
-    return evaluate(
-        model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-        max_new_tokens=cfg.eval.max_new_tokens, out_dir=out_dir if main else None, progress=main,
-        synced_gpus=sharded, protocol=cfg.eval.protocol,
-    )  # fmt: skip
+    with writing(out_dir or Path(".")):
+        return evaluate(
+            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out_dir if main else None, progress=main,
+            synced_gpus=sharded, protocol=cfg.eval.protocol,
+        )  # fmt: skip
 
 
 def _results(cfg: DictConfig, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
@@ -371,7 +388,15 @@ def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: fl
 
 
 def train(cfg: DictConfig) -> dict:
-    """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring)."""
+    """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring).
+
+    The main process holds the run directory throughout (perft_exp/run_lock.py): RunDirHeld, before anything
+    loads, when another process is running it."""
+    with RunDir(cfg.output_dir).hold() if is_main_process() else contextlib.nullcontext():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict:
     record_checkpoint_architecture(cfg)
     perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
     run, finished = _prepare_run_dir(cfg)
@@ -412,7 +437,8 @@ def train(cfg: DictConfig) -> dict:
     )  # global = micro x accumulation x world size (perft_exp/training/batch.py)
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
-            save_adapter(model, run.adapter, resolve_pretrained(cfg.model))
+            with writing(run.adapter):
+                save_adapter(model, run.adapter, resolve_pretrained(cfg.model))
 
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
