@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from perft_exp.config import CONF_DIR, compose, setup, validate
+from perft_exp.optional_imports import hide_unused
 
 log = logging.getLogger("perft_exp")
 EXIT_CONFIG, EXIT_RUN, EXIT_PREEMPTED = 2, 1, 143
@@ -106,22 +107,26 @@ def submitit_installed() -> bool:
         return False
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose and validate every job the command line describes; exit 2 with one line on the first error."""
+def precheck(argv: list[str]) -> list[DictConfig]:
+    """Compose and validate every job the command line describes (returned); exit 2 with one line on the
+    first error."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     launcher = [a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")]
     if launcher and ("slurm" in launcher[-1] or "submitit" in launcher[-1]) and not submitit_installed():
         print(f"error: hydra/launcher={launcher[-1]}: {SLURM_EXTRA_HINT}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
+    cfgs = []
     try:
         for job in _job_overrides(overrides, multirun):
-            validate(compose(job))
+            cfgs.append(compose(job))
+            validate(cfgs[-1])
     except Exception as e:  # noqa: BLE001 - reported as one line below; debug=true shows the trace
         if _debug(argv):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    return cfgs
 
 
 def _debug(argv: list[str]) -> bool:
@@ -181,5 +186,5 @@ def main() -> None:
     sys.argv = [sys.argv[0], *_strip_launcher_args(sys.argv[1:])]
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     setup()
-    precheck(sys.argv[1:])
+    hide_unused(precheck(sys.argv[1:]))  # before transformers is imported: no bitsandbytes/DeepSpeed noise
     _app()

@@ -1,9 +1,10 @@
-"""Gather every finished run below a directory into a CSV, the paper's Markdown table and PNG figures.
+"""Gather every finished run below a directory into a CSV, the paper's Markdown table, PNG figures and the
+paired comparisons between its configurations.
 
     python scripts/collect_results.py outputs/runs --out outputs/report
     python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
 
-See perft_exp/analysis/results.py for what each file holds.
+See perft_exp/analysis/results.py and perft_exp/analysis/paired.py for what each file holds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from perft_exp.analysis.paired import write_paired
 from perft_exp.analysis.results import collect, write_report
 from perft_exp.run_dir import FAILED_NAME, RESULTS_NAME
 
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no {RESULTS_NAME} below {args.root}", file=sys.stderr)
         return 2
     files = write_report(args.root, args.out, args.runs)
+    files.update(write_paired(collection, args.out))
     print(f"{len(collection.runs)} rows ({len(collection.failed)} failed runs) from {args.root}:")
     for path in files.values():
         print(f"  {path}")

@@ -1,6 +1,6 @@
 """Parameter accounting on the full-size configs, built offline on the meta device from conf/model/*.yaml.
 
-The expected numbers are PERFT.md's table ("Parameter accounting"), which the paper reports."""
+The expected numbers are the paper's, as tabled in docs/method.md ("Counting parameters")."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""The README as executable documentation: every command of its ```bash blocks runs, shrunk, and gives the
-documented result or a one-line error (issue 14).
+"""The README and docs/ as executable documentation: every command of their ```bash blocks runs, shrunk, and
+gives the documented result or a one-line error.
 
     python -m pytest tests/test_readme.py -q        # the coverage check is fast; running the blocks is `slow`
+    python -m pytest tests/test_readme.py -q -k toy_sweep   # one page's blocks, after the blocks before them
 
 Every command line of every ```bash block must have an entry in COMMANDS (the fast test fails otherwise, so a
-README edit that adds or changes a command fails until its expected result is written down here). The blocks
-run in order, in one scratch directory (`train.py`, `scripts/` linked in; `outputs/` starts empty), with
-these shrinks, and no others:
+page edit that adds or changes a command fails until its expected result is written down here). Commands that
+need a network or a GPU go in ```text blocks, which are not run. The blocks run in order (the README's, then
+each docs/ page's in name order), in one scratch directory (`train.py`, `scripts/` linked in; `outputs/`
+starts empty), with these shrinks, and no others:
 
 - `python train.py ...`, `make demo` and the sweeps get SHRINK appended: `trainer=debug` (8 steps),
   `logger=none`, `model.pretrained=<a micro OLMoE built in seconds>`, `task.max_train_examples=32`,
@@ -20,6 +22,7 @@ these shrinks, and no others:
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
 - `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
+- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two rounds).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
 
@@ -38,6 +41,7 @@ from conftest import REPO
 from test_sweeps import shrink, toy_miniature
 
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 CLOSED = "http://127.0.0.1:9"  # nothing listens on the discard port
 
 
@@ -106,7 +110,11 @@ COMMANDS = {
     ),
     "python scripts/sweep.py run mixtral_math --launcher gpus --gpus 0,1,2,3,4,5,6,7 --gpus-per-job 4 "
     "deepspeed=zero3": error("mixtral_math: 3 jobs cannot run: " + NO_DATA),
-    "python train.py -m variant=R,E,S perft.bottleneck=8,16": ok(shrink=True),
+    # Compare two variants on the miniature
+    "python train.py -m variant=R,E seed=0,1,2 output_root=outputs/compare": ok(shrink=True),
+    "python scripts/collect_results.py outputs/compare/runs --out outputs/compare/report": ok(
+        "outputs/compare/report/paired.md"
+    ),
     # From finished runs to tables and figures
     "python scripts/collect_results.py outputs/runs --out outputs/report": ok("outputs/report/results.md"),
     "python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' "
@@ -123,13 +131,60 @@ COMMANDS = {
     ),
     # Use PERFT in your own code
     "python scripts/peft_example.py": ok("reloaded with equal logits"),
+    # docs/benchmarks.md
+    "python scripts/bench.py --eval --json outputs/bench/cpu_olmoe_mini.json": ok(
+        "wrote outputs/bench/cpu_olmoe_mini.json"
+    ),
+    # docs/extending.md
+    "python scripts/count_params.py model=qwen3_moe_30b_a3b variant=E perft.bottleneck=8": ok(
+        '"config": "E (Top8/128) r8"'
+    ),
+    "python scripts/sweep.py show bottleneck_ablation": ok(
+        "bottleneck_ablation: 6 jobs, all compose and validate"
+    ),
+    # docs/method.md
+    "python scripts/count_params.py model=olmoe_1b_7b variant=S perft.bottleneck=16": ok(
+        '"config": "S (1) r16"'
+    ),
+    # docs/miniature.md
+    "python train.py": ok("R (Top2/4) [adapter] r16 on tiny_olmoe / synthetic_commonsense", shrink=True),
+    "python train.py model=tiny_olmoe_random": ok(
+        "on tiny_olmoe_random / synthetic_commonsense", shrink=True
+    ),
+    "python train.py perft.form=lora": ok("R (Top2/4) r16 on tiny_olmoe", shrink=True),
+    # docs/protocol.md
+    "python scripts/sweep.py show olmoe_math_authors": ok(
+        "olmoe_math_authors: 52 jobs, all compose and validate"
+    ),
+    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe eval=paper eval.protocol=authors "
+    "task.prompt=authors variant=R perft.authors_weighting_defect=true perft.router_init=authors "
+    "perft.router_dtype=model": error(NO_DATA),
+    # docs/toy_sweep.md
+    "python scripts/sweep.py run toy --jobs 2": ok("toy: 2 finished", shrink=True),
+    "python scripts/sweep.py run toy perft.form=adapter --jobs 2": ok("toy: 2 finished", shrink=True),
 }
 
 
-def readme_blocks() -> list[list[str]]:
-    """The command lines of each ```bash block, comments removed."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+def page_blocks(page: Path) -> list[list[str]]:
+    """The command lines of each ```bash block of a page, comments removed."""
+    blocks = re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S)
     return [[re.split(r"\s+#", line)[0].strip() for line in b.splitlines() if line.strip()] for b in blocks]
+
+
+def readme_blocks() -> list[list[str]]:
+    """The command blocks of the README, then of each docs/ page, in the order they run."""
+    return [block for page in PAGES for block in page_blocks(page)]
+
+
+def _block_ids() -> list[str]:
+    return [f"{page.stem}-{i}-{b[0].split()[1]}" for page in PAGES for i, b in enumerate(page_blocks(page))]
+
+
+def test_the_docs_pages_have_command_blocks_that_are_run():
+    """Every docs/ page linked from the README exists, and the blocks of README and docs/ are all collected."""
+    linked = set(re.findall(r"\(docs/([\w.]+\.md)[#)]", README.read_text()))
+    assert linked == {p.name for p in PAGES[1:]}, linked
+    assert len(readme_blocks()) == len(_block_ids()) > len(page_blocks(README))
 
 
 def test_every_readme_command_has_an_expected_result():
@@ -176,6 +231,8 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv += [f"--model={micro}"]
     if argv[:2] == ["python", "scripts/fetch_data.py"]:
         argv += ["--base-url", CLOSED + "/{ref}/"]
+    if argv[:2] == ["python", "scripts/bench.py"] and "--eval" in argv:
+        argv = [a for a in argv if a != "--eval"] + ["--quick", "--cases", "R_top2of4_r16"]
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
         (trained,) = [
@@ -202,23 +259,40 @@ def _check(command: str, r: subprocess.CompletedProcess) -> None:
     assert "Traceback" not in r.stderr, tail
 
 
+def _after(command: str, workdir: Path) -> None:
+    """What a command leaves behind, beyond its output."""
+    if command.startswith("python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe"):
+        report = workdir / "outputs" / "report" / "toy"
+        assert "R (Top2/4) {trainer=debug" in (report / "results.md").read_text()  # shrunk runs are marked
+        assert (report / "paired.csv").is_file() and (report / "paired.md").is_file()
+    if command.startswith("python scripts/collect_results.py outputs/compare"):
+        paired = (workdir / "outputs" / "compare" / "report" / "paired.md").read_text()
+        assert "R (Top2/4)" in paired and "E (Top" in paired, paired
+    if command.startswith("python scripts/analyze_routing.py"):
+        assert os.listdir(workdir / "outputs" / "routing" / "toy")
+
+
 BLOCKS = readme_blocks()
+_DONE: set[int] = set()  # blocks already run in this session's scratch directory
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "index", range(len(BLOCKS)), ids=[f"block{i}-{b[0].split()[1]}" for i, b in enumerate(BLOCKS)]
-)
-def test_readme_block(index, workdir, micro_model_dir, app_env):
-    env = {**app_env, "HF_ENDPOINT": CLOSED}
-    env.pop("WANDB_API_KEY", None)  # the dashboard save must fail for want of a key
+def _run_block(index: int, workdir: Path, micro: Path, env: dict) -> None:
     for command in BLOCKS[index]:
         if command == "make test":
             continue  # this suite; test_make_targets_named_in_the_readme_run_what_they_say checks its recipe
-        r = subprocess.run(_argv(command, workdir, micro_model_dir), cwd=workdir, env=env, capture_output=True,
-                           text=True, timeout=900)  # fmt: skip
+        r = subprocess.run(_argv(command, workdir, micro), cwd=workdir, env=env, capture_output=True, text=True,
+                           timeout=900)  # fmt: skip
         _check(command, r)
-    if any(c.startswith("python scripts/analyze_routing.py") for c in BLOCKS[index]):  # the results' block
-        report = workdir / "outputs" / "report" / "toy" / "results.md"
-        assert "R (Top2/4) {trainer=debug" in report.read_text()  # shrunk runs are marked as such
-        assert os.listdir(workdir / "outputs" / "routing" / "toy")
+        _after(command, workdir)
+    _DONE.add(index)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(BLOCKS)), ids=_block_ids())
+def test_readme_block(index, workdir, micro_model_dir, app_env):
+    """A block runs after every block before it (run first here when a selection skipped them)."""
+    env = {**app_env, "HF_ENDPOINT": CLOSED}
+    env.pop("WANDB_API_KEY", None)  # the dashboard save must fail for want of a key
+    for earlier in range(index + 1):
+        if earlier not in _DONE:
+            _run_block(earlier, workdir, micro_model_dir, env)

@@ -37,7 +37,7 @@ def _eval(sets: list[str], level: float) -> dict:
 
 
 def _params(variant: str, r: int, n: int | None, k: int | None) -> dict:
-    """OLMoE-1B-7B-like counts (PERFT.md formulas), good enough for a fixture."""
+    """OLMoE-1B-7B-like counts (docs/method.md formulas), good enough for a fixture."""
     per_expert = 2 * D_MODEL * r * LAYERS
     n, k = n or 1, k or 1
     trainable, activated = {

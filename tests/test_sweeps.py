@@ -277,7 +277,7 @@ def test_a_debug_run_of_the_toy_sweep_gets_its_own_directories():
     assert not plain & debug
     assert "outputs/runs/synthetic_commonsense/tiny_olmoe/toy-qv_lora-r2-s0" in {str(d) for d in plain}
     # Pinned to the paper's LoRA form (the tiny model's default is the adapter form): the form stays out of
-    # the names, as when the README's toy table was measured.
+    # the names, as when the toy tables of docs/toy_sweep.md was measured.
     assert "outputs/runs/synthetic_commonsense/tiny_olmoe/toy-R-n4-k2-r8-s0" in {str(d) for d in plain}
 
 

@@ -1,4 +1,5 @@
-"""95 % bootstrap intervals of accuracy and skill over questions and seeds.
+"""95 % bootstrap intervals of accuracy and skill over questions and seeds, and of the difference between
+two configs (paired).
 
 A config run with S seeds has, per test set and seed, one 0/1 `correct` per question (its
 `eval/<set>.jsonl`) and one 0/1 `majority_hit` per question (would the set's majority label be right).
@@ -14,8 +15,13 @@ Drawing n questions with replacement only matters through how many questions of 
 (a kind: the outcomes of every seed and of the majority label on that question), so each draw is one
 multinomial sample over at most 2^(S+1) kinds: cheap even for 10k questions.
 
+Two configs run with the same seeds on the same questions are compared by `paired_difference`: each
+resample draws the seeds and the questions once and scores both configs on that draw, so the interval is
+that of the difference itself, tighter than asking whether the two configs' own intervals overlap.
+
     arrays = [{"boolq": SetArrays(correct, majority_hit), ...} for each seed]
     ci = bootstrap_intervals(arrays)   # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}
+    d = paired_difference(arrays_a, arrays_b)   # PairedDifference(difference, lo, hi), or None if not paired
 """
 
 from __future__ import annotations
@@ -116,3 +122,63 @@ def bootstrap_intervals(
         for key in out:
             out[key]["average"] = _interval(np.mean(draws[key], axis=0), level)
     return out
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """A - B in average skill over test sets (fractions), with its paired bootstrap interval."""
+
+    difference: float
+    lo: float
+    hi: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.lo > 0 or self.hi < 0
+
+
+def _paired(a: list[SetArrays], b: list[SetArrays]) -> bool:
+    """Both configs' seeds answered the same questions: same sizes and the same majority-label outcomes."""
+    first = a[0]
+    return all(
+        len(s.correct) == len(first.correct) and np.array_equal(s.majority_hit, first.majority_hit)
+        for s in a + b
+    )
+
+
+def paired_difference(
+    a: list[dict[str, SetArrays]],
+    b: list[dict[str, SetArrays]],
+    n_resamples: int = N_RESAMPLES,
+    rng_seed: int = RNG_SEED,
+    level: float = LEVEL,
+) -> PairedDifference | None:
+    """The difference in average skill between two configs run with the same seeds on the same questions.
+
+    `a[j]` and `b[j]` are the records of seed j of each config ({set: SetArrays}). Each resample draws the S
+    seeds with replacement, and per test set the n questions with replacement, once for both configs, so
+    what the two share (a hard question, a lucky seed) cancels in the difference. Both are scored against
+    the same majority label, so the difference in skill is the difference in accuracy. None when the two
+    cannot be paired: other seed counts, other test sets, or records that do not line up.
+    """
+    if not a or len(a) != len(b):
+        return None
+    sets = [name for name in a[0] if all(name in s and len(s[name].correct) for s in a + b)]
+    if not sets or any(set(s) != set(a[0]) for s in a + b):
+        return None
+    if not all(_paired([s[name] for s in a], [s[name] for s in b]) for name in sets):
+        return None
+    n_seeds = len(a)
+    rng = np.random.default_rng(rng_seed)
+    picks = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    observed, draws = [], []
+    for name in sets:
+        table = np.column_stack([s[name].correct for s in a] + [s[name].correct for s in b])  # (n, 2S)
+        observed.append(float(np.mean(table[:, :n_seeds]) - np.mean(table[:, n_seeds:])))
+        kinds, counts = _kind_draws(table, n_resamples, rng)
+        # (B, 2S): every seed of both configs scored on the same resampled questions
+        acc = counts @ kinds / len(table)
+        diff = acc[:, :n_seeds] - acc[:, n_seeds:]  # (B, S)
+        draws.append(np.take_along_axis(diff, picks, 1).mean(axis=1))
+    lo, hi = _interval(np.mean(draws, axis=0), level)
+    return PairedDifference(float(np.mean(observed)), lo, hi)

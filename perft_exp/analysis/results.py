@@ -318,12 +318,17 @@ def _merge(members: list[Run]) -> Run:
     )  # fmt: skip
 
 
-def merge_seeds(runs: list[Run]) -> list[Run]:
-    """Runs that differ only by seed merged into one (mean over seeds, 95 % intervals), order kept."""
+def seed_groups(runs: list[Run]) -> list[list[Run]]:
+    """Runs grouped by everything but their seed, in first-seen order."""
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         groups[_seed_key(run)].append(run)
-    return [_merge(members) for members in groups.values()]
+    return list(groups.values())
+
+
+def merge_seeds(runs: list[Run]) -> list[Run]:
+    """Runs that differ only by seed merged into one (mean over seeds, 95 % intervals), order kept."""
+    return [_merge(members) for members in seed_groups(runs)]
 
 
 # --- tables -----------------------------------------------------------------------------------------

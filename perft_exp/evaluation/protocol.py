@@ -1,6 +1,6 @@
 """Evaluation protocols: the string a test question is asked with, and how its answer is read and scored.
 
-`fixed` (the default) is the protocol of PERFT.md with the authors' defects fixed:
+`fixed` (the default) is the authors' protocol (docs/protocol.md) with their defects fixed:
   prompt   the clean Alpaca template (perft_exp.data.prompts.build_prompt), with the record's input
   choice   the first label of the set's vocabulary in the lowercased response, compared case-blind
   number   thousands commas dropped ("1,000" -> 1000, but "3,4" stays two numbers), the last number

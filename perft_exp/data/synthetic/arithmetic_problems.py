@@ -1,10 +1,9 @@
 """Arithmetic word problems about the world's people and objects, one generator per math test set.
 
-These were the synthetic math suite until suite version 6, and they stay because the pre-training
-corpus and the tokenizer draw their words from them (`suite.CORPUS_SUITES`): a tiny model fine-tuned
-on them scored below the most common answer (skill -1.8; it completes 4.6 % of the arithmetic
-table and does not copy a problem's numbers), so the math suite now asks for stored facts
-(`math`). `make_suite("arithmetic", ...)` still generates them (in memory; no task writes them).
+No task uses them: the pre-training corpus and the tokenizer draw their words from them
+(`suite.CORPUS_SUITES`), and the math suite asks for stored facts instead (`math`), because the tiny
+model does not copy a problem's numbers (docs/miniature.md, "Math"). `make_suite("arithmetic", ...)`
+still generates them, in memory.
 
 Every step of a problem is arithmetic the tiny model was pre-trained on (`arithmetic.known`):
 numbers are rejection-sampled until the whole chain is. A generator has the commonsense

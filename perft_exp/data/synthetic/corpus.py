@@ -14,7 +14,7 @@ A fifth of the documents are multiple-choice *exams* about train facts, laid out
 (an instruction, numbered options, an "Answer format:" line, in the Alpaca template) but with
 their own instructions and answer phrase: the web text a real model reads holds many such exams,
 and without them a model this small learns to point from a recalled value to its option label
-only slowly in fine-tuning (measured: +10 points of skill after 600 steps without, +26 with).
+only slowly in fine-tuning (docs/miniature.md: the default's skill with and without them).
 They teach the layout, not the answer: the shipped build answers its own exams at chance, also
 about train facts (`exam_probes`; `exam_recall_*` in perft_build.json), so fine-tuning still learns
 the step from a recalled value to its option's number.

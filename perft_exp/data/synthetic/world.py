@@ -4,8 +4,8 @@ Every object has a colour, a material, a room it is kept in, a use, a weight and
 person has a hobby and a pet. Each relation has few values, always listed in the order of
 VALUES: a multiple-choice question offers a relation's values in that fixed order, so its answer
 label follows from the fact alone. (Matching an option to a recalled value in context would need an
-induction-style circuit that a model this small does not form in minutes of CPU pre-training:
-measured, a 4-layer model trained only on copy documents still copied 0.2 % of tokens after 600 steps.)
+induction-style circuit that a model this small does not form in minutes of CPU pre-training;
+docs/miniature.md has the measurement.)
 
 For each relation half of the subjects are *held out*: test questions ask only about those
 facts, fine-tuning records and the pre-training corpus's questions only about the others. The

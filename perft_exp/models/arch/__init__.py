@@ -26,7 +26,7 @@ class MoEArchitecture:
     experts_attr: str = "experts"  # fused 3-D expert weights
     expert_params: tuple[str, ...] = ("gate_up_proj", "down_proj")
     attention_qv: tuple[str, ...] = ("q_proj", "v_proj")
-    # The authors' adapter-router aux-loss coefficient on this family (PERFT.md); 0.01 elsewhere.
+    # The authors' adapter-router aux-loss coefficient on this family (docs/method.md); 0.01 elsewhere.
     adapter_aux_loss_coef: float = 0.01
     # Per-token always-active parts of the block beyond the routed experts (e.g. Qwen2-MoE shared expert).
     always_active: tuple[str, ...] = field(default=())
