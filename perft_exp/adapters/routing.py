@@ -10,6 +10,7 @@ of experts per token runs through the same dense, grouped and loop expert comput
 PEFT expert at weight 1 (D, S).
 
   top_k   R: the learned router W_r (N, D): q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J)
+  top_p   R with `perft.top_p=p`: the fewest of the top-K whose q sum to >= p, renormalised over those taken
   base    E: the frozen router's top-k set S and its weights p_i (one PEFT expert per FFN expert)
   all     D, S: every PEFT expert, weight 1
 
@@ -140,6 +141,36 @@ class TopK(RoutingKind):
         return load_balancing_loss_func(logits, self.num_experts, self.top_k, attention_mask)
 
 
+class TopP(TopK):
+    """R with top-p: per token the fewest of the top-K experts whose router probabilities sum to >= p.
+
+    q = softmax_fp32(W_r x); sort q descending; take slot k while sum_{j<k} q_(j) < p (so at least one, at most K);
+    v = q over the slots taken, renormalised. p = 1 is top-K. The aux loss is top-K's (the router's balance).
+    """
+
+    name, switch = "top_p", "top_p"
+
+    def __init__(self, num_experts: int, top_k: int, *, top_p: float, **kw) -> None:
+        super().__init__(num_experts, top_k, **kw)
+        self.top_p = top_p
+
+    @classmethod
+    def from_config(cls, perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+        return super().from_config(perft, num_experts, top_k, top_p=perft["top_p"])
+
+    def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        logits = router.logits(x)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        top, indices = torch.topk(probs, self.top_k, dim=-1)  # (T, K) descending
+        before = top.cumsum(-1) - top  # mass of the slots ahead of each
+        taken = before < self.top_p  # slot 0 always
+        top = top * taken
+        return Routed(indices, top / top.sum(-1, keepdim=True), taken=taken, logits=logits)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, top_p={self.top_p}"
+
+
 class Base(RoutingKind):
     """E: the frozen router's choice and weights, one PEFT expert per FFN expert."""
 
@@ -166,7 +197,7 @@ class AllOn(RoutingKind):
         return 1.0
 
 
-ROUTING_KINDS: dict[str, type[RoutingKind]] = {k.name: k for k in (TopK, Base, AllOn)}
+ROUTING_KINDS: dict[str, type[RoutingKind]] = {k.name: k for k in (TopK, TopP, Base, AllOn)}
 
 
 def routing_kind_class(perft: Mapping) -> type[RoutingKind]:
