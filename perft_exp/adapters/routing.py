@@ -66,7 +66,7 @@ class RoutingKind:
     # The perft knob that, set, selects this kind over the plain one (switch None) of the same routing.
     switch: ClassVar[str | None] = None
 
-    def __init__(self, num_experts: int, top_k: int, **knobs) -> None:
+    def __init__(self, num_experts: int, top_k: int) -> None:
         self.num_experts, self.top_k = num_experts, top_k
 
     @classmethod

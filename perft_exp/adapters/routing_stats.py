@@ -11,10 +11,11 @@
 
 Definitions (perft_exp/analysis/routing.py and scripts/analyze_routing.py build figures and tables from them):
 - Load of a layer: how many (token, chosen PEFT expert) pairs each of its N experts got; it sums to
-  tokens * K for a fixed top-K, less where the routing kind takes fewer experts for some tokens (top-p). Padding is excluded: a forward pre-hook on the model reads the `attention_mask` keyword
+  tokens * K for a fixed top-K, less where the routing kind takes fewer for some tokens (top-p: masked slots
+  are not counted). Padding is excluded: a forward pre-hook on the model reads the `attention_mask` keyword
   argument (HF forward and generate pass it by keyword); a call without one counts every position.
   Under generation with a KV cache the mask's last S columns belong to the S new positions.
-- experts_per_token: the load's sum over the tokens, the mean number of PEFT experts a token used;
+- experts_per_token: the load's sum divided by the tokens, the mean number of PEFT experts a token used;
   activated_fraction divides it by N (measured, where counting takes the routing kind's bound K / N).
 - load_entropy: entropy of the load distribution divided by log N (1 = perfectly balanced, 0 = collapsed).
 - router_entropy (R only): mean over tokens of the entropy, in nats, of q = softmax(W_r x) over N experts;
