@@ -1,7 +1,9 @@
 """Value checks shared by the typed config (perft_exp/config.py) and PerftConfig: one wording for every key.
 
 Each raises ValueError naming the full key and what is allowed (`model.dtype='fp8' is not allowed; choose one
-of auto, float32, bfloat16, float16`); perft_exp/config.py's `validate` reports them as ConfigError.
+of auto, float32, bfloat16, float16`); perft_exp/config.py's `validate` reports them as ConfigError, the error
+of a bad composed config (here, so the modules that validate a config group, e.g. perft_exp/training/batch.py,
+raise it without importing the config module that calls them).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ from enum import Enum
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad value in the composed config; the message names the key."""
 
 
 def one_of(key: str, value: T, allowed: Iterable) -> T:

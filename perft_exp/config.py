@@ -27,7 +27,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
-from perft_exp.checks import at_least, one_of
+from perft_exp.checks import ConfigError, at_least, one_of
 from perft_exp.run_dir import OUTPUT_ROOT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -227,10 +227,6 @@ def register_schemas() -> None:
         ("eval", EvalConfig),
     ):
         cs.store(group=group, name=f"{group}_schema", node=node)
-
-
-class ConfigError(ValueError):
-    """A bad value in the composed config; the message names the key."""
 
 
 def perft_config(cfg: DictConfig) -> PerftConfig:

@@ -90,6 +90,7 @@ PEAK_MEMORY = Key("train/peak_memory_gb", "history", "peak memory (GiB)")
 ROUTING = "eval/routing"
 ROUTED = ("R", "E")
 ROUTING_STATS = {  # stat -> (title, variants)
+    "experts_per_token": ("PEFT experts per token", ROUTED),
     "load_entropy": ("load entropy / log N (1 = balanced)", ROUTED),
     "max_load_ratio": ("max load x N / total (1 = balanced)", ROUTED),
     "router_entropy": ("PEFT router entropy (nats)", ("R",)),

@@ -353,7 +353,7 @@ def run_identity(cfg: DictConfig) -> dict:
     if pretrained.startswith(
         "tiny:"
     ):  # a rebuilt tiny model (new spec or synthetic world) is another base model
-        from perft_exp.models.tiny import TINY_SPECS
+        from perft_exp.models.tiny_spec import TINY_SPECS
 
         spec = TINY_SPECS.get(pretrained[len("tiny:") :])
         ident["tiny_build"] = spec.key() if spec else None

@@ -16,6 +16,7 @@ from perft_exp.models.arch import get_architecture
 VARIANTS = {
     "R": dict(variant="R", num_experts=4, top_k=2),
     "R_many": dict(variant="R", num_experts=32, top_k=2),  # large N: the grouped path
+    "R_top_p": dict(variant="R", num_experts=8, top_k=4, top_p=0.4),  # top-p routing: masked slots
     "E": dict(variant="E", num_experts=None, top_k=None),
     "D": dict(variant="D", num_experts=3),
     "S": dict(variant="S", num_experts=None),
@@ -50,6 +51,12 @@ def oracle(block, x: torch.Tensor, config) -> torch.Tensor:
     elif layer.variant == "R":
         probs = torch.softmax(x.reshape(T, D).float() @ layer.router.weight.float().T, dim=-1)
         top, chosen = torch.topk(probs, layer.top_k, dim=-1)
+        top_p = getattr(layer.routing, "top_p", None)
+        for t in range(T) if top_p is not None else ():  # the fewest of the top-K whose mass reaches p
+            taken, mass = 0, 0.0
+            while taken < layer.top_k and mass < top_p:
+                mass, taken = mass + top[t, taken].item(), taken + 1
+            top[t, taken:] = 0.0
         weights = top / top.sum(-1, keepdim=True)
     else:  # E: the frozen router, recomputed
         router = get_architecture(config.model_type).router(block)
@@ -104,6 +111,29 @@ def test_fast_path_matches_loop_oracle(arch, variant, impl, dtype):
     grads_slow = torch.autograd.grad(slow, [x2, *params], g, allow_unused=True)
     for gf, gs in zip(grads_fast, grads_slow):
         _close(gf, gs, dtype)
+
+
+@pytest.mark.parametrize("impl", ["dense", "grouped", "loop"])
+def test_top_p_takes_a_variable_number_of_experts_and_matches_the_loop_oracle(impl):
+    """A sharper router (W_r doubled) makes some tokens reach p with one expert and others need several."""
+    torch.manual_seed(0)
+    model = _perft_model("olmoe", "R_top_p", impl=impl)
+    block, layer = first_block(model)
+    with torch.no_grad():
+        layer.router.weight.mul_(2.0)
+    x = torch.randn(4, 8, model.config.hidden_size, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    fast = block(x)
+    used = layer.routing_taken.sum(-1)  # (T,) experts per token
+    assert used.min() >= 1 and used.max() <= layer.top_k and len(used.unique()) > 1, used
+    slow = oracle(block, x2, model.config)
+    _close(fast, slow, "float32")
+    g = torch.randn_like(fast)
+    params = list(layer.parameters())
+    grads_fast = torch.autograd.grad(fast, [x, *params], g)
+    grads_slow = torch.autograd.grad(slow, [x2, *params], g, allow_unused=True)
+    for gf, gs in zip(grads_fast, grads_slow):
+        _close(gf, gs, "float32")
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, dtype: str) -> None:

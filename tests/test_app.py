@@ -193,6 +193,19 @@ def test_variant_none_evaluates_the_base_model_without_training(micro_model_dir,
 
 
 @pytest.mark.slow
+def test_a_top_p_run_records_the_experts_per_token_it_used(micro_model_dir, app_env, tmp_path):
+    """results.json holds the activated fraction measured on the test sets beside counting's bound K / N."""
+    r = run_train([*_small(micro_model_dir, tmp_path), "perft.top_p=0.5", "perft.top_k=3"], app_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["perft"]["top_p"] == 0.5 and "[top-p=0.5" in results["variant_name"]
+    routing = results["routing"]
+    assert 1.0 <= routing["experts_per_token"] <= 3.0
+    assert routing["activated_fraction"] == pytest.approx(routing["experts_per_token"] / 4)
+    assert routing["layers"] and all(row["tokens"] > 0 for row in routing["layers"])
+
+
+@pytest.mark.slow
 def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
     """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts it (item 3)."""
     pytest.importorskip("bitsandbytes")

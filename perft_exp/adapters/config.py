@@ -46,6 +46,9 @@ class PerftConfig:
     variant: str = "R"
     num_experts: int | None = 4  # N; for E it is the model's expert count (leave None)
     top_k: int | None = 2  # K; R only (E uses the model's k)
+    # R only, off (None) in the paper: top-p routing, each token takes the fewest of its top-K PEFT experts whose
+    # router probabilities sum to >= top_p, weights renormalised over them (perft_exp/adapters/routing.py TopP).
+    top_p: float | None = None
     bottleneck: int = 16  # r; also the rank of the LoRA baselines
     alpha: float | None = None  # None -> 2 * bottleneck, as in every paper run
     dropout: float = 0.05
@@ -91,6 +94,10 @@ class PerftConfig:
             raise ValueError(f"perft.dropout={self.dropout!r} must be in [0, 1)")
         if self.alpha is not None and self.alpha <= 0:
             raise ValueError(f"perft.alpha={self.alpha!r} must be > 0")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"perft.top_p={self.top_p!r} must be in (0, 1] (or null: top-K)")
+        if self.top_p is not None and self.authors_weighting_defect:
+            raise ValueError("perft.top_p and perft.authors_weighting_defect do not combine")
         if self.aux_loss_coef is not None and self.aux_loss_coef < 0:
             raise ValueError(f"perft.aux_loss_coef={self.aux_loss_coef!r} must be >= 0")
         for key, value in spec.fixed.items():

@@ -2,7 +2,8 @@
 
   trainable            parameters that require grad
   activated_trainable  of those, what one token uses: R's K of N experts plus its router, E's k of E,
-                       all of D and S, all of attention LoRA, k/E of LoRA on the fused experts
+                       all of D and S, all of attention LoRA, k/E of LoRA on the fused experts; for PERFT the
+                       routing kind's bound (`activated_fraction`: top-p counts K of N, the most a token uses)
   base_total           the frozen model's parameters
   base_active          of those, what one token uses: all but the (E - k) / E unchosen FFN experts
 The paper's efficiency ratio is activated_trainable / base_active.

@@ -3,11 +3,13 @@
 Expert j maps x (D,) to  s * f(x A_j) B_j  with A_j (D, r), B_j (r, D):
   LoRA form:    f = identity, s = alpha / r
   adapter form: f = activation, s = 1
-Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t):
+Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
+which a routing kind may mask some (weight 0: a variable number of experts per token, perft_exp.adapters.routing):
   dense:   all N experts for all tokens in two matmuls, unchosen experts masked by a zero weight.
            Cheapest when N * r is small next to K * r (R with a few experts; D and S use it unmasked).
   grouped: only the chosen (token, expert) pairs, sorted by expert and computed with one grouped
            matmul per projection (torch.nn.functional.grouped_mm). Needed when N >> K (E: 64 experts, top-8).
+           Masked slots are left out of the pairs.
            Custom autograd functions keep only (S, r) activations: the (S, D) gathered inputs and
            per-pair outputs are recomputed or summed away, never saved.
   loop:    a Python loop over experts (perft_exp.adapters.reference); the oracle and the benchmark's strawman.
@@ -189,9 +191,11 @@ class PeftExperts(nn.Module):
         indices: torch.Tensor,
         impl: str = "auto",
         keep: torch.Tensor | None = None,
+        taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K).
         `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless given).
+        `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None: all.
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
@@ -201,7 +205,7 @@ class PeftExperts(nn.Module):
         if impl == "dense":
             return self._dense(x, weights, indices, keep)
         if impl == "grouped":
-            return self._grouped(x, weights, indices, keep)
+            return self._grouped(x, weights, indices, keep, taken)
         if impl == "loop":
             return reference.routed_loop(
                 x, weights, indices, self.A, self.B, self._f, self.scaling, keep, self._scale, self.form
@@ -247,12 +251,20 @@ class PeftExperts(nn.Module):
         return (h.view(T, N * r) @ self.B.reshape(N * r, D)) * self.scaling
 
     def _grouped(
-        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        indices: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T, K = indices.shape
         flat = indices.reshape(-1)  # (S,) with S = T*K
         # Unstable sort: a token meets an expert at most once, so any order within a group sums the same.
         order = torch.sort(flat).indices
+        if taken is not None:  # the pairs in use, still expert-sorted
+            order = order[taken.reshape(-1).index_select(0, order)]
+            flat = flat.index_select(0, order)
         token = order // K  # token of each expert-sorted (token, expert) pair
         offsets = torch.cumsum(torch.bincount(flat, minlength=self.num_experts), 0).to(torch.int32)
         keep = None if keep is None else keep.reshape(T * K, -1).index_select(0, order)  # (S, D or r)

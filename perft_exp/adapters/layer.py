@@ -1,9 +1,11 @@
-"""`PerftLayer`: one layer's PEFT experts and their routing, for each of the four variants.
+"""`PerftLayer`: one layer's PEFT experts and their routing kind (perft_exp/adapters/routing.py).
 
 R: own router over N experts, top-K, renormalised weights      y = sum_{j in J} v_j expert_j(x)
 E: one expert per FFN expert, the frozen router's S and p_i    y = sum_{i in S} p_i expert_i(x)
 D: N experts always on                                          y = sum_j expert_j(x)
 S: one expert always on                                         y = expert(x)
+The routing kind picks the experts and weights; the layer runs them (masked slots weigh 0) and keeps the last
+forward's routing for the aux loss and the routing statistics.
 Dropout (training only): `dropout_scope=expert` leaves it to the experts, one mask per (token, expert) pair
 (perft_exp.adapters.experts); `shared` draws one mask on x here, read by every expert.
 """
@@ -14,12 +16,10 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.experts import PeftExperts
-from perft_exp.adapters.router import PeftRouter
-from perft_exp.adapters.variants import Routing, get_variant
+from perft_exp.adapters.routing import routing_kind
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -35,15 +35,14 @@ class PerftLayer(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        self.variant, self.impl, self.routing = cfg.variant, cfg.impl, cfg.spec.routing
-        self.authors_weighting_defect = cfg.authors_weighting_defect
+        self.variant, self.impl = cfg.variant, cfg.impl
         dtype = model_dtype if cfg.adapter_dtype == "model" else _DTYPES[cfg.adapter_dtype]
         spec = cfg.spec
         num_experts, self.top_k = spec.routing_numbers(cfg.to_dict())
         assert num_experts and self.top_k, (
             f"variant {cfg.variant}: resolve the config against the model first"
         )
-        if self.authors_weighting_defect and cfg.top_k > base_top_k:
+        if cfg.authors_weighting_defect and cfg.top_k > base_top_k:
             raise ValueError(
                 f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
             )
@@ -61,49 +60,40 @@ class PerftLayer(nn.Module):
             dtype=dtype,
             device=device,
         )
-        self.router = (
-            PeftRouter(
-                hidden_size,
-                num_experts,
-                cfg.top_k,
-                init=cfg.router_init,
-                device=device,
-                dtype=model_dtype if cfg.router_dtype == "model" else torch.float32,
-            )  # fmt: skip
-            if spec.routing is Routing.OWN
-            else None
-        )
-        # Set on each forward of R: what the aux loss and the routing statistics read.
-        self.router_logits: torch.Tensor | None = None
-        self.routing_indices: torch.Tensor | None = None
+        self.routing = routing_kind(cfg.to_dict(), num_experts, self.top_k)
+        router_dtype = model_dtype if cfg.router_dtype == "model" else torch.float32
+        # Its own child `router` (None when the kind learns nothing): the adapter files' tensor keys name it.
+        self.router = self.routing.learned_router(hidden_size, dtype=router_dtype, device=device)
+        # Set on each forward of a routed layer: what the aux loss and the routing statistics read.
+        self.router_logits: torch.Tensor | None = None  # (T, N), a learned router's
+        self.routing_indices: torch.Tensor | None = None  # (T, K)
+        self.routing_taken: torch.Tensor | None = None  # (T, K) bool, None when every slot is taken
 
     @property
     def needs_base_routing(self) -> bool:
-        return get_variant(self.variant).uses_base_routing or self.authors_weighting_defect
+        return self.routing.uses_base_routing
 
     @property
     def num_experts(self) -> int:
         return self.experts.num_experts
 
     def activated_fraction(self) -> float:
-        """Fraction of the PEFT experts' parameters that one token activates."""
-        return self.top_k / self.num_experts
+        """Fraction of the PEFT experts' parameters that one token activates (at most)."""
+        return self.routing.activated_fraction()
+
+    def extra_repr(self) -> str:
+        return f"routing={self.routing.extra_repr()}"
 
     def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
         """x (T, D) -> y (T, D) in x's dtype. `base_routing` is the frozen router's output (E, defect)."""
         h = self.dropout(x.to(self.experts.A.dtype))
-        if self.routing is Routing.ALL:
-            y = self.experts.forward_all(h)
-        else:
-            if self.routing is Routing.OWN:
-                logits, weights, indices = self.router(x)
-                self.router_logits, self.routing_indices = logits, indices
-                if self.authors_weighting_defect:
-                    weights = base_routing[1][:, : self.top_k]  # the defect: base weights, sorted descending
-            else:
-                _, weights, indices = base_routing
-                self.routing_indices = indices
-            y = self.experts.forward_routed(h, weights, indices, self.impl)
+        routed = self.routing.route(x, self.router, base_routing)
+        if routed.indices is None:
+            return self.experts.forward_all(h).to(x.dtype)
+        if routed.logits is not None:
+            self.router_logits = routed.logits
+        self.routing_indices, self.routing_taken = routed.indices, routed.taken
+        y = self.experts.forward_routed(h, routed.weights, routed.indices, self.impl, taken=routed.taken)
         return y.to(x.dtype)
 
 
@@ -112,14 +102,15 @@ def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:
 
 
 def adapter_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-    """R's router load-balancing loss over all layers, in the base model's Switch form (padding masked).
+    """The routing kind's aux loss over all layers (R: the router load balancing in the base model's Switch form,
+    padding masked).
 
     None when the model has no PEFT router or no forward has run since the last call (reading it consumes it).
     """
-    layers = [m for m in perft_layers(model) if m.router is not None and m.router_logits is not None]
+    layers = [m for m in perft_layers(model) if m.router_logits is not None]
     if not layers:
         return None
     logits = tuple(m.router_logits for m in layers)
     for m in layers:
         m.router_logits = None
-    return load_balancing_loss_func(logits, layers[0].num_experts, layers[0].top_k, attention_mask)
+    return layers[0].routing.aux_loss(logits, attention_mask)

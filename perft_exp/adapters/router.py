@@ -47,9 +47,13 @@ class PeftRouter(nn.Module):
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, top_k={self.top_k}"
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x (T, D) -> W_r x (T, N) in the router's dtype."""
+        return F.linear(x.to(self.weight.dtype), self.weight)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, D) -> logits (T, N), renormalised top-K weights (T, K) fp32, indices (T, K)."""
-        logits = F.linear(x.to(self.weight.dtype), self.weight)
+        logits = self.logits(x)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top, indices = torch.topk(probs, self.top_k, dim=-1)
         return logits, top / top.sum(dim=-1, keepdim=True), indices

@@ -11,9 +11,12 @@
 
 Definitions (perft_exp/analysis/routing.py and scripts/analyze_routing.py build figures and tables from them):
 - Load of a layer: how many (token, chosen PEFT expert) pairs each of its N experts got; it sums to
-  tokens * K. Padding is excluded: a forward pre-hook on the model reads the `attention_mask` keyword
+  tokens * K for a fixed top-K, less where the routing kind takes fewer for some tokens (top-p: masked slots
+  are not counted). Padding is excluded: a forward pre-hook on the model reads the `attention_mask` keyword
   argument (HF forward and generate pass it by keyword); a call without one counts every position.
   Under generation with a KV cache the mask's last S columns belong to the S new positions.
+- experts_per_token: the load's sum divided by the tokens, the mean number of PEFT experts a token used;
+  activated_fraction divides it by N (measured, where counting takes the routing kind's bound K / N).
 - load_entropy: entropy of the load distribution divided by log N (1 = perfectly balanced, 0 = collapsed).
 - router_entropy (R only): mean over tokens of the entropy, in nats, of q = softmax(W_r x) over N experts;
   router_entropy_norm divides it by log N.
@@ -80,6 +83,8 @@ class LayerRouting:
             "top_k": self.top_k,
             "tokens": tokens,
             "load": load,
+            "experts_per_token": sum(load) / tokens if tokens else float("nan"),
+            "activated_fraction": sum(load) / (tokens * self.num_experts) if tokens else float("nan"),
             "load_entropy": _normalised_entropy(self.load),
             # 1 = balanced; N = every assignment on one expert
             "max_load_ratio": max(load) * self.num_experts / sum(load) if sum(load) else float("nan"),
@@ -100,6 +105,17 @@ class RoutingStats:
 
     def per_layer(self) -> list[dict]:
         return [layer.as_dict() for layer in self.layers]
+
+    def summary(self) -> dict:
+        """The activated fraction measured on the data seen, for a run's results: PEFT experts per token and
+        their fraction of N, means over layers, with the per-layer rows."""
+        rows = self.per_layer()
+        counted = [row for row in rows if row["tokens"]]
+        mean = {
+            key: sum(row[key] for row in counted) / len(counted) if counted else None
+            for key in ("experts_per_token", "activated_fraction")
+        }
+        return {**mean, "layers": rows}
 
     def metrics(self, prefix: str = schema.ROUTING) -> dict[str, float]:
         """Flat scalars for a logger (names from perft_exp/metric_schema.py): per layer, each PEFT
@@ -169,7 +185,7 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
         stats.layers.append(record)
 
         def accumulate(module: PerftLayer, args, output, record: LayerRouting = record) -> None:
-            indices = module.routing_indices  # (T, K)
+            indices, taken = module.routing_indices, module.routing_taken  # (T, K), (T, K) bool or None
             if indices is None or (when is not None and not when()):
                 return
             with torch.no_grad():
@@ -177,9 +193,9 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
                 if keep is not None:
                     keep = keep.to(indices.device)
                     indices = indices[keep]
-                record.load += torch.bincount(indices.reshape(-1), minlength=record.num_experts).to(
-                    record.load.device
-                )
+                    taken = None if taken is None else taken[keep]
+                chosen = indices.reshape(-1) if taken is None else indices[taken]
+                record.load += torch.bincount(chosen, minlength=record.num_experts).to(record.load.device)
                 record.tokens += indices.shape[0]
                 if module.router is not None and module.router_logits is not None:
                     logp = torch.log_softmax(module.router_logits.detach().float(), dim=-1)  # (T, N)

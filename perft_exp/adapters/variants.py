@@ -5,7 +5,8 @@ everything the rest of the code asks about a variant:
 
   family        "perft" (R, E, D, S: PEFT experts beside the frozen MoE block), "lora" (the HF PEFT
                 baselines), or "none" (the frozen model, evaluated only)
-  routing       how a token picks PEFT experts:   y = sum_{j in J(x)} w_j(x) expert_j(x)
+  routing       how a token picks PEFT experts:   y = sum_{j in J(x)} w_j(x) expert_j(x); the classes that
+                do it are the routing kinds of perft_exp/adapters/routing.py (R's top-K, or top-p when set)
                   "own"   R: a learned router W_r (N, D) picks K of the N, weights renormalised
                   "base"  E: the frozen router's top-k set S and its weights p_i, one PEFT expert per FFN expert
                   "all"   D, S: every PEFT expert on, weight 1 (S is D with N = 1)
@@ -13,7 +14,7 @@ everything the rest of the code asks about a variant:
   knobs         the routing knobs a user sets (`num_experts` N, `top_k` K); they show in run names and labels
   from_model    knobs the base model decides (E: N and K are the model's); PerftConfig.resolve fills them
   fixed         knobs a variant pins (S: N = 1); `fixed_note` is the error when a user sets another value
-  options       the optional knobs of KNOBS that only this variant takes (R: the authors' weighting defect)
+  options       the optional knobs of KNOBS that only this variant takes (R: top-p routing, the authors' defect)
   tag / label   the run-name stem and the paper's figure label, format strings over the (resolved) knobs
   lora_targets  what a LoRA baseline wraps: "attention_qv", "router", "experts" (perft_exp/adapters/baselines.py)
   style         marker and colour in the figures (perft_exp/analysis/results.py)
@@ -123,6 +124,8 @@ def _alpha_set(p: Mapping) -> bool:
 
 
 KNOBS = (
+    Knob("top_p", lambda p: p.get("top_p") is not None, lambda p: f"p{p['top_p']:g}",
+         lambda p: f"top-p={p['top_p']:g}"),
     Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}"),
     Knob("form", lambda p: p.get("form", "lora") != "lora", lambda p: p["form"], lambda p: p["form"]),
     Knob("init", lambda p: p.get("init", "paper") != "paper", lambda p: p["init"], lambda p: f"init={p['init']}"),
@@ -150,7 +153,7 @@ REGISTRY: dict[str, Variant] = {
     for v in (
         Variant("R", Family.PERFT, "routed: N PEFT experts with their own learned router, top-K, renormalised",
                 tag="R-n{num_experts}-k{top_k}", label="R (Top{top_k}/{num_experts})", routing=Routing.OWN,
-                knobs=("num_experts", "top_k"), options=("authors_weighting_defect",),
+                knobs=("num_experts", "top_k"), options=("top_p", "authors_weighting_defect"),
                 style=dict(marker="o", color="tab:red")),
         Variant("E", Family.PERFT, "embedded: one PEFT expert per FFN expert, routed by the frozen router",
                 tag="E", label="E (Top{top_k}/{num_experts})", routing=Routing.BASE,

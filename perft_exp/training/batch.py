@@ -13,8 +13,12 @@ on 1, 2 or 8 ranks. Without it (trainer=tiny, debug) the global batch is what th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from perft_exp.config import ConfigError, TrainerConfig
+from perft_exp.checks import ConfigError
+
+if TYPE_CHECKING:  # an annotation only: perft_exp/config.py calls batch_plan to validate the trainer group
+    from perft_exp.config import TrainerConfig
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from perft_exp.adapters.io import (
     save_adapter,
 )
 from perft_exp.adapters.model import adapters_disabled, apply_adapters
-from perft_exp.adapters.routing_stats import router_angles
+from perft_exp.adapters.routing_stats import router_angles, track_routing
 from perft_exp.adapters.variants import Routing
 from perft_exp.config import (
     TrainerConfig,
@@ -445,7 +445,11 @@ def _train(cfg: DictConfig) -> dict:
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
     if cfg.eval.enabled and data.tests and (is_main_process() or sharded):
         model.eval()
-        results["eval"] = _evaluate(cfg, model, tokenizer, data.tests, run.records, sharded)
+        # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound K / N.
+        with track_routing(model.get_base_model()) as routing:
+            results["eval"] = _evaluate(cfg, model, tokenizer, data.tests, run.records, sharded)
+        if routing.layers:
+            results["routing"] = routing.summary()
         if cfg.eval.base:
             cache = _base_eval_cache(cfg, model, data.tests)
             results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, cache, sharded)
