@@ -101,18 +101,15 @@ def test_the_package_has_no_import_cycles():
 
 
 def test_the_run_directory_imports_and_keys_a_tiny_run_without_torch():
-    """`import torch` fails in the child process. `import perft_exp` registers PERFT with PEFT, which needs torch,
-    so the child loads the package's namespace without its __init__; everything run_dir imports, at module level
-    or in the functions called here (a tiny model's build key), must then import."""
-    code = f"""
-import sys, types
+    """`import torch` fails in the child process: the package's __init__ (which registers PERFT with PEFT only
+    once peft is imported), everything run_dir imports, at module level or in the functions called here (a tiny
+    model's build key), must still import."""
+    code = """
+import sys
 sys.modules["torch"] = None
-package = types.ModuleType("perft_exp")
-package.__path__ = [{str(PACKAGE)!r}]
-sys.modules["perft_exp"] = package
 from omegaconf import OmegaConf
 import perft_exp.run_dir as run_dir
-cfg = OmegaConf.create({{"model": {{"pretrained": "tiny:tiny_olmoe"}}, "perft": {{"variant": "R"}}}})
+cfg = OmegaConf.create({"model": {"pretrained": "tiny:tiny_olmoe"}, "perft": {"variant": "R"}})
 ident = run_dir.run_identity(cfg)
 assert ident["tiny_build"], ident
 assert "torch" not in [m for m, v in sys.modules.items() if v is not None], "torch was imported"

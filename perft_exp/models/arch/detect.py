@@ -20,7 +20,7 @@ import torch
 import transformers
 from torch import nn
 
-from perft_exp.models.arch import MoEArchitecture, UnsupportedModel
+from perft_exp.models.arch.facts import MoEArchitecture, UnsupportedModel
 
 _ROUTER_NAMES = ("gate", "router")
 _EXPERTS_NAME = "experts"
