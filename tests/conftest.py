@@ -65,6 +65,16 @@ def build_tiny_lm(tokenizer, seed: int = 0):
     return OlmoeForCausalLM(config).float().eval()
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Tests that run the app in-process set RANK, WORLD_SIZE, MASTER_ADDR, ... in os.environ; without this a
+    later test's subprocess (or accelerate) would take itself for one rank of a distributed job."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
