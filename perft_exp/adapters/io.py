@@ -12,7 +12,6 @@ experts.A`, the knobs under `perft`) still load: `load_adapter` converts them on
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from perft_exp.adapters.tuner import (
     PerftType,
     base_signature,
     check_adapter_files,
+    read_config_json,
 )
 from perft_exp.models.arch import get_architecture
 from perft_exp.run_dir import ADAPTER_CONFIG_NAME
@@ -73,14 +73,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
     """What perft-exp checks of an adapter, in either format: `peft_type`, `variant` and `perft` (the knobs; None for
     a LoRA baseline in PEFT's format), `base_model`, `base_signature` (None for a LoRA baseline), `old_format`."""
     path = Path(adapter_dir) / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterError(f"no adapter config at {path}")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise AdapterError(
-            f"adapter config {path} is not valid JSON ({e}); the file is truncated or corrupted"
-        ) from e
+    meta = read_config_json(path)
     if _is_old_format(meta):
         for key in ("variant", "perft", "base_signature"):
             if key not in meta:

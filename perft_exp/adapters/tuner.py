@@ -137,19 +137,23 @@ class PerftPeftConfig(PeftConfig, knobs.PerftConfig):
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
-def check_adapter_files(path: str | os.PathLike) -> dict:
-    """The adapter_config.json of a local PERFT/PEFT adapter directory, its weights' header read: AdapterError naming
-    a missing, truncated or corrupted file."""
-    path = Path(path)
-    cfg_path = path / CONFIG_NAME
+def read_config_json(cfg_path: Path) -> dict:
+    """An adapter_config.json as a dict; AdapterError naming a missing or unparsable file."""
     if not cfg_path.is_file():
         raise AdapterError(f"no adapter config at {cfg_path}")
     try:
-        meta = json.loads(cfg_path.read_text())
+        return json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
         raise AdapterError(
             f"adapter config {cfg_path} is not valid JSON ({e}); the file is truncated or corrupted"
         ) from e
+
+
+def check_adapter_files(path: str | os.PathLike) -> dict:
+    """The adapter_config.json of a local PERFT/PEFT adapter directory, its weights' header read: AdapterError naming
+    a missing, truncated or corrupted file."""
+    path = Path(path)
+    meta = read_config_json(path / CONFIG_NAME)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         if (
