@@ -12,6 +12,7 @@ W&B needs nothing here: perft_exp/training/tracking.py imports wandb inside the 
 
     from perft_exp.optional_imports import hide_unused
     hide_unused(cfgs)   # the composed configs of every job the command runs
+    hide_unused()       # a command that never quantises nor runs DeepSpeed (scripts/bench.py)
 """
 
 from __future__ import annotations
@@ -21,18 +22,26 @@ from collections.abc import Iterable
 from typing import Any
 
 
-def unused(cfgs: Iterable[Any]) -> list[str]:
-    """The optional packages that none of the composed configs `cfgs` (model.quantization, deepspeed.stage) use."""
+def unused(cfgs: Iterable[Any] = ()) -> list[str]:
+    """The optional packages that none of the configs `cfgs` (model.quantization, deepspeed.stage) use.
+
+    Each config needs `model.quantization` and `deepspeed.stage` (a composed DictConfig or the typed spec);
+    `deepspeed` may be absent (a run's saved spec without DeepSpeed). No configs: nothing is used."""
     cfgs = list(cfgs)
     out = []
     if all(str(cfg.model.quantization) == "none" for cfg in cfgs):
         out.append("bitsandbytes")
-    if all(int(cfg.deepspeed.stage) == 0 for cfg in cfgs):
+    if all(int(_stage(cfg)) == 0 for cfg in cfgs):
         out.append("deepspeed")
     return out
 
 
-def hide_unused(cfgs: Iterable[Any]) -> list[str]:
+def _stage(cfg: Any) -> int:
+    deepspeed = getattr(cfg, "deepspeed", None)
+    return 0 if deepspeed is None else deepspeed.stage
+
+
+def hide_unused(cfgs: Iterable[Any] = ()) -> list[str]:
     """Hide from this process the optional packages the jobs do not use (those not imported yet); returns them."""
     hidden = [name for name in unused(cfgs) if name not in sys.modules]
     for name in hidden:

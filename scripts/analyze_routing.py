@@ -29,17 +29,10 @@ import sys
 from itertools import zip_longest
 from pathlib import Path
 
-import torch
-
-from perft_exp.adapters.io import load_adapter, read_adapter_config
-from perft_exp.adapters.routing_stats import router_angles, track_routing
 from perft_exp.adapters.variants import PERFT_VARIANTS
-from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
 from perft_exp.cli import one_line
 from perft_exp.data.prompts import build_prompt
-from perft_exp.data.task import load_task_data
-from perft_exp.models.arch import NotApplicable
-from perft_exp.models.loading import load_model
+from perft_exp.optional_imports import hide_unused
 from perft_exp.run_dir import RunDir
 
 DEFAULTS = {"out": "outputs/routing", "runs": "*", "batches": "4", "batch_size": "16", "device": None,
@@ -78,12 +71,22 @@ def find_corrupt(paths: list[Path], pattern: str = "*") -> list[str]:
 
 def test_prompts(task_cfg, n: int) -> list[str]:
     """n prompts taken round-robin over the test sets, so every set is represented."""
+    from perft_exp.data.task import load_task_data
+
     tests = load_task_data(task_cfg).tests
     mixed = [r for group in zip_longest(*tests.values()) for r in group if r is not None]
     return [build_prompt(r["instruction"], r.get("input", "")) for r in mixed[:n]]
 
 
 def analyze_run(run_dir: Path, opts: dict) -> dict:
+    import torch
+
+    from perft_exp.adapters.io import load_adapter, read_adapter_config
+    from perft_exp.adapters.routing_stats import router_angles, track_routing
+    from perft_exp.analysis.routing import plot_loads, plot_vectors, vector_picture
+    from perft_exp.models.arch import NotApplicable
+    from perft_exp.models.loading import load_model
+
     run = RunDir(run_dir)
     cfg = run.load_spec()
     meta = read_adapter_config(run.adapter)
@@ -184,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run directories (config.yaml + adapter/) at or below {', '.join(map(str, run_dirs))}",
               file=sys.stderr)  # fmt: skip
         return 2
+    # Before transformers loads: no import-time warnings from packages none of the runs used.
+    hide_unused(RunDir(run_dir).load_spec() for run_dir in runs)
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     results, failures = [], 0

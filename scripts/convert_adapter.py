@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from perft_exp.adapters.io import convert_old_adapter
-from perft_exp.cli import one_line
+from perft_exp.optional_imports import hide_unused
+
+# Files only: nothing is quantised or sharded, so bitsandbytes and DeepSpeed stay unimported (and quiet).
+hide_unused()
+from perft_exp.adapters.io import convert_old_adapter  # noqa: E402
+from perft_exp.cli import one_line  # noqa: E402
 
 
 def main() -> None:

@@ -12,15 +12,23 @@ from __future__ import annotations
 import json
 import sys
 
-from perft_exp.adapters.counting import count_parameters
-from perft_exp.adapters.model import apply_adapters
+from omegaconf import DictConfig
+
 from perft_exp.cli import one_line
 from perft_exp.config import compose, perft_config
-from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
+from perft_exp.optional_imports import hide_unused
 
 
 def count(overrides: list[str]) -> dict:
-    cfg = compose(overrides)
+    return count_config(compose(overrides))
+
+
+def count_config(cfg: DictConfig) -> dict:
+    """The parameter counts of the composed config's model with its adapters (built on meta where it can)."""
+    from perft_exp.adapters.counting import count_parameters
+    from perft_exp.adapters.model import apply_adapters
+    from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
+
     perft = perft_config(cfg)
     # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the YAML's.
     local = checkpoint_config(cfg.model) is not None
@@ -32,7 +40,9 @@ def count(overrides: list[str]) -> dict:
 
 def main() -> None:
     try:
-        print(json.dumps(count(sys.argv[1:]), indent=2))
+        cfg = compose(sys.argv[1:])
+        hide_unused([cfg])  # before transformers loads: no warnings from packages the config does not use
+        print(json.dumps(count_config(cfg), indent=2))
     except Exception as e:  # noqa: BLE001 - a CLI: one line, non-zero exit
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)

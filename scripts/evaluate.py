@@ -16,14 +16,10 @@ import contextlib
 import sys
 from pathlib import Path
 
-from perft_exp.adapters.io import load_adapter
 from perft_exp.cli import EXIT_HELD, error_line, one_line
 from perft_exp.config import compose, perft_config
-from perft_exp.data.task import load_task_data
-from perft_exp.evaluation import evaluate
-from perft_exp.evaluation.metrics import metrics_table
 from perft_exp.files import write_error, writing
-from perft_exp.models.loading import load_model
+from perft_exp.optional_imports import hide_unused
 from perft_exp.run_dir import RunDir
 from perft_exp.run_lock import RunDirHeld
 
@@ -39,6 +35,13 @@ def run(argv: list[str]) -> dict:
     overrides = [a for a in argv if not a.startswith("run_dir=")]
     cfg = compose([*replay, *overrides])
     base_only = perft_config(cfg).variant == "none"
+    # Before transformers loads: no import-time warnings from packages the run's config does not use.
+    hide_unused([cfg])
+    from perft_exp.adapters.io import load_adapter
+    from perft_exp.data.task import load_task_data
+    from perft_exp.evaluation import evaluate
+    from perft_exp.evaluation.metrics import metrics_table
+    from perft_exp.models.loading import load_model
 
     model, tokenizer = load_model(cfg.model)
     if not base_only:

@@ -68,11 +68,18 @@ def build_tiny_lm(tokenizer, seed: int = 0):
 @pytest.fixture(autouse=True)
 def _restore_environment():
     """Tests that run the app in-process set RANK, WORLD_SIZE, MASTER_ADDR, ... in os.environ; without this a
-    later test's subprocess (or accelerate) would take itself for one rank of a distributed job."""
+    later test's subprocess (or accelerate) would take itself for one rank of a distributed job.
+
+    A script's main() run in-process may hide optional packages (perft_exp/optional_imports.py marks them
+    None in sys.modules): they are visible again for the next test."""
     saved = dict(os.environ)
+    hidden_before = {name for name, module in sys.modules.items() if module is None}
     yield
     os.environ.clear()
     os.environ.update(saved)
+    for name in [name for name, module in sys.modules.items() if module is None]:
+        if name not in hidden_before:
+            del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.peft_compat import quiet_peft
 from perft_exp.adapters.variants import LORA_BASELINES
 from perft_exp.models.arch import MoEArchitecture, NotApplicable, architecture_for
 
@@ -59,6 +60,7 @@ def lora_config(cfg: PerftConfig, arch: MoEArchitecture) -> LoraConfig:
 
 
 def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
-    peft_model = get_peft_model(model, lora_config(cfg, architecture_for(model)))
+    with quiet_peft():
+        peft_model = get_peft_model(model, lora_config(cfg, architecture_for(model)))
     peft_model.perft_config = cfg
     return peft_model

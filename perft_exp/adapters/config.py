@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING
 
 from perft_exp.adapters.variants import (
@@ -43,31 +43,74 @@ ROUTER_DTYPES = ("float32", "model")
 
 @dataclass
 class PerftConfig:
-    variant: str = "R"
-    num_experts: int | None = 4  # N; for E it is the model's expert count (leave None)
-    top_k: int | None = 2  # K; R only (E uses the model's k)
-    # R only, off (None) in the paper: top-p routing, each token takes the fewest of its top-K PEFT experts whose
-    # router probabilities sum to >= top_p, weights renormalised over them (perft_exp/adapters/routing.py TopP).
-    top_p: float | None = None
-    bottleneck: int = 16  # r; also the rank of the LoRA baselines
-    alpha: float | None = None  # None -> 2 * bottleneck, as in every paper run
-    dropout: float = 0.05
-    # expert: each PEFT expert draws its own mask, where the authors apply it (LoRA: on its input; adapter: after
-    # W_down); shared: one mask on x for all experts. The LoRA baselines use HF PEFT's dropout either way.
-    dropout_scope: str = "expert"
-    form: str = "lora"  # "lora": (alpha/r) B A dropout(x); "adapter": W_up act(W_down x)
-    activation: str = "silu"  # adapter form only
-    init: str = "paper"  # "paper": A ~ N(0, 2/r), B ~ N(0, 1e-12); "zero_b": B = 0 (no-op at step 0)
-    aux_loss_coef: float | None = None  # R's router aux loss; None -> the architecture's default
-    # The authors' OLMoE code scaled R's j-th chosen PEFT expert by the j-th largest *base-router*
-    # weight, so W_r learned from the aux loss alone. Off by default; on only to compare with them.
-    authors_weighting_defect: bool = False
-    # R's router W_r: "linear" = nn.Linear's U(-1/sqrt(D), 1/sqrt(D)) in fp32 (ours); the authors' router was made
-    # by from_pretrained: the model's _init_weights N(0, 0.02), in the model's dtype (bf16), never re-initialised.
-    router_init: str = "linear"
-    router_dtype: str = "float32"  # "model": the base model's dtype (bf16 on GPU), as the authors ran it
-    impl: str = "auto"  # routed compute: dense masked, grouped matmul over chosen experts, or loop
-    adapter_dtype: str = "float32"  # dtype of the PEFT parameters ("model": same as the base)
+    variant: str = field(
+        default="R",
+        metadata={"help": "R, E, D, S (PERFT) or a LoRA baseline (qv_lora, ...), or none (the frozen model)"},
+    )
+    num_experts: int | None = field(
+        default=4, metadata={"help": "N, the PEFT experts per MoE block (E: null, the model's expert count)"}
+    )
+    top_k: int | None = field(
+        default=2, metadata={"help": "K, the PEFT experts each token takes (R only; E: null, the model's k)"}
+    )
+    top_p: float | None = field(
+        default=None,
+        metadata={
+            "help": "R only, null (off) in the paper: each token takes the fewest of its top-K PEFT experts "
+            "whose router probabilities sum to >= top_p, weights renormalised over them"
+        },
+    )
+    bottleneck: int = field(
+        default=16, metadata={"help": "r, each PEFT expert's bottleneck (the paper's D_B); the LoRA rank"}
+    )
+    alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scale numerator (scale alpha / r); null: 2 x bottleneck"}
+    )
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the PEFT experts' path, in [0, 1)"})
+    dropout_scope: str = field(
+        default="expert",
+        metadata={
+            "help": "expert: each PEFT expert draws its own mask (LoRA form: on its input; adapter form: "
+            "after W_down); shared: one mask on x for all experts. The LoRA baselines use PEFT's own dropout"
+        },
+    )
+    form: str = field(
+        default="lora",
+        metadata={"help": "lora: (alpha / r) B A dropout(x); adapter: W_up act(W_down x)"},
+    )
+    activation: str = field(default="silu", metadata={"help": "the adapter form's activation"})
+    init: str = field(
+        default="paper",
+        metadata={"help": "paper: A ~ N(0, 2 / r), B ~ N(0, 1e-12); zero_b: B = 0 (no change at step 0)"},
+    )
+    aux_loss_coef: float | None = field(
+        default=None, metadata={"help": "weight of R's router load-balancing loss; null: the architecture's"}
+    )
+    authors_weighting_defect: bool = field(
+        default=False,
+        metadata={
+            "help": "R only, for comparison with the authors' OLMoE code: the j-th chosen PEFT expert is "
+            "weighted by the frozen router's j-th largest weight (docs/protocol.md)"
+        },
+    )
+    router_init: str = field(
+        default="linear",
+        metadata={
+            "help": "R's router init. linear: nn.Linear's uniform init, fp32; authors: N(0, 0.02) in the "
+            "model's dtype, as in the authors' runs (docs/protocol.md)"
+        },
+    )
+    router_dtype: str = field(
+        default="float32", metadata={"help": "R's router dtype: float32, or model (the base model's)"}
+    )
+    impl: str = field(
+        default="auto",
+        metadata={"help": "the routed experts' compute: auto, dense (masked), grouped (matmul), loop"},
+    )
+    adapter_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype of the PEFT parameters: float32, bfloat16, or model (the base's)"},
+    )
 
     def __post_init__(self) -> None:
         spec = get_variant(self.variant)

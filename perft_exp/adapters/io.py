@@ -24,6 +24,7 @@ from torch import nn
 
 from perft_exp.adapters.baselines import lora_config
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.peft_compat import quiet_peft
 from perft_exp.adapters.tuner import (
     WEIGHTS_NAME,
     AdapterError,
@@ -173,7 +174,8 @@ def load_adapter(
         with tempfile.TemporaryDirectory() as tmp:
             return load_adapter(model, convert_old_adapter(adapter_dir, tmp), cfg)
     check_adapter_files(adapter_dir)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    with quiet_peft():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     config = peft_model.peft_config["default"]
     peft_model.perft_config = config.knobs() if isinstance(config, PerftPeftConfig) else cfg
     return peft_model

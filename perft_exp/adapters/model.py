@@ -19,6 +19,7 @@ from torch import nn
 from perft_exp.adapters.baselines import apply_lora_baseline
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.layer import PerftLayer, adapter_aux_loss, perft_layers
+from perft_exp.adapters.peft_compat import quiet_peft
 from perft_exp.adapters.tuner import PerftPeftConfig
 from perft_exp.models.arch import architecture_for
 
@@ -38,7 +39,8 @@ def apply_perft(model: nn.Module, cfg: PerftConfig) -> nn.Module:
     peft_config = PerftPeftConfig.from_knobs(
         cfg, base_model_name_or_path=getattr(model, "name_or_path", None) or None
     )
-    peft_model = get_peft_model(model, peft_config)
+    with quiet_peft():
+        peft_model = get_peft_model(model, peft_config)
     peft_model.perft_config = peft_model.peft_config["default"].knobs()  # resolved against the model
     return peft_model
 
