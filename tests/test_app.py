@@ -318,7 +318,7 @@ def test_labels_agree_between_console_count_params_and_tables():
     """One label owner: `E (Top8/64) r8` everywhere, never `E r8`; `qv-LoRA`, never `qv_lora` (item 8)."""
     import runpy
 
-    from perft_exp.analysis.results import config_label
+    from perft_exp.analysis.results.runs import config_label
 
     count = runpy.run_path(str(REPO / "scripts" / "count_params.py"))["count"]
     assert count(["model=olmoe_1b_7b", "variant=E", "perft.bottleneck=8"])["config"] == "E (Top8/64) r8"
