@@ -50,7 +50,7 @@ def test_model_options(model):
         assert built.config.model_type == cfg.model.model_type
         assert all(p.device.type == "meta" for p in built.parameters())
     else:
-        from perft_exp.models.tiny import TINY_SPECS
+        from perft_exp.models.tiny_spec import TINY_SPECS
 
         assert cfg.model.pretrained.startswith("tiny:") and cfg.model.pretrained[5:] in TINY_SPECS
 
