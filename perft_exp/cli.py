@@ -13,17 +13,21 @@ A full disk, a quota or a read-only file system is one line naming the path bein
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import logging
 import os
-import re
 import sys
+from collections.abc import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from perft_exp.config import CONF_DIR, compose, setup, validate
 from perft_exp.optional_imports import hide_unused
@@ -31,62 +35,75 @@ from perft_exp.optional_imports import hide_unused
 log = logging.getLogger("perft_exp")
 EXIT_CONFIG, EXIT_RUN, EXIT_PREEMPTED = 2, 1, 143
 EXIT_HELD = 75  # EX_TEMPFAIL: another process runs this job; sweep launchers skip it
-_NOISE = re.compile(r"^\s*(full_key|object_type|reference_type|To append|Set the environment variable|$)")
+# Hydra's hint after a failed override ("To append to your config use +key=value"): the line names the key.
+_HYDRA_HINTS = ("To append to your",)
 
 
 def _strip_launcher_args(argv: list[str]) -> list[str]:
-    """The `deepspeed` launcher passes --local_rank=N, which Hydra would reject: move it to the env."""
-    out, skip = [], False
-    for i, arg in enumerate(argv):
-        if skip:
-            skip = False
-            continue
-        m = re.match(r"--local[_-]rank(?:=(\d+))?$", arg)
-        if m:
-            value = m.group(1)
-            if value is None and i + 1 < len(argv):
-                value, skip = argv[i + 1], True
-            os.environ.setdefault("LOCAL_RANK", value or "0")
-            continue
-        out.append(arg)
-    return out
+    """The `deepspeed` launcher passes --local_rank=N, which Hydra would reject: drop it.
+
+    Both launchers also set LOCAL_RANK in the environment (what the app reads); an argument-only launcher
+    (torch.distributed.launch without --use-env) is covered by moving the value there."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--local_rank", "--local-rank", nargs="?", const="0")
+    known, rest = parser.parse_known_args(argv)
+    if known.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", known.local_rank)
+    return rest
 
 
-def _schema_fields(class_name: str) -> list[str]:
-    import dataclasses
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what caused it, outermost first. An OmegaConf error with its node described ends the
+    chain: its own cause (chained only under a debugger or OC_CAUSE=1) is the same error before OmegaConf
+    filled in the message."""
+    e: BaseException | None = exc
+    while e is not None:
+        yield e
+        if isinstance(e, OmegaConfBaseException) and e.full_key is not None:
+            return
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
 
-    from perft_exp import config
 
-    cls = getattr(config, class_name, None)
-    return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+def _message(e: BaseException) -> str:
+    """An exception's text; an OmegaConf error's without the node description it appends (`full_key: ...`,
+    `object_type=...`: the error's attributes)."""
+    text = str(e)
+    if isinstance(e, OmegaConfBaseException) and e.full_key is not None:
+        text = text.split(f"\n    full_key: {e.full_key}", 1)[0]
+    return text
+
+
+def _known_keys(e: OmegaConfBaseException) -> list[str]:
+    """The keys of the config node a key was missing from: its schema's fields, else the node's keys."""
+    if dataclasses.is_dataclass(e.object_type):
+        return [f.name for f in dataclasses.fields(e.object_type)]
+    return [str(k) for k in e.parent_node.keys()] if isinstance(e.parent_node, DictConfig) else []
 
 
 def one_line(exc: BaseException) -> str:
-    """The exception chain as one line: the offending key first, then what is allowed."""
-    chain, e = [], exc
-    while e is not None:
-        chain.append(str(e))
-        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-    text = "\n".join(chain)
-    missing = re.search(r"Could not find '([\w/]+)/([^'/]*)'", text)
-    if missing:
-        group, option = missing.groups()
-        block = text.split(f"Available options in '{group}':", 1)[-1].split("Config search path", 1)[0]
-        options = [o.strip() for o in block.split() if o.strip() and not o.strip().endswith("_schema")]
+    """The exception chain as one line: the offending key first, then what is allowed.
+
+    The key, the config group and its options come from the errors' attributes: Hydra's MissingConfigException
+    (`missing_cfg_file`, `options`) and OmegaConf's errors (`full_key`, `object_type`), which Hydra's
+    composition errors carry as their cause."""
+    chain = list(_chain(exc))
+    missing = next((e for e in chain if isinstance(e, MissingConfigException)), None)
+    if missing is not None and "/" in (missing.missing_cfg_file or ""):
+        group, _, option = missing.missing_cfg_file.rpartition("/")
+        options = [o for o in missing.options or () if not o.endswith("_schema")]
         return f"{group}={option}: no such option; choose one of {', '.join(options)}"
-    unknown = re.search(r"Key '(\w+)' not in '(\w+)'", text)
-    full_key = re.search(r"full_key:\s*(\S+)", text)
-    if unknown:
-        key = full_key.group(1) if full_key else unknown.group(1)
-        known = _schema_fields(unknown.group(2))
-        return f"{key}: no such key" + (f"; known keys here: {', '.join(known)}" if known else "")
+    node = next((e for e in chain if isinstance(e, OmegaConfBaseException) and e.full_key is not None), None)
+    if isinstance(node, (ConfigKeyError, ConfigAttributeError)):
+        known = _known_keys(node)
+        return f"{node.full_key}: no such key" + (f"; known keys here: {', '.join(known)}" if known else "")
     parts = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not _NOISE.match(line) and "$VALUE" not in line and line not in parts:
-            parts.append(line)
+    for e in chain:
+        for line in _message(e).splitlines():
+            line = line.strip()
+            if line and not line.startswith(_HYDRA_HINTS) and line not in parts:
+                parts.append(line)
     message = "; ".join(parts)
-    key = full_key.group(1) if full_key else None
+    key = node.full_key if node is not None else None
     return f"{key}: {message}" if key and not message.startswith(key) else message
 
 

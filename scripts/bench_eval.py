@@ -24,12 +24,13 @@ from perft_exp.evaluation import MODES, evaluate
 
 def build_random_tiny(out_dir: Path, name: str = "tiny_olmoe") -> Path:
     """The tiny model's tokenizer and architecture with random weights (no pre-training), saved to `out_dir`."""
-    from perft_exp.models import tiny
+    from perft_exp.models.tiny.build import build_config, build_tokenizer
+    from perft_exp.models.tiny_spec import TINY_SPECS
 
-    spec = tiny.TINY_SPECS[name]
-    tokenizer = tiny.build_tokenizer(spec)
+    spec = TINY_SPECS[name]
+    tokenizer = build_tokenizer(spec)
     torch.manual_seed(spec.seed)
-    model = AutoModelForCausalLM.from_config(tiny.build_config(spec, tokenizer))
+    model = AutoModelForCausalLM.from_config(build_config(spec, tokenizer))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

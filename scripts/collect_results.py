@@ -4,7 +4,7 @@ paired comparisons between its configurations.
     python scripts/collect_results.py outputs/runs --out outputs/report
     python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
 
-See perft_exp/analysis/results.py and perft_exp/analysis/paired.py for what each file holds. A run directory
+See perft_exp/analysis/results/ and perft_exp/analysis/paired.py for what each file holds. A run directory
 with an unreadable file is listed (file and fix) and left out; the exit code is 0 then unless --strict.
 """
 
@@ -14,7 +14,8 @@ import argparse
 import sys
 
 from perft_exp.analysis.paired import write_paired
-from perft_exp.analysis.results import collect, write_report
+from perft_exp.analysis.results.report import write_report
+from perft_exp.analysis.results.runs import collect
 from perft_exp.run_dir import FAILED_NAME, RESULTS_NAME
 
 

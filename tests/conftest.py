@@ -102,12 +102,13 @@ def micro_model_dir(tmp_path_factory) -> Path:
     """A micro OLMoE (2 layers, hidden 64) with the project's real tokenizer, built in seconds."""
     import dataclasses
 
-    from perft_exp.models import tiny
+    from perft_exp.models.tiny.build import build_tiny_model
+    from perft_exp.models.tiny_spec import TINY_SPECS
 
     spec = dataclasses.replace(
-        tiny.TINY_SPECS["tiny_olmoe"], hidden_size=64, num_hidden_layers=2, steps=2, corpus_docs=300
+        TINY_SPECS["tiny_olmoe"], hidden_size=64, num_hidden_layers=2, steps=2, corpus_docs=300
     )
-    return tiny.build_tiny_model(
+    return build_tiny_model(
         "tiny_olmoe", tmp_path_factory.mktemp("micro") / "olmoe", progress=False, spec=spec
     )
 

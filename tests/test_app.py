@@ -50,7 +50,7 @@ def test_model_options(model):
         assert built.config.model_type == cfg.model.model_type
         assert all(p.device.type == "meta" for p in built.parameters())
     else:
-        from perft_exp.models.tiny import TINY_SPECS
+        from perft_exp.models.tiny_spec import TINY_SPECS
 
         assert cfg.model.pretrained.startswith("tiny:") and cfg.model.pretrained[5:] in TINY_SPECS
 
@@ -318,7 +318,7 @@ def test_labels_agree_between_console_count_params_and_tables():
     """One label owner: `E (Top8/64) r8` everywhere, never `E r8`; `qv-LoRA`, never `qv_lora` (item 8)."""
     import runpy
 
-    from perft_exp.analysis.results import config_label
+    from perft_exp.analysis.results.runs import config_label
 
     count = runpy.run_path(str(REPO / "scripts" / "count_params.py"))["count"]
     assert count(["model=olmoe_1b_7b", "variant=E", "perft.bottleneck=8"])["config"] == "E (Top8/64) r8"

@@ -27,10 +27,11 @@ PER_EXPERT_ON_HUB = {"deepseek_v2_lite", "moonlight_16b_a3b", "glm45_air", "phi3
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from perft_exp.models import tiny
+    from perft_exp.models.tiny.build import build_tokenizer
+    from perft_exp.models.tiny_spec import TINY_SPECS
 
     out = tmp_path_factory.mktemp("tokenizer")
-    tiny.build_tokenizer(tiny.TINY_SPECS["tiny_olmoe"]).save_pretrained(out)
+    build_tokenizer(TINY_SPECS["tiny_olmoe"]).save_pretrained(out)
     return out
 
 

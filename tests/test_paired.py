@@ -10,7 +10,7 @@ import pytest
 
 from perft_exp.analysis.bootstrap import SetArrays, bootstrap_intervals, paired_difference
 from perft_exp.analysis.paired import compare, paired_markdown, write_paired
-from perft_exp.analysis.results import Collection, Run
+from perft_exp.analysis.results.runs import Collection, Run
 
 N = 200  # questions per test set
 SETS = ("boolq", "piqa")

@@ -17,7 +17,8 @@ import pytest
 from conftest import REPO, run_train
 from safetensors.torch import load_file
 
-from perft_exp.models import tiny
+from perft_exp.models.tiny.build import build_tiny_model
+from perft_exp.models.tiny_spec import TINY_SPECS
 from perft_exp.training.run import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -173,9 +174,9 @@ def test_checkpoint_of_another_base_model_is_refused(micro_model_dir, app_env, t
     (tmp_path / "run" / "results.json").unlink()
     (tmp_path / "run" / "run_config.json").unlink()
     (tmp_path / "run" / "config.yaml").unlink()
-    spec = dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1,
+    spec = dataclasses.replace(TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1,
                                corpus_docs=200)  # fmt: skip
-    other_model = tiny.build_tiny_model("tiny_olmoe", tmp_path / "other_model", progress=False, spec=spec)
+    other_model = build_tiny_model("tiny_olmoe", tmp_path / "other_model", progress=False, spec=spec)
     other = run_train(_base(other_model, tmp_path / "run"), app_env)
     assert other.returncode == 1
     assert "was trained on base model" in _error(other.stderr)

@@ -11,14 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from perft_exp.analysis.results import (
-    collect,
-    config_label,
-    group_name,
-    markdown_table,
-    skill_table,
-    write_report,
-)
+from perft_exp.analysis.results.report import write_report
+from perft_exp.analysis.results.runs import collect, config_label, group_name
+from perft_exp.analysis.results.tables import markdown_table, skill_table
 from perft_exp.data.formats import COMMONSENSE_TEST_SETS
 from perft_exp.data.prompts import build_prompt
 from perft_exp.evaluation.evaluator import _row
@@ -304,7 +299,7 @@ def test_labels_of_nearby_points_do_not_overlap(tmp_path):
     """Efficiency-plot labels of points at nearly the same cost and accuracy are moved apart (item 8)."""
     import matplotlib.pyplot as plt
 
-    from perft_exp.analysis.results import collect, efficiency_figure
+    from perft_exp.analysis.results.figures import efficiency_figure
 
     root = tmp_path / "runs"
     # two R points a point of accuracy apart at one cost, two S points a tenth of a decade apart at one
@@ -322,8 +317,6 @@ def test_labels_of_nearby_points_do_not_overlap(tmp_path):
 
 def test_a_run_that_changed_the_defaults_is_marked_in_the_table(tmp_path):
     """A smoke run (trainer=debug) never passes for the real config in results.md (item 2)."""
-    from perft_exp.analysis.results import collect
-
     run_dir = write_run(tmp_path, "commonsense", "S", 8)
     results = json.loads((run_dir / "results.json").read_text())
     (run_dir / "results.json").write_text(json.dumps({**results, "config_changes": ["trainer=debug"]}))

@@ -252,7 +252,8 @@ def test_an_unreadable_record_makes_the_run_corrupt(rel, tmp_path):
 
 
 def test_collect_lists_and_skips_corrupt_runs(tmp_path):
-    from perft_exp.analysis.results import collect, write_markdown
+    from perft_exp.analysis.results.runs import collect
+    from perft_exp.analysis.results.tables import write_markdown
 
     bad = corrupt_runs(tmp_path)
     good = tmp_path / "good"

@@ -14,25 +14,28 @@ import torch
 import transformers
 
 from perft_exp.data.synthetic.world import RELATIONS
-from perft_exp.models import tiny
+from perft_exp.models.tiny import build as tiny_build
+from perft_exp.models.tiny.cache import default_cache_root, ensure_tiny_model
+from perft_exp.models.tiny.probes import completion_accuracy, knowledge_table
+from perft_exp.models.tiny_spec import TINY_SPECS, TinySpec
 
 
-def micro(name: str, **overrides: object) -> tiny.TinySpec:
+def micro(name: str, **overrides: object) -> TinySpec:
     """The registry spec shrunk to a model that builds in about a second."""
     small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
                  num_experts=4, vocab_size=600, steps=3, batch_size=2, seq_len=32, warmup_steps=1,
                  corpus_docs=100)  # fmt: skip
-    spec = tiny.TINY_SPECS[name]
+    spec = TINY_SPECS[name]
     small["num_key_value_heads"] = 1 if spec.num_key_value_heads < spec.num_attention_heads else 2
     small["steps"] = min(spec.steps, small["steps"])  # the random control stays untrained
     return dataclasses.replace(spec, **(small | overrides))
 
 
-@pytest.fixture(scope="module", params=sorted(tiny.TINY_SPECS))
+@pytest.fixture(scope="module", params=sorted(TINY_SPECS))
 def built(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     name = request.param
-    return name, root, tiny.ensure_tiny_model(name, cache_root=root, spec=micro(name), progress=False)
+    return name, root, ensure_tiny_model(name, cache_root=root, spec=micro(name), progress=False)
 
 
 def test_round_trips_through_from_pretrained(built):
@@ -104,26 +107,26 @@ def test_completion_accuracy_reads_the_number_the_model_writes_first(built):
 
     probes = [("7 + 5 =", 12), ("3 * 4 =", 12), ("6 - 5 =", 1), ("1 + 1 + 9 =", 11)]
     side = tokenizer.padding_side
-    assert tiny.completion_accuracy(Writes(" 12. 1"), tokenizer, probes) == 0.5
-    assert tiny.completion_accuracy(Writes(" 1"), tokenizer, probes) == 0.25
-    assert tiny.completion_accuracy(Writes(" twelve"), tokenizer, probes) == 0.0
+    assert completion_accuracy(Writes(" 12. 1"), tokenizer, probes) == 0.5
+    assert completion_accuracy(Writes(" 1"), tokenizer, probes) == 0.25
+    assert completion_accuracy(Writes(" twelve"), tokenizer, probes) == 0.0
     assert tokenizer.padding_side == side  # restored
 
 
 def test_random_control_is_tiny_olmoe_without_pretraining(tmp_path):
     """Same architecture, tokenizer and initial weights as tiny_olmoe; only the pre-training is skipped."""
-    assert tiny.TINY_SPECS["tiny_olmoe_random"] == dataclasses.replace(tiny.TINY_SPECS["tiny_olmoe"], steps=0)
-    pretrained = tiny.ensure_tiny_model(
+    assert TINY_SPECS["tiny_olmoe_random"] == dataclasses.replace(TINY_SPECS["tiny_olmoe"], steps=0)
+    pretrained = ensure_tiny_model(
         "tiny_olmoe", cache_root=tmp_path, spec=micro("tiny_olmoe"), progress=False
     )
-    random_ = tiny.ensure_tiny_model(
+    random_ = ensure_tiny_model(
         "tiny_olmoe_random", cache_root=tmp_path, spec=micro("tiny_olmoe_random"), progress=False
     )
     assert (pretrained / "tokenizer.json").read_text() == (random_ / "tokenizer.json").read_text()
     tokenizer = transformers.AutoTokenizer.from_pretrained(random_)
     torch.manual_seed(micro("tiny_olmoe_random").seed)
     fresh = transformers.AutoModelForCausalLM.from_config(
-        tiny.build_config(micro("tiny_olmoe_random"), tokenizer)
+        tiny_build.build_config(micro("tiny_olmoe_random"), tokenizer)
     )
     loaded = transformers.AutoModelForCausalLM.from_pretrained(random_)
     for (name, a), b in zip(fresh.state_dict().items(), loaded.state_dict().values()):
@@ -136,12 +139,12 @@ def test_cache_is_reused_and_keyed_by_spec(built, monkeypatch):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr(tiny, "build_tiny_model", no_rebuild)
-    assert tiny.ensure_tiny_model(name, cache_root=root, spec=micro(name)) == path
+    monkeypatch.setattr(tiny_build, "build_tiny_model", no_rebuild)
+    assert ensure_tiny_model(name, cache_root=root, spec=micro(name)) == path
     changed = micro(name, seed=1)
     assert changed.key() != micro(name).key()
     with pytest.raises(AssertionError, match="rebuilt"):
-        tiny.ensure_tiny_model(name, cache_root=root, spec=changed)
+        ensure_tiny_model(name, cache_root=root, spec=changed)
     # The interrupted build left nothing behind: no half model, no temp dir (lock files aside).
     assert sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) == [path.name]
 
@@ -149,9 +152,9 @@ def test_cache_is_reused_and_keyed_by_spec(built, monkeypatch):
 def test_concurrent_callers_build_once(tmp_path):
     """Two processes asking for the same uncached model: one builds, the other waits and reuses it."""
     code = (
-        "import dataclasses, json, sys; from perft_exp.models import tiny; "
-        "spec = tiny.TinySpec(**json.loads(sys.argv[2])); "
-        "print(tiny.ensure_tiny_model('tiny_olmoe', cache_root=sys.argv[1], spec=spec, progress=False))"
+        "import dataclasses, json, sys; from perft_exp.models.tiny.cache import ensure_tiny_model; "
+        "from perft_exp.models.tiny_spec import TinySpec; spec = TinySpec(**json.loads(sys.argv[2])); "
+        "print(ensure_tiny_model('tiny_olmoe', cache_root=sys.argv[1], spec=spec, progress=False))"
     )
     spec = json.dumps(dataclasses.asdict(micro("tiny_olmoe")))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -171,18 +174,18 @@ def test_stale_temp_dir_of_a_killed_build_is_removed(tmp_path):
     stale = tmp_path / f".tiny_olmoe-{spec.key()}.tmp-killed"
     stale.mkdir()
     (stale / "config.json").write_text("{")
-    path = tiny.ensure_tiny_model("tiny_olmoe", cache_root=tmp_path, spec=spec, progress=False)
+    path = ensure_tiny_model("tiny_olmoe", cache_root=tmp_path, spec=spec, progress=False)
     assert not stale.exists() and (path / "perft_build.json").exists()
 
 
 def test_cache_root_from_env(monkeypatch, tmp_path):
     monkeypatch.setenv("PERFT_CACHE", str(tmp_path))
-    assert tiny.default_cache_root() == tmp_path
+    assert default_cache_root() == tmp_path
 
 
 def test_knowledge_table_reports_every_relation_with_its_chance_and_sets(built):
     _, _, path = built
-    lines = tiny.knowledge_table(path).splitlines()
+    lines = knowledge_table(path).splitlines()
     assert lines[0].split() == ["relation", "stored", "Q/A", "exam", "chance", "asked", "by"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(RELATIONS)

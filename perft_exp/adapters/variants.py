@@ -17,7 +17,7 @@ everything the rest of the code asks about a variant:
   options       the optional knobs of KNOBS that only this variant takes (R: top-p routing, the authors' defect)
   tag / label   the run-name stem and the paper's figure label, format strings over the (resolved) knobs
   lora_targets  what a LoRA baseline wraps: "attention_qv", "router", "experts" (perft_exp/adapters/baselines.py)
-  style         marker and colour in the figures (perft_exp/analysis/results.py)
+  style         marker and colour in the figures (perft_exp/analysis/results/figures.py)
 
 KNOBS are the non-routing knobs that change what a run computes and so show in its name and label when they
 differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`). PERFT_ONLY are the keys that shape

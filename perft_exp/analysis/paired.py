@@ -8,7 +8,7 @@ ran the same seeds on the same questions; the interval then resamples seeds and 
 (perft_exp/analysis/bootstrap.py, `paired_difference`). Pairs that cannot be paired (other seeds, missing
 per-question records) are listed as such. The frozen base model is left out: it has no seeds.
 
-Reads the runs collected by perft_exp/analysis/results.py; trains nothing.
+Reads the runs collected by perft_exp/analysis/results/runs.py; trains nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from itertools import combinations
 from pathlib import Path
 
 from perft_exp.analysis.bootstrap import PairedDifference, paired_difference
-from perft_exp.analysis.results import Collection, Run, seed_groups
+from perft_exp.analysis.results.runs import Collection, Run, seed_groups
 
 
 @dataclass(frozen=True)
