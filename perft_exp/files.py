@@ -30,8 +30,11 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         name = errno.errorcode.get(self.errno, "")
-        hint = " (free space or raise the quota, or move output_root)" if self.errno in (
-            errno.ENOSPC, errno.EDQUOT) else ""  # fmt: skip
+        hint = (
+            " (free space or raise the quota, or move output_root)"
+            if self.errno in (errno.ENOSPC, errno.EDQUOT)
+            else ""
+        )
         return f"cannot write {self.filename}: {self.strerror}" + (f" [{name}]" if name else "") + hint
 
 

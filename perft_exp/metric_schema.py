@@ -66,8 +66,23 @@ TRAINABLE_RATIO = Key("trainable_ratio", "config", "trainable / base parameters"
 ACTIVATED_RATIO = Key("activated_ratio", "config", "activated trainable / active base parameters")
 GLOBAL_BATCH = Key("global_batch_size", "config", "global batch size")
 WORLD_SIZE = Key("world_size", "config", "processes")
-CONFIG_KEYS = (VARIANT, LABEL, N, K, R, TASK, MODEL, SEED, SWEEP, TRAINABLE, ACTIVATED, TRAINABLE_RATIO,
-               ACTIVATED_RATIO, GLOBAL_BATCH, WORLD_SIZE)  # fmt: skip
+CONFIG_KEYS = (
+    VARIANT,
+    LABEL,
+    N,
+    K,
+    R,
+    TASK,
+    MODEL,
+    SEED,
+    SWEEP,
+    TRAINABLE,
+    ACTIVATED,
+    TRAINABLE_RATIO,
+    ACTIVATED_RATIO,
+    GLOBAL_BATCH,
+    WORLD_SIZE,
+)
 
 # --- history: training (HF Trainer logs plus PerftTrainer's terms) -------------------------------------
 

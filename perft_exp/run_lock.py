@@ -105,8 +105,14 @@ def read_holder(path: Path) -> Holder | None:
         age = 0.0
     try:
         record = json.loads(path.read_text())
-        return Holder(str(record["host"]), int(record["pid"]), str(record["since"]), str(record["token"]),
-                      record.get("pid_start"), age)  # fmt: skip
+        return Holder(
+            str(record["host"]),
+            int(record["pid"]),
+            str(record["since"]),
+            str(record["token"]),
+            record.get("pid_start"),
+            age,
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -147,8 +153,15 @@ class RunLock:
 
     def _record(self) -> bytes:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "")
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": now, "token": self.token,
-                           "pid_start": _pid_start(os.getpid())}).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": now,
+                "token": self.token,
+                "pid_start": _pid_start(os.getpid()),
+            }
+        ).encode()
 
     def _create(self) -> bool:
         """Link a complete hold file into place; False when one exists already."""
@@ -202,8 +215,12 @@ class RunLock:
             except FileExistsError:
                 pass
         else:
-            log.warning("%s: taking over the hold of a process that has ended (%s; last heartbeat %.0f s ago)",
-                        self.run_dir, stale.describe(), stale.heartbeat_age)  # fmt: skip
+            log.warning(
+                "%s: taking over the hold of a process that has ended (%s; last heartbeat %.0f s ago)",
+                self.run_dir,
+                stale.describe(),
+                stale.heartbeat_age,
+            )
         moved.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
@@ -211,8 +228,11 @@ class RunLock:
             while not self._stop.wait(HEARTBEAT_S):
                 holder = read_holder(self.path)
                 if holder is None or holder.token != self.token:
-                    log.warning("%s: this process lost its hold on the run directory (%s)", self.run_dir,
-                                holder.describe() if holder else "hold file removed")  # fmt: skip
+                    log.warning(
+                        "%s: this process lost its hold on the run directory (%s)",
+                        self.run_dir,
+                        holder.describe() if holder else "hold file removed",
+                    )
                     return
                 try:
                     os.utime(self.path)

@@ -34,8 +34,11 @@ def count_config(cfg: DictConfig) -> dict:
     local = checkpoint_config(cfg.model) is not None
     model = build_meta_model(cfg.model) if cfg.model.architecture or local else load_model(cfg.model)[0]
     model = apply_adapters(model, perft)
-    return {"model": cfg.model.name, "config": model.perft_config.run_label(),
-            **count_parameters(model).to_dict()}  # fmt: skip
+    return {
+        "model": cfg.model.name,
+        "config": model.perft_config.run_label(),
+        **count_parameters(model).to_dict(),
+    }
 
 
 def main() -> None:

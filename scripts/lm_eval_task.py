@@ -39,8 +39,14 @@ def write_task(out_dir: str | Path, test_set: str = "boolq", n: int = 64, seed: 
     choices = sorted({r["answer"] for r in records})
     name, out = task_name(test_set), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = [{"prompt": build_prompt(r["instruction"], r["input"]) + ANSWER_PREFIX, "choices": choices,
-             "label": choices.index(r["answer"])} for r in records]  # fmt: skip
+    docs = [
+        {
+            "prompt": build_prompt(r["instruction"], r["input"]) + ANSWER_PREFIX,
+            "choices": choices,
+            "label": choices.index(r["answer"]),
+        }
+        for r in records
+    ]
     (out / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (out / f"{name}.yaml").write_text(
         f"task: {name}\n"

@@ -53,7 +53,7 @@ def main() -> None:
             report_to=[],
             save_strategy="no",
             bf16=False,
-        ),  # fmt: skip
+        ),
     )
     trainer.model.print_trainable_parameters()
     trainer.train()

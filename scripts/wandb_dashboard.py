@@ -70,8 +70,10 @@ def check(spec_keys: set, run_dirs: list[Path]) -> int:
     missing = dashboards.missing_keys(spec_keys, runs)
     for where, key in missing:
         print(f"missing: {where} {key}")
-    print(f"{len(runs)} of {len(run_dirs)} runs read; {len(spec_keys) - len(missing)} of {len(spec_keys)} "
-          "panel keys have data")  # fmt: skip
+    print(
+        f"{len(runs)} of {len(run_dirs)} runs read; {len(spec_keys) - len(missing)} of {len(spec_keys)} "
+        "panel keys have data"
+    )
     return 1 if missing else 0
 
 
@@ -109,8 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             for w, ok in (("--entity", args.entity), ("an API key (WANDB_API_KEY or `wandb login`)", key))
             if not ok
         ]
-        print(f"error: saving to W&B needs {' and '.join(what)}; --dry-run --out DIR writes the specs offline",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: saving to W&B needs {' and '.join(what)}; --dry-run --out DIR writes the specs offline",
+            file=sys.stderr,
+        )
         return 2
     entity = args.entity or "ENTITY"  # dry runs and checks: a placeholder the specs show
     try:

@@ -20,12 +20,28 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from perft_exp.config import compose
 
 SIZES = dict(
-    hidden_size=32, intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-    intermediate_size_mlp=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-    kv_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, linear_num_key_heads=2,
-    linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8, full_attention_interval=2,
-    max_position_embeddings=256, sliding_window=16, attention_chunk_size=64,
-)  # fmt: skip
+    hidden_size=32,
+    intermediate_size=32,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+    intermediate_size_mlp=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    kv_lora_rank=8,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    full_attention_interval=2,
+    max_position_embeddings=256,
+    sliding_window=16,
+    attention_chunk_size=64,
+)
 EXPERTS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}
 TOP_K = {"num_experts_per_tok": 2}
 MLA = ("deepseek_v2", "deepseek_v3")  # MLA attention repeats no KV heads: one per query head

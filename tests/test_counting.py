@@ -96,9 +96,11 @@ UNMATCHED = {
 
 @pytest.mark.parametrize(
     "model_name",
-    [pytest.param(m, marks=pytest.mark.xfail(reason=UNMATCHED[m], strict=True)) if m in UNMATCHED else m
-     for m in sorted(PUBLISHED)],
-)  # fmt: skip
+    [
+        pytest.param(m, marks=pytest.mark.xfail(reason=UNMATCHED[m], strict=True)) if m in UNMATCHED else m
+        for m in sorted(PUBLISHED)
+    ],
+)
 def test_named_models_match_their_published_sizes(model_name):
     total, active, convention, digits = PUBLISHED[model_name]
     model = _meta(model_name, PerftConfig(variant="none"))

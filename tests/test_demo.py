@@ -28,8 +28,12 @@ def _train(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((run_dir / "results.json").read_text()), proc.stdout
 

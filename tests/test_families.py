@@ -181,8 +181,15 @@ def test_router_logits_are_collected_with_perft_attached(model_type):
     assert out.router_logits, f"{model_type}: no router logits collected with PERFT attached"
 
 
-@pytest.mark.parametrize("model_type, layout", [("olmoe", "concatenated"), ("gpt_oss", "interleaved_transposed"),
-                                                ("llama4_text", "transposed"), ("aria_text", "transposed")])  # fmt: skip
+@pytest.mark.parametrize(
+    "model_type, layout",
+    [
+        ("olmoe", "concatenated"),
+        ("gpt_oss", "interleaved_transposed"),
+        ("llama4_text", "transposed"),
+        ("aria_text", "transposed"),
+    ],
+)
 def test_gate_rows_follow_the_experts_layout(model_type, layout):
     """The gate rows the vector picture reads are the ones the expert computes its gate from."""
     model = tiny_family(model_type)

@@ -74,8 +74,10 @@ def test_peft_round_trip(tmp_path, arch, variant, capsys):
     assert meta["peft_type"] == "PERFT" and meta["variant"] == variant and meta["bottleneck"] == 4
     assert meta["base_signature"]["model_type"] == arch
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
-    assert all(k.startswith("base_model.model.") and ".perft.perft_layer.experts." in k or ".router." in k
-               for k in keys) and not any(".default." in k for k in keys)  # fmt: skip
+    assert all(
+        k.startswith("base_model.model.") and ".perft.perft_layer.experts." in k or ".router." in k
+        for k in keys
+    ) and not any(".default." in k for k in keys)
     loaded = PeftModel.from_pretrained(tiny_moe(arch), tmp_path)
     torch.testing.assert_close(logits(loaded), out, atol=0, rtol=0)
 
@@ -175,8 +177,12 @@ def test_the_same_loss_through_perft_trainer_and_the_model(tmp_path, monkeypatch
     plain = model(**inputs, output_router_logits=True).loss.item()
     for on in (True, False):
         args = TrainingArguments(output_dir=str(tmp_path / str(on)), use_cpu=True, report_to=[])
-        trainer = PerftTrainer(model=model, args=args, logits_at_labels=on,
-                               adapter_aux_coef=model.peft_config["default"].aux_loss_coef)  # fmt: skip
+        trainer = PerftTrainer(
+            model=model,
+            args=args,
+            logits_at_labels=on,
+            adapter_aux_coef=model.peft_config["default"].aux_loss_coef,
+        )
         model.train()
         assert trainer.compute_loss(model, dict(inputs)).item() == pytest.approx(plain, rel=1e-5)
 
@@ -187,8 +193,10 @@ def _assert_untouched(model) -> None:
 
 def test_other_architecture_or_size_is_refused_in_one_line(tmp_path):
     get_peft_model(tiny_moe("olmoe"), perft_config("R")).save_pretrained(tmp_path)
-    for other, named in ((tiny_moe("mixtral"), "model_type"),
-                         (tiny_moe("olmoe", hidden_size=64, num_attention_heads=4), "hidden_size")):  # fmt: skip
+    for other, named in (
+        (tiny_moe("mixtral"), "model_type"),
+        (tiny_moe("olmoe", hidden_size=64, num_attention_heads=4), "hidden_size"),
+    ):
         with pytest.raises(AdapterError, match=named) as err:
             PeftModel.from_pretrained(other, tmp_path)
         assert "\n" not in str(err.value)
@@ -259,8 +267,9 @@ def test_an_old_format_checkpoint_resumes_into_the_peft_model():
     from perft_exp.adapters.model import apply_adapters
 
     old = DATA / "old_format_adapter_R"
-    model = apply_adapters(tiny_moe("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4,
-                                                          dropout=0.0))  # fmt: skip
+    model = apply_adapters(
+        tiny_moe("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4, dropout=0.0)
+    )
     load_weights(model, old)
     ref = load_file(old / "reference_logits.safetensors")["logits"]
     torch.testing.assert_close(logits(model.eval()), ref, **REFERENCE_TOL)

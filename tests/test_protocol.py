@@ -76,10 +76,20 @@ def test_matching(dataset, response, label, fixed, authors):
 
 def test_evaluate_asks_with_the_authors_strings(tiny_lm, tiny_tokenizer, tmp_path):
     torch.set_num_threads(1)
-    sets = {"boolq": [{"instruction": "Q?", "input": "", "answer": "true"}],
-            "gsm8k": [{"instruction": "Q?", "input": "", "answer": "2"}]}  # fmt: skip
-    result = evaluate(tiny_lm, tiny_tokenizer, sets, mode="greedy", max_new_tokens=2, out_dir=tmp_path,
-                      progress=False, protocol="authors")  # fmt: skip
+    sets = {
+        "boolq": [{"instruction": "Q?", "input": "", "answer": "true"}],
+        "gsm8k": [{"instruction": "Q?", "input": "", "answer": "2"}],
+    }
+    result = evaluate(
+        tiny_lm,
+        tiny_tokenizer,
+        sets,
+        mode="greedy",
+        max_new_tokens=2,
+        out_dir=tmp_path,
+        progress=False,
+        protocol="authors",
+    )
     import json
 
     rows = {n: json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in sets}

@@ -284,8 +284,9 @@ def _run_block(index: int, workdir: Path, micro: Path, env: dict) -> None:
     for command in BLOCKS[index]:
         if command == "make test":
             continue  # this suite; test_make_targets_named_in_the_readme_run_what_they_say checks its recipe
-        r = subprocess.run(_argv(command, workdir, micro), cwd=workdir, env=env, capture_output=True, text=True,
-                           timeout=900)  # fmt: skip
+        r = subprocess.run(
+            _argv(command, workdir, micro), cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+        )
         _check(command, r)
         _after(command, workdir)
     _DONE.add(index)

@@ -36,7 +36,14 @@ def test_each_variant_runs_its_routing_kind(perft, kind):
 
 def test_top_p_takes_the_fewest_of_the_top_k_whose_mass_reaches_p():
     """Token t's router probabilities are column t of the router (x_t = e_t): 1, 2 and the cap K = 3 experts."""
-    probs = torch.tensor([[0.70, 0.40, 0.25], [0.20, 0.30, 0.25], [0.06, 0.20, 0.25], [0.04, 0.10, 0.25]])  # fmt: skip
+    probs = torch.tensor(
+        [
+            [0.70, 0.40, 0.25],
+            [0.20, 0.30, 0.25],
+            [0.06, 0.20, 0.25],
+            [0.04, 0.10, 0.25],
+        ]
+    )
     router = PeftRouter(hidden_size=3, num_experts=4, top_k=3)  # probs: (N, T)
     with torch.no_grad():
         router.weight.copy_(probs.log())

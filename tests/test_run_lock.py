@@ -36,8 +36,12 @@ HOLDER = textwrap.dedent("""
 
 def _holder(run_dir: Path, seconds: float = 60) -> subprocess.Popen:
     """Another process holding `run_dir` for `seconds` (it says `held` once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), str(seconds)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir), str(seconds)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -116,8 +120,15 @@ def test_holding_twice_in_one_process_is_one_hold(tmp_path):
 
 def test_racing_processes_one_wins(tmp_path):
     """Eight processes started at once for one directory: exactly one holds it, the others are refused."""
-    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), "3"], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True) for _ in range(8)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path / "run"), "3"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outcomes = [p.communicate(timeout=120)[0].split()[0] for p in procs]
     assert sorted(outcomes) == ["held"] + ["refused"] * 7, outcomes
 
@@ -257,8 +268,17 @@ def test_collect_lists_and_skips_corrupt_runs(tmp_path):
     bad = corrupt_runs(tmp_path)
     good = tmp_path / "good"
     good.mkdir()
-    (good / "results.json").write_text(json.dumps({"variant": "S", "perft": {"variant": "S", "bottleneck": 4},
-                                                   "model": "m", "task": "t", "eval": {}}))  # fmt: skip
+    (good / "results.json").write_text(
+        json.dumps(
+            {
+                "variant": "S",
+                "perft": {"variant": "S", "bottleneck": 4},
+                "model": "m",
+                "task": "t",
+                "eval": {},
+            }
+        )
+    )
     collection = collect(tmp_path)
     assert [r.name for r in collection.runs] == ["good"]
     # failed.json alone makes a run directory for find(); the others are found by their results.json
@@ -284,8 +304,11 @@ def test_status_shows_corrupt_jobs_and_run_skips_them(tmp_path, monkeypatch, cap
     assert f"corrupt   {jobs[0].run_dir}  {jobs[0].run_dir / 'run_config.json'} is unreadable (" in out
     assert out.splitlines()[-1] == "grid: 1 corrupt, 1 pending"
     launched = []
-    monkeypatch.setattr(sweep_launch, "run_on_gpus", lambda js, *a, **k: launched.extend(j.run_dir for j in js
-                                                                                          if j.claimable()))  # fmt: skip
+    monkeypatch.setattr(
+        sweep_launch,
+        "run_on_gpus",
+        lambda js, *a, **k: launched.extend(j.run_dir for j in js if j.claimable()),
+    )
     assert sweep_cli.main(["run", str(grid), "--jobs", "2"]) == 1
     assert launched == [jobs[1].run_dir]
     assert "skipped: " in capsys.readouterr().err

@@ -39,8 +39,18 @@ from perft_exp.run_dir import ADAPTER_CONFIG_NAME
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME  # named by run_dir.py, which reads it without torch
 OLD_FORMAT_VERSION = 1
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "AdapterError", "base_signature", "check_compatible", "convert_old_adapter",
-           "load_adapter", "load_weights", "read_adapter_config", "save_adapter"]  # fmt: skip
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "AdapterError",
+    "base_signature",
+    "check_compatible",
+    "convert_old_adapter",
+    "load_adapter",
+    "load_weights",
+    "read_adapter_config",
+    "save_adapter",
+]
 
 
 def _base_config(model: nn.Module):
@@ -79,8 +89,11 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
         for key in ("variant", "perft", "base_signature"):
             if key not in meta:
                 raise AdapterError(f"adapter config {path} lacks the key {key!r}")
-        return {**meta, "peft_type": "PERFT" if PerftConfig.from_dict(meta["perft"]).is_perft else "LORA",
-                "old_format": True}  # fmt: skip
+        return {
+            **meta,
+            "peft_type": "PERFT" if PerftConfig.from_dict(meta["perft"]).is_perft else "LORA",
+            "old_format": True,
+        }
     if "peft_type" not in meta:
         raise AdapterError(f"adapter config {path} has no peft_type: not a PEFT adapter")
     knob_names = {f for f in PerftConfig.__dataclass_fields__}

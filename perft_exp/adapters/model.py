@@ -23,8 +23,16 @@ from perft_exp.adapters.peft_compat import quiet_peft
 from perft_exp.adapters.tuner import PerftPeftConfig
 from perft_exp.models.arch import architecture_for
 
-__all__ = ["PerftLayer", "adapter_aux_loss", "adapters_disabled", "apply_adapters", "apply_perft", "freeze",
-           "perft_layers", "trainable_parameters"]  # fmt: skip
+__all__ = [
+    "PerftLayer",
+    "adapter_aux_loss",
+    "adapters_disabled",
+    "apply_adapters",
+    "apply_perft",
+    "freeze",
+    "perft_layers",
+    "trainable_parameters",
+]
 
 
 def freeze(model: nn.Module) -> None:

@@ -119,16 +119,22 @@ class TopK(RoutingKind):
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int, **kw) -> RoutingKind:
-        return cls(num_experts, top_k, router_init=perft.get("router_init", "linear"),
-                   authors_weighting_defect=bool(perft.get("authors_weighting_defect")), **kw)  # fmt: skip
+        return cls(
+            num_experts,
+            top_k,
+            router_init=perft.get("router_init", "linear"),
+            authors_weighting_defect=bool(perft.get("authors_weighting_defect")),
+            **kw,
+        )
 
     @property
     def uses_base_routing(self) -> bool:
         return self.authors_weighting_defect
 
     def learned_router(self, hidden_size: int, *, dtype: torch.dtype, device=None) -> nn.Module:
-        return PeftRouter(hidden_size, self.num_experts, self.top_k, init=self.router_init, dtype=dtype,
-                          device=device)  # fmt: skip
+        return PeftRouter(
+            hidden_size, self.num_experts, self.top_k, init=self.router_init, dtype=dtype, device=device
+        )
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
         logits, weights, indices = router(x)

@@ -309,12 +309,21 @@ def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> li
         w_r = perft.router.weight.detach().float().cpu()
         w_g = arch.router_matrix(block).detach().float().cpu()
         angles = principal_angles(w_r, w_g)
-        random = torch.stack([principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean()
-                              for _ in range(random_draws)])  # fmt: skip
-        rows.append({
-            "layer": layer, "name": name, "num_experts": w_r.shape[0], "base_experts": w_g.shape[0],
-            "hidden_size": w_r.shape[1], "angles_deg": [round(float(a), 3) for a in angles],
-            "min_deg": float(angles.min()), "mean_deg": float(angles.mean()), "max_deg": float(angles.max()),
-            "random_mean_deg": float(random.mean()),
-        })  # fmt: skip
+        random = torch.stack(
+            [principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean() for _ in range(random_draws)]
+        )
+        rows.append(
+            {
+                "layer": layer,
+                "name": name,
+                "num_experts": w_r.shape[0],
+                "base_experts": w_g.shape[0],
+                "hidden_size": w_r.shape[1],
+                "angles_deg": [round(float(a), 3) for a in angles],
+                "min_deg": float(angles.min()),
+                "mean_deg": float(angles.mean()),
+                "max_deg": float(angles.max()),
+                "random_mean_deg": float(random.mean()),
+            }
+        )
     return rows

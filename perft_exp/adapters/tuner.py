@@ -46,8 +46,15 @@ PREFIX = "perft_"  # PEFT's per-method prefix: the ModuleDict of adapters is `pe
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 # The base-model facts an adapter's tensor shapes and routing depend on; a PERFT adapter_config.json records them.
-SIGNATURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_experts", "num_local_experts",
-                  "num_experts_per_tok")  # fmt: skip
+SIGNATURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "vocab_size",
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+)
 MERGE_REFUSAL = (
     "PERFT cannot be merged into the base weights: its PEFT experts are routed per token (R, E) or run in parallel "
     "with the whole MoE block (D, S), so no fixed weight update equals them; use unload() for the base model"
@@ -194,8 +201,15 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
             router.register_forward_hook(self._capture_routing),
         ]
 
-    def update_layer(self, adapter_name: str, cfg: knobs.PerftConfig, hidden_size: int, base_top_k: int,
-                     model_dtype: torch.dtype, device: torch.device) -> None:  # fmt: skip
+    def update_layer(
+        self,
+        adapter_name: str,
+        cfg: knobs.PerftConfig,
+        hidden_size: int,
+        base_top_k: int,
+        model_dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         self.perft_layer[adapter_name] = PerftLayer(
             cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device
         )
@@ -280,8 +294,11 @@ class PerftModel(BaseTuner):
         loss (exposed as `perft_aux_loss`), so any trainer that reads `model(**batch).loss` (TRL) trains R as
         perft-exp's own trainer does."""
         out = self.model(*args, **kwargs)
-        coefs = [c.aux_loss_coef for a in self.active_adapters if (c := self.peft_config.get(a)) is not None
-                 and c.spec.routing is Routing.OWN]  # fmt: skip
+        coefs = [
+            c.aux_loss_coef
+            for a in self.active_adapters
+            if (c := self.peft_config.get(a)) is not None and c.spec.routing is Routing.OWN
+        ]
         if not (
             self.model.training
             and coefs
@@ -306,8 +323,14 @@ class PerftModel(BaseTuner):
     def _create_and_replace(self, *args, **kwargs) -> None:
         raise NotImplementedError("PERFT attaches beside MoE blocks in inject_adapter")
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
-                       low_cpu_mem_usage: bool = False, state_dict=None) -> None:  # fmt: skip
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict=None,
+    ) -> None:
         cfg = self.peft_config[adapter_name]
         if not isinstance(cfg, PerftPeftConfig):
             raise TypeError(f"PerftModel takes a perft_exp.PerftConfig, got {type(cfg).__name__}")
@@ -355,8 +378,13 @@ class PerftModel(BaseTuner):
     def merge_adapter(self, *args, **kwargs) -> None:
         raise ValueError(MERGE_REFUSAL)
 
-    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
-                                     adapter_names: list[str] | None = None) -> nn.Module:  # fmt: skip
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
         if merge:
             raise ValueError(MERGE_REFUSAL)
         detach(self.model)

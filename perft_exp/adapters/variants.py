@@ -124,25 +124,58 @@ def _alpha_set(p: Mapping) -> bool:
 
 
 KNOBS = (
-    Knob("top_p", lambda p: p.get("top_p") is not None, lambda p: f"p{p['top_p']:g}",
-         lambda p: f"top-p={p['top_p']:g}"),
+    Knob(
+        "top_p",
+        lambda p: p.get("top_p") is not None,
+        lambda p: f"p{p['top_p']:g}",
+        lambda p: f"top-p={p['top_p']:g}",
+    ),
     Knob("alpha", _alpha_set, lambda p: f"a{p['alpha']:g}", lambda p: f"alpha={p['alpha']:g}"),
     Knob("form", lambda p: p.get("form", "lora") != "lora", lambda p: p["form"], lambda p: p["form"]),
-    Knob("init", lambda p: p.get("init", "paper") != "paper", lambda p: p["init"], lambda p: f"init={p['init']}"),
-    Knob("authors_weighting_defect", lambda p: bool(p.get("authors_weighting_defect")),
-         lambda p: "defect", lambda p: "authors' defect"),
-    Knob("dropout_scope", lambda p: p.get("dropout_scope", "expert") != "expert",
-         lambda p: f"drop_{p['dropout_scope']}", lambda p: f"{p['dropout_scope']} dropout"),
-    Knob("router_init", lambda p: p.get("router_init", "linear") != "linear",
-         lambda p: f"rinit_{p['router_init']}", lambda p: f"router init={p['router_init']}"),
-    Knob("router_dtype", lambda p: p.get("router_dtype", "float32") != "float32",
-         lambda p: f"rdtype_{p['router_dtype']}", lambda p: f"router dtype={p['router_dtype']}"),
-)  # fmt: skip
+    Knob(
+        "init",
+        lambda p: p.get("init", "paper") != "paper",
+        lambda p: p["init"],
+        lambda p: f"init={p['init']}",
+    ),
+    Knob(
+        "authors_weighting_defect",
+        lambda p: bool(p.get("authors_weighting_defect")),
+        lambda p: "defect",
+        lambda p: "authors' defect",
+    ),
+    Knob(
+        "dropout_scope",
+        lambda p: p.get("dropout_scope", "expert") != "expert",
+        lambda p: f"drop_{p['dropout_scope']}",
+        lambda p: f"{p['dropout_scope']} dropout",
+    ),
+    Knob(
+        "router_init",
+        lambda p: p.get("router_init", "linear") != "linear",
+        lambda p: f"rinit_{p['router_init']}",
+        lambda p: f"router init={p['router_init']}",
+    ),
+    Knob(
+        "router_dtype",
+        lambda p: p.get("router_dtype", "float32") != "float32",
+        lambda p: f"rdtype_{p['router_dtype']}",
+        lambda p: f"router dtype={p['router_dtype']}",
+    ),
+)
 # The perft keys that shape the PEFT experts only. The LoRA baselines are HF PEFT's LoRA (rank, alpha, dropout) and
 # the frozen model has no adapter: these do not apply to them, so their names leave them out and PerftConfig resets
 # them (adapters/config.py).
-PERFT_ONLY = ("form", "activation", "init", "dropout_scope", "router_init", "router_dtype", "impl",
-              "adapter_dtype")  # fmt: skip
+PERFT_ONLY = (
+    "form",
+    "activation",
+    "init",
+    "dropout_scope",
+    "router_init",
+    "router_dtype",
+    "impl",
+    "adapter_dtype",
+)
 # The knobs a run name shows (the routing knobs, the bottleneck, KNOBS): with the model, task and seed they are
 # what a run name's hash of the remaining config changes is taken against (perft_exp/config.py).
 TAG_KNOBS = ("num_experts", "top_k", "bottleneck", *(k.key for k in KNOBS))
@@ -151,30 +184,86 @@ _LORA = dict(tag="{variant}", routing=None, family=Family.LORA)
 REGISTRY: dict[str, Variant] = {
     v.name: v
     for v in (
-        Variant("R", Family.PERFT, "routed: N PEFT experts with their own learned router, top-K, renormalised",
-                tag="R-n{num_experts}-k{top_k}", label="R (Top{top_k}/{num_experts})", routing=Routing.OWN,
-                knobs=("num_experts", "top_k"), options=("top_p", "authors_weighting_defect"),
-                style=dict(marker="o", color="tab:red")),
-        Variant("E", Family.PERFT, "embedded: one PEFT expert per FFN expert, routed by the frozen router",
-                tag="E", label="E (Top{top_k}/{num_experts})", routing=Routing.BASE,
-                from_model=("num_experts", "top_k"), style=dict(marker="^", color="tab:blue")),
-        Variant("D", Family.PERFT, "shared, several: N always-on PEFT experts, summed",
-                tag="D-n{num_experts}", label="D ({num_experts})", routing=Routing.ALL, knobs=("num_experts",),
-                fixed={"top_k": None}, style=dict(marker="s", color="tab:green")),
-        Variant("S", Family.PERFT, "shared, single: one always-on PEFT expert", tag="S", label="S (1)",
-                routing=Routing.ALL, fixed={"num_experts": 1, "top_k": None}, fixed_note="S has one expert (use D)",
-                style=dict(marker="D", color="tab:purple")),
-        Variant("qv_lora", summary="LoRA on attention q_proj, v_proj (the MoE-agnostic baseline)",
-                label="qv-LoRA", lora_targets=("attention_qv",), style=dict(marker=".", color="tab:gray"), **_LORA),
-        Variant("router_lora", summary="LoRA on the frozen router's weight only", label="router-LoRA",
-                lora_targets=("router",), style=dict(marker="x", color="tab:olive"), **_LORA),
-        Variant("expert_lora", summary="LoRA on every FFN expert's fused 3-D weights", label="expert-LoRA",
-                lora_targets=("experts",), style=dict(marker="+", color="tab:brown"), **_LORA),
-        Variant("router_expert_lora", summary="LoRA on the router and the experts", label="router+expert-LoRA",
-                lora_targets=("router", "experts"), style=dict(marker="*", color="tab:cyan"), **_LORA),
-        Variant("none", Family.NONE, "no adapter: evaluate the frozen base model", tag="none", label="base model"),
+        Variant(
+            "R",
+            Family.PERFT,
+            "routed: N PEFT experts with their own learned router, top-K, renormalised",
+            tag="R-n{num_experts}-k{top_k}",
+            label="R (Top{top_k}/{num_experts})",
+            routing=Routing.OWN,
+            knobs=("num_experts", "top_k"),
+            options=("top_p", "authors_weighting_defect"),
+            style=dict(marker="o", color="tab:red"),
+        ),
+        Variant(
+            "E",
+            Family.PERFT,
+            "embedded: one PEFT expert per FFN expert, routed by the frozen router",
+            tag="E",
+            label="E (Top{top_k}/{num_experts})",
+            routing=Routing.BASE,
+            from_model=("num_experts", "top_k"),
+            style=dict(marker="^", color="tab:blue"),
+        ),
+        Variant(
+            "D",
+            Family.PERFT,
+            "shared, several: N always-on PEFT experts, summed",
+            tag="D-n{num_experts}",
+            label="D ({num_experts})",
+            routing=Routing.ALL,
+            knobs=("num_experts",),
+            fixed={"top_k": None},
+            style=dict(marker="s", color="tab:green"),
+        ),
+        Variant(
+            "S",
+            Family.PERFT,
+            "shared, single: one always-on PEFT expert",
+            tag="S",
+            label="S (1)",
+            routing=Routing.ALL,
+            fixed={"num_experts": 1, "top_k": None},
+            fixed_note="S has one expert (use D)",
+            style=dict(marker="D", color="tab:purple"),
+        ),
+        Variant(
+            "qv_lora",
+            summary="LoRA on attention q_proj, v_proj (the MoE-agnostic baseline)",
+            label="qv-LoRA",
+            lora_targets=("attention_qv",),
+            style=dict(marker=".", color="tab:gray"),
+            **_LORA,
+        ),
+        Variant(
+            "router_lora",
+            summary="LoRA on the frozen router's weight only",
+            label="router-LoRA",
+            lora_targets=("router",),
+            style=dict(marker="x", color="tab:olive"),
+            **_LORA,
+        ),
+        Variant(
+            "expert_lora",
+            summary="LoRA on every FFN expert's fused 3-D weights",
+            label="expert-LoRA",
+            lora_targets=("experts",),
+            style=dict(marker="+", color="tab:brown"),
+            **_LORA,
+        ),
+        Variant(
+            "router_expert_lora",
+            summary="LoRA on the router and the experts",
+            label="router+expert-LoRA",
+            lora_targets=("router", "experts"),
+            style=dict(marker="*", color="tab:cyan"),
+            **_LORA,
+        ),
+        Variant(
+            "none", Family.NONE, "no adapter: evaluate the frozen base model", tag="none", label="base model"
+        ),
     )
-}  # fmt: skip
+}
 VARIANTS = tuple(REGISTRY)
 PERFT_VARIANTS = tuple(n for n, v in REGISTRY.items() if v.is_perft)
 LORA_BASELINES = tuple(n for n, v in REGISTRY.items() if v.family is Family.LORA)

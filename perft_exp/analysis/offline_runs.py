@@ -52,8 +52,9 @@ def _wandb_cli() -> str:
 
 
 def _inspect(path: Path, *args: str) -> str:
-    done = subprocess.run([_wandb_cli(), "leet", "inspect", *args, str(path)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [_wandb_cli(), "leet", "inspect", *args, str(path)], capture_output=True, text=True, timeout=300
+    )
     if done.returncode:
         raise RuntimeError(f"wandb leet inspect {path}: {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -75,5 +76,6 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             if record.get("type") == "history":
                 keys |= set(record["history"]["item"])
                 rows += 1
-    return OfflineRun(found[-1], info.get("name", ""), info.get("config") or {}, info.get("summary") or {},
-                      keys, rows)  # fmt: skip
+    return OfflineRun(
+        found[-1], info.get("name", ""), info.get("config") or {}, info.get("summary") or {}, keys, rows
+    )

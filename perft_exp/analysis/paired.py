@@ -86,22 +86,33 @@ def write_paired_csv(pairs: list[Pair], path: str | Path) -> Path:
         writer.writeheader()
         for p in pairs:
             r = p.result
-            writer.writerow({
-                "model": p.model, "task": p.task, "a": p.a, "b": p.b,
-                "seeds": ";".join(str(s) for s in p.seeds),
-                "difference": None if r is None else r.difference, "lo": None if r is None else r.lo,
-                "hi": None if r is None else r.hi, "excludes_zero": None if r is None else r.excludes_zero,
-                "verdict": p.verdict() if r else f"not paired: {p.why_not}",
-            })  # fmt: skip
+            writer.writerow(
+                {
+                    "model": p.model,
+                    "task": p.task,
+                    "a": p.a,
+                    "b": p.b,
+                    "seeds": ";".join(str(s) for s in p.seeds),
+                    "difference": None if r is None else r.difference,
+                    "lo": None if r is None else r.lo,
+                    "hi": None if r is None else r.hi,
+                    "excludes_zero": None if r is None else r.excludes_zero,
+                    "verdict": p.verdict() if r else f"not paired: {p.why_not}",
+                }
+            )
     return Path(path)
 
 
 def paired_markdown(pairs: list[Pair]) -> str:
-    parts = ["# Paired comparisons", "",
-             "A - B in average skill over the test sets (points; equal to the difference in average accuracy), "
-             "with a paired 95 % bootstrap interval: both configurations ran the same seeds on the same "
-             "questions, and each resample draws seeds and questions once for both. **Bold**: the interval "
-             "excludes 0.", ""]  # fmt: skip
+    parts = [
+        "# Paired comparisons",
+        "",
+        "A - B in average skill over the test sets (points; equal to the difference in average accuracy), "
+        "with a paired 95 % bootstrap interval: both configurations ran the same seeds on the same "
+        "questions, and each resample draws seeds and questions once for both. **Bold**: the interval "
+        "excludes 0.",
+        "",
+    ]
     by_group: dict[tuple[str, str], list[Pair]] = {}
     for p in pairs:
         by_group.setdefault((p.model, p.task), []).append(p)

@@ -137,16 +137,30 @@ def plot_vectors(picture: list[dict], path, title: str = "") -> None:
         k = p["ffn_keys"]
         ax.scatter(k[:, 0], k[:, 1], s=3, color="0.75", alpha=0.5, label="FFN expert keys (gate rows)")
         pk = p["peft_keys"]
-        ax.scatter(pk[:, 0], pk[:, 1], s=9, c=[cmap(int(o) % cmap.N) for o in p["peft_owner"]], alpha=0.8,
-                   label="PEFT expert keys (columns of A)")  # fmt: skip
+        ax.scatter(
+            pk[:, 0],
+            pk[:, 1],
+            s=9,
+            c=[cmap(int(o) % cmap.N) for o in p["peft_owner"]],
+            alpha=0.8,
+            label="PEFT expert keys (columns of A)",
+        )
         g = p["base_router"]
         ax.scatter(
             g[:, 0], g[:, 1], s=28, marker="x", color="black", linewidths=1.2, label="frozen router rows W_g"
         )
         if p["peft_router"] is not None:
             r = p["peft_router"]
-            ax.scatter(r[:, 0], r[:, 1], s=140, marker="*", c=[cmap(j % cmap.N) for j in range(len(r))],
-                       edgecolors="tab:red", linewidths=1.0, label="PEFT router rows W_r")  # fmt: skip
+            ax.scatter(
+                r[:, 0],
+                r[:, 1],
+                s=140,
+                marker="*",
+                c=[cmap(j % cmap.N) for j in range(len(r))],
+                edgecolors="tab:red",
+                linewidths=1.0,
+                label="PEFT router rows W_r",
+            )
             for j, (x, y) in enumerate(r.tolist()):
                 ax.annotate(
                     str(j), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="tab:red"

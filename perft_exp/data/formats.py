@@ -125,8 +125,12 @@ def load_test_sets(
         )
         sets[name] = [{"input": "", **r} for r in records if r["answer"].strip()]
         if len(sets[name]) < len(records):
-            log.warning("%s: %d of %d test records have an empty answer; left out", name,
-                        len(records) - len(sets[name]), len(records))  # fmt: skip
+            log.warning(
+                "%s: %d of %d test records have an empty answer; left out",
+                name,
+                len(records) - len(sets[name]),
+                len(records),
+            )
             if skipped is not None:
                 skipped[name] = len(records) - len(sets[name])
     return sets

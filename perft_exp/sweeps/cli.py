@@ -16,8 +16,10 @@ from perft_exp.sweeps.jobs import check_sweep, launched_overrides, remember_over
 def cmd_list(_: argparse.Namespace) -> int:
     for name in list_sweeps():
         sweep = Sweep.load(name)
-        print(f"{name:<22}{sweep.size():>5} jobs  {len(sweep.blocks)} blocks  "
-              f"{' '.join(f'{k}={v}' for k, v in sweep.fixed.items() if k != 'name')}")  # fmt: skip
+        print(
+            f"{name:<22}{sweep.size():>5} jobs  {len(sweep.blocks)} blocks  "
+            f"{' '.join(f'{k}={v}' for k, v in sweep.fixed.items() if k != 'name')}"
+        )
     return 0
 
 
@@ -124,9 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         slurm.add_argument("--constraint")
         slurm.add_argument("--mem-gb", type=int, dest="mem_gb")
         slurm.add_argument("--cpus-per-task", type=int, dest="cpus_per_task")
-        slurm.add_argument("--slurm-local", action="store_const", const="slurm_local", default="slurm",
-                           dest="slurm_config", help="run the Slurm path as local processes (submitit_local), "
-                           "e.g. to test a grid without a cluster")  # fmt: skip
+        slurm.add_argument(
+            "--slurm-local",
+            action="store_const",
+            const="slurm_local",
+            default="slurm",
+            dest="slurm_config",
+            help="run the Slurm path as local processes (submitit_local), "
+            "e.g. to test a grid without a cluster",
+        )
     # Overrides may also follow the options (`run toy --launcher gpus --gpus 0,1 trainer.max_steps=50`).
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-") or "=" not in a]

@@ -49,8 +49,10 @@ def expand(overrides: list[str]) -> list[list[str]]:
         elif override.is_discrete_sweep():
             axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise SweepError(f"{key}: an {override.value_type.name.lower()} has no list of jobs; "
-                             "sweep over a list, choice(...), range(...) or glob(...)")  # fmt: skip
+            raise SweepError(
+                f"{key}: an {override.value_type.name.lower()} has no list of jobs; "
+                "sweep over a list, choice(...), range(...) or glob(...)"
+            )
     return [list(job) for job in itertools.product(*axes.values())]
 
 

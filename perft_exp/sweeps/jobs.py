@@ -113,6 +113,8 @@ def launched_overrides(sweep: Sweep, overrides: list[str]) -> list[str]:
         return overrides
     last = read_sweep_overrides(OUTPUT_ROOT, sweep.name)
     if last:
-        print(f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
+            file=sys.stderr,
+        )
     return last

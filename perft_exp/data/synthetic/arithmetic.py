@@ -13,8 +13,10 @@ ADD_MAX, MUL_MAX = 20, 10
 Fact = tuple[int, str, int, int]  # (x, op, y, result)
 Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()  # fmt: skip
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
 

@@ -155,8 +155,11 @@ def _instruction_doc(world: World, rng: random.Random, state: dict) -> str:
     return build_prompt(q) + rng.choice((a, statement(relation, subject, value, rng))) + "."
 
 
-EXAM_LEADS = ("Pick the option that answers the question", "Select the right option for this question",
-              "Which option is right? question")  # fmt: skip
+EXAM_LEADS = (
+    "Pick the option that answers the question",
+    "Select the right option for this question",
+    "Which option is right? question",
+)
 EXAM_SAYS = ("the right option is", "my pick is", "the best option is")
 
 
@@ -194,8 +197,17 @@ DOCUMENTS: dict[str, Callable[[World, random.Random, dict], str]] = {
     "exams": _exam_doc,
 }
 # Share of pre-training documents of each kind.
-CORPUS_MIX = {"statements": 0.144, "profiles": 0.096, "qa_open": 0.24, "qa_check": 0.048, "qa_choice": 0.112,
-              "instructions": 0.048, "arithmetic": 0.072, "words": 0.04, "exams": 0.20}  # fmt: skip
+CORPUS_MIX = {
+    "statements": 0.144,
+    "profiles": 0.096,
+    "qa_open": 0.24,
+    "qa_check": 0.048,
+    "qa_choice": 0.112,
+    "instructions": 0.048,
+    "arithmetic": 0.072,
+    "words": 0.04,
+    "exams": 0.20,
+}
 assert set(CORPUS_MIX) == set(DOCUMENTS)
 
 

@@ -30,8 +30,14 @@ _NUM_EXPERTS_FRAGMENTS = ("expert",)
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk", "moe_k", "top_k")
 _TOP_K_FRAGMENTS = ("per_tok", "top_k", "topk")
 # Attention projections qv-LoRA targets; MLA (DeepSeek) has no v_proj: its values come out of kv_b_proj.
-_QV = (("q_proj", "v_proj"), ("q_proj", "kv_b_proj"), ("q_b_proj", "kv_b_proj"), ("qkv_proj",),
-       ("query_key_value",), ("Wqkv",))  # fmt: skip
+_QV = (
+    ("q_proj", "v_proj"),
+    ("q_proj", "kv_b_proj"),
+    ("q_b_proj", "kv_b_proj"),
+    ("qkv_proj",),
+    ("query_key_value",),
+    ("Wqkv",),
+)
 
 
 def _recorded_router_class(model: nn.Module) -> str | None:
@@ -111,8 +117,12 @@ def _gate_up_layout(experts: nn.Module, fused: tuple[str, ...]) -> str:
         return "none"
     transposed = getattr(experts, "is_transposed", False)
     interleaved = not getattr(experts, "is_concatenated", True)
-    return {(False, False): "concatenated", (True, False): "transposed", (False, True): "interleaved",
-            (True, True): "interleaved_transposed"}[(transposed, interleaved)]  # fmt: skip
+    return {
+        (False, False): "concatenated",
+        (True, False): "transposed",
+        (False, True): "interleaved",
+        (True, True): "interleaved_transposed",
+    }[(transposed, interleaved)]
 
 
 def _router_top_k(block: nn.Module, router: nn.Module, config) -> int | None:
@@ -200,10 +210,14 @@ def detect(model: nn.Module) -> MoEArchitecture:
         top_k = int(output[1].shape[-1])
     check_routing(output, 3, num_experts, top_k, f"{config.model_type}: router {type(router).__name__}")
     # The router's (E, D) scoring matrix, wherever the router keeps it (`weight`, `wg.weight`, `gate.weight`).
-    router_weight = next((n for n, p in router.named_parameters() if tuple(p.shape) == (num_experts, config.hidden_size)),
-                         None)  # fmt: skip
-    others = tuple(n for n, c in block.named_children() if n not in (router_attr, _EXPERTS_NAME) and any(
-        True for _ in c.parameters()))  # fmt: skip
+    router_weight = next(
+        (n for n, p in router.named_parameters() if tuple(p.shape) == (num_experts, config.hidden_size)), None
+    )
+    others = tuple(
+        n
+        for n, c in block.named_children()
+        if n not in (router_attr, _EXPERTS_NAME) and any(True for _ in c.parameters())
+    )
     return MoEArchitecture(
         model_type=config.model_type,
         config_class=type(config).__name__,

@@ -17,14 +17,40 @@ import transformers
 
 VOCAB = 97
 _SHRINK = dict(
-    vocab_size=VOCAB, hidden_size=32, d_model=32, num_hidden_layers=2, n_layers=2, num_attention_heads=4,
-    n_heads=4, num_key_value_heads=4, head_dim=8, intermediate_size=16, moe_intermediate_size=16,
-    ffn_hidden_size=16, shared_expert_intermediate_size=16, expert_intermediate_size=16, kv_lora_rank=8,
-    q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_group=2, topk_group=1,
-    first_k_dense_replace=0, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=1,
-    n_shared_experts=1, num_shared_experts=1, full_attention_interval=2, attn_layer_period=2, attn_layer_offset=1,
-    expert_layer_period=1, expert_layer_offset=0,
-)  # fmt: skip
+    vocab_size=VOCAB,
+    hidden_size=32,
+    d_model=32,
+    num_hidden_layers=2,
+    n_layers=2,
+    num_attention_heads=4,
+    n_heads=4,
+    num_key_value_heads=4,
+    head_dim=8,
+    intermediate_size=16,
+    moe_intermediate_size=16,
+    ffn_hidden_size=16,
+    shared_expert_intermediate_size=16,
+    expert_intermediate_size=16,
+    kv_lora_rank=8,
+    q_lora_rank=8,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    n_group=2,
+    topk_group=1,
+    first_k_dense_replace=0,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=1,
+    n_shared_experts=1,
+    num_shared_experts=1,
+    full_attention_interval=2,
+    attn_layer_period=2,
+    attn_layer_offset=1,
+    expert_layer_period=1,
+    expert_layer_offset=0,
+)
 _NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk")
 FAMILY_OVERRIDES: dict[str, dict] = {
@@ -40,7 +66,7 @@ FAMILY_OVERRIDES: dict[str, dict] = {
         "max_seq_len": 128,
         "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         "ffn_config": {"ffn_hidden_size": 16, "moe_num_experts": 8, "moe_top_k": 2},
-    },  # fmt: skip
+    },
     "mimo_v2_flash": {"num_key_value_heads": 2},  # its sliding-window heads are sized from the full ones
     "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_d_state": 8},
 }
@@ -157,8 +183,12 @@ def support_row(model_type: str) -> dict:
     except UnsupportedModel as e:
         return {**row, "facts": "unsupported", "note": str(e).split("; a family file")[0]}
     row["facts"] = "detected" if arch.detected else "file"
-    perft = {"R": dict(num_experts=4, top_k=2), "E": dict(num_experts=None, top_k=None),
-             "D": dict(num_experts=2), "S": dict(num_experts=None)}  # fmt: skip
+    perft = {
+        "R": dict(num_experts=4, top_k=2),
+        "E": dict(num_experts=None, top_k=None),
+        "D": dict(num_experts=2),
+        "S": dict(num_experts=None),
+    }
     for name, spec in perft.items():
         row[name] = _runs(model_type, name, **spec)
     for name in ("qv_lora", "router_lora", "expert_lora"):
