@@ -1,7 +1,8 @@
 """perft-exp: PERFT (Parameter-Efficient Routed Fine-Tuning) for Mixture-of-Experts language models.
 
-`import perft_exp` registers PERFT with Hugging Face PEFT (peft_type "PERFT"); `perft_exp.PerftConfig` is its PEFT
-config, for `peft.get_peft_model(model, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2))` (docs/peft.md).
+`import perft_exp` registers PERFT with Hugging Face PEFT (peft_type "PERFT"); `perft_exp.PerftConfig` is its
+PEFT config, for `peft.get_peft_model(model, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2))`
+(docs/peft.md).
 
 The import itself stays light: torch-free modules (the run directory, the sweep grids, the configs) never load
 torch or peft through it. Registration happens when peft is imported, now or later, by anyone: if peft is

@@ -78,7 +78,8 @@ def _nearly_full(path: str | os.PathLike) -> bool:
 
 @contextmanager
 def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Raise a disk or permission failure inside as a WriteError naming `path` (or the file it names itself)."""
+    """Raise a disk or permission failure inside as a WriteError naming `path`
+    (or the file it names itself)."""
     try:
         yield
     except WriteError:

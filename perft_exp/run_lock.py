@@ -49,7 +49,8 @@ def stale_after() -> float:
 
 
 def _pid_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the holder."""
+    """The process's start time in clock ticks since boot (Linux),
+    so a reused pid is not taken for the holder."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):

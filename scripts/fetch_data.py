@@ -34,7 +34,8 @@ class DownloadError(OSError):
 
 
 def default_data_dir() -> Path:
-    """Where the real tasks read their files (conf/task/commonsense.yaml `data_dir`; PERFT_DATA_DIR overrides)."""
+    """Where the real tasks read their files (conf/task/commonsense.yaml `data_dir`;
+    PERFT_DATA_DIR overrides)."""
     return Path(compose(["task=commonsense"]).task.data_dir)
 
 

@@ -7,8 +7,8 @@ Writes <out>/<task>.yaml and <out>/<task>.jsonl; score a PERFT adapter on it wit
     python -c "import perft_exp, sys; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; \
 cli_evaluate()" run --model hf --model_args pretrained=<base>,peft=<adapter> --tasks perft_synthetic_boolq \
 --include_path outputs/lm_eval_tasks --device cpu
-Each document is the project's prompt (perft_exp/data/prompts.py) ending in "the correct answer is"; the choices
-are the set's answer labels (true/false, answer1..., option1...), scored by their log-likelihood.
+Each document is the project's prompt (perft_exp/data/prompts.py) ending in "the correct answer is"; the
+choices are the set's answer labels (true/false, answer1..., option1...), scored by their log-likelihood.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs, launch them.
+"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs,
+launch them.
 
     python scripts/sweep.py list
     python scripts/sweep.py show olmoe_commonsense       # one line per job: composes + validates, loads no model

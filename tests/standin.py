@@ -1,9 +1,10 @@
 """Tiny stand-ins for the named hub checkpoints (conf/model/<name>.yaml), written in the hub's layout.
 
-`write_standin(name, out, tokenizer_dir)`: the YAML's architecture numbers with every size shrunk (the structure
-kept: shared experts, dense first layers, MLA ranks, linear-attention layers), random weights, saved by
-transformers' own `save_pretrained` (which writes per-expert tensors where the hub has them) in two safetensors
-shards with an index, and a transformers-4-style config.json (`rope_theta` at the top level, a 4.x version).
+`write_standin(name, out, tokenizer_dir)`: the YAML's architecture numbers with every size shrunk (the
+structure kept: shared experts, dense first layers, MLA ranks, linear-attention layers), random weights, saved
+by transformers' own `save_pretrained` (which writes per-expert tensors where the hub has them) in two
+safetensors shards with an index, and a transformers-4-style config.json (`rope_theta` at the top level,
+a 4.x version).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The optimizer step's batch: a global batch split over the ranks (trainer=olmoe|mixtral: 16, as the authors ran
-it), the same optimizer steps on 1 or 2 processes (torchrun on CPU), and one-line errors for splits that fail."""
+"""The optimizer step's batch: a global batch split over the ranks (trainer=olmoe|mixtral: 16, as the authors
+ran it), the same optimizer steps on 1 or 2 processes (torchrun on CPU),
+and one-line errors for splits that fail."""
 
 from __future__ import annotations
 

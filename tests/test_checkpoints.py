@@ -1,5 +1,5 @@
-"""The named models (conf/model/<name>.yaml) from tiny stand-ins in the hub's layout: per-expert tensors where the
-hub has them, two safetensors shards with an index, a transformers-4-style config.json. They load through
+"""The named models (conf/model/<name>.yaml) from tiny stand-ins in the hub's layout: per-expert tensors where
+the hub has them, two safetensors shards with an index, a transformers-4-style config.json. They load through
 `model.pretrained=<dir>`, are counted from their own config, and (slow) train R and E through train.py."""
 
 from __future__ import annotations

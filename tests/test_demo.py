@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _train(tmp_path: Path, *overrides: str) -> tuple[dict, str]:
     env = dict(os.environ, WANDB_MODE="offline", PYTHONUNBUFFERED="1")
-    # The default cache (.cache/perft_exp, or $PERFT_CACHE): shared with `make demo`. One process, no launcher.
+    # The default cache (.cache/perft_exp, or $PERFT_CACHE):
+    # shared with `make demo`. One process, no launcher.
     for var in ("PERFT_DEBUG", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
     run_dir = tmp_path / "run"
@@ -77,7 +78,8 @@ def test_the_random_weights_control_has_no_skill(tmp_path):
 
 @pytest.mark.slow
 def test_synthetic_math_reads_stored_facts_into_numbers(tmp_path):
-    """`python train.py task=synthetic_math`: skill over the most common answer, no set answered >= 90 % alike.
+    """`python train.py task=synthetic_math`: skill over the most common answer,
+    no set answered >= 90 % alike.
 
     The threshold is below the measured +28.4 points (docs/miniature.md: the plain command; one thread,
     adapter seeds 42 / 1: +28.9 / +35.7) with a margin for platform numerics; the random-weights control

@@ -79,7 +79,8 @@ def test_trl_sft_trainer_trains_R_with_its_router_loss_and_saves_it(micro_model_
 
 
 def _choice_scores(model, tokenizer, docs: list[dict]) -> list[list[float]]:
-    """Per document, each choice's summed continuation log-likelihood, as lm-eval's `loglikelihood` computes it."""
+    """Per document, each choice's summed continuation log-likelihood,
+    as lm-eval's `loglikelihood` computes it."""
     out = []
     for doc in docs:
         ctx = tokenizer(doc["prompt"])["input_ids"]

@@ -1,6 +1,6 @@
-"""PERFT as a Hugging Face PEFT method (perft_exp/adapters/tuner.py): every variant on every architecture through
-peft's and transformers' own entry points, named adapters, unload, the aux loss in the model's loss, clear errors,
-and adapters in the format perft-exp wrote before it used PEFT's."""
+"""PERFT as a Hugging Face PEFT method (perft_exp/adapters/tuner.py): every variant on every architecture
+through peft's and transformers' own entry points, named adapters, unload, the aux loss in the model's loss,
+clear errors, and adapters in the format perft-exp wrote before it used PEFT's."""
 
 from __future__ import annotations
 
@@ -165,7 +165,8 @@ def test_R_router_loss_is_in_the_models_training_loss():
 
 
 def test_the_same_loss_through_perft_trainer_and_the_model(tmp_path, monkeypatch):
-    """perft-exp's trainer (loss at label positions, aux added once) and a plain `model(**batch).loss` agree."""
+    """perft-exp's trainer (loss at label positions, aux added once) and a plain
+    `model(**batch).loss` agree."""
     from transformers import TrainingArguments
 
     from perft_exp.training.trainer import PerftTrainer
@@ -261,7 +262,8 @@ def test_old_format_adapters_still_load(tmp_path, variant):
 
 
 def test_an_old_format_checkpoint_resumes_into_the_peft_model():
-    """A run begun before PEFT's format resumes from its checkpoint (the trainer loads it with load_weights)."""
+    """A run begun before PEFT's format resumes from its checkpoint
+    (the trainer loads it with load_weights)."""
     from perft_exp.adapters.config import PerftConfig
     from perft_exp.adapters.io import load_weights
     from perft_exp.adapters.model import apply_adapters
@@ -277,8 +279,8 @@ def test_an_old_format_checkpoint_resumes_into_the_peft_model():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_hydra_perft_group_and_the_peft_config_are_one_list_of_knobs(variant):
-    """Every key `train.py` composes under `perft.` is a field of perft_exp.PerftConfig (inherited, not copied), and
-    a composed config becomes the same PEFT config."""
+    """Every key `train.py` composes under `perft.` is a field of perft_exp.PerftConfig (inherited, not
+    copied), and a composed config becomes the same PEFT config."""
     from dataclasses import fields
 
     from omegaconf import OmegaConf

@@ -11,7 +11,8 @@ from perft_exp.evaluation.protocol import PROTOCOLS, Protocol
 
 FIXED, AUTHORS = Protocol("fixed"), Protocol("authors")
 I16 = " " * 16
-# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py / finetune.py), indentation kept.
+# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py /
+# finetune.py), indentation kept.
 AUTHORS_COMMONSENSE_TEST = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}the correct answer is"

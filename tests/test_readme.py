@@ -185,7 +185,8 @@ def _block_ids() -> list[str]:
 
 
 def test_the_docs_pages_have_command_blocks_that_are_run():
-    """Every docs/ page linked from the README exists, and the blocks of README and docs/ are all collected."""
+    """Every docs/ page linked from the README exists,
+    and the blocks of README and docs/ are all collected."""
     linked = set(re.findall(r"\(docs/([\w.]+\.md)[#)]", README.read_text()))
     assert linked == {p.name for p in PAGES[1:]}, linked
     assert len(readme_blocks()) == len(_block_ids()) > len(page_blocks(README))

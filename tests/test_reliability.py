@@ -178,7 +178,8 @@ def test_checkpoint_of_another_variant_is_refused(micro_model_dir, app_env, tmp_
     first = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.max_steps=4"), app_env)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()  # unfinished: a relaunch would resume the checkpoint
-    # Checkpoints copied in from elsewhere (no record of the run's config): the checkpoint check is the last defence.
+    # Checkpoints copied in from elsewhere (no record of the run's config):
+    # the checkpoint check is the last defence.
     (tmp_path / "run" / "run_config.json").unlink()
     (tmp_path / "run" / "config.yaml").unlink()
     other = run_train(_base(micro_model_dir, tmp_path / "run", "variant=D"), app_env)
@@ -293,7 +294,8 @@ def test_killed_multirun_relaunched_finishes_without_redoing_jobs(micro_model_di
 
 
 def _without_weights(model_dir: Path, out: Path) -> Path:
-    """A model directory with its config.json only: from_pretrained fails with an OSError, not a ValueError."""
+    """A model directory with its config.json only:
+    from_pretrained fails with an OSError, not a ValueError."""
     out.mkdir(parents=True)
     (out / "config.json").write_text((model_dir / "config.json").read_text())
     return out

@@ -1,4 +1,5 @@
-"""R's router as ours (nn.Linear's uniform init, fp32) and as the authors ran it (N(0, 0.02), the model's dtype)."""
+"""R's router as ours (nn.Linear's uniform init, fp32) and as the authors ran it
+(N(0, 0.02), the model's dtype)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def test_router_dtype_model_follows_the_loaded_model():
 
 
 def test_a_bf16_router_loses_most_small_adamw_updates():
-    """Why the dtype matters: AdamW's first step moves every weight by about lr = 1e-5, below half a bf16 ulp of
-    a weight of size ~0.02 (bf16 keeps 7 mantissa bits: 2^-6 * 2^-7 / 2 = 6e-5), so in bf16 most weights do not
-    move at all (measured: 16 % moved, 100 % in fp32)."""
+    """Why the dtype matters: AdamW's first step moves every weight by about lr = 1e-5, below half a bf16 ulp
+    of a weight of size ~0.02 (bf16 keeps 7 mantissa bits: 2^-6 * 2^-7 / 2 = 6e-5), so in bf16 most weights do
+    not move at all (measured: 16 % moved, 100 % in fp32)."""
     moved = {}
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)

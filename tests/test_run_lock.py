@@ -181,7 +181,8 @@ def test_the_failure_record_never_raises_and_says_why_it_is_missing(tmp_path, mo
 
 
 def test_write_errors_are_found_in_the_chain_and_named():
-    """torch.save's writer raises a RuntimeError without an errno; safetensors reports an io::Error as text."""
+    """torch.save's writer raises a RuntimeError without an errno;
+    safetensors reports an io::Error as text."""
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -231,7 +232,8 @@ CORRUPTIBLE = ["results.json", "run_config.json", "failed.json", "adapter/adapte
 
 
 def corrupt_runs(root: Path, good: Path | None = None) -> dict[str, Path]:
-    """One run directory per corruptible file, each that file truncated mid-write (copies of `good` if given)."""
+    """One run directory per corruptible file, each that file truncated mid-write
+    (copies of `good` if given)."""
     import shutil
 
     out = {}

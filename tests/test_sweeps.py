@@ -1,4 +1,5 @@
-"""The paper's grids in sweeps/*.yaml: exact job counts, distinct jobs, every job composes; `show` is a dry run."""
+"""The paper's grids in sweeps/*.yaml: exact job counts, distinct jobs,
+every job composes; `show` is a dry run."""
 
 from __future__ import annotations
 
@@ -400,7 +401,8 @@ def toy_miniature(path: Path, seeds=(0, 1)) -> Path:
 
 
 def shrink(micro_model_dir: Path) -> list[str]:
-    """The overrides that shrink a job to seconds on CPU (trainer=debug: 8 steps; 2 questions per test set)."""
+    """The overrides that shrink a job to seconds on CPU
+    (trainer=debug: 8 steps; 2 questions per test set)."""
     return [
         "trainer=debug",
         "logger=none",
@@ -412,8 +414,8 @@ def shrink(micro_model_dir: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, app_env, tmp_path):
-    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result collection,
-    with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
+    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result
+    collection, with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
     grid = toy_miniature(tmp_path / "toy2.yaml")
     sweep = [sys.executable, str(REPO_ROOT / "scripts" / "sweep.py")]
@@ -449,7 +451,8 @@ def test_grids_expand_to_the_jobs_hydras_basic_sweeper_made(name):
 
 @pytest.mark.parametrize("line", sorted(EXPECTED_JOBS["_cli"]))
 def test_multirun_command_lines_expand_as_hydra_does(line):
-    """Lists, choice(), range() (floats too), sort(), a key given twice, `+key`/`~key`, numbers as Hydra prints them."""
+    """Lists, choice(), range() (floats too), sort(), a key given twice, `+key`/`~key`,
+    numbers as Hydra prints them."""
     from perft_exp.cli import _job_overrides
 
     assert _job_overrides(line.split(), True) == EXPECTED_JOBS["_cli"][line]

@@ -1,5 +1,5 @@
-"""The variant registry (perft_exp/adapters/variants.py): one spec per variant, the config files agree with it,
-and the run names and labels it derives are the paper's (and those of earlier versions)."""
+"""The variant registry (perft_exp/adapters/variants.py): one spec per variant, the config files agree with
+it, and the run names and labels it derives are the paper's (and those of earlier versions)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def test_every_variant_composes_and_validates(name):
             "R-n4-k2-r16-drop_shared-rinit_authors-rdtype_model",
             "R (Top2/4) [shared dropout, router init=authors, router dtype=model] r16",
         ),
-        # A LoRA baseline takes the rank and alpha only: the PEFT experts' form and init are neither run nor named.
+        # A LoRA baseline takes the rank and alpha only:
+        # the PEFT experts' form and init are neither run nor named.
         (
             dict(variant="qv_lora", num_experts=None, top_k=None, alpha=8.0, form="adapter", init="zero_b"),
             "qv_lora-r16-a8",
@@ -82,8 +83,8 @@ def test_run_names_and_labels(perft, tag, label):
 
 
 def test_a_lora_baseline_resets_what_only_the_peft_experts_take():
-    """A model config may set the PEFT experts' form (the tiny models: adapter); a baseline's saved config, name
-    and label still say what HF PEFT's LoRA ran, whether the dict went through PerftConfig or not."""
+    """A model config may set the PEFT experts' form (the tiny models: adapter); a baseline's saved config,
+    name and label still say what HF PEFT's LoRA ran, whether the dict went through PerftConfig or not."""
     raw = dict(
         variant="expert_lora",
         num_experts=None,
@@ -118,8 +119,8 @@ def test_knobs_that_apply_to_one_variant_are_refused_elsewhere():
 
 
 def test_resolve_fills_the_model_dependent_defaults_once():
-    """E's N and K are the base model's and a null aux coefficient the architecture's: filled by resolve (which
-    apply_adapters runs), so what is saved and labelled holds numbers, and the dict round-trips."""
+    """E's N and K are the base model's and a null aux coefficient the architecture's: filled by resolve
+    (which apply_adapters runs), so what is saved and labelled holds numbers, and the dict round-trips."""
     from moe_models import tiny_moe
 
     from perft_exp.adapters.model import apply_adapters

@@ -4,7 +4,8 @@ Expert j maps x (D,) to  s * f(x A_j) B_j  with A_j (D, r), B_j (r, D):
   LoRA form:    f = identity, s = alpha / r
   adapter form: f = activation, s = 1
 Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
-which a routing kind may mask some (weight 0: a variable number of experts per token, perft_exp.adapters.routing):
+which a routing kind may mask some (weight 0: a variable number of experts per token,
+perft_exp.adapters.routing):
   dense:   all N experts for all tokens in two matmuls, unchosen experts masked by a zero weight.
            Cheapest when N * r is small next to K * r (R with a few experts; D and S use it unmasked).
   grouped: only the chosen (token, expert) pairs, sorted by expert and computed with one grouped
@@ -194,8 +195,9 @@ class PeftExperts(nn.Module):
         taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K).
-        `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless given).
-        `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None: all.
+        `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
+        given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
+        all.
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
@@ -234,8 +236,9 @@ class PeftExperts(nn.Module):
             gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(1, indices, weights.to(h.dtype))
             h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
             return (h @ self.B.reshape(N * r, D)) * self.scaling
-        # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or masks
-        # its own W_down output (adapter form); every expert is computed for each of the K inputs, the chosen kept.
+        # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or
+        # masks its own W_down output (adapter form); every expert is computed for each of the K inputs,
+        # the chosen kept.
         xk = (
             _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
         )  # (T, K|1, D)

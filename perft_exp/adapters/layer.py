@@ -102,8 +102,8 @@ def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:
 
 
 def adapter_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The routing kind's aux loss over all layers (R: the router load balancing in the base model's Switch form,
-    padding masked).
+    """The routing kind's aux loss over all layers (R: the router load balancing in the base model's Switch
+    form, padding masked).
 
     None when the model has no PEFT router or no forward has run since the last call (reading it consumes it).
     """

@@ -56,7 +56,8 @@ def apply_perft(model: nn.Module, cfg: PerftConfig) -> nn.Module:
 def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
     """PERFT variants and LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only.
 
-    `cfg` is resolved against the model first (PerftConfig.resolve); `model.perft_config` is the resolved one."""
+    `cfg` is resolved against the model first (PerftConfig.resolve);
+    `model.perft_config` is the resolved one."""
     cfg = cfg.resolve(architecture_for(model), model.config)
     if cfg.variant == "none":
         freeze(model)

@@ -2,10 +2,11 @@
 
 q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J). W_r is (N, D), no bias.
 
-Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the authors'
-router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std = initializer_range,
-0.02 for OLMoE and Mixtral). Its dtype (`perft.router_dtype`) is fp32 or, as theirs, the model's: in bf16 an
-AdamW update at lr 1e-5 is mostly below half a unit in the last place of a weight of size ~0.02, so it is lost.
+Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the
+authors' router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std =
+initializer_range, 0.02 for OLMoE and Mixtral). Its dtype (`perft.router_dtype`) is fp32 or, as theirs, the
+model's: in bf16 an AdamW update at lr 1e-5 is mostly below half a unit in the last place of a weight of size
+~0.02, so it is lost.
 """
 
 from __future__ import annotations

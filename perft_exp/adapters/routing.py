@@ -5,20 +5,21 @@
     y = sum_k routed.weights[t, k] * expert_{routed.indices[t, k]}(x_t)  (perft_exp.adapters.experts)
 
 A `Routed` holds, per token t, K slots: `indices` (T, K) (distinct within a row) and `weights` (T, K); a kind
-that picks fewer than K experts for a token masks the other slots (`taken` False, weight 0), so a variable number
-of experts per token runs through the same dense, grouped and loop expert compute. `indices=None` means every
-PEFT expert at weight 1 (D, S).
+that picks fewer than K experts for a token masks the other slots (`taken` False, weight 0), so a variable
+number of experts per token runs through the same dense, grouped and loop expert compute. `indices=None` means
+every PEFT expert at weight 1 (D, S).
 
   top_k   R: the learned router W_r (N, D): q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J)
   top_p   R with `perft.top_p=p`: the fewest of the top-K whose q sum to >= p, renormalised over those taken
   base    E: the frozen router's top-k set S and its weights p_i (one PEFT expert per FFN expert)
   all     D, S: every PEFT expert, weight 1
 
-Each kind also says which parameters one token activates (`activated_fraction`: counting), whether it reads the
-frozen router's output (`uses_base_routing`) and its auxiliary loss (R: the Switch load-balancing loss).
+Each kind also says which parameters one token activates (`activated_fraction`: counting), whether it reads
+the frozen router's output (`uses_base_routing`) and its auxiliary loss (R: the Switch load-balancing loss).
 
-A new routing kind is a subclass plus an entry in ROUTING_KINDS; its knob (a PerftConfig field, and a KNOBS entry
-in adapters/variants.py when it should show in run names) is its `switch`: set, it replaces the kind it refines.
+A new routing kind is a subclass plus an entry in ROUTING_KINDS; its knob (a PerftConfig field, and a KNOBS
+entry in adapters/variants.py when it should show in run names) is its `switch`: set,
+it replaces the kind it refines.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Routed:
 
 
 def base_top_k(base_routing: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (T, k), indices (T, k)) of the frozen router's output (router_logits, top_k_weights, top_k_index)."""
+    """(weights (T, k), indices (T, k)) of the frozen router's output
+    (router_logits, top_k_weights, top_k_index)."""
     _, weights, indices = base_routing
     return weights, indices
 
@@ -101,7 +103,8 @@ class RoutingKind:
 
 
 class TopK(RoutingKind):
-    """R: its own router, top-K, renormalised (optionally weighted by the frozen router: the authors' defect)."""
+    """R: its own router, top-K, renormalised (optionally weighted by the frozen
+    router: the authors' defect)."""
 
     name, routing = "top_k", Routing.OWN
 
@@ -150,8 +153,9 @@ class TopK(RoutingKind):
 class TopP(TopK):
     """R with top-p: per token the fewest of the top-K experts whose router probabilities sum to >= p.
 
-    q = softmax_fp32(W_r x); sort q descending; take slot k while sum_{j<k} q_(j) < p (so at least one, at most K);
-    v = q over the slots taken, renormalised. p = 1 is top-K. The aux loss is top-K's (the router's balance).
+    q = softmax_fp32(W_r x); sort q descending; take slot k while sum_{j<k} q_(j) < p (so at least one, at
+    most K); v = q over the slots taken, renormalised. p = 1 is top-K. The aux loss is top-K's (the router's
+    balance).
     """
 
     name, switch = "top_p", "top_p"
@@ -207,8 +211,8 @@ ROUTING_KINDS: dict[str, type[RoutingKind]] = {k.name: k for k in (TopK, TopP, B
 
 
 def routing_kind_class(perft: Mapping) -> type[RoutingKind]:
-    """The kind a `perft` mapping runs: the one of its variant's routing whose switch knob is set, else the plain
-    one (switch None)."""
+    """The kind a `perft` mapping runs: the one of its variant's routing whose switch knob is set, else the
+    plain one (switch None)."""
     routing = get_variant(perft["variant"]).routing
     kinds = [k for k in ROUTING_KINDS.values() if k.routing is routing]
     switched = [k for k in kinds if k.switch is not None and perft.get(k.switch) is not None]

@@ -1,4 +1,5 @@
-"""Routing statistics of PERFT layers, live: expert loads and router entropy (a Trainer callback), router angles.
+"""Routing statistics of PERFT layers, live: expert loads and router entropy (a Trainer callback),
+router angles.
 
     with track_routing(model) as stats:          # hooks on every PERFT layer that routes (R, E)
         model(**batch)
@@ -213,8 +214,8 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
 
 
 class RoutingStatsCallback(TrainerCallback):
-    """Per-layer PEFT-expert load and router entropy over each evaluation of a training run (R, E), logged with
-    `log` after the evaluation's own metrics and added to the metrics `evaluate()` returns.
+    """Per-layer PEFT-expert load and router entropy over each evaluation of a training run (R, E), logged
+    with `log` after the evaluation's own metrics and added to the metrics `evaluate()` returns.
 
     The hooks count forwards in eval mode only (the training steps between evaluations are not routing
     statistics of the validation set); each evaluation starts from zero."""
@@ -281,7 +282,8 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer]]:
-    """(layer index, block name, the frozen MoE block, its active PERFT adapter) for every block carrying PERFT."""
+    """(layer index, block name, the frozen MoE block, its active PERFT adapter) for
+    every block carrying PERFT."""
     out = []
     for i, (name, block, tuner) in enumerate(perft_tuner_layers(model)):
         layer = next(tuner.perft_layer[a] for a in tuner.active_adapters if a in tuner.perft_layer)

@@ -1,4 +1,5 @@
-"""The variant registry: one `Variant` per value of `perft.variant`, the only place that tells them apart by name.
+"""The variant registry: one `Variant` per value of `perft.variant`,
+the only place that tells them apart by name.
 
 The registry key, the `variant:` value and the YAML file name under conf/variant/ are one string. A spec holds
 everything the rest of the code asks about a variant:
@@ -20,11 +21,12 @@ everything the rest of the code asks about a variant:
   style         marker and colour in the figures (perft_exp/analysis/results.py)
 
 KNOBS are the non-routing knobs that change what a run computes and so show in its name and label when they
-differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`). PERFT_ONLY are the keys that shape
-the PEFT experts alone: a LoRA baseline neither runs nor names them (its name never shows the experts' form).
+differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`). PERFT_ONLY are the keys that
+shape the PEFT experts alone: a LoRA baseline neither runs nor names them (its name never shows the experts'
+form).
 
-A new variant is one entry in REGISTRY and its conf/variant/<name>.yaml (plus its tests); a new knob that shows
-in names and labels is one entry in KNOBS.
+A new variant is one entry in REGISTRY and its conf/variant/<name>.yaml (plus its tests); a new knob that
+shows in names and labels is one entry in KNOBS.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Variant:
         return f"PERFT-{self.name}" if self.is_perft else self.label
 
     def routing_numbers(self, perft: Mapping) -> tuple[int | None, int | None]:
-        """(N, K): PEFT experts per layer and how many a token uses (E: the model's, once resolved; D: all N)."""
+        """(N, K): PEFT experts per layer and how many a token uses
+        (E: the model's, once resolved; D: all N)."""
         if self.routed:
             return perft.get("num_experts"), perft.get("top_k")
         if self.routing is Routing.ALL:
@@ -93,11 +96,13 @@ class Variant:
         return [k for k in KNOBS if self.takes(k.key) and k.is_set(perft)]
 
     def takes(self, key: str) -> bool:
-        """Whether `perft.<key>` can change what this variant runs: PERFT_ONLY keys only for PERFT variants."""
+        """Whether `perft.<key>` can change what this variant runs:
+        PERFT_ONLY keys only for PERFT variants."""
         return self.family is Family.PERFT or key not in PERFT_ONLY
 
     def display_name(self, perft: Mapping) -> str:
-        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""
+        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`,
+        `S (1)`, `qv-LoRA`, `base model`."""
         needed = [k for k in ("num_experts", "top_k") if "{" + k in self.label]
         label = self.name if any(perft.get(k) is None for k in needed) else self.label.format(**perft)
         return label + _knob_labels(perft, self.knobs_set(perft))
@@ -105,7 +110,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class Knob:
-    """A knob shown in run names and labels when it differs from the paper's default (for a variant that takes it)."""
+    """A knob shown in run names and labels when it differs from the paper's default
+    (for a variant that takes it)."""
 
     key: str
     is_set: Callable[[Mapping], bool]
@@ -114,7 +120,8 @@ class Knob:
 
 
 def _knob_labels(perft: Mapping, knobs: list[Knob] | None = None) -> str:
-    """` [alpha=8, adapter]`: the knobs that differ from the paper's defaults (of KNOBS unless given), for a label."""
+    """` [alpha=8, adapter]`: the knobs that differ from the paper's defaults
+    (of KNOBS unless given), for a label."""
     labels = [k.label(perft) for k in (knobs if knobs is not None else KNOBS) if k.is_set(perft)]
     return f" [{', '.join(labels)}]" if labels else ""
 
@@ -163,9 +170,9 @@ KNOBS = (
         lambda p: f"router dtype={p['router_dtype']}",
     ),
 )
-# The perft keys that shape the PEFT experts only. The LoRA baselines are HF PEFT's LoRA (rank, alpha, dropout) and
-# the frozen model has no adapter: these do not apply to them, so their names leave them out and PerftConfig resets
-# them (adapters/config.py).
+# The perft keys that shape the PEFT experts only. The LoRA baselines are HF PEFT's LoRA (rank, alpha,
+# dropout) and the frozen model has no adapter: these do not apply to them, so their names leave them out and
+# PerftConfig resets them (adapters/config.py).
 PERFT_ONLY = (
     "form",
     "activation",
@@ -176,8 +183,8 @@ PERFT_ONLY = (
     "impl",
     "adapter_dtype",
 )
-# The knobs a run name shows (the routing knobs, the bottleneck, KNOBS): with the model, task and seed they are
-# what a run name's hash of the remaining config changes is taken against (perft_exp/config.py).
+# The knobs a run name shows (the routing knobs, the bottleneck, KNOBS): with the model, task and seed they
+# are what a run name's hash of the remaining config changes is taken against (perft_exp/config.py).
 TAG_KNOBS = ("num_experts", "top_k", "bottleneck", *(k.key for k in KNOBS))
 
 _LORA = dict(tag="{variant}", routing=None, family=Family.LORA)
@@ -281,8 +288,9 @@ def get_variant(name: str) -> Variant:
 
 
 def variant_label(perft: Mapping, base_top_k: int | None = None, base_experts: int | None = None) -> str:
-    """The paper's label from a `perft` mapping (a run's results, a PerftConfig's dict, a sweep job). E names the
-    base model's routing: a resolved config holds it; an older unresolved one takes `base_top_k`, `base_experts`."""
+    """The paper's label from a `perft` mapping (a run's results, a PerftConfig's dict, a sweep job). E names
+    the base model's routing: a resolved config holds it; an older unresolved one takes `base_top_k`,
+    `base_experts`."""
     spec = REGISTRY.get(perft["variant"])
     if spec is None:  # a run of a variant this version does not know: its name
         return perft["variant"] + _knob_labels(perft)
@@ -292,6 +300,7 @@ def variant_label(perft: Mapping, base_top_k: int | None = None, base_experts: i
 
 
 def run_label(perft: Mapping, base_top_k: int | None = None, base_experts: int | None = None) -> str:
-    """The label of one run (console table, W&B, count_params): `R (Top2/4) r16`, `qv-LoRA r8`, `base model`."""
+    """The label of one run (console table, W&B, count_params):
+    `R (Top2/4) r16`, `qv-LoRA r8`, `base model`."""
     label = variant_label(perft, base_top_k, base_experts)
     return label if get_variant(perft["variant"]).family is Family.NONE else f"{label} r{perft['bottleneck']}"

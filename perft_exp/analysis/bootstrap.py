@@ -67,7 +67,8 @@ def _kind_draws(
 def _per_seed(
     seeds: list[SetArrays], n_resamples: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, skill), each (B, S): every seed scored on resampled questions (shared where they line up)."""
+    """(accuracy, skill), each (B, S): every seed scored on resampled questions
+    (shared where they line up)."""
     if _shared_questions(seeds):
         table = np.column_stack([s.correct for s in seeds] + [seeds[0].majority_hit])
         kinds, draws = _kind_draws(table, n_resamples, rng)

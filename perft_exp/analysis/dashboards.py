@@ -342,7 +342,8 @@ _CONFIG_IN_FILTER = re.compile(r"""Config\(\s*['"]([^'"]+)['"]\s*\)""")
 
 
 def _metric(value, default: str) -> tuple[str, str]:
-    """(where, key) of a panel's metric: a Config, a SummaryMetric, or a name (a Metric) read from `default`"""
+    """(where, key) of a panel's metric: a Config, a SummaryMetric,
+    or a name (a Metric) read from `default`"""
     if isinstance(value, (wr.Config, expr.Config)):
         return "config", value.name
     if isinstance(value, (wr.SummaryMetric, expr.Summary)):

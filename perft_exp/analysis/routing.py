@@ -1,15 +1,16 @@
-"""The vector picture and the routing figures of finished runs (the statistics themselves are computed live, in
-perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
+"""The vector picture and the routing figures of finished runs (the statistics themselves are computed live,
+in perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
 
     vector_picture(model)             # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
     plot_loads(per_layer, path)       # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
     plot_vectors(picture, path)       # the vector picture, one panel per layer
 
-Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them: MoEArchitecture.gate_rows):
-token x activates hidden unit i through x . w_i, so the rows are directions in the input space x lives in. A
-PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r). Router rows (W_g (E, D), R's
-W_r (N, D)) score x the same way. All vectors are scaled to unit length before PCA, which is fitted on the FFN
-keys only: the picture compares directions. scripts/analyze_routing.py draws them for finished runs.
+Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them:
+MoEArchitecture.gate_rows): token x activates hidden unit i through x . w_i, so the rows are directions in the
+input space x lives in. A PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r).
+Router rows (W_g (E, D), R's W_r (N, D)) score x the same way. All vectors are scaled to unit length before
+PCA, which is fitted on the FFN keys only: the picture compares directions. scripts/analyze_routing.py draws
+them for finished runs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit gate rows of the frozen FFN experts, (E*m, D), and the expert of each row, (E*m,).
 
-    The family's gate/up layout (MoEArchitecture.gate_rows) says where the gate rows are; NotApplicable where the
-    experts have no gate/up split."""
+    The family's gate/up layout (MoEArchitecture.gate_rows) says where the gate rows are; NotApplicable where
+    the experts have no gate/up split."""
     gate = arch.gate_rows(block).detach().float().cpu()  # (E, I, D): x . row = a hidden unit's input
     num_experts = gate.shape[0]
     step = max(1, gate.shape[1] // max_per_expert)

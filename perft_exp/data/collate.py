@@ -1,9 +1,9 @@
 """Tokenization of LLM-Adapters records for causal-LM training, and the padding collator.
 
-The full text is `build_training_prompt(instruction, input, prompt) + output` (the clean template by default), cut at `cutoff_len` tokens; EOS is
-appended only when the text is shorter than the cutoff (the LLM-Adapters rule, so a truncated
-example never learns to stop mid-sentence). With `train_on_inputs=False` the prompt tokens get
-label -100 and only the response is learned.
+The full text is `build_training_prompt(instruction, input, prompt) + output` (the clean template by default),
+cut at `cutoff_len` tokens; EOS is appended only when the text is shorter than the cutoff (the LLM-Adapters
+rule, so a truncated example never learns to stop mid-sentence). With `train_on_inputs=False` the prompt
+tokens get label -100 and only the response is learned.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs, launch them.
+"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs,
+launch them.
 
 The commands of `python scripts/sweep.py` (list, show, status, run); see perft_exp/sweeps/__init__.py.
 """

@@ -27,7 +27,8 @@ class SweepError(ValueError):
 
 
 def _config_loader():
-    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options with), through its public API."""
+    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options
+    with), through its public API."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -39,7 +40,8 @@ def _config_loader():
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of a multirun command line, each a list of `key=value` overrides (see the module docstring)."""
+    """The jobs of a multirun command line, each a list of `key=value` overrides
+    (see the module docstring)."""
     loader = _config_loader() if any("glob(" in o for o in overrides) else None
     axes: dict[str, list[str]] = {}
     for override in OverridesParser.create(config_loader=loader).parse_overrides(overrides):

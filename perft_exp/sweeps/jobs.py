@@ -1,12 +1,13 @@
 """A sweep's jobs before anything launches: each composed, validated and checked against its run directory.
 
 A job's state is its run directory's (perft_exp/run_dir.py: corrupt / finished / running / failed / started /
-pending), or `conflict` when that directory holds a run of another config. Two jobs of one grid may not share a
-run directory (each would skip the other as finished).
+pending), or `conflict` when that directory holds a run of another config. Two jobs of one grid may not share
+a run directory (each would skip the other as finished).
 
 Several launchers may run one sweep at once (two nodes, a re-submitted array): a job is launched only if, at
 that moment, no live process holds its run directory, it is not finished, and it has not failed since this
-launcher looked (`Job.claimable`); the job's own hold (train.py) settles a tie, the loser exiting with code 75.
+launcher looked (`Job.claimable`); the job's own hold (train.py) settles a tie,
+the loser exiting with code 75.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class Job:
         return "conflict" if self.conflict else self.run.state()
 
     def claimable(self) -> bool:
-        """Whether to launch it now: not finished, corrupt or running, and not failed since this launcher looked
-        (another launcher ran it; a failure found at the start is retried)."""
+        """Whether to launch it now: not finished, corrupt or running, and not failed since this launcher
+        looked (another launcher ran it; a failure found at the start is retried)."""
         state = self.state()
         return state not in ("finished", "corrupt", "running", "conflict") and (
             state != "failed" or self.first_state == "failed"

@@ -6,7 +6,8 @@
 
 A job that dies without recording its own failure (killed, or failed before the app started) gets one from
 its log's first error line, so `status` shows why. A job another launcher holds or has finished meanwhile is
-skipped (`Job.claimable`; train.py exits with EXIT_HELD when it loses a tie), so several launchers share a grid.
+skipped (`Job.claimable`; train.py exits with EXIT_HELD when it loses a tie),
+so several launchers share a grid.
 """
 
 from __future__ import annotations

@@ -250,7 +250,8 @@ def _facts(world: World, split: str | None, relation: str | None) -> list[tuple[
 
 
 def fact_probes(split: str | None = None, relation: str | None = None) -> list[Probe]:
-    """Each fact's (of one `relation`, or all) canonical statement cut before its value: what the model stored."""
+    """Each fact's (of one `relation`, or all) canonical statement cut before its
+    value: what the model stored."""
     world = build_world()
     probes = []
     for rel, subject, value in _facts(world, split, relation):

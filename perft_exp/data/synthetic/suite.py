@@ -69,7 +69,8 @@ def _distinct(
 def make_suite(
     kind: str, n_train: int, n_test: int, seed: int = 0
 ) -> tuple[list[Record], dict[str, list[Record]]]:
-    """(training records mixed over the test sets' formats, {test set: records}); deterministic in the args."""
+    """(training records mixed over the test sets' formats, {test set: records});
+    deterministic in the args."""
     tables = {**CORPUS_SUITES, **GENERATORS}
     if kind not in tables:
         raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(tables)}")

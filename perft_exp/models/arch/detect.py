@@ -67,7 +67,8 @@ def _find_block(model: nn.Module) -> tuple[str, nn.Module, str]:
     preferred = [c for c in candidates if c[3]] or candidates
     name, block, attr, _ = preferred[0]
     if any(n in ("self_attn", "attn", "attention") for n, _ in block.named_children()):
-        # PERFT sits in parallel with an MoE block: a decoder layer is not one (its input is not the router's).
+        # PERFT sits in parallel with an MoE block:
+        # a decoder layer is not one (its input is not the router's).
         raise UnsupportedModel(
             f"{model.config.model_type}: router and experts sit directly in the decoder layer "
             f"{type(block).__name__}, not in an MoE block of their own"
@@ -162,8 +163,8 @@ def check_routing(output, tokens: int, num_experts: int, top_k: int | None, wher
 
 
 def probe_router(block: nn.Module, router: nn.Module, hidden_size: int, tokens: int = 3):
-    """The router's output on a few random tokens, as the block calls it (a forward hook while the block runs on
-    (1, tokens, D)); the router alone where the block cannot run so (on `meta`: shapes only)."""
+    """The router's output on a few random tokens, as the block calls it (a forward hook while the block runs
+    on (1, tokens, D)); the router alone where the block cannot run so (on `meta`: shapes only)."""
     ref = next(router.parameters(), None)
     ref = ref if ref is not None else next(block.parameters())
     x = torch.randn(1, tokens, hidden_size, device=ref.device, dtype=ref.dtype)

@@ -75,7 +75,8 @@ class MoEArchitecture:
         return functools.reduce(getattr, self.router_weight.split("."), self.router(block))
 
     def gate_rows(self, block: nn.Module) -> torch.Tensor:
-        """The experts' gate projections as (E, I, D) rows; a one-line error where there is no gate/up split."""
+        """The experts' gate projections as (E, I, D) rows;
+        a one-line error where there is no gate/up split."""
         if self.gate_up == "none" or not self.expert_params:
             raise NotApplicable(f"{self.model_type}: the experts have no fused gate/up tensor")
         w = getattr(self.experts(block), self.expert_params[0])

@@ -3,8 +3,8 @@
     python -m perft_exp.models.arch          # markdown table: family, detected or file, R E D S, baselines, aux loss
 
 A family's tiny model is its default config with every size key shrunk (2 layers, D=32, 8 experts, top-2);
-FAMILY_OVERRIDES fixes what a family's config validation needs beyond that. tests/test_families.py runs the same
-models through the variants with oracles; this table only reports what runs.
+FAMILY_OVERRIDES fixes what a family's config validation needs beyond that. tests/test_families.py runs the
+same models through the variants with oracles; this table only reports what runs.
 """
 
 from __future__ import annotations
