@@ -9,7 +9,8 @@ torch or peft through it. Registration happens when peft is imported, now or lat
 already loaded it runs at once, otherwise a one-shot import hook runs it right after peft's own import.
 
 Subpackages:
-  adapters/    PEFT experts, the R/E/D/S variants, the PEFT tuner, the HF-PEFT LoRA baselines, save/load, counting
+  adapters/    PEFT experts, the R/E/D/S variants, the PEFT tuner, the HF-PEFT LoRA baselines,
+               save/load, counting
   models/      loading (hub id or local path), one file of facts per MoE architecture, the tiny model
   data/        LLM-Adapters JSON tasks, the prompt template, synthetic suites, collation
   training/    HF Trainer + DeepSpeed + W&B wiring

@@ -196,8 +196,8 @@ class RunLock:
                 continue
             if holder.alive():
                 raise RunDirHeld(
-                    f"{self.run_dir} is in use by another process ({holder.describe()}); wait for it to end, or "
-                    f"if it is gone, its hold expires {stale_after():.0f} s after its last heartbeat"
+                    f"{self.run_dir} is in use by another process ({holder.describe()}); wait for it to end, "
+                    f"or if it is gone, its hold expires {stale_after():.0f} s after its last heartbeat"
                 )
             self._take_over(holder)
         raise RunDirHeld(f"{self.run_dir}: could not take the hold ({self.path} keeps changing)")

@@ -1,6 +1,7 @@
-"""Parameter accounting for any model/variant, from the full-size config on the `meta` device.
+r"""Parameter accounting for any model/variant, from the full-size config on the `meta` device.
 
-    python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16
+    python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 \
+        perft.bottleneck=16
 
 Prints one JSON object: trainable, activated_trainable, base_total, base_active and their ratios. Takes the
 same `key=value` overrides as train.py; builds nothing in memory and downloads nothing.

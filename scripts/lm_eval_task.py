@@ -1,6 +1,6 @@
 """Write a synthetic test set as a local lm-evaluation-harness task (multiple choice over its answer labels).
 
-    python scripts/lm_eval_task.py outputs/lm_eval_tasks                       # boolq of synthetic_commonsense
+    python scripts/lm_eval_task.py outputs/lm_eval_tasks                     # boolq of synthetic_commonsense
     python scripts/lm_eval_task.py outputs/lm_eval_tasks test_set=ARC-Easy n=32
 
 Writes <out>/<task>.yaml and <out>/<task>.jsonl; score a PERFT adapter on it with lm-eval (docs/peft.md):

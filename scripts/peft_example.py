@@ -1,5 +1,4 @@
-"""Use PERFT in your own code: TRL's SFTTrainer with a PERFT config, PEFT's save and load (README,
-docs/peft.md).
+"""Use PERFT in your own code: TRL's SFTTrainer with a PERFT config, PEFT's save/load (README, docs/peft.md).
 
     python scripts/peft_example.py                                        # the tiny OLMoE, a few steps, CPU
     python scripts/peft_example.py --model allenai/OLMoE-1B-7B-0924 --steps 100

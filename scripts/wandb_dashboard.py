@@ -1,8 +1,11 @@
 """The W&B workspace and a sweep's report, as code (perft_exp/analysis/dashboards.py): write, check, save.
 
-    python scripts/wandb_dashboard.py --sweep toy --dry-run --out outputs/dashboards/toy   # JSON specs, offline
-    python scripts/wandb_dashboard.py --sweep toy --check          # do the sweep's offline runs feed every panel?
-    python scripts/wandb_dashboard.py --sweep toy --entity ENTITY --project perft-exp      # save both to W&B
+    # JSON specs, offline:
+    python scripts/wandb_dashboard.py --sweep toy --dry-run --out outputs/dashboards/toy
+    # do the sweep's offline runs feed every panel?
+    python scripts/wandb_dashboard.py --sweep toy --check
+    # save both to W&B:
+    python scripts/wandb_dashboard.py --sweep toy --entity ENTITY --project perft-exp
 
 The sweep's runs reach W&B first (they log offline into their run directories):
     wandb sync --entity ENTITY --project perft-exp outputs/runs/<task>/<model>/<run>/wandb/offline-run-*
@@ -51,7 +54,8 @@ def sweep_info(
     commands = [
         f"python scripts/sweep.py run {sweep.name}{extra}",
         _sync_command(run_dirs, entity, project),
-        f"python scripts/wandb_dashboard.py --sweep {sweep.name} --entity {entity} --project {project}{extra}",
+        f"python scripts/wandb_dashboard.py --sweep {sweep.name} "
+        f"--entity {entity} --project {project}{extra}",
     ]
     file = (SWEEPS_DIR / f"{sweep.name}.yaml").relative_to(REPO_ROOT)
     perft = [dict(cfg.perft) for cfg in cfgs]

@@ -11,23 +11,27 @@ from perft_exp.evaluation.protocol import PROTOCOLS, Protocol
 
 FIXED, AUTHORS = Protocol("fixed"), Protocol("authors")
 I16 = " " * 16
-# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py /
-# finetune.py), indentation kept.
+# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py / finetune.py),
+# indentation kept.
 AUTHORS_COMMONSENSE_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}the correct answer is"
 )
 AUTHORS_MATH_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}"
 )
 AUTHORS_TRAIN = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.  \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Response:\n{I16}"
 )
 AUTHORS_TRAIN_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
-    f"response that appropriately completes the request. \n\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Input:\n"
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request. \n\n"
+    f"{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Input:\n"
     f"{I16}ctx\n{I16}\n{I16}### Response:\n{I16}"
 )
 

@@ -22,7 +22,8 @@ starts empty), with these shrinks, and no others:
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
 - `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
-- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two rounds).
+- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two
+  rounds).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
 
@@ -81,14 +82,13 @@ COMMANDS = {
     "python scripts/fetch_data.py --what all": error("cannot download"),
     "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe variant=R perft.num_experts=8 "
     "perft.top_k=2": error(NO_DATA),
-    "torchrun --nproc_per_node 8 train.py model=mixtral_8x7b task=commonsense trainer=mixtral deepspeed=zero3 "
-    "variant=E perft.bottleneck=8": error(NO_DATA),
+    "torchrun --nproc_per_node 8 train.py model=mixtral_8x7b task=commonsense trainer=mixtral "
+    "deepspeed=zero3 variant=E perft.bottleneck=8": error(NO_DATA),
     "deepspeed --num_gpus 8 train.py model=mixtral_8x7b trainer=mixtral deepspeed=zero2": error(
         "model.pretrained='mistralai/Mixtral-8x7B-v0.1' is not in the local Hugging Face cache"
     ),
-    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe model.quantization=4bit variant=R": error(
-        NO_DATA
-    ),
+    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe model.quantization=4bit "
+    "variant=R": error(NO_DATA),
     # Sweeps
     "python scripts/sweep.py list": ok("olmoe_commonsense       100 jobs"),
     "python scripts/sweep.py show olmoe_commonsense": ok(

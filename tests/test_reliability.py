@@ -346,7 +346,8 @@ def test_a_failing_sweep_job_is_failed_in_status_and_the_others_finish(micro_mod
     _without_weights(micro_model_dir, tmp_path / "empty")
     grid = tmp_path / "grid.yaml"
     grid.write_text(
-        "fixed: {variant: S, trainer: debug, logger: none, eval.enabled: false, task.max_train_examples: 32}\n"
+        "fixed: {variant: S, trainer: debug, logger: none, eval.enabled: false, "
+        "task.max_train_examples: 32}\n"
         f"blocks:\n  - {{model.pretrained: [{tmp_path / 'empty'}, {micro_model_dir}]}}\n"
     )
     sweep = [sys.executable, str(REPO / "scripts" / "sweep.py")]

@@ -327,7 +327,8 @@ def test_the_pool_skips_held_jobs_and_a_lost_tie_is_no_failure(tmp_path, monkeyp
     fake.write_text(
         "import json, os, sys\n"
         "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
-        f"if args['tie'] == '1': print('error: in use by another process', file=sys.stderr); sys.exit({EXIT_HELD})\n"
+        "if args['tie'] == '1': "
+        f"print('error: in use by another process', file=sys.stderr); sys.exit({EXIT_HELD})\n"
         "open(os.path.join(args['out'], 'results.json'), 'w').write('{}')\n"
     )
     monkeypatch.setattr(sweep_launch, "TRAIN_PY", fake)

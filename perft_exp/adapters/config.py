@@ -154,7 +154,8 @@ class PerftConfig:
             self._check_count(key, getattr(self, key))
         if "top_k" in spec.knobs and self.top_k > self.num_experts:
             raise ValueError(
-                f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
+                f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; "
+                "top_k must be in [1, num_experts]"
             )
         overridden = [
             f"perft.{k}={getattr(self, k)}" for k in spec.from_model if getattr(self, k) is not None

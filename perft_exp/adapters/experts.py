@@ -18,8 +18,8 @@ perft_exp.adapters.routing):
 Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
 training only: every (token, expert) pair draws its own keep mask m ~ Bernoulli(1 - p), scaled by 1 / (1 - p),
 applied where the authors apply it in each form:
-  LoRA form:    expert_j(x) = s * B_j A_j (m_tj * x)           mask over D, on the expert's input
-  adapter form: expert_j(x) = W_up act(m_tj * (W_down x))      mask over r, after W_down, before the activation
+  LoRA form:    expert_j(x) = s * B_j A_j (m_tj * x)        mask over D, on the expert's input
+  adapter form: expert_j(x) = W_up act(m_tj * (W_down x))   mask over r, after W_down, before the activation
 The masks are one tensor `keep` (T, K, D or r), one row per routed pair (K = N for the always-on experts of D
 and S), drawn here or passed in (the tests hand the same masks to every path and to the loop oracle). Costs:
 grouped keeps a bool (S, D) mask for backward; dense computes every expert for each of the K masked inputs
@@ -154,7 +154,10 @@ class PeftExperts(nn.Module):
                 self.B.zero_()
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden={self.hidden_size}, bottleneck={self.bottleneck}, form={self.form}"
+        return (
+            f"num_experts={self.num_experts}, hidden={self.hidden_size}, "
+            f"bottleneck={self.bottleneck}, form={self.form}"
+        )
 
     def _f(self, h: torch.Tensor) -> torch.Tensor:
         return self.act(h) if self.act is not None else h

@@ -128,8 +128,8 @@ def check_compatible(
         for key, saved in meta["base_signature"].items():
             if sig.get(key) != saved:
                 raise AdapterError(
-                    f"adapter {where} was trained on base model {meta.get('base_model')!r} with {key}={saved}, "
-                    f"but this model has {key}={sig.get(key)}"
+                    f"adapter {where} was trained on base model {meta.get('base_model')!r} "
+                    f"with {key}={saved}, but this model has {key}={sig.get(key)}"
                 )
     if cfg is None:
         return
@@ -145,7 +145,8 @@ def check_compatible(
             continue
         if getattr(saved, key) != getattr(cfg, key):
             raise AdapterError(
-                f"adapter {where} is perft.{key}={getattr(saved, key)!r}, but the run asks for {getattr(cfg, key)!r}"
+                f"adapter {where} is perft.{key}={getattr(saved, key)!r}, "
+                f"but the run asks for {getattr(cfg, key)!r}"
             )
 
 

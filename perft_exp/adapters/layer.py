@@ -44,7 +44,8 @@ class PerftLayer(nn.Module):
         )
         if cfg.authors_weighting_defect and cfg.top_k > base_top_k:
             raise ValueError(
-                f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
+                f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), "
+                f"got {cfg.top_k}"
             )
         shared = cfg.dropout_scope == "shared" and cfg.dropout > 0
         self.dropout = nn.Dropout(cfg.dropout) if shared else nn.Identity()

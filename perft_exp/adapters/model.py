@@ -1,9 +1,11 @@
 """Attach PERFT (or a LoRA baseline) to a Hugging Face MoE model through PEFT; freeze the base; R's aux loss.
 
     model = AutoModelForCausalLM.from_pretrained(...)
-    model = apply_adapters(model, PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))  # a PeftModel
+    # a PeftModel:
+    model = apply_adapters(model, PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))
     out = model(**batch, labels=labels, output_router_logits=True)
-    out.loss        # LM loss + the base aux loss + (training) aux_loss_coef x R's router aux loss (perft_exp.adapters.tuner)
+    # LM loss + the base aux loss + (training) aux_loss_coef x R's router aux loss (perft_exp.adapters.tuner):
+    out.loss
 
 Attach before the model's first forward: transformers installs its router-logit hooks then.
 """

@@ -4,7 +4,8 @@ registered with peft on import.
     import perft_exp                      # registers peft_type "PERFT" with peft
     from peft import get_peft_model
     model = get_peft_model(base, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))
-    model.save_pretrained("adapter")      # adapter_config.json ("peft_type": "PERFT") + adapter_model.safetensors
+    # writes adapter_config.json ("peft_type": "PERFT") + adapter_model.safetensors:
+    model.save_pretrained("adapter")
 
 PEFT's own methods wrap a Linear: the wrapper takes the module's place. PERFT instead sits *beside* each MoE
 block (y = moe(x) + peft(x)), so nothing of the base model moves: the block, its router and experts keep their
@@ -59,8 +60,9 @@ SIGNATURE_KEYS = (
     "num_experts_per_tok",
 )
 MERGE_REFUSAL = (
-    "PERFT cannot be merged into the base weights: its PEFT experts are routed per token (R, E) or run in parallel "
-    "with the whole MoE block (D, S), so no fixed weight update equals them; use unload() for the base model"
+    "PERFT cannot be merged into the base weights: its PEFT experts are routed per token (R, E) or run in "
+    "parallel with the whole MoE block (D, S), so no fixed weight update equals them; use unload() for the "
+    "base model"
 )
 
 
@@ -185,8 +187,8 @@ def check_adapter_files(path: str | os.PathLike) -> dict:
 class PerftTunerLayer(nn.Module, BaseTunerLayer):
     """The PEFT experts of one MoE block, for every named adapter, as the block's child `perft`.
 
-    Not a wrapper: the block keeps its place and runs unchanged; forward hooks add  sum_active peft_a(x)  to its
-    output and hand the frozen router's output to the adapters that route by it."""
+    Not a wrapper: the block keeps its place and runs unchanged; forward hooks add  sum_active peft_a(x)
+    to its output and hand the frozen router's output to the adapters that route by it."""
 
     adapter_layer_names = ("perft_layer",)
     other_param_names = ()
@@ -426,7 +428,10 @@ class PerftModel(BaseTuner):
         else:
             bad = [k for k in expected if expected[k].shape != remapped[k].shape]
             if bad:
-                problem = f"{bad[0]} has shape {tuple(remapped[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+                problem = (
+                    f"{bad[0]} has shape {tuple(remapped[bad[0]].shape)}, "
+                    f"expected {tuple(expected[bad[0]].shape)}"
+                )
         if problem:
             detach(model, adapter_name)
             raise AdapterError(f"PERFT adapter weights do not match the model ({problem})")

@@ -1,5 +1,4 @@
-"""The variant registry: one `Variant` per value of `perft.variant`,
-the only place that tells them apart by name.
+"""The variant registry: one `Variant` per `perft.variant` value, the one place that tells them apart by name.
 
 The registry key, the `variant:` value and the YAML file name under conf/variant/ are one string. A spec holds
 everything the rest of the code asks about a variant:
@@ -9,21 +8,24 @@ everything the rest of the code asks about a variant:
   routing       how a token picks PEFT experts:   y = sum_{j in J(x)} w_j(x) expert_j(x); the classes that
                 do it are the routing kinds of perft_exp/adapters/routing.py (R's top-K, or top-p when set)
                   "own"   R: a learned router W_r (N, D) picks K of the N, weights renormalised
-                  "base"  E: the frozen router's top-k set S and its weights p_i, one PEFT expert per FFN expert
+                  "base"  E: the frozen router's top-k set S and its weights p_i,
+                          one PEFT expert per FFN expert
                   "all"   D, S: every PEFT expert on, weight 1 (S is D with N = 1)
                   None    no PEFT experts (the LoRA baselines, the frozen model)
   knobs         the routing knobs a user sets (`num_experts` N, `top_k` K); they show in run names and labels
   from_model    knobs the base model decides (E: N and K are the model's); PerftConfig.resolve fills them
   fixed         knobs a variant pins (S: N = 1); `fixed_note` is the error when a user sets another value
-  options       the optional knobs of KNOBS that only this variant takes (R: top-p routing, the authors' defect)
+  options       the optional knobs of KNOBS that only this variant takes
+                (R: top-p routing, the authors' defect)
   tag / label   the run-name stem and the paper's figure label, format strings over the (resolved) knobs
-  lora_targets  what a LoRA baseline wraps: "attention_qv", "router", "experts" (perft_exp/adapters/baselines.py)
+  lora_targets  what a LoRA baseline wraps: "attention_qv", "router", "experts"
+                (perft_exp/adapters/baselines.py)
   style         marker and colour in the figures (perft_exp/analysis/results.py)
 
 KNOBS are the non-routing knobs that change what a run computes and so show in its name and label when they
-differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`). PERFT_ONLY are the keys that
-shape the PEFT experts alone: a LoRA baseline neither runs nor names them (its name never shows the experts'
-form).
+differ from the paper's defaults (`R-n4-k2-r16-a8`, `R (Top2/4) [alpha=8]`).
+PERFT_ONLY are the keys that shape the PEFT experts alone: a LoRA baseline neither runs nor names them (its
+name never shows the experts' form).
 
 A new variant is one entry in REGISTRY and its conf/variant/<name>.yaml (plus its tests); a new knob that
 shows in names and labels is one entry in KNOBS.

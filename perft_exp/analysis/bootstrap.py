@@ -20,7 +20,8 @@ resample draws the seeds and the questions once and scores both configs on that 
 that of the difference itself, tighter than asking whether the two configs' own intervals overlap.
 
     arrays = [{"boolq": SetArrays(correct, majority_hit), ...} for each seed]
-    ci = bootstrap_intervals(arrays)   # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}
+    # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}:
+    ci = bootstrap_intervals(arrays)
     d = paired_difference(arrays_a, arrays_b)   # PairedDifference(difference, lo, hi), or None if not paired
 """
 

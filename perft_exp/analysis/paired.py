@@ -1,7 +1,8 @@
 """Paired comparisons: for every two configurations of a model and task, A - B in average skill with a paired
 95 % bootstrap interval, and whether it excludes 0.
 
-    python scripts/collect_results.py outputs/runs --out outputs/report    # writes paired.csv and paired.md too
+    # writes paired.csv and paired.md too:
+    python scripts/collect_results.py outputs/runs --out outputs/report
 
 Configurations are the rows of results.md (runs that differ only by seed). Two of them are paired when they
 ran the same seeds on the same questions; the interval then resamples seeds and questions once for both

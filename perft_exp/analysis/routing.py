@@ -1,9 +1,9 @@
 """The vector picture and the routing figures of finished runs (the statistics themselves are computed live,
 in perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
 
-    vector_picture(model)             # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
-    plot_loads(per_layer, path)       # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
-    plot_vectors(picture, path)       # the vector picture, one panel per layer
+    vector_picture(model)           # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
+    plot_loads(per_layer, path)     # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
+    plot_vectors(picture, path)     # the vector picture, one panel per layer
 
 Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them:
 MoEArchitecture.gate_rows): token x activates hidden unit i through x . w_i, so the rows are directions in the

@@ -37,12 +37,14 @@ _AUTHORS_TRAIN_WITH_INPUT = (
     f"{_INDENT}### Response:\n{_INDENT}"
 )
 _AUTHORS_TRAIN_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n\n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.  \n\n"
     f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n{_INDENT}\n"
     f"{_INDENT}### Response:\n{_INDENT}"
 )
 _AUTHORS_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n\n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n\n"
     f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n\n"
     f"{_INDENT}### Response:\n{_INDENT}"
 )

@@ -53,7 +53,8 @@ def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]
         elif name == "SingleEq":
             text, steps = (
                 (
-                    f"{p} bought some {o}s. {p} had {a} {o}s before and has {b} now. how many {o}s did {p} buy?",
+                    f"{p} bought some {o}s. {p} had {a} {o}s before and has {b} now. "
+                    f"how many {o}s did {p} buy?",
                     [(b, "-", a)],
                 )
                 if first
@@ -65,7 +66,8 @@ def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]
         elif name == "MultiArith":
             text, steps = (
                 (
-                    f"{p} had {a} {o}s and found {b} more. then {p} lost {c} of them. how many {o}s are left?",
+                    f"{p} had {a} {o}s and found {b} more. then {p} lost {c} of them. "
+                    f"how many {o}s are left?",
                     [(a, "+", b), (-1, "-", c)],
                 )
                 if first
@@ -83,14 +85,16 @@ def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]
                 )
                 if first
                 else (
-                    f"{p} makes {m} {o}s every day for {n} days, then buys {c} more. how many {o}s does {p} have?",
+                    f"{p} makes {m} {o}s every day for {n} days, then buys {c} more. "
+                    f"how many {o}s does {p} have?",
                     [(m, "*", n), (-1, "+", c)],
                 )
             )
         elif name == "SVAMP":
             text, steps = (
                 (
-                    f"{p} gave {b} {o}s to {q} and now has {a} {o}s left. how many {o}s did {p} have at first?",
+                    f"{p} gave {b} {o}s to {q} and now has {a} {o}s left. "
+                    f"how many {o}s did {p} have at first?",
                     [(a, "+", b)],
                 )
                 if first

@@ -57,7 +57,8 @@ SETS: dict[str, MathSet] = {
     ),
     "MultiArith": MathSet(
         ("weight",),
-        "{p} has 2 bags of food, takes the {o} and then gives 1 bag to {q}. how many bags does {p} carry now?",
+        "{p} has 2 bags of food, takes the {o} and then gives 1 bag to {q}. "
+        "how many bags does {p} carry now?",
         lambda n: [(2, "+", n[0]), (-1, "-", 1)],
     ),
     "SingleEq": MathSet(

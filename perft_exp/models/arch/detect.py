@@ -7,9 +7,10 @@ What is looked for, in this order:
 1. The router: the class transformers records router logits from (`_can_record_outputs["router_logits"]`),
    else a child named `gate` or `router` of a module that also has an `experts` child.
 2. The MoE block: the module holding that router and an `experts` child; the experts' parameters whose first
-   dimension is the expert count E are the expert tensors (`@use_experts_implementation` says their gate/up layout).
-3. The config keys: the attribute (top level or one nested config deep) whose value is E and whose name speaks of
-   experts; the one whose value is the router's top-k and whose name speaks of top-k / experts per token.
+   dimension is the expert count E are the expert tensors (`@use_experts_implementation` says their gate/up
+   layout).
+3. The config keys: the attribute (top level or one nested config deep) whose value is E and whose name speaks
+   of experts; the one whose value is the router's top-k and whose name speaks of top-k / experts per token.
 4. The router's output, on a few random tokens: PERFT's E reuses it only when it is
    (logits (T, E), top-k weights (T, k), top-k indices (T, k)).
 """
@@ -157,8 +158,8 @@ def check_routing(output, tokens: int, num_experts: int, top_k: int | None, wher
             else type(output).__name__
         )
         raise UnsupportedModel(
-            f"{where} returns {shapes}, not (logits (T, {num_experts}), top-k weights (T, k), top-k indices (T, k)); "
-            "a family file with a router_output converter would support it"
+            f"{where} returns {shapes}, not (logits (T, {num_experts}), top-k weights (T, k), "
+            "top-k indices (T, k)); a family file with a router_output converter would support it"
         )
 
 

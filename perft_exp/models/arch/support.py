@@ -1,6 +1,7 @@
 """The support table: every MoE family transformers ships, tried live on a tiny random model.
 
-    python -m perft_exp.models.arch          # markdown table: family, detected or file, R E D S, baselines, aux loss
+    # markdown table: family, detected or file, R E D S, baselines, aux loss:
+    python -m perft_exp.models.arch
 
 A family's tiny model is its default config with every size key shrunk (2 layers, D=32, 8 experts, top-2);
 FAMILY_OVERRIDES fixes what a family's config validation needs beyond that. tests/test_families.py runs the
@@ -210,7 +211,10 @@ def support_table(families: tuple[str, ...] | None = None) -> str:
             notes.append(f"- `{row['family']}` ({row['facts']}): {row['note']}")
             continue
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
-    header = f"MoE families in transformers {transformers.__version__}: {len(rows)}, runnable here: {len(lines) - 2}"
+    header = (
+        f"MoE families in transformers {transformers.__version__}: {len(rows)}, "
+        f"runnable here: {len(lines) - 2}"
+    )
     return "\n".join([header, "", *lines, "", "Not run:", *notes])
 
 
