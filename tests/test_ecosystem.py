@@ -158,11 +158,8 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(micro_model_dir).eval()
     base_scores = _choice_scores(base, tokenizer, docs)
     tuned = _choice_scores(PeftModel.from_pretrained(base, tmp_path / "adapter").eval(), tokenizer, docs)
-    assert torch.allclose(
-        torch.tensor(scored), torch.tensor(tuned), atol=1e-4
-    )  # lm-eval scored the adapter...
-    assert not torch.allclose(
-        torch.tensor(scored), torch.tensor(base_scores), atol=1e-2
-    )  # ...not the base model
+    # lm-eval scored the adapter, not the base model
+    assert torch.allclose(torch.tensor(scored), torch.tensor(tuned), atol=1e-4)
+    assert not torch.allclose(torch.tensor(scored), torch.tensor(base_scores), atol=1e-2)
     right = sum(max(range(len(s)), key=s.__getitem__) == d["label"] for s, d in zip(tuned, docs))
     assert result["results"][name]["acc,none"] == pytest.approx(right / len(docs))

@@ -240,9 +240,8 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv = [a for a in argv if a != "--eval"] + ["--quick", "--cases", "R_top2of4_r16"]
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
-        (trained,) = [
-            d for d in runs if re.fullmatch(r"R-n4-k2-r16-adapter-[0-9a-f]{6}", d.name)
-        ]  # the shrunk default
+        # the shrunk default
+        (trained,) = [d for d in runs if re.fullmatch(r"R-n4-k2-r16-adapter-[0-9a-f]{6}", d.name)]
         argv = [
             a.replace("outputs/runs/<task>/<model>/<run>", str(trained.relative_to(workdir))) for a in argv
         ]

@@ -33,9 +33,8 @@ def test_authors_router_is_normal_002_in_the_model_dtype():
     w = _router(torch.bfloat16, router_init="authors", router_dtype="model")
     assert w.dtype == torch.bfloat16 and w.shape == (N, D)
     assert abs(w.float().mean().item()) < 1e-3 and abs(w.float().std().item() - 0.02) < 1e-3
-    assert (
-        _router(torch.bfloat16, router_init="authors").dtype == torch.float32
-    )  # init and dtype are separate
+    # init and dtype are separate
+    assert _router(torch.bfloat16, router_init="authors").dtype == torch.float32
 
 
 def test_router_dtype_model_follows_the_loaded_model():

@@ -194,9 +194,8 @@ def test_write_errors_are_found_in_the_chain_and_named():
     assert (found.errno, found.filename) == (errno.ENOSPC, "/runs/a/checkpoints")
     rust = Exception("Error while serializing: IoError(Os { code: 122, kind: QuotaExceeded, message: ... })")
     assert files.write_error(rust, "/runs/a/adapter").errno == errno.EDQUOT
-    assert (
-        files.write_error(PermissionError(errno.EACCES, "Permission denied", "/m")) is None
-    )  # a read, maybe
+    # a read, maybe
+    assert files.write_error(PermissionError(errno.EACCES, "Permission denied", "/m")) is None
     assert files.write_error(PermissionError(errno.EACCES, "Permission denied"), "/w").filename == "/w"
     assert files.write_error(ValueError("no")) is None
 

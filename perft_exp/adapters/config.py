@@ -219,9 +219,8 @@ class PerftConfig:
         Idempotent."""
         out = copy.copy(self)
         for key in self.spec.from_model:
-            setattr(
-                out, key, getattr(arch, key)(model_config)
-            )  # arch.num_experts(config), arch.top_k(config)
+            # arch.num_experts(config), arch.top_k(config)
+            setattr(out, key, getattr(arch, key)(model_config))
         if out.aux_loss_coef is None:
             out.aux_loss_coef = arch.adapter_aux_loss_coef
         return out

@@ -38,7 +38,7 @@ from torch import nn
 from perft_exp.adapters import reference
 
 # What moving one routed pair's D-vector in and out costs in the grouped path, in units of dense columns
-# (choose_impl); measured on a 2-core AMD EPYC, where grouped beat dense from N*r = 128 at K = 2.
+# (choose_impl): grouped beats dense once N*r > K*(r + 32) (CPU, fp32; docs/benchmarks.md).
 _GATHER_COLUMNS = 32
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
@@ -68,9 +68,8 @@ class _GatherGroupedMM(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_xs = _masked(
-                F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale
-            )  # (S, D)
+            # (S, D)
+            grad_xs = _masked(F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale)
             grad_x = torch.zeros_like(x).index_add_(0, token, grad_xs)
         if ctx.needs_input_grad[1]:
             xs = _masked(x.index_select(0, token), keep, ctx.scale)
@@ -242,13 +241,11 @@ class PeftExperts(nn.Module):
         # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or
         # masks its own W_down output (adapter form); every expert is computed for each of the K inputs,
         # the chosen kept.
-        xk = (
-            _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
-        )  # (T, K|1, D)
+        # (T, K|1, D)
+        xk = _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
         hk = (xk @ a).view(T, -1, N, r).expand(T, K, N, r)
-        hk = hk.gather(2, indices.view(T, K, 1, 1).expand(T, K, 1, r)).squeeze(
-            2
-        )  # (T, K, r): the chosen experts
+        # (T, K, r): the chosen experts
+        hk = hk.gather(2, indices.view(T, K, 1, 1).expand(T, K, 1, r)).squeeze(2)
         if self.form != "lora":
             hk = _masked(hk, keep, self._scale)
         hk = self._f(hk) * weights.to(hk.dtype).unsqueeze(-1)

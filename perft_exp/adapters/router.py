@@ -33,9 +33,8 @@ class PeftRouter(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
-        self.weight = nn.Parameter(
-            torch.empty(num_experts, hidden_size, dtype=dtype, device=device)
-        )  # (N, D)
+        # (N, D)
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype, device=device))
         with torch.no_grad():
             if init == "authors":
                 self.weight.normal_(0.0, AUTHORS_INIT_STD)

@@ -346,9 +346,8 @@ class PerftModel(BaseTuner):
             raise TypeError(f"PerftModel takes a perft_exp.PerftConfig, got {type(cfg).__name__}")
         self._check_new_adapter_config(cfg)
         config = model.config
-        if (
-            cfg.base_signature is not None
-        ):  # a saved adapter: refuse another base model before attaching anything
+        # A saved adapter: refuse another base model before attaching anything.
+        if cfg.base_signature is not None:
             check_signature(cfg.base_signature, config)
         arch = architecture_for(model)
         cfg = cfg.resolve(arch, config)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-Routing = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor
-]  # (logits (T, E), top-k weights (T, k), indices (T, k))
+# (logits (T, E), top-k weights (T, k), indices (T, k))
+Routing = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # Gate/up layouts of a fused expert tensor: gate rows then up rows (E, 2I, D); the same transposed (E, D, 2I);
 # gate and up alternating along 2I (gpt-oss); "none": no fused gate/up tensor (DBRX, non-gated experts).
 GATE_UP_LAYOUTS = ("concatenated", "transposed", "interleaved", "interleaved_transposed", "none")
