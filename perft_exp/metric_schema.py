@@ -124,6 +124,7 @@ def load_share_key(layer: int, expert: int, prefix: str = ROUTING) -> str:
 
 
 def routing_mean(stat: str) -> Key:
+    """The history key of `stat`'s mean over layers."""
     title, variants = ROUTING_STATS[stat]
     return Key(routing_key("mean", stat), "history", title, variants)
 
@@ -142,6 +143,7 @@ ANGLE_RANDOM = Key("routing/mean/angle_random_deg", "summary", "same for a rando
 
 
 def angle_key(layer: int) -> str:
+    """The summary key of layer `layer`'s mean principal angle W_r vs W_g."""
     return f"routing/layer{layer}/angle_mean_deg"
 
 

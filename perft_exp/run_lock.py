@@ -79,6 +79,7 @@ class Holder:
     heartbeat_age: float  # seconds since the holder last touched the file
 
     def alive(self) -> bool:
+        """False when this host's holder process is gone; otherwise whether its heartbeat is fresh."""
         if self.host == socket.gethostname() and not _pid_alive(self.pid, self.pid_start):
             return False  # this host's process is gone (kill -9): stale at once
         return self.heartbeat_age <= stale_after()
@@ -184,6 +185,7 @@ class RunLock:
             tmp.unlink(missing_ok=True)
 
     def acquire(self) -> None:
+        """Take the hold, taking it over from a holder that has ended; RunDirHeld while a live one has it."""
         for _ in range(5):  # a few rounds: another taker may move the file between our steps
             if self._create():
                 holder = read_holder(self.path)

@@ -44,6 +44,8 @@ ROUTER_DTYPES = ("float32", "model")
 
 @dataclass
 class PerftConfig:
+    """What to attach, one field per Hydra key under `perft.`; as composed or resolved (module docstring)."""
+
     variant: str = field(
         default="R",
         metadata={"help": "R, E, D, S (PERFT) or a LoRA baseline (qv_lora, ...), or none (the frozen model)"},
@@ -184,6 +186,7 @@ class PerftConfig:
 
     @property
     def lora_alpha(self) -> float:
+        """LoRA's alpha: `alpha`, or 2 r when it is unset."""
         return self.alpha if self.alpha is not None else 2.0 * self.bottleneck
 
     @property
@@ -193,9 +196,11 @@ class PerftConfig:
 
     @property
     def is_perft(self) -> bool:
+        """Whether the variant is PERFT (R, E, D, S), not a LoRA baseline or the frozen model."""
         return self.spec.is_perft
 
     def to_dict(self) -> dict:
+        """The knobs as a plain dict."""
         return asdict(self)
 
     @classmethod

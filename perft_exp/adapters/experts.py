@@ -117,6 +117,8 @@ def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 class PeftExperts(nn.Module):
+    """N PEFT experts of one layer: A (N, D, r) and B (N, r, D), in the LoRA or the adapter form."""
+
     def __init__(
         self,
         num_experts: int,
@@ -142,6 +144,7 @@ class PeftExperts(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Initialise A and B: the authors' `paper` init, or `zero_b` (B = 0: the model starts unchanged)."""
         with torch.no_grad():
             if self.init == "paper":
                 # The authors' init: A ~ N(0, 2/r) (the variance uses r, not the fan-in), B ~ N(0, 1e-6^2).
@@ -153,6 +156,7 @@ class PeftExperts(nn.Module):
                 self.B.zero_()
 
     def extra_repr(self) -> str:
+        """N, the hidden size, the bottleneck and the form, for the module's repr."""
         return (
             f"num_experts={self.num_experts}, hidden={self.hidden_size}, "
             f"bottleneck={self.bottleneck}, form={self.form}"
@@ -173,7 +177,7 @@ class PeftExperts(nn.Module):
         return torch.rand(x.shape[0], pairs, width, device=x.device) >= self.dropout
 
     def forward_all(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """sum_j expert_j(x) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
+        """sum_j expert_j(x) (T, D) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
         `keep` (T, N, D or r): expert-scope dropout masks (drawn here in training unless given)."""
         N, D, r = self.A.shape
         keep = self.draw_keep(x, N) if keep is None else keep
@@ -196,7 +200,7 @@ class PeftExperts(nn.Module):
         keep: torch.Tensor | None = None,
         taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K).
+        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) (T, D) for x (T, D), weights and indices (T, K).
         `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
         given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
         all.

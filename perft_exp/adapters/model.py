@@ -38,6 +38,7 @@ __all__ = [
 
 
 def freeze(model: nn.Module) -> None:
+    """Set requires_grad False on every parameter of the model."""
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -71,6 +72,7 @@ def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{name: parameter} of the parameters that require grad."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 

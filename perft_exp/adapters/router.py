@@ -21,6 +21,8 @@ AUTHORS_INIT_STD = 0.02  # transformers' initializer_range of OLMoE-1B-7B and Mi
 
 
 class PeftRouter(nn.Module):
+    """R's learned router W_r (N, D): x (T, D) -> logits (T, N), top-K weights (T, K), indices (T, K)."""
+
     def __init__(
         self,
         hidden_size: int,
@@ -45,6 +47,7 @@ class PeftRouter(nn.Module):
                 raise ValueError(f"unknown router init {init!r}")
 
     def extra_repr(self) -> str:
+        """N and K, for the module's repr."""
         return f"num_experts={self.num_experts}, top_k={self.top_k}"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,7 @@ class RoutingKind:
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+        """The kind for a `perft` mapping, with N PEFT experts and at most K per token."""
         return cls(num_experts, top_k)
 
     @property
@@ -99,6 +100,7 @@ class RoutingKind:
         return None
 
     def extra_repr(self) -> str:
+        """The kind's name, N and K, for the layer's repr."""
         return f"{self.name}: num_experts={self.num_experts}, top_k={self.top_k}"
 
 
@@ -122,6 +124,7 @@ class TopK(RoutingKind):
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int, **kw) -> RoutingKind:
+        """Top-K with the router init and the authors' defect flag of `perft`."""
         return cls(
             num_experts,
             top_k,
@@ -132,14 +135,17 @@ class TopK(RoutingKind):
 
     @property
     def uses_base_routing(self) -> bool:
+        """Only with the authors' defect, which takes the frozen router's weights."""
         return self.authors_weighting_defect
 
     def learned_router(self, hidden_size: int, *, dtype: torch.dtype, device=None) -> nn.Module:
+        """The PeftRouter W_r (N, D), in `dtype`."""
         return PeftRouter(
             hidden_size, self.num_experts, self.top_k, init=self.router_init, dtype=dtype, device=device
         )
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """x (T, D) -> the router's top-K indices and renormalised weights (T, K), its logits (T, N)."""
         logits, weights, indices = router(x)
         if self.authors_weighting_defect:
             weights = base_top_k(base_routing)[0][:, : self.top_k]  # base weights, sorted descending
@@ -166,9 +172,12 @@ class TopP(TopK):
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+        """Top-K's settings plus `perft.top_p`."""
         return super().from_config(perft, num_experts, top_k, top_p=perft["top_p"])
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """x (T, D) -> top-K indices (T, K), the slots past mass p masked (`taken`), weights renormalised
+        over the slots taken; logits (T, N)."""
         logits = router.logits(x)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top, indices = torch.topk(probs, self.top_k, dim=-1)  # (T, K) descending
@@ -178,6 +187,7 @@ class TopP(TopK):
         return Routed(indices, top / top.sum(-1, keepdim=True), taken=taken, logits=logits)
 
     def extra_repr(self) -> str:
+        """Top-K's repr and p."""
         return f"{super().extra_repr()}, top_p={self.top_p}"
 
 
@@ -188,9 +198,11 @@ class Base(RoutingKind):
 
     @property
     def uses_base_routing(self) -> bool:
+        """Always: E routes by the frozen router."""
         return True
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """The frozen router's top-k weights and indices (T, k); x is not read."""
         weights, indices = base_top_k(base_routing)
         return Routed(indices, weights)
 
@@ -201,9 +213,11 @@ class AllOn(RoutingKind):
     name, routing = "all", Routing.ALL
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """Every PEFT expert at weight 1 (indices and weights None); x is not read."""
         return Routed(None, None)
 
     def activated_fraction(self) -> float:
+        """1: every token uses every PEFT expert."""
         return 1.0
 
 
@@ -225,4 +239,5 @@ def routing_kind_class(perft: Mapping) -> type[RoutingKind]:
 
 
 def routing_kind(perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+    """The routing kind a `perft` mapping runs, with N PEFT experts and at most K per token."""
     return routing_kind_class(perft).from_config(perft, num_experts, top_k)

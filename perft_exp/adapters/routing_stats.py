@@ -74,6 +74,7 @@ class LayerRouting:
     entropy_sum: torch.Tensor  # () sum over tokens of the router entropy (R only)
 
     def as_dict(self) -> dict:
+        """The layer's statistics as plain numbers (the module docstring defines them)."""
         tokens = int(self.tokens)
         load = [int(c) for c in self.load.tolist()]
         out = {
@@ -101,10 +102,13 @@ class LayerRouting:
 
 @dataclass
 class RoutingStats:
+    """The running sums of every routed PERFT layer, filled by track_routing."""
+
     layers: list[LayerRouting] = field(default_factory=list)
     padding_masked: bool = True  # False once a forward ran without an attention mask
 
     def per_layer(self) -> list[dict]:
+        """One dict of statistics per tracked layer (LayerRouting.as_dict)."""
         return [layer.as_dict() for layer in self.layers]
 
     def summary(self) -> dict:
@@ -237,6 +241,7 @@ class RoutingStatsCallback(TrainerCallback):
         self._tracking = self._stats = None
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs) -> None:
+        """Start tracking when the model has a routed PERFT layer (R, E)."""
         routed = model is not None and any(
             isinstance(m, PerftLayer) and get_variant(m.variant).routed for m in model.modules()
         )
@@ -245,6 +250,7 @@ class RoutingStatsCallback(TrainerCallback):
             self._start()
 
     def on_evaluate(self, args, state, control, metrics: dict | None = None, **kwargs) -> None:
+        """Log this evaluation's routing statistics, add them to `metrics` and start again from zero."""
         if self._stats is None:
             return
         routing = self._stats.metrics(prefix=schema.trainer_name(schema.ROUTING))
@@ -255,6 +261,7 @@ class RoutingStatsCallback(TrainerCallback):
             metrics.update(routing)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
+        """Remove the hooks."""
         self._stop()
         self._model = None
 
@@ -271,7 +278,8 @@ def orthonormal_row_basis(w: torch.Tensor, rtol: float = 1e-7) -> torch.Tensor:
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles in degrees (ascending, min(rank a, rank b) of them) between the row spaces of a and b.
+    """a (n, D), b (m, D) -> (min(rank a, rank b),): the principal angles in degrees, ascending, between the
+    row spaces of a and b.
 
     cos(theta_i) are the singular values of Qa Qb^T for orthonormal row bases Qa, Qb (Björck & Golub).
     0 for a shared direction, 90 for orthogonal subspaces.
@@ -292,6 +300,7 @@ def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer
 
 
 def architecture_of(model: nn.Module):
+    """The model's MoEArchitecture (architecture_for)."""
     return architecture_for(model)
 
 

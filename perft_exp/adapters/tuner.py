@@ -70,6 +70,8 @@ _KNOB_DEFAULTS = {f.name: f.default for f in fields(knobs.PerftConfig)}
 
 
 class PerftType(StrEnum):
+    """PERFT's `str` enum member beside peft's PeftType (registration: the module docstring)."""
+
     PERFT = "PERFT"
 
 
@@ -217,12 +219,14 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         model_dtype: torch.dtype,
         device: torch.device,
     ) -> None:
+        """Add (or replace) adapter `adapter_name`'s PerftLayer on this block."""
         self.perft_layer[adapter_name] = PerftLayer(
             cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device
         )
         self.set_adapter(self.active_adapters)
 
     def remove_hooks(self) -> None:
+        """Take the forward hooks off the block and its router."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -252,15 +256,18 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         return output + y.view_as(output)
 
     def enable_adapters(self, enabled: bool) -> None:
+        """Switch this block's PEFT experts on or off, for every adapter."""
         # Disabled, the hook skips the PEFT experts, so no gradient reaches them: only the flag changes.
-        # PEFT's default also toggles requires_grad, which fails on parameters ZeRO-3 gathered under inference
-        # mode.
+        # PEFT's default also toggles requires_grad, which fails on parameters ZeRO-3 gathered under
+        # inference mode.
         self._disable_adapters = not enabled
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Refused: PERFT cannot be merged into the base weights (MERGE_REFUSAL)."""
         raise ValueError(MERGE_REFUSAL)
 
     def unmerge(self) -> None:
+        """Nothing to undo: PERFT is never merged."""
         pass
 
 
@@ -341,6 +348,8 @@ class PerftModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         state_dict=None,
     ) -> None:
+        """Attach adapter `adapter_name` beside every MoE block, its config resolved against the model and
+        the base model's signature recorded; a saved adapter of another base model is refused first."""
         cfg = self.peft_config[adapter_name]
         if not isinstance(cfg, PerftPeftConfig):
             raise TypeError(f"PerftModel takes a perft_exp.PerftConfig, got {type(cfg).__name__}")
@@ -385,6 +394,7 @@ class PerftModel(BaseTuner):
         raise ValueError(MERGE_REFUSAL)
 
     def merge_adapter(self, *args, **kwargs) -> None:
+        """Refused: PERFT cannot be merged into the base weights (MERGE_REFUSAL)."""
         raise ValueError(MERGE_REFUSAL)
 
     def _unload_and_optionally_merge(

@@ -43,6 +43,8 @@ Routing = StrEnum("Routing", {"OWN": "own", "BASE": "base", "ALL": "all"})
 
 @dataclass(frozen=True)
 class Variant:
+    """One value of `perft.variant` and what the code asks about it (the module docstring has the fields)."""
+
     name: str
     family: Family
     summary: str
@@ -59,6 +61,7 @@ class Variant:
 
     @property
     def is_perft(self) -> bool:
+        """R, E, D, S: PEFT experts beside the frozen MoE block."""
         return self.family is Family.PERFT
 
     @property
@@ -68,6 +71,7 @@ class Variant:
 
     @property
     def uses_base_routing(self) -> bool:
+        """E: the PEFT experts are routed by the frozen router."""
         return self.routing is Routing.BASE
 
     @property

@@ -45,6 +45,7 @@ class SetArrays:
 
     @classmethod
     def from_rows(cls, rows: list[dict], majority_hit: list[bool]) -> SetArrays:
+        """From one set's per-question records (their `correct`) and its majority-label hits."""
         return cls(np.array([bool(r["correct"]) for r in rows]), np.array(majority_hit, dtype=bool))
 
 
@@ -136,6 +137,7 @@ class PairedDifference:
 
     @property
     def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or wholly below 0."""
         return self.lo > 0 or self.hi < 0
 
 

@@ -111,6 +111,7 @@ def _parallel() -> wr.ParallelCoordinatesPlot:
 
 
 def training_panels() -> list:
+    """The training metrics over steps: losses, learning rate, gradient norm, throughput."""
     keys = (
         schema.LOSS,
         schema.LM_LOSS,
@@ -125,6 +126,7 @@ def training_panels() -> list:
 
 
 def evaluation_panels(test_sets: list[str]) -> list:
+    """Accuracy and skill, on average and per test set, the top-prediction share and the records table."""
     return [
         _bars(
             "average accuracy, tuned and untuned",
@@ -144,6 +146,7 @@ def evaluation_panels(test_sets: list[str]) -> list:
 
 
 def routing_panels() -> list:
+    """The routing statistics over steps (means, per layer, each expert's share) and R's router angles."""
     means = [_line(schema.routing_mean(stat), groupby=schema.LABEL.name) for stat in schema.ROUTING_STATS]
     layers = [_layers(stat) for stat in ("load_entropy", "max_load_ratio")]
     shares = wr.LinePlot(
@@ -162,6 +165,7 @@ def routing_panels() -> list:
 
 
 def efficiency_panels() -> list:
+    """Parameter counts and ratios, accuracy against the activated ratio, step time and peak memory."""
     keys = (
         schema.N,
         schema.K,
@@ -312,22 +316,27 @@ def sweep_report(entity: str, project: str, sweep: SweepInfo, resolve: bool = Fa
 
 
 def workspace_json(workspace_: ws.Workspace) -> str:
+    """The workspace as W&B's JSON view spec."""
     return workspace_._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1)
 
 
 def report_json(report: wr.Report) -> str:
+    """The report as W&B's JSON view spec."""
     return report._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1)
 
 
 def load_workspace(path: str | Path) -> ws.Workspace:
+    """A workspace read back from a workspace_json file."""
     return ws.Workspace._from_model(workspace_internal.View.model_validate_json(Path(path).read_text()))
 
 
 def load_report(path: str | Path) -> wr.Report:
+    """A report read back from a report_json file."""
     return wr.Report._from_model(report_internal.ReportViewspec.model_validate_json(Path(path).read_text()))
 
 
 def write_specs(out: str | Path, workspace_: ws.Workspace, report: wr.Report) -> dict[str, Path]:
+    """Write workspace.json and report.json into `out`; their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"workspace": out / "workspace.json", "report": out / "report.json"}

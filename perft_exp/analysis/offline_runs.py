@@ -21,6 +21,8 @@ from pathlib import Path
 
 @dataclass
 class OfflineRun:
+    """What an offline W&B run holds (read_offline_run): name, config, summary, history keys and row count."""
+
     path: Path  # the newest offline-run-* directory
     name: str
     config: dict

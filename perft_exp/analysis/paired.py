@@ -36,6 +36,7 @@ class Pair:
     why_not: str = ""
 
     def verdict(self) -> str:
+        """`A > B` or `A < B`, `no difference shown` (the interval holds 0), or `not paired`."""
         if self.result is None:
             return "not paired"
         if not self.result.excludes_zero:
@@ -73,6 +74,7 @@ def compare(runs: list[Run]) -> list[Pair]:
 
 
 def all_pairs(collection: Collection) -> list[Pair]:
+    """Every pair of configurations, per model and task of the collection."""
     return [pair for runs in collection.groups().values() for pair in compare(runs)]
 
 
@@ -81,6 +83,7 @@ def _points(x: float) -> str:
 
 
 def write_paired_csv(pairs: list[Pair], path: str | Path) -> Path:
+    """The pairs as CSV at `path` (paired.csv); the path."""
     columns = ["model", "task", "a", "b", "seeds", "difference", "lo", "hi", "excludes_zero", "verdict"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -105,6 +108,7 @@ def write_paired_csv(pairs: list[Pair], path: str | Path) -> Path:
 
 
 def paired_markdown(pairs: list[Pair]) -> str:
+    """The pairs as markdown (paired.md): a table per model and task, then the pairs not paired and why."""
     parts = [
         "# Paired comparisons",
         "",

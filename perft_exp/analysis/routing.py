@@ -44,7 +44,7 @@ def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Te
 
 
 def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (D,), components (2, D), explained variance ratio (2,)) of the rows of x."""
+    """(mean (D,), components (2, D), explained variance ratio (2,)) of the rows of x (n, D)."""
     x = x.double()
     mean = x.mean(0)
     _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -53,7 +53,11 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def vector_picture(model: nn.Module, max_per_expert: int = 64) -> list[dict]:
-    """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys."""
+    """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys.
+
+    Each layer's dict holds `ffn_keys` (E*m, 2) with `ffn_owner` (E*m,) (m <= max_per_expert gate rows per
+    expert), `base_router` (E, 2), `peft_keys` (N*r, 2) with `peft_owner` (N*r,), `peft_router` (N, 2) or
+    None, and `explained` (the two components' variance ratios)."""
     arch, out = architecture_of(model), []
     for layer, name, block, perft in perft_blocks(model):
         keys, owner = ffn_keys(block, arch, max_per_expert)

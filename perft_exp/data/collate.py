@@ -64,7 +64,10 @@ def tokenize_dataset(
 
 @dataclass
 class CausalLMCollator:
-    """Right-pads a list of tokenized examples into tensors; padded labels are -100."""
+    """Right-pads a list of tokenized examples into tensors; padded labels are -100.
+
+    input_ids, attention_mask and labels come out (B, L) long, L the longest example (rounded up to a
+    multiple of `pad_to_multiple_of` when set)."""
 
     tokenizer: Any
     pad_to_multiple_of: int | None = None

@@ -15,6 +15,7 @@ from perft_exp.sweeps.jobs import check_sweep, launched_overrides, remember_over
 
 
 def cmd_list(_: argparse.Namespace) -> int:
+    """`list`: every sweep with its jobs, blocks and fixed overrides."""
     for name in list_sweeps():
         sweep = Sweep.load(name)
         print(
@@ -25,6 +26,7 @@ def cmd_list(_: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """`show`: each job's state, run directory and own overrides, every job composed and validated."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, launched_overrides(sweep, args.overrides))
     width = max(len(str(j.run_dir)) for j in jobs)
@@ -39,6 +41,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`status`: each job's state, with why it failed, who runs it or what is corrupt."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, launched_overrides(sweep, args.overrides))
     for job in jobs:
@@ -59,6 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: launch the unfinished jobs; 0 when every job finished (or runs under another launcher)."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, args.overrides)
     todo = [job for job in jobs if job.state() != "finished"]
@@ -101,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The subcommand, its options and `key=value` overrides (before or after the options)."""
     parser = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="sweep names and job counts").set_defaults(func=cmd_list)
@@ -147,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a `sweep.py` subcommand; a SweepError is one line on stderr and exit code 2."""
     args = parse_args(argv)
     try:
         return args.func(args)

@@ -69,6 +69,8 @@ def fmt(value: Any) -> str:
 
 @dataclass
 class Sweep:
+    """A sweep file (sweeps/<name>.yaml): fixed overrides, blocks of swept ones, env and description."""
+
     name: str
     fixed: dict[str, Any]
     blocks: list[dict[str, list]]
@@ -77,6 +79,7 @@ class Sweep:
 
     @classmethod
     def load(cls, name_or_path: str) -> Sweep:
+        """A sweep by name (sweeps/<name>.yaml) or path, checked: SweepError says what is wrong."""
         path = Path(name_or_path)
         if not path.suffix:
             path = SWEEPS_DIR / f"{name_or_path}.yaml"
@@ -115,6 +118,7 @@ class Sweep:
         return cls(path.stem, fixed, blocks, raw.get("description", ""), env)
 
     def base_overrides(self) -> list[str]:
+        """The fixed overrides and the W&B group, shared by every job."""
         return [f"{k}={fmt(v)}" for k, v in self.fixed.items()] + [f"logger.group={self.name}"]
 
     def block_overrides(self, block: dict[str, list], extra: list[str] = ()) -> list[str]:
@@ -127,11 +131,14 @@ class Sweep:
         return expand(self.block_overrides(block, extra))
 
     def jobs(self, extra: list[str] = ()) -> list[list[str]]:
+        """Every job of every block, each a list of overrides."""
         return [job for block in self.blocks for job in self.block_jobs(block, extra)]
 
     def size(self) -> int:
+        """The number of jobs, counted without composing them."""
         return sum(len(list(itertools.product(*block.values()))) for block in self.blocks)
 
 
 def list_sweeps() -> list[str]:
+    """The names of the sweep files in sweeps/."""
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))

@@ -33,6 +33,8 @@ from perft_exp.sweeps.grid import Sweep, SweepError
 
 @dataclass
 class Job:
+    """One job of a sweep: its overrides, its run directory, and why it cannot run yet."""
+
     overrides: list[str]
     run_dir: Path
     notes: list[str] = field(default_factory=list)  # why it cannot run yet (missing data)
@@ -41,9 +43,11 @@ class Job:
 
     @property
     def run(self) -> RunDir:
+        """The job's run directory."""
         return RunDir(self.run_dir)
 
     def state(self) -> str:
+        """`conflict`, or its run directory's state."""
         return "conflict" if self.conflict else self.run.state()
 
     def claimable(self) -> bool:
@@ -105,6 +109,7 @@ def summary(jobs: list[Job]) -> str:
 
 
 def remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
+    """Record what `run` was given beyond the sweep file (launched_overrides reads it)."""
     write_sweep_overrides(OUTPUT_ROOT, sweep.name, overrides)
 
 

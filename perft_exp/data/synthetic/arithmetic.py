@@ -42,6 +42,7 @@ def chain(steps: list[Step]) -> list[Fact]:
 
 
 def equation(fact: Fact) -> str:
+    """`x op y = z.`"""
     x, op, y, z = fact
     return f"{x} {op} {y} = {z}."
 
@@ -66,6 +67,7 @@ def table() -> list[Fact]:
 
 
 def sentence(fact: Fact, rng: random.Random) -> str:
+    """A fact as an equation (7 times in 10) or in words (`two plus three is five.`)."""
     x, op, y, z = fact
     if rng.random() < 0.7:
         return equation(fact)

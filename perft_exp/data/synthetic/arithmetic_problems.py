@@ -28,6 +28,7 @@ def solve(steps: list[arithmetic.Step]) -> list[arithmetic.Fact] | None:
 
 
 def rationale(chain: list[arithmetic.Fact], answer: str) -> str:
+    """The worked answer: the chain's equations, then `The answer is <answer>`."""
     return " ".join(map(arithmetic.equation, chain)) + f" The answer is {answer}"
 
 
@@ -126,6 +127,7 @@ def _numeric(name: str) -> Generator:
 
 
 def aqua(w: World, rng: random.Random, split: str, position: int) -> Record:
+    """An AQuA-style problem with five sorted options (A-E), the answer at `position % 5` where it can be."""
     text, chain = _problem("AQuA", rng)
     value = chain[-1][3]
     others = sorted(rng.sample([value + d for d in range(-6, 7) if d and value + d > 0], 4))

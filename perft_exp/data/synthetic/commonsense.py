@@ -20,6 +20,7 @@ Generator = Callable[[World, random.Random, str, int], Record]
 
 
 def record(instruction: str, label: str) -> Record:
+    """A record whose output is `the correct answer is <label>`."""
     return {
         "instruction": instruction,
         "input": "",
@@ -123,6 +124,7 @@ def social_i_qa(w: World, rng: random.Random, split: str, index: int) -> Record:
 
 
 def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
+    """A sentence about an object to complete with what it is used for."""
     person = rng.choice(PEOPLE)
     contexts = (
         f"{person} picks up the {{s}} and",

@@ -51,6 +51,7 @@ class Bag:
         self.pool, self.rng, self.left = pool, rng, []
 
     def draw(self):
+        """The next item of the current pass."""
         if not self.left:
             self.left = self.rng.sample(self.pool, len(self.pool))
         return self.left.pop()

@@ -130,6 +130,7 @@ def _numeric(name: str) -> Generator:
 
 
 def aqua(w: World, rng: random.Random, split: str, index: int) -> Record:
+    """An AQuA problem whose answer is one of AQUA_OPTIONS, given as its letter."""
     text, worked, value = solve("AQuA", w, rng, split, index)
     letter = "ABCDE"[AQUA_OPTIONS.index(value)]
     text += " Answer Choices: " + " ".join(f"({L}) {v}" for L, v in zip("ABCDE", AQUA_OPTIONS))

@@ -76,6 +76,7 @@ class World:
     held_out: frozenset[tuple[str, str]]
 
     def value(self, relation: str, subject: str) -> str:
+        """`subject`'s value of `relation`."""
         return self.attrs[subject][relation]
 
     def subjects(self, relation: str, split: str | None = None) -> list[str]:

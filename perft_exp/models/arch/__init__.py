@@ -42,6 +42,7 @@ _DETECTED: dict[str, MoEArchitecture] = {}
 
 
 def register(arch: MoEArchitecture) -> MoEArchitecture:
+    """Add a family's facts to the registry (its family file calls it); returns them."""
     _REGISTRY[arch.model_type] = arch
     return arch
 

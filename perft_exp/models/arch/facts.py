@@ -49,18 +49,23 @@ class MoEArchitecture:
         assert self.gate_up in GATE_UP_LAYOUTS, f"{self.model_type}: gate_up={self.gate_up!r}"
 
     def num_experts(self, config) -> int:
+        """E, the FFN experts per MoE block, from the config."""
         return int(_config_value(config, self.num_experts_key))
 
     def top_k(self, config) -> int:
+        """k, the experts the frozen router picks per token, from the config."""
         return int(_config_value(config, self.top_k_key))
 
     def is_block(self, module: nn.Module) -> bool:
+        """Whether `module` is this family's MoE block."""
         return type(module).__name__ == self.block_class
 
     def router(self, block: nn.Module) -> nn.Module:
+        """The block's router."""
         return getattr(block, self.router_attr)
 
     def experts(self, block: nn.Module) -> nn.Module:
+        """The block's experts module."""
         return getattr(block, self.experts_attr)
 
     def routing(self, block: nn.Module, output) -> Routing:

@@ -219,6 +219,7 @@ def support_table(families: tuple[str, ...] | None = None) -> str:
 
 
 def main() -> None:
+    """Print the support table of the families named on the command line, or of all."""
     import logging
     import warnings
 
