@@ -27,8 +27,8 @@ class SweepError(ValueError):
 
 
 def _config_loader():
-    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options
-    with), through its public API."""
+    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options with),
+    through its public API."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
