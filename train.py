@@ -7,7 +7,8 @@
     torchrun --nproc_per_node 8 train.py model=mixtral_8x7b trainer=mixtral deepspeed=zero3
 
 The run directory (outputs/runs/<task>/<model>/<name>) gets checkpoints, the adapter, per-example
-evaluation files and its results (perft_exp/run_dir.py). Relaunching the same command resumes or skips a finished run.
+evaluation files and its results (perft_exp/run_dir.py). Relaunching the same command resumes or skips a
+finished run.
 """
 
 from perft_exp.cli import main

@@ -1,14 +1,16 @@
 """perft-exp: PERFT (Parameter-Efficient Routed Fine-Tuning) for Mixture-of-Experts language models.
 
-`import perft_exp` registers PERFT with Hugging Face PEFT (peft_type "PERFT"); `perft_exp.PerftConfig` is its PEFT
-config, for `peft.get_peft_model(model, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2))` (docs/peft.md).
+`import perft_exp` registers PERFT with Hugging Face PEFT (peft_type "PERFT"); `perft_exp.PerftConfig` is its
+PEFT config, for `peft.get_peft_model(model, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2))`
+(docs/peft.md).
 
 The import itself stays light: torch-free modules (the run directory, the sweep grids, the configs) never load
 torch or peft through it. Registration happens when peft is imported, now or later, by anyone: if peft is
 already loaded it runs at once, otherwise a one-shot import hook runs it right after peft's own import.
 
 Subpackages:
-  adapters/    PEFT experts, the R/E/D/S variants, the PEFT tuner, the HF-PEFT LoRA baselines, save/load, counting
+  adapters/    PEFT experts, the R/E/D/S variants, the PEFT tuner, the HF-PEFT LoRA baselines,
+               save/load, counting
   models/      loading (hub id or local path), one file of facts per MoE architecture, the tiny model
   data/        LLM-Adapters JSON tasks, the prompt template, synthetic suites, collation
   training/    HF Trainer + DeepSpeed + W&B wiring

@@ -30,8 +30,11 @@ class WriteError(OSError):
 
     def __str__(self) -> str:
         name = errno.errorcode.get(self.errno, "")
-        hint = " (free space or raise the quota, or move output_root)" if self.errno in (
-            errno.ENOSPC, errno.EDQUOT) else ""  # fmt: skip
+        hint = (
+            " (free space or raise the quota, or move output_root)"
+            if self.errno in (errno.ENOSPC, errno.EDQUOT)
+            else ""
+        )
         return f"cannot write {self.filename}: {self.strerror}" + (f" [{name}]" if name else "") + hint
 
 
@@ -75,7 +78,8 @@ def _nearly_full(path: str | os.PathLike) -> bool:
 
 @contextmanager
 def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Raise a disk or permission failure inside as a WriteError naming `path` (or the file it names itself)."""
+    """Raise a disk or permission failure inside as a WriteError naming `path`
+    (or the file it names itself)."""
     try:
         yield
     except WriteError:
@@ -114,4 +118,5 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write `obj` as indented, key-sorted JSON, atomically (atomic_write_bytes)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())

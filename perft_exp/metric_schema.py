@@ -66,8 +66,23 @@ TRAINABLE_RATIO = Key("trainable_ratio", "config", "trainable / base parameters"
 ACTIVATED_RATIO = Key("activated_ratio", "config", "activated trainable / active base parameters")
 GLOBAL_BATCH = Key("global_batch_size", "config", "global batch size")
 WORLD_SIZE = Key("world_size", "config", "processes")
-CONFIG_KEYS = (VARIANT, LABEL, N, K, R, TASK, MODEL, SEED, SWEEP, TRAINABLE, ACTIVATED, TRAINABLE_RATIO,
-               ACTIVATED_RATIO, GLOBAL_BATCH, WORLD_SIZE)  # fmt: skip
+CONFIG_KEYS = (
+    VARIANT,
+    LABEL,
+    N,
+    K,
+    R,
+    TASK,
+    MODEL,
+    SEED,
+    SWEEP,
+    TRAINABLE,
+    ACTIVATED,
+    TRAINABLE_RATIO,
+    ACTIVATED_RATIO,
+    GLOBAL_BATCH,
+    WORLD_SIZE,
+)
 
 # --- history: training (HF Trainer logs plus PerftTrainer's terms) -------------------------------------
 
@@ -109,6 +124,7 @@ def load_share_key(layer: int, expert: int, prefix: str = ROUTING) -> str:
 
 
 def routing_mean(stat: str) -> Key:
+    """The history key of `stat`'s mean over layers."""
     title, variants = ROUTING_STATS[stat]
     return Key(routing_key("mean", stat), "history", title, variants)
 
@@ -127,6 +143,7 @@ ANGLE_RANDOM = Key("routing/mean/angle_random_deg", "summary", "same for a rando
 
 
 def angle_key(layer: int) -> str:
+    """The summary key of layer `layer`'s mean principal angle W_r vs W_g."""
     return f"routing/layer{layer}/angle_mean_deg"
 
 

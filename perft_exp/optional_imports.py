@@ -42,7 +42,8 @@ def _stage(cfg: Any) -> int:
 
 
 def hide_unused(cfgs: Iterable[Any] = ()) -> list[str]:
-    """Hide from this process the optional packages the jobs do not use (those not imported yet); returns them."""
+    """Hide from this process the optional packages the jobs do not use
+    (those not imported yet); returns them."""
     hidden = [name for name in unused(cfgs) if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]

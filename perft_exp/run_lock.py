@@ -49,7 +49,8 @@ def stale_after() -> float:
 
 
 def _pid_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is not taken for the holder."""
+    """The process's start time in clock ticks since boot (Linux),
+    so a reused pid is not taken for the holder."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
@@ -78,6 +79,7 @@ class Holder:
     heartbeat_age: float  # seconds since the holder last touched the file
 
     def alive(self) -> bool:
+        """False when this host's holder process is gone; otherwise whether its heartbeat is fresh."""
         if self.host == socket.gethostname() and not _pid_alive(self.pid, self.pid_start):
             return False  # this host's process is gone (kill -9): stale at once
         return self.heartbeat_age <= stale_after()
@@ -105,8 +107,14 @@ def read_holder(path: Path) -> Holder | None:
         age = 0.0
     try:
         record = json.loads(path.read_text())
-        return Holder(str(record["host"]), int(record["pid"]), str(record["since"]), str(record["token"]),
-                      record.get("pid_start"), age)  # fmt: skip
+        return Holder(
+            str(record["host"]),
+            int(record["pid"]),
+            str(record["since"]),
+            str(record["token"]),
+            record.get("pid_start"),
+            age,
+        )
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -147,8 +155,15 @@ class RunLock:
 
     def _record(self) -> bytes:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "")
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": now, "token": self.token,
-                           "pid_start": _pid_start(os.getpid())}).encode()  # fmt: skip
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": now,
+                "token": self.token,
+                "pid_start": _pid_start(os.getpid()),
+            }
+        ).encode()
 
     def _create(self) -> bool:
         """Link a complete hold file into place; False when one exists already."""
@@ -170,6 +185,7 @@ class RunLock:
             tmp.unlink(missing_ok=True)
 
     def acquire(self) -> None:
+        """Take the hold, taking it over from a holder that has ended; RunDirHeld while a live one has it."""
         for _ in range(5):  # a few rounds: another taker may move the file between our steps
             if self._create():
                 holder = read_holder(self.path)
@@ -182,8 +198,8 @@ class RunLock:
                 continue
             if holder.alive():
                 raise RunDirHeld(
-                    f"{self.run_dir} is in use by another process ({holder.describe()}); wait for it to end, or "
-                    f"if it is gone, its hold expires {stale_after():.0f} s after its last heartbeat"
+                    f"{self.run_dir} is in use by another process ({holder.describe()}); wait for it to end, "
+                    f"or if it is gone, its hold expires {stale_after():.0f} s after its last heartbeat"
                 )
             self._take_over(holder)
         raise RunDirHeld(f"{self.run_dir}: could not take the hold ({self.path} keeps changing)")
@@ -202,8 +218,12 @@ class RunLock:
             except FileExistsError:
                 pass
         else:
-            log.warning("%s: taking over the hold of a process that has ended (%s; last heartbeat %.0f s ago)",
-                        self.run_dir, stale.describe(), stale.heartbeat_age)  # fmt: skip
+            log.warning(
+                "%s: taking over the hold of a process that has ended (%s; last heartbeat %.0f s ago)",
+                self.run_dir,
+                stale.describe(),
+                stale.heartbeat_age,
+            )
         moved.unlink(missing_ok=True)
 
     def _start_heartbeat(self) -> None:
@@ -211,8 +231,11 @@ class RunLock:
             while not self._stop.wait(HEARTBEAT_S):
                 holder = read_holder(self.path)
                 if holder is None or holder.token != self.token:
-                    log.warning("%s: this process lost its hold on the run directory (%s)", self.run_dir,
-                                holder.describe() if holder else "hold file removed")  # fmt: skip
+                    log.warning(
+                        "%s: this process lost its hold on the run directory (%s)",
+                        self.run_dir,
+                        holder.describe() if holder else "hold file removed",
+                    )
                     return
                 try:
                     os.utime(self.path)

@@ -3,8 +3,9 @@
     python scripts/convert_adapter.py outputs/runs/<task>/<model>/<run>/adapter outputs/converted/<run>
 
 The new directory loads with `PeftModel.from_pretrained` (after `import perft_exp`), AutoPeftModelForCausalLM,
-transformers' `load_adapter` and lm-eval's `peft=`. perft-exp's own tools (scripts/evaluate.py, analyze_routing.py,
-perft_exp.adapters.io.load_adapter) read the old layout directly; this is for everything else.
+transformers' `load_adapter` and lm-eval's `peft=`. perft-exp's own tools (scripts/evaluate.py,
+analyze_routing.py, perft_exp.adapters.io.load_adapter) read the old layout directly;
+this is for everything else.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Parameter accounting for any model/variant, from the full-size config on the `meta` device.
+r"""Parameter accounting for any model/variant, from the full-size config on the `meta` device.
 
-    python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 perft.bottleneck=16
+    python scripts/count_params.py model=olmoe_1b_7b variant=R perft.num_experts=4 perft.top_k=2 \
+        perft.bottleneck=16
 
 Prints one JSON object: trainable, activated_trainable, base_total, base_active and their ratios. Takes the
-same `key=value` overrides as train.py; builds nothing in memory and downloads nothing. `model.pretrained=<dir>`
-counts that checkpoint's own config.json; tiny:<name> models are loaded for real.
+same `key=value` overrides as train.py; builds nothing in memory and downloads nothing.
+`model.pretrained=<dir>` counts that checkpoint's own config.json; tiny:<name> models are loaded for real.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ def count_config(cfg: DictConfig) -> dict:
     from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
 
     perft = perft_config(cfg)
-    # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the YAML's.
+    # A local checkpoint (model.pretrained=<dir>) is counted from its own
+    # config.json, on meta like the YAML's.
     local = checkpoint_config(cfg.model) is not None
     model = build_meta_model(cfg.model) if cfg.model.architecture or local else load_model(cfg.model)[0]
     model = apply_adapters(model, perft)
-    return {"model": cfg.model.name, "config": model.perft_config.run_label(),
-            **count_parameters(model).to_dict()}  # fmt: skip
+    return {
+        "model": cfg.model.name,
+        "config": model.perft_config.run_label(),
+        **count_parameters(model).to_dict(),
+    }
 
 
 def main() -> None:

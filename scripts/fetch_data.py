@@ -1,6 +1,7 @@
 """Download the LLM-Adapters train files and test sets into a data dir (needs a network).
 
-    python scripts/fetch_data.py --what all          # into the tasks' data_dir: data/llm_adapters (or $PERFT_DATA_DIR)
+    # into the tasks' data_dir: data/llm_adapters (or $PERFT_DATA_DIR):
+    python scripts/fetch_data.py --what all
 
 Lays the files out as `perft_exp.data.formats` reads them:
     <data-dir>/commonsense_170k.json, math_50k.json, math_10k.json, math_14k.json, math_7k.json
@@ -34,7 +35,8 @@ class DownloadError(OSError):
 
 
 def default_data_dir() -> Path:
-    """Where the real tasks read their files (conf/task/commonsense.yaml `data_dir`; PERFT_DATA_DIR overrides)."""
+    """Where the real tasks read their files (conf/task/commonsense.yaml `data_dir`;
+    PERFT_DATA_DIR overrides)."""
     return Path(compose(["task=commonsense"]).task.data_dir)
 
 

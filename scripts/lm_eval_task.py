@@ -1,14 +1,14 @@
 """Write a synthetic test set as a local lm-evaluation-harness task (multiple choice over its answer labels).
 
-    python scripts/lm_eval_task.py outputs/lm_eval_tasks                       # boolq of synthetic_commonsense
+    python scripts/lm_eval_task.py outputs/lm_eval_tasks                     # boolq of synthetic_commonsense
     python scripts/lm_eval_task.py outputs/lm_eval_tasks test_set=ARC-Easy n=32
 
 Writes <out>/<task>.yaml and <out>/<task>.jsonl; score a PERFT adapter on it with lm-eval (docs/peft.md):
     python -c "import perft_exp, sys; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; \
 cli_evaluate()" run --model hf --model_args pretrained=<base>,peft=<adapter> --tasks perft_synthetic_boolq \
 --include_path outputs/lm_eval_tasks --device cpu
-Each document is the project's prompt (perft_exp/data/prompts.py) ending in "the correct answer is"; the choices
-are the set's answer labels (true/false, answer1..., option1...), scored by their log-likelihood.
+Each document is the project's prompt (perft_exp/data/prompts.py) ending in "the correct answer is"; the
+choices are the set's answer labels (true/false, answer1..., option1...), scored by their log-likelihood.
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ def write_task(out_dir: str | Path, test_set: str = "boolq", n: int = 64, seed: 
     choices = sorted({r["answer"] for r in records})
     name, out = task_name(test_set), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = [{"prompt": build_prompt(r["instruction"], r["input"]) + ANSWER_PREFIX, "choices": choices,
-             "label": choices.index(r["answer"])} for r in records]  # fmt: skip
+    docs = [
+        {
+            "prompt": build_prompt(r["instruction"], r["input"]) + ANSWER_PREFIX,
+            "choices": choices,
+            "label": choices.index(r["answer"]),
+        }
+        for r in records
+    ]
     (out / f"{name}.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     (out / f"{name}.yaml").write_text(
         f"task: {name}\n"

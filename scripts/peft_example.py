@@ -1,11 +1,12 @@
-"""Use PERFT in your own code: TRL's SFTTrainer with a PERFT config, PEFT's save and load (README, docs/peft.md).
+"""Use PERFT in your own code: TRL's SFTTrainer with a PERFT config, PEFT's save/load (README, docs/peft.md).
 
     python scripts/peft_example.py                                        # the tiny OLMoE, a few steps, CPU
     python scripts/peft_example.py --model allenai/OLMoE-1B-7B-0924 --steps 100
 
-Trains PERFT-R on the synthetic commonsense suite with `trl.SFTTrainer(peft_config=perft_exp.PerftConfig(...))`,
-saves the adapter in PEFT's format and loads it back with `AutoPeftModelForCausalLM` (the base model found from the
-adapter config alone), checking that the reloaded model gives the trained model's logits.
+Trains PERFT-R on the synthetic commonsense suite with
+`trl.SFTTrainer(peft_config=perft_exp.PerftConfig(...))`, saves the adapter in PEFT's format and loads it back
+with `AutoPeftModelForCausalLM` (the base model found from the adapter config alone), checking that the
+reloaded model gives the trained model's logits.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main() -> None:
             report_to=[],
             save_strategy="no",
             bf16=False,
-        ),  # fmt: skip
+        ),
     )
     trainer.model.print_trainable_parameters()
     trainer.train()

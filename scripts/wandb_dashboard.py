@@ -1,8 +1,11 @@
 """The W&B workspace and a sweep's report, as code (perft_exp/analysis/dashboards.py): write, check, save.
 
-    python scripts/wandb_dashboard.py --sweep toy --dry-run --out outputs/dashboards/toy   # JSON specs, offline
-    python scripts/wandb_dashboard.py --sweep toy --check          # do the sweep's offline runs feed every panel?
-    python scripts/wandb_dashboard.py --sweep toy --entity ENTITY --project perft-exp      # save both to W&B
+    # JSON specs, offline:
+    python scripts/wandb_dashboard.py --sweep toy --dry-run --out outputs/dashboards/toy
+    # do the sweep's offline runs feed every panel?
+    python scripts/wandb_dashboard.py --sweep toy --check
+    # save both to W&B:
+    python scripts/wandb_dashboard.py --sweep toy --entity ENTITY --project perft-exp
 
 The sweep's runs reach W&B first (they log offline into their run directories):
     wandb sync --entity ENTITY --project perft-exp outputs/runs/<task>/<model>/<run>/wandb/offline-run-*
@@ -51,7 +54,8 @@ def sweep_info(
     commands = [
         f"python scripts/sweep.py run {sweep.name}{extra}",
         _sync_command(run_dirs, entity, project),
-        f"python scripts/wandb_dashboard.py --sweep {sweep.name} --entity {entity} --project {project}{extra}",
+        f"python scripts/wandb_dashboard.py --sweep {sweep.name} "
+        f"--entity {entity} --project {project}{extra}",
     ]
     file = (SWEEPS_DIR / f"{sweep.name}.yaml").relative_to(REPO_ROOT)
     perft = [dict(cfg.perft) for cfg in cfgs]
@@ -70,8 +74,10 @@ def check(spec_keys: set, run_dirs: list[Path]) -> int:
     missing = dashboards.missing_keys(spec_keys, runs)
     for where, key in missing:
         print(f"missing: {where} {key}")
-    print(f"{len(runs)} of {len(run_dirs)} runs read; {len(spec_keys) - len(missing)} of {len(spec_keys)} "
-          "panel keys have data")  # fmt: skip
+    print(
+        f"{len(runs)} of {len(run_dirs)} runs read; {len(spec_keys) - len(missing)} of {len(spec_keys)} "
+        "panel keys have data"
+    )
     return 1 if missing else 0
 
 
@@ -109,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             for w, ok in (("--entity", args.entity), ("an API key (WANDB_API_KEY or `wandb login`)", key))
             if not ok
         ]
-        print(f"error: saving to W&B needs {' and '.join(what)}; --dry-run --out DIR writes the specs offline",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: saving to W&B needs {' and '.join(what)}; --dry-run --out DIR writes the specs offline",
+            file=sys.stderr,
+        )
         return 2
     entity = args.entity or "ENTITY"  # dry runs and checks: a placeholder the specs show
     try:

@@ -131,6 +131,11 @@ def app_env(tmp_path_factory) -> dict:
 
 def run_train(args: list[str], env: dict, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout, **popen,
-    )  # fmt: skip
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen,
+    )

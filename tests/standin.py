@@ -1,9 +1,10 @@
 """Tiny stand-ins for the named hub checkpoints (conf/model/<name>.yaml), written in the hub's layout.
 
-`write_standin(name, out, tokenizer_dir)`: the YAML's architecture numbers with every size shrunk (the structure
-kept: shared experts, dense first layers, MLA ranks, linear-attention layers), random weights, saved by
-transformers' own `save_pretrained` (which writes per-expert tensors where the hub has them) in two safetensors
-shards with an index, and a transformers-4-style config.json (`rope_theta` at the top level, a 4.x version).
+`write_standin(name, out, tokenizer_dir)`: the YAML's architecture numbers with every size shrunk (the
+structure kept: shared experts, dense first layers, MLA ranks, linear-attention layers), random weights, saved
+by transformers' own `save_pretrained` (which writes per-expert tensors where the hub has them) in two
+safetensors shards with an index, and a transformers-4-style config.json (`rope_theta` at the top level,
+a 4.x version).
 """
 
 from __future__ import annotations
@@ -20,12 +21,28 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from perft_exp.config import compose
 
 SIZES = dict(
-    hidden_size=32, intermediate_size=32, moe_intermediate_size=16, shared_expert_intermediate_size=16,
-    intermediate_size_mlp=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-    kv_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, linear_num_key_heads=2,
-    linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8, full_attention_interval=2,
-    max_position_embeddings=256, sliding_window=16, attention_chunk_size=64,
-)  # fmt: skip
+    hidden_size=32,
+    intermediate_size=32,
+    moe_intermediate_size=16,
+    shared_expert_intermediate_size=16,
+    intermediate_size_mlp=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    kv_lora_rank=8,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    full_attention_interval=2,
+    max_position_embeddings=256,
+    sliding_window=16,
+    attention_chunk_size=64,
+)
 EXPERTS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4}
 TOP_K = {"num_experts_per_tok": 2}
 MLA = ("deepseek_v2", "deepseek_v3")  # MLA attention repeats no KV heads: one per query head

@@ -314,8 +314,9 @@ def test_E_on_a_model_without_moe_blocks():
 def test_unknown_architecture():
     import transformers
 
-    config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2)  # fmt: skip
+    config = transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
+    )
     model = transformers.LlamaForCausalLM(config)
     with pytest.raises(ValueError, match="llama: no MoE block found"):
         apply_adapters(model, PerftConfig(bottleneck=4, **VARIANTS["E"]))

@@ -1,5 +1,6 @@
-"""The optimizer step's batch: a global batch split over the ranks (trainer=olmoe|mixtral: 16, as the authors ran
-it), the same optimizer steps on 1 or 2 processes (torchrun on CPU), and one-line errors for splits that fail."""
+"""The optimizer step's batch: a global batch split over the ranks (trainer=olmoe|mixtral: 16, as the authors
+ran it), the same optimizer steps on 1 or 2 processes (torchrun on CPU),
+and one-line errors for splits that fail."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ def test_the_paper_trainers_keep_a_global_batch_of_16_on_any_number_of_ranks(tra
     tr = compose([f"trainer={trainer}"]).trainer
     assert tr.global_batch_size == 16
     assert [batch_plan(tr, n) for n in (1, 2, 8)] == [
-        BatchPlan(16, 16, 1, 1), BatchPlan(16, 8, 1, 2), BatchPlan(16, 2, 1, 8),
-    ]  # fmt: skip
+        BatchPlan(16, 16, 1, 1),
+        BatchPlan(16, 8, 1, 2),
+        BatchPlan(16, 2, 1, 8),
+    ]
     tr.per_device_train_batch_size = 2  # a smaller micro batch accumulates up to the same global batch
     assert [batch_plan(tr, n).accumulation for n in (1, 2, 8)] == [8, 4, 1]
 
@@ -62,9 +65,18 @@ def test_a_batch_the_ranks_cannot_split_is_a_one_line_config_error(monkeypatch, 
 
 
 def _args(model_dir, run_dir) -> list[str]:
-    return ["trainer=debug", "trainer.max_steps=-1", "trainer.num_train_epochs=1", "trainer.global_batch_size=8",
-            "trainer.per_device_train_batch_size=2", "logger=none", "eval.enabled=false",
-            f"model.pretrained={model_dir}", "task.max_train_examples=64", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return [
+        "trainer=debug",
+        "trainer.max_steps=-1",
+        "trainer.num_train_epochs=1",
+        "trainer.global_batch_size=8",
+        "trainer.per_device_train_batch_size=2",
+        "logger=none",
+        "eval.enabled=false",
+        f"model.pretrained={model_dir}",
+        "task.max_train_examples=64",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.mark.slow
@@ -72,8 +84,15 @@ def test_two_ranks_take_the_same_optimizer_steps_as_one_process(micro_model_dir,
     one = run_train(_args(micro_model_dir, tmp_path / "one"), app_env)
     assert one.returncode == 0, one.stderr[-3000:]
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29517", str(REPO / "train.py"),
-           *_args(micro_model_dir, tmp_path / "two")]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        str(REPO / "train.py"),
+        *_args(micro_model_dir, tmp_path / "two"),
+    ]
     two = subprocess.run(cmd, cwd=REPO, env=app_env, capture_output=True, text=True, timeout=900)
     assert two.returncode == 0, two.stderr[-3000:]
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")}

@@ -1,5 +1,5 @@
-"""The named models (conf/model/<name>.yaml) from tiny stand-ins in the hub's layout: per-expert tensors where the
-hub has them, two safetensors shards with an index, a transformers-4-style config.json. They load through
+"""The named models (conf/model/<name>.yaml) from tiny stand-ins in the hub's layout: per-expert tensors where
+the hub has them, two safetensors shards with an index, a transformers-4-style config.json. They load through
 `model.pretrained=<dir>`, are counted from their own config, and (slow) train R and E through train.py."""
 
 from __future__ import annotations
@@ -20,8 +20,16 @@ from perft_exp.config import compose
 from perft_exp.models.arch import architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model
 
-NAMED = ["deepseek_v2_lite", "moonlight_16b_a3b", "gpt_oss_20b", "glm45_air", "granite_3_1_3b_a800m", "phi35_moe",
-         "llama4_scout", "qwen3_next_80b_a3b"]  # fmt: skip
+NAMED = [
+    "deepseek_v2_lite",
+    "moonlight_16b_a3b",
+    "gpt_oss_20b",
+    "glm45_air",
+    "granite_3_1_3b_a800m",
+    "phi35_moe",
+    "llama4_scout",
+    "qwen3_next_80b_a3b",
+]
 PER_EXPERT_ON_HUB = {"deepseek_v2_lite", "moonlight_16b_a3b", "glm45_air", "phi35_moe", "qwen3_next_80b_a3b"}
 
 
@@ -67,8 +75,18 @@ def test_a_standin_loads_in_the_hubs_layout_and_takes_E(name, standin):
 
 def test_count_params_counts_the_checkpoint_model_pretrained_points_at(standin):
     path = standin("gpt_oss_20b")
-    out = subprocess.run([sys.executable, str(REPO / "scripts" / "count_params.py"), "model=gpt_oss_20b",
-                          f"model.pretrained={path}", "variant=none"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "count_params.py"),
+            "model=gpt_oss_20b",
+            f"model.pretrained={path}",
+            "variant=none",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout)["base_total"] < 10_000_000  # the stand-in's, not the 21B of the YAML
 
@@ -79,9 +97,19 @@ def test_count_params_counts_the_checkpoint_model_pretrained_points_at(standin):
 def test_a_standin_trains_through_train_py(name, variant, standin, app_env, tmp_path):
     path = standin(name)
     perft = ["perft.num_experts=null", "perft.top_k=null"] if variant == "E" else []
-    args = [f"model={name}", f"model.pretrained={path}", "model.dtype=float32", f"variant={variant}", *perft,
-            "trainer=debug", "logger=none", "task.max_train_examples=16", "task.max_test_examples=1",
-            "eval.enabled=false", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    args = [
+        f"model={name}",
+        f"model.pretrained={path}",
+        "model.dtype=float32",
+        f"variant={variant}",
+        *perft,
+        "trainer=debug",
+        "logger=none",
+        "task.max_train_examples=16",
+        "task.max_test_examples=1",
+        "eval.enabled=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
     result = run_train(args, app_env)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((tmp_path / "run_config.json").read_text())

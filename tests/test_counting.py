@@ -61,10 +61,10 @@ def test_expert_lora_counts_only_the_chosen_experts_as_active():
     assert counts.activated_trainable * 8 == counts.trainable  # top-8 of 64 experts
 
 
-# The published sizes of the named models (model cards / tech reports), and how each publisher counts "active":
-# "all" = every parameter a token uses; "no_input_embedding" = the embedding table (a lookup) left out;
-# "no_embeddings" = input embedding and LM head left out. `digits`: the published number's precision (a headline
-# "3B" says 2.5B-3.5B), used where it is coarser than 1 %.
+# The published sizes of the named models (model cards / tech reports), and how each publisher counts
+# "active": "all" = every parameter a token uses; "no_input_embedding" = the embedding table (a lookup) left
+# out; "no_embeddings" = input embedding and LM head left out. `digits`: the published number's precision (a
+# headline "3B" says 2.5B-3.5B), used where it is coarser than 1 %.
 PUBLISHED = {
     # name: (total, active, active convention, active significant digits or None for 1 %)
     "deepseek_v2_lite": (15.7e9, 2.4e9, "no_input_embedding", 2),  # DeepSeek-V2 report: 15.7B / 2.4B
@@ -84,10 +84,10 @@ def _within(value: float, published: float, digits: int | None) -> bool:
     return float(f"{value:.{digits}g}") == float(f"{published:.{digits}g}")
 
 
-# DeepSeek-V2-Lite: we count 2.45B active without the embedding table (2.24B without both embeddings, 2.66B with
-# them); the report's 2.4B matches none of these at its precision, so its convention is not known.
-# Llama-4-Scout: the text model counted here is 107.8B (17.2B active); the card's 109B includes the vision encoder,
-# which llama4_text does not build.
+# DeepSeek-V2-Lite: we count 2.45B active without the embedding table (2.24B without both embeddings, 2.66B
+# with them); the report's 2.4B matches none of these at its precision, so its convention is not known.
+# Llama-4-Scout: the text model counted here is 107.8B (17.2B active); the card's 109B includes the vision
+# encoder, which llama4_text does not build.
 UNMATCHED = {
     "deepseek_v2_lite": "published 2.4B active matches no counting convention we know (2.24/2.45/2.66B)",
     "llama4_scout": "text model 107.8B; the published 109B includes the vision encoder",
@@ -96,9 +96,11 @@ UNMATCHED = {
 
 @pytest.mark.parametrize(
     "model_name",
-    [pytest.param(m, marks=pytest.mark.xfail(reason=UNMATCHED[m], strict=True)) if m in UNMATCHED else m
-     for m in sorted(PUBLISHED)],
-)  # fmt: skip
+    [
+        pytest.param(m, marks=pytest.mark.xfail(reason=UNMATCHED[m], strict=True)) if m in UNMATCHED else m
+        for m in sorted(PUBLISHED)
+    ],
+)
 def test_named_models_match_their_published_sizes(model_name):
     total, active, convention, digits = PUBLISHED[model_name]
     model = _meta(model_name, PerftConfig(variant="none"))

@@ -125,9 +125,15 @@ def test_saving_without_an_account_says_what_is_missing_in_one_line(monkeypatch,
 def test_an_offline_run_feeds_every_panel(micro_model_dir, app_env, tmp_path):
     """A real offline run of R, read back with wandb's reader, has every key the dashboards reference."""
     run_dir = tmp_path / "run"
-    args = ["trainer=debug", f"model.pretrained={micro_model_dir}", "task.max_train_examples=64",
-            "task.max_test_examples=5", "logger.group=toy", "logger.table_rows_per_set=3",
-            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    args = [
+        "trainer=debug",
+        f"model.pretrained={micro_model_dir}",
+        "task.max_train_examples=64",
+        "task.max_test_examples=5",
+        "logger.group=toy",
+        "logger.table_rows_per_set=3",
+        f"hydra.run.dir={run_dir}",
+    ]
     done = run_train(args, app_env)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -142,8 +148,11 @@ def test_an_offline_run_feeds_every_panel(micro_model_dir, app_env, tmp_path):
     label = "R (Top2/4) [adapter]"  # the tiny model's form of the PEFT experts
     assert (c["variant"], c["config_label"], c["N"], c["K"], c["r"]) == ("R", label, 4, 2, 16)
     assert (c["task_name"], c["model_name"], c["seed"], c["sweep_name"]) == (
-        "synthetic_commonsense", "tiny_olmoe", 42, "toy",
-    )  # fmt: skip
+        "synthetic_commonsense",
+        "tiny_olmoe",
+        42,
+        "toy",
+    )
     assert (c["trainable_params"], c["activated_params"]) == (
         params["trainable"],
         params["activated_trainable"],

@@ -1,6 +1,6 @@
-"""Expert-scope dropout (the authors': each PEFT expert its own mask, LoRA on its input, adapter after W_down):
-the dense and grouped paths against a per-(token, expert) loop oracle given the same masks, and the masks the
-layer draws in training (none in evaluation; one shared mask on x with dropout_scope=shared)."""
+"""Expert-scope dropout (the authors': each PEFT expert its own mask, LoRA on its input, adapter after
+W_down): the dense and grouped paths against a per-(token, expert) loop oracle given the same masks, and the
+masks the layer draws in training (none in evaluation; one shared mask on x with dropout_scope=shared)."""
 
 from __future__ import annotations
 

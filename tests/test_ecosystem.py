@@ -16,8 +16,12 @@ import perft_exp
 from perft_exp.adapters.layer import perft_layers
 
 REPO = Path(__file__).resolve().parents[1]
-TEXTS = ["the glim is heavy. the correct answer is true", "eve likes to swim. the correct answer is answer2",
-         "the blorp is small. the correct answer is option1", "is the glim heavy? the correct answer is false"]  # fmt: skip
+TEXTS = [
+    "the glim is heavy. the correct answer is true",
+    "eve likes to swim. the correct answer is answer2",
+    "the blorp is small. the correct answer is option1",
+    "is the glim heavy? the correct answer is false",
+]
 
 
 def _one_process(monkeypatch) -> None:
@@ -34,9 +38,18 @@ def test_trl_sft_trainer_trains_R_with_its_router_loss_and_saves_it(micro_model_
 
     _one_process(monkeypatch)
     tokenizer = AutoTokenizer.from_pretrained(micro_model_dir)
-    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=1e-2,
-                     logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, max_length=64,
-                     bf16=False)  # fp32: the reloaded logits must equal the trained ones exactly  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        max_length=64,
+        bf16=False,  # fp32: the reloaded logits must equal the trained ones exactly
+    )
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(micro_model_dir),
         args=args,
@@ -66,7 +79,8 @@ def test_trl_sft_trainer_trains_R_with_its_router_loss_and_saves_it(micro_model_
 
 
 def _choice_scores(model, tokenizer, docs: list[dict]) -> list[list[float]]:
-    """Per document, each choice's summed continuation log-likelihood, as lm-eval's `loglikelihood` computes it."""
+    """Per document, each choice's summed continuation log-likelihood,
+    as lm-eval's `loglikelihood` computes it."""
     out = []
     for doc in docs:
         ctx = tokenizer(doc["prompt"])["input_ids"]
@@ -100,17 +114,35 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
 
     tasks = tmp_path / "tasks"
     name = write_task(tasks, "boolq", n=16)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(micro_model_dir),
-                           perft_exp.PerftConfig(variant="D", num_experts=2, bottleneck=4))  # fmt: skip
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(micro_model_dir),
+        perft_exp.PerftConfig(variant="D", num_experts=2, bottleneck=4),
+    )
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "adapter")
-    cmd = [sys.executable, "-c", "import perft_exp; from lm_eval.__main__ import cli_evaluate; cli_evaluate()",
-           "--model", "hf", "--model_args", f"pretrained={micro_model_dir},peft={tmp_path / 'adapter'},dtype=float32",
-           "--tasks", name, "--include_path", str(tasks), "--device", "cpu", "--batch_size", "4",
-           "--output_path", str(tmp_path / "scores"), "--log_samples"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "import perft_exp; from lm_eval.__main__ import cli_evaluate; cli_evaluate()",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={micro_model_dir},peft={tmp_path / 'adapter'},dtype=float32",
+        "--tasks",
+        name,
+        "--include_path",
+        str(tasks),
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--output_path",
+        str(tmp_path / "scores"),
+        "--log_samples",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,11 +158,8 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(micro_model_dir).eval()
     base_scores = _choice_scores(base, tokenizer, docs)
     tuned = _choice_scores(PeftModel.from_pretrained(base, tmp_path / "adapter").eval(), tokenizer, docs)
-    assert torch.allclose(
-        torch.tensor(scored), torch.tensor(tuned), atol=1e-4
-    )  # lm-eval scored the adapter...
-    assert not torch.allclose(
-        torch.tensor(scored), torch.tensor(base_scores), atol=1e-2
-    )  # ...not the base model
+    # lm-eval scored the adapter, not the base model
+    assert torch.allclose(torch.tensor(scored), torch.tensor(tuned), atol=1e-4)
+    assert not torch.allclose(torch.tensor(scored), torch.tensor(base_scores), atol=1e-2)
     right = sum(max(range(len(s)), key=s.__getitem__) == d["label"] for s, d in zip(tuned, docs))
     assert result["results"][name]["acc,none"] == pytest.approx(right / len(docs))

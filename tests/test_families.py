@@ -1,10 +1,10 @@
 """R, E, D, S and the LoRA baselines on every MoE family transformers ships (tiny random models, one process).
 
-One test per family: the architecture is detected (or read from its family file), every variant runs forward and
-backward with adapters on every MoE block, only adapter parameters get gradients, switching the adapters off gives
-the base logits, and E's batched output equals a loop over the experts weighted by the routing exactly as the
-family's router returns it (DeepSeek's scaled sigmoid, gpt-oss's softmax over the top-k, Llama-4's scores).
-Families left out are named in SKIPPED with the reason.
+One test per family: the architecture is detected (or read from its family file), every variant runs forward
+and backward with adapters on every MoE block, only adapter parameters get gradients, switching the adapters
+off gives the base logits, and E's batched output equals a loop over the experts weighted by the routing
+exactly as the family's router returns it (DeepSeek's scaled sigmoid, gpt-oss's softmax over the top-k,
+Llama-4's scores). Families left out are named in SKIPPED with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from perft_exp.analysis.routing import vector_picture
 from perft_exp.models.arch import NotApplicable, UnsupportedModel, architecture_for, find_moe_blocks
 from perft_exp.models.arch.support import NOT_TRIED
 
-# Detection finds no block PERFT can attach to, or a router output E cannot read: the one line it says is tested.
+# Detection finds no block PERFT can attach to, or a router output E cannot read:
+# the one line it says is tested.
 UNSUPPORTED = {
     "beam": "no MoE block found",
     "doge": "no MoE block found",  # DogeCDMoE: an expert bank of embeddings, not routed FFN experts
@@ -74,7 +75,8 @@ def _check_training_step(model, inputs, label: str) -> None:
 
 
 def _check_statistics(model, arch, inputs, label: str) -> None:
-    """Routing loads, router angles, the vector picture and parameter counts: a value, or one NotApplicable line."""
+    """Routing loads, router angles, the vector picture and parameter counts:
+    a value, or one NotApplicable line."""
     with torch.no_grad(), track_routing(model) as stats:
         model(**inputs)
     tokens = int(inputs["attention_mask"].sum())
@@ -170,7 +172,8 @@ def test_an_unsupported_family_is_refused_in_one_line(model_type):
     assert "\n" not in str(e.value) and str(e.value).startswith(model_type)
 
 
-# MiniMax collects router logits by module path: PERFT sits beside the block, so every path stays where it was.
+# MiniMax collects router logits by module path:
+# PERFT sits beside the block, so every path stays where it was.
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_router_logits_are_collected_with_perft_attached(model_type):
     if not hasattr(tiny_family(model_type).config, "output_router_logits"):
@@ -181,8 +184,15 @@ def test_router_logits_are_collected_with_perft_attached(model_type):
     assert out.router_logits, f"{model_type}: no router logits collected with PERFT attached"
 
 
-@pytest.mark.parametrize("model_type, layout", [("olmoe", "concatenated"), ("gpt_oss", "interleaved_transposed"),
-                                                ("llama4_text", "transposed"), ("aria_text", "transposed")])  # fmt: skip
+@pytest.mark.parametrize(
+    "model_type, layout",
+    [
+        ("olmoe", "concatenated"),
+        ("gpt_oss", "interleaved_transposed"),
+        ("llama4_text", "transposed"),
+        ("aria_text", "transposed"),
+    ],
+)
 def test_gate_rows_follow_the_experts_layout(model_type, layout):
     """The gate rows the vector picture reads are the ones the expert computes its gate from."""
     model = tiny_family(model_type)

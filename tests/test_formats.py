@@ -91,8 +91,8 @@ def test_test_record_without_answer_names_file_and_record(tmp_path):
 
 
 def test_empty_answers_are_kept_for_training_and_left_out_of_scoring_and_counted(tmp_path):
-    """The authors' loader keeps training records with an empty answer (training reads `output`); a test record
-    without an answer cannot be scored. Neither fails the file."""
+    """The authors' loader keeps training records with an empty answer (training reads `output`); a test
+    record without an answer cannot be scored. Neither fails the file."""
     records = [_record(0), _record(1, answer=""), _record(2, answer="  ")]
     _write(tmp_path / "math_50k.json", records)
     assert load_train(tmp_path, "math_50k") == records and count_empty_answers(records) == 2

@@ -32,8 +32,12 @@ from perft_exp.evaluation.metrics import (
 BALANCED_BOOLQ = ["true", "false"] * 25
 UNBALANCED_BOOLQ = ["true"] * 35 + ["false"] * 15
 UNBALANCED_HELLASWAG = ["ending1"] * 20 + ["ending2"] * 5 + ["ending3"] * 15 + ["ending4"] * 10
-LABEL_SETS = [("boolq", BALANCED_BOOLQ), ("boolq", UNBALANCED_BOOLQ), ("hellaswag", UNBALANCED_HELLASWAG),
-              ("winogrande", ["option1"] * 26 + ["option2"] * 24)]  # fmt: skip
+LABEL_SETS = [
+    ("boolq", BALANCED_BOOLQ),
+    ("boolq", UNBALANCED_BOOLQ),
+    ("hellaswag", UNBALANCED_HELLASWAG),
+    ("winogrande", ["option1"] * 26 + ["option2"] * 24),
+]
 
 
 def _instruction(name: str, i: int, options: int | None = None) -> str:
@@ -134,12 +138,16 @@ def one_thread():
 
 def test_metrics_read_the_records_evaluate_writes(tiny_lm, tiny_tokenizer, tmp_path, one_thread):
     sets = {
-        "boolq": [{"instruction": f"Is {i} even? Answer format: true/false", "answer": ["true", "false"][i % 3 > 0]}
-                  for i in range(9)],
-        "ARC-Easy": [{"instruction": _instruction("ARC-Easy", i, 3 + i % 3), "answer": f"answer{1 + i % 2}"}
-                     for i in range(6)],
+        "boolq": [
+            {"instruction": f"Is {i} even? Answer format: true/false", "answer": ["true", "false"][i % 3 > 0]}
+            for i in range(9)
+        ],
+        "ARC-Easy": [
+            {"instruction": _instruction("ARC-Easy", i, 3 + i % 3), "answer": f"answer{1 + i % 2}"}
+            for i in range(6)
+        ],
         "gsm8k": [{"instruction": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(3)],
-    }  # fmt: skip
+    }
     run_dir = tmp_path / "run"
     results = evaluate(
         tiny_lm, tiny_tokenizer, sets, max_new_tokens=4, out_dir=run_dir / "eval", progress=False
@@ -199,8 +207,10 @@ def test_bootstrap_interval_contains_the_mean_and_shrinks_with_more_questions():
 
 
 def test_bootstrap_over_seeds_is_deterministic_and_widens_when_seeds_disagree():
-    seeds = [{"boolq": _arrays(200, p, seed=i), "piqa": _arrays(100, 0.5, seed=10 + i)}
-             for i, p in enumerate((0.55, 0.7, 0.85))]  # fmt: skip
+    seeds = [
+        {"boolq": _arrays(200, p, seed=i), "piqa": _arrays(100, 0.5, seed=10 + i)}
+        for i, p in enumerate((0.55, 0.7, 0.85))
+    ]
     ci = bootstrap_intervals(seeds)
     assert ci == bootstrap_intervals(seeds)  # a fixed RNG seed
     assert ci != bootstrap_intervals(seeds, rng_seed=1)

@@ -33,8 +33,9 @@ print(sorted(m for m in {OPTIONAL!r} if sys.modules.get(m) is not None))
 
 
 def _loaded_after_start(*overrides: str) -> str:
-    r = subprocess.run([sys.executable, "-c", _START, *overrides], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", _START, *overrides], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return r.stdout.strip().splitlines()[-1]
 

@@ -1,6 +1,6 @@
-"""PERFT as a Hugging Face PEFT method (perft_exp/adapters/tuner.py): every variant on every architecture through
-peft's and transformers' own entry points, named adapters, unload, the aux loss in the model's loss, clear errors,
-and adapters in the format perft-exp wrote before it used PEFT's."""
+"""PERFT as a Hugging Face PEFT method (perft_exp/adapters/tuner.py): every variant on every architecture
+through peft's and transformers' own entry points, named adapters, unload, the aux loss in the model's loss,
+clear errors, and adapters in the format perft-exp wrote before it used PEFT's."""
 
 from __future__ import annotations
 
@@ -74,8 +74,10 @@ def test_peft_round_trip(tmp_path, arch, variant, capsys):
     assert meta["peft_type"] == "PERFT" and meta["variant"] == variant and meta["bottleneck"] == 4
     assert meta["base_signature"]["model_type"] == arch
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
-    assert all(k.startswith("base_model.model.") and ".perft.perft_layer.experts." in k or ".router." in k
-               for k in keys) and not any(".default." in k for k in keys)  # fmt: skip
+    assert all(
+        k.startswith("base_model.model.") and ".perft.perft_layer.experts." in k or ".router." in k
+        for k in keys
+    ) and not any(".default." in k for k in keys)
     loaded = PeftModel.from_pretrained(tiny_moe(arch), tmp_path)
     torch.testing.assert_close(logits(loaded), out, atol=0, rtol=0)
 
@@ -163,7 +165,8 @@ def test_R_router_loss_is_in_the_models_training_loss():
 
 
 def test_the_same_loss_through_perft_trainer_and_the_model(tmp_path, monkeypatch):
-    """perft-exp's trainer (loss at label positions, aux added once) and a plain `model(**batch).loss` agree."""
+    """perft-exp's trainer (loss at label positions, aux added once) and a plain
+    `model(**batch).loss` agree."""
     from transformers import TrainingArguments
 
     from perft_exp.training.trainer import PerftTrainer
@@ -175,8 +178,12 @@ def test_the_same_loss_through_perft_trainer_and_the_model(tmp_path, monkeypatch
     plain = model(**inputs, output_router_logits=True).loss.item()
     for on in (True, False):
         args = TrainingArguments(output_dir=str(tmp_path / str(on)), use_cpu=True, report_to=[])
-        trainer = PerftTrainer(model=model, args=args, logits_at_labels=on,
-                               adapter_aux_coef=model.peft_config["default"].aux_loss_coef)  # fmt: skip
+        trainer = PerftTrainer(
+            model=model,
+            args=args,
+            logits_at_labels=on,
+            adapter_aux_coef=model.peft_config["default"].aux_loss_coef,
+        )
         model.train()
         assert trainer.compute_loss(model, dict(inputs)).item() == pytest.approx(plain, rel=1e-5)
 
@@ -187,8 +194,10 @@ def _assert_untouched(model) -> None:
 
 def test_other_architecture_or_size_is_refused_in_one_line(tmp_path):
     get_peft_model(tiny_moe("olmoe"), perft_config("R")).save_pretrained(tmp_path)
-    for other, named in ((tiny_moe("mixtral"), "model_type"),
-                         (tiny_moe("olmoe", hidden_size=64, num_attention_heads=4), "hidden_size")):  # fmt: skip
+    for other, named in (
+        (tiny_moe("mixtral"), "model_type"),
+        (tiny_moe("olmoe", hidden_size=64, num_attention_heads=4), "hidden_size"),
+    ):
         with pytest.raises(AdapterError, match=named) as err:
             PeftModel.from_pretrained(other, tmp_path)
         assert "\n" not in str(err.value)
@@ -253,14 +262,16 @@ def test_old_format_adapters_still_load(tmp_path, variant):
 
 
 def test_an_old_format_checkpoint_resumes_into_the_peft_model():
-    """A run begun before PEFT's format resumes from its checkpoint (the trainer loads it with load_weights)."""
+    """A run begun before PEFT's format resumes from its checkpoint
+    (the trainer loads it with load_weights)."""
     from perft_exp.adapters.config import PerftConfig
     from perft_exp.adapters.io import load_weights
     from perft_exp.adapters.model import apply_adapters
 
     old = DATA / "old_format_adapter_R"
-    model = apply_adapters(tiny_moe("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4,
-                                                          dropout=0.0))  # fmt: skip
+    model = apply_adapters(
+        tiny_moe("olmoe"), PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=4, dropout=0.0)
+    )
     load_weights(model, old)
     ref = load_file(old / "reference_logits.safetensors")["logits"]
     torch.testing.assert_close(logits(model.eval()), ref, **REFERENCE_TOL)
@@ -268,8 +279,8 @@ def test_an_old_format_checkpoint_resumes_into_the_peft_model():
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_the_hydra_perft_group_and_the_peft_config_are_one_list_of_knobs(variant):
-    """Every key `train.py` composes under `perft.` is a field of perft_exp.PerftConfig (inherited, not copied), and
-    a composed config becomes the same PEFT config."""
+    """Every key `train.py` composes under `perft.` is a field of perft_exp.PerftConfig (inherited, not
+    copied), and a composed config becomes the same PEFT config."""
     from dataclasses import fields
 
     from omegaconf import OmegaConf

@@ -11,22 +11,27 @@ from perft_exp.evaluation.protocol import PROTOCOLS, Protocol
 
 FIXED, AUTHORS = Protocol("fixed"), Protocol("authors")
 I16 = " " * 16
-# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py / finetune.py), indentation kept.
+# Typed off the authors' f-strings (commonsense_evaluate.py / math_evaluate.py / finetune.py),
+# indentation kept.
 AUTHORS_COMMONSENSE_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}the correct answer is"
 )
 AUTHORS_MATH_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n\n{I16}### Response:\n{I16}"
 )
 AUTHORS_TRAIN = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.  \n"
     f"\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Response:\n{I16}"
 )
 AUTHORS_TRAIN_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
-    f"response that appropriately completes the request. \n\n{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Input:\n"
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request. \n\n"
+    f"{I16}### Instruction:\n{I16}Q?\n{I16}\n{I16}### Input:\n"
     f"{I16}ctx\n{I16}\n{I16}### Response:\n{I16}"
 )
 
@@ -76,10 +81,20 @@ def test_matching(dataset, response, label, fixed, authors):
 
 def test_evaluate_asks_with_the_authors_strings(tiny_lm, tiny_tokenizer, tmp_path):
     torch.set_num_threads(1)
-    sets = {"boolq": [{"instruction": "Q?", "input": "", "answer": "true"}],
-            "gsm8k": [{"instruction": "Q?", "input": "", "answer": "2"}]}  # fmt: skip
-    result = evaluate(tiny_lm, tiny_tokenizer, sets, mode="greedy", max_new_tokens=2, out_dir=tmp_path,
-                      progress=False, protocol="authors")  # fmt: skip
+    sets = {
+        "boolq": [{"instruction": "Q?", "input": "", "answer": "true"}],
+        "gsm8k": [{"instruction": "Q?", "input": "", "answer": "2"}],
+    }
+    result = evaluate(
+        tiny_lm,
+        tiny_tokenizer,
+        sets,
+        mode="greedy",
+        max_new_tokens=2,
+        out_dir=tmp_path,
+        progress=False,
+        protocol="authors",
+    )
     import json
 
     rows = {n: json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in sets}

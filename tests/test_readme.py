@@ -22,7 +22,8 @@ starts empty), with these shrinks, and no others:
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
 - `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
-- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two rounds).
+- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two
+  rounds).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
 
@@ -81,14 +82,13 @@ COMMANDS = {
     "python scripts/fetch_data.py --what all": error("cannot download"),
     "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe variant=R perft.num_experts=8 "
     "perft.top_k=2": error(NO_DATA),
-    "torchrun --nproc_per_node 8 train.py model=mixtral_8x7b task=commonsense trainer=mixtral deepspeed=zero3 "
-    "variant=E perft.bottleneck=8": error(NO_DATA),
+    "torchrun --nproc_per_node 8 train.py model=mixtral_8x7b task=commonsense trainer=mixtral "
+    "deepspeed=zero3 variant=E perft.bottleneck=8": error(NO_DATA),
     "deepspeed --num_gpus 8 train.py model=mixtral_8x7b trainer=mixtral deepspeed=zero2": error(
         "model.pretrained='mistralai/Mixtral-8x7B-v0.1' is not in the local Hugging Face cache"
     ),
-    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe model.quantization=4bit variant=R": error(
-        NO_DATA
-    ),
+    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe model.quantization=4bit "
+    "variant=R": error(NO_DATA),
     # Sweeps
     "python scripts/sweep.py list": ok("olmoe_commonsense       100 jobs"),
     "python scripts/sweep.py show olmoe_commonsense": ok(
@@ -185,7 +185,8 @@ def _block_ids() -> list[str]:
 
 
 def test_the_docs_pages_have_command_blocks_that_are_run():
-    """Every docs/ page linked from the README exists, and the blocks of README and docs/ are all collected."""
+    """Every docs/ page linked from the README exists,
+    and the blocks of README and docs/ are all collected."""
     linked = set(re.findall(r"\(docs/([\w.]+\.md)[#)]", README.read_text()))
     assert linked == {p.name for p in PAGES[1:]}, linked
     assert len(readme_blocks()) == len(_block_ids()) > len(page_blocks(README))
@@ -239,9 +240,8 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv = [a for a in argv if a != "--eval"] + ["--quick", "--cases", "R_top2of4_r16"]
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
-        (trained,) = [
-            d for d in runs if re.fullmatch(r"R-n4-k2-r16-adapter-[0-9a-f]{6}", d.name)
-        ]  # the shrunk default
+        # the shrunk default
+        (trained,) = [d for d in runs if re.fullmatch(r"R-n4-k2-r16-adapter-[0-9a-f]{6}", d.name)]
         argv = [
             a.replace("outputs/runs/<task>/<model>/<run>", str(trained.relative_to(workdir))) for a in argv
         ]
@@ -284,8 +284,9 @@ def _run_block(index: int, workdir: Path, micro: Path, env: dict) -> None:
     for command in BLOCKS[index]:
         if command == "make test":
             continue  # this suite; test_make_targets_named_in_the_readme_run_what_they_say checks its recipe
-        r = subprocess.run(_argv(command, workdir, micro), cwd=workdir, env=env, capture_output=True, text=True,
-                           timeout=900)  # fmt: skip
+        r = subprocess.run(
+            _argv(command, workdir, micro), cwd=workdir, env=env, capture_output=True, text=True, timeout=900
+        )
         _check(command, r)
         _after(command, workdir)
     _DONE.add(index)

@@ -26,9 +26,14 @@ pytestmark = pytest.mark.slow
 
 def _base(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
-        "trainer=debug", "logger=none", "eval.enabled=false", f"model.pretrained={model_dir}",
-        "task.max_train_examples=200", f"hydra.run.dir={run_dir}", *extra,
-    ]  # fmt: skip
+        "trainer=debug",
+        "logger=none",
+        "eval.enabled=false",
+        f"model.pretrained={model_dir}",
+        "task.max_train_examples=200",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def _error(stderr: str) -> str:
@@ -75,8 +80,13 @@ def test_kill_and_resume_is_bit_exact(micro_model_dir, app_env, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(micro_model_dir, app_env, tmp_path):
-    args = _base(micro_model_dir, tmp_path / "run", "trainer.max_steps=400", "trainer.save_steps=200",
-                 "trainer.eval_steps=200")  # fmt: skip
+    args = _base(
+        micro_model_dir,
+        tmp_path / "run",
+        "trainer.max_steps=400",
+        "trainer.save_steps=200",
+        "trainer.eval_steps=200",
+    )
     cmd = [sys.executable, str(REPO / "train.py"), *args]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=app_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -100,8 +110,10 @@ def test_sigterm_saves_a_checkpoint_and_the_same_command_resumes(micro_model_dir
 
 
 def test_nonfinite_loss_stops_naming_the_step(micro_model_dir, app_env, tmp_path):
-    r = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.learning_rate=1e30", "trainer.warmup_steps=0"),
-                  app_env)  # fmt: skip
+    r = run_train(
+        _base(micro_model_dir, tmp_path / "run", "trainer.learning_rate=1e30", "trainer.warmup_steps=0"),
+        app_env,
+    )
     assert r.returncode == 1
     err = _error(r.stderr)
     assert err.startswith("error: non-finite training loss") and "at step" in err
@@ -109,8 +121,16 @@ def test_nonfinite_loss_stops_naming_the_step(micro_model_dir, app_env, tmp_path
 
 
 def test_nonfinite_loss_skip_counts_steps(micro_model_dir, app_env, tmp_path):
-    r = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.learning_rate=1e30", "trainer.warmup_steps=0",
-                        "trainer.nonfinite_loss=skip"), app_env)  # fmt: skip
+    r = run_train(
+        _base(
+            micro_model_dir,
+            tmp_path / "run",
+            "trainer.learning_rate=1e30",
+            "trainer.warmup_steps=0",
+            "trainer.nonfinite_loss=skip",
+        ),
+        app_env,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["train"]["skipped_steps"] > 0
 
@@ -159,7 +179,8 @@ def test_checkpoint_of_another_variant_is_refused(micro_model_dir, app_env, tmp_
     first = run_train(_base(micro_model_dir, tmp_path / "run", "trainer.max_steps=4"), app_env)
     assert first.returncode == 0, first.stderr[-2000:]
     (tmp_path / "run" / "results.json").unlink()  # unfinished: a relaunch would resume the checkpoint
-    # Checkpoints copied in from elsewhere (no record of the run's config): the checkpoint check is the last defence.
+    # Checkpoints copied in from elsewhere (no record of the run's config):
+    # the checkpoint check is the last defence.
     (tmp_path / "run" / "run_config.json").unlink()
     (tmp_path / "run" / "config.yaml").unlink()
     other = run_train(_base(micro_model_dir, tmp_path / "run", "variant=D"), app_env)
@@ -174,8 +195,9 @@ def test_checkpoint_of_another_base_model_is_refused(micro_model_dir, app_env, t
     (tmp_path / "run" / "results.json").unlink()
     (tmp_path / "run" / "run_config.json").unlink()
     (tmp_path / "run" / "config.yaml").unlink()
-    spec = dataclasses.replace(TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1,
-                               corpus_docs=200)  # fmt: skip
+    spec = dataclasses.replace(
+        TINY_SPECS["tiny_olmoe"], hidden_size=32, num_hidden_layers=2, steps=1, corpus_docs=200
+    )
     other_model = build_tiny_model("tiny_olmoe", tmp_path / "other_model", progress=False, spec=spec)
     other = run_train(_base(other_model, tmp_path / "run"), app_env)
     assert other.returncode == 1
@@ -235,9 +257,16 @@ def test_killed_multirun_relaunched_finishes_without_redoing_jobs(micro_model_di
     """`train.py -m` over three jobs, SIGKILL once the first has finished, relaunch: the first is skipped."""
     sweep_dir = tmp_path / "sweep"
     args = [
-        "-m", "trainer=debug", "logger=none", "eval.enabled=false", f"model.pretrained={micro_model_dir}",
-        "task.max_train_examples=200", f"hydra.sweep.dir={sweep_dir}", "variant=S", "perft.bottleneck=2,4,8",
-    ]  # fmt: skip
+        "-m",
+        "trainer=debug",
+        "logger=none",
+        "eval.enabled=false",
+        f"model.pretrained={micro_model_dir}",
+        "task.max_train_examples=200",
+        f"hydra.sweep.dir={sweep_dir}",
+        "variant=S",
+        "perft.bottleneck=2,4,8",
+    ]
     cmd = [sys.executable, str(REPO / "train.py"), *args]
 
     def results(bottleneck: int) -> list[Path]:  # run names: S-r<b>-<hash of the other overrides>
@@ -266,7 +295,8 @@ def test_killed_multirun_relaunched_finishes_without_redoing_jobs(micro_model_di
 
 
 def _without_weights(model_dir: Path, out: Path) -> Path:
-    """A model directory with its config.json only: from_pretrained fails with an OSError, not a ValueError."""
+    """A model directory with its config.json only:
+    from_pretrained fails with an OSError, not a ValueError."""
     out.mkdir(parents=True)
     (out / "config.json").write_text((model_dir / "config.json").read_text())
     return out
@@ -278,14 +308,21 @@ def _no_wandb_key(env: dict, home: Path) -> dict:
 
 FAILURES = {  # (extra overrides, environment change, the first error line)
     "a hub model without a network": (
-        ["model=olmoe_1b_7b"], lambda env, tmp: {**env, "HF_ENDPOINT": "http://127.0.0.1:9"},
-        "error: OSError: model.pretrained='allenai/OLMoE-1B-7B-0924' is not in the local Hugging Face cache"),
+        ["model=olmoe_1b_7b"],
+        lambda env, tmp: {**env, "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "error: OSError: model.pretrained='allenai/OLMoE-1B-7B-0924' is not in the local Hugging Face cache",
+    ),
     "W&B online without a key": (
-        ["logger=wandb", "logger.mode=online"], lambda env, tmp: _no_wandb_key(env, tmp),
-        "error: UsageError: No API key configured"),
+        ["logger=wandb", "logger.mode=online"],
+        lambda env, tmp: _no_wandb_key(env, tmp),
+        "error: UsageError: No API key configured",
+    ),
     "a model directory without weights": (
-        ["model.pretrained={tmp}/no_weights"], lambda env, tmp: env, "error: OSError: "),
-}  # fmt: skip
+        ["model.pretrained={tmp}/no_weights"],
+        lambda env, tmp: env,
+        "error: OSError: ",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(FAILURES))
@@ -310,15 +347,18 @@ def test_a_failing_sweep_job_is_failed_in_status_and_the_others_finish(micro_mod
     _without_weights(micro_model_dir, tmp_path / "empty")
     grid = tmp_path / "grid.yaml"
     grid.write_text(
-        "fixed: {variant: S, trainer: debug, logger: none, eval.enabled: false, task.max_train_examples: 32}\n"
+        "fixed: {variant: S, trainer: debug, logger: none, eval.enabled: false, "
+        "task.max_train_examples: 32}\n"
         f"blocks:\n  - {{model.pretrained: [{tmp_path / 'empty'}, {micro_model_dir}]}}\n"
     )
     sweep = [sys.executable, str(REPO / "scripts" / "sweep.py")]
-    run = subprocess.run([*sweep, "run", str(grid)], cwd=tmp_path, env=app_env, capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [*sweep, "run", str(grid)], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 1, run.stderr[-3000:]
-    status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    status = subprocess.run(
+        [*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=300
+    )
     lines = status.stdout.splitlines()
     assert lines[-1] == "grid: 1 finished, 1 failed", status.stdout
     (failed,) = [ln for ln in lines if ln.startswith("failed")]

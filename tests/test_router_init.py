@@ -1,4 +1,5 @@
-"""R's router as ours (nn.Linear's uniform init, fp32) and as the authors ran it (N(0, 0.02), the model's dtype)."""
+"""R's router as ours (nn.Linear's uniform init, fp32) and as the authors ran it
+(N(0, 0.02), the model's dtype)."""
 
 from __future__ import annotations
 
@@ -32,9 +33,8 @@ def test_authors_router_is_normal_002_in_the_model_dtype():
     w = _router(torch.bfloat16, router_init="authors", router_dtype="model")
     assert w.dtype == torch.bfloat16 and w.shape == (N, D)
     assert abs(w.float().mean().item()) < 1e-3 and abs(w.float().std().item() - 0.02) < 1e-3
-    assert (
-        _router(torch.bfloat16, router_init="authors").dtype == torch.float32
-    )  # init and dtype are separate
+    # init and dtype are separate
+    assert _router(torch.bfloat16, router_init="authors").dtype == torch.float32
 
 
 def test_router_dtype_model_follows_the_loaded_model():
@@ -45,9 +45,9 @@ def test_router_dtype_model_follows_the_loaded_model():
 
 
 def test_a_bf16_router_loses_most_small_adamw_updates():
-    """Why the dtype matters: AdamW's first step moves every weight by about lr = 1e-5, below half a bf16 ulp of
-    a weight of size ~0.02 (bf16 keeps 7 mantissa bits: 2^-6 * 2^-7 / 2 = 6e-5), so in bf16 most weights do not
-    move at all (measured: 16 % moved, 100 % in fp32)."""
+    """Why the dtype matters: AdamW's first step moves every weight by about lr = 1e-5, below half a bf16 ulp
+    of a weight of size ~0.02 (bf16 keeps 7 mantissa bits: 2^-6 * 2^-7 / 2 = 6e-5), so in bf16 most weights do
+    not move at all (measured: 16 % moved, 100 % in fp32)."""
     moved = {}
     for dtype in (torch.float32, torch.bfloat16):
         torch.manual_seed(0)

@@ -1,5 +1,5 @@
-"""Routing kinds (perft_exp/adapters/routing.py): which kind a config runs, top-p against hand-computed numbers,
-and top-p through the config, counting and the routing statistics."""
+"""Routing kinds (perft_exp/adapters/routing.py): which kind a config runs, top-p against hand-computed
+numbers, and top-p through the config, counting and the routing statistics."""
 
 from __future__ import annotations
 
@@ -35,8 +35,16 @@ def test_each_variant_runs_its_routing_kind(perft, kind):
 
 
 def test_top_p_takes_the_fewest_of_the_top_k_whose_mass_reaches_p():
-    """Token t's router probabilities are column t of the router (x_t = e_t): 1, 2 and the cap K = 3 experts."""
-    probs = torch.tensor([[0.70, 0.40, 0.25], [0.20, 0.30, 0.25], [0.06, 0.20, 0.25], [0.04, 0.10, 0.25]])  # fmt: skip
+    """Token t's router probabilities are column t of the router (x_t = e_t):
+    1, 2 and the cap K = 3 experts."""
+    probs = torch.tensor(
+        [
+            [0.70, 0.40, 0.25],
+            [0.20, 0.30, 0.25],
+            [0.06, 0.20, 0.25],
+            [0.04, 0.10, 0.25],
+        ]
+    )
     router = PeftRouter(hidden_size=3, num_experts=4, top_k=3)  # probs: (N, T)
     with torch.no_grad():
         router.weight.copy_(probs.log())
@@ -60,7 +68,8 @@ def test_top_p_of_one_is_top_k():
 
 
 def test_top_p_counts_its_bound_and_the_statistics_measure_experts_per_token():
-    """Counting takes at most K of N (the parameters a token may use); the statistics measure what tokens used."""
+    """Counting takes at most K of N (the parameters a token may use);
+    the statistics measure what tokens used."""
     plain, top_p = perft_model("R", top_k=3), perft_model("R", top_k=3, top_p=0.5)
     assert count_parameters(top_p) == count_parameters(plain)
     assert next(perft_layers(top_p)).activated_fraction() == 3 / 4

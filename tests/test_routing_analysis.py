@@ -1,5 +1,5 @@
-"""Routing analysis of finished runs (perft_exp/analysis/routing.py): R's router angles, the vector picture and
-the figures."""
+"""Routing analysis of finished runs (perft_exp/analysis/routing.py): R's router angles, the vector picture
+and the figures."""
 
 from __future__ import annotations
 

@@ -36,8 +36,12 @@ HOLDER = textwrap.dedent("""
 
 def _holder(run_dir: Path, seconds: float = 60) -> subprocess.Popen:
     """Another process holding `run_dir` for `seconds` (it says `held` once it does)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir), str(seconds)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir), str(seconds)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -116,8 +120,15 @@ def test_holding_twice_in_one_process_is_one_hold(tmp_path):
 
 def test_racing_processes_one_wins(tmp_path):
     """Eight processes started at once for one directory: exactly one holds it, the others are refused."""
-    procs = [subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "run"), "3"], cwd=REPO,
-                              stdout=subprocess.PIPE, text=True) for _ in range(8)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(tmp_path / "run"), "3"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
     outcomes = [p.communicate(timeout=120)[0].split()[0] for p in procs]
     assert sorted(outcomes) == ["held"] + ["refused"] * 7, outcomes
 
@@ -170,7 +181,8 @@ def test_the_failure_record_never_raises_and_says_why_it_is_missing(tmp_path, mo
 
 
 def test_write_errors_are_found_in_the_chain_and_named():
-    """torch.save's writer raises a RuntimeError without an errno; safetensors reports an io::Error as text."""
+    """torch.save's writer raises a RuntimeError without an errno;
+    safetensors reports an io::Error as text."""
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -182,9 +194,8 @@ def test_write_errors_are_found_in_the_chain_and_named():
     assert (found.errno, found.filename) == (errno.ENOSPC, "/runs/a/checkpoints")
     rust = Exception("Error while serializing: IoError(Os { code: 122, kind: QuotaExceeded, message: ... })")
     assert files.write_error(rust, "/runs/a/adapter").errno == errno.EDQUOT
-    assert (
-        files.write_error(PermissionError(errno.EACCES, "Permission denied", "/m")) is None
-    )  # a read, maybe
+    # a read, maybe
+    assert files.write_error(PermissionError(errno.EACCES, "Permission denied", "/m")) is None
     assert files.write_error(PermissionError(errno.EACCES, "Permission denied"), "/w").filename == "/w"
     assert files.write_error(ValueError("no")) is None
 
@@ -220,7 +231,8 @@ CORRUPTIBLE = ["results.json", "run_config.json", "failed.json", "adapter/adapte
 
 
 def corrupt_runs(root: Path, good: Path | None = None) -> dict[str, Path]:
-    """One run directory per corruptible file, each that file truncated mid-write (copies of `good` if given)."""
+    """One run directory per corruptible file, each that file truncated mid-write
+    (copies of `good` if given)."""
     import shutil
 
     out = {}
@@ -258,8 +270,17 @@ def test_collect_lists_and_skips_corrupt_runs(tmp_path):
     bad = corrupt_runs(tmp_path)
     good = tmp_path / "good"
     good.mkdir()
-    (good / "results.json").write_text(json.dumps({"variant": "S", "perft": {"variant": "S", "bottleneck": 4},
-                                                   "model": "m", "task": "t", "eval": {}}))  # fmt: skip
+    (good / "results.json").write_text(
+        json.dumps(
+            {
+                "variant": "S",
+                "perft": {"variant": "S", "bottleneck": 4},
+                "model": "m",
+                "task": "t",
+                "eval": {},
+            }
+        )
+    )
     collection = collect(tmp_path)
     assert [r.name for r in collection.runs] == ["good"]
     # failed.json alone makes a run directory for find(); the others are found by their results.json
@@ -285,8 +306,11 @@ def test_status_shows_corrupt_jobs_and_run_skips_them(tmp_path, monkeypatch, cap
     assert f"corrupt   {jobs[0].run_dir}  {jobs[0].run_dir / 'run_config.json'} is unreadable (" in out
     assert out.splitlines()[-1] == "grid: 1 corrupt, 1 pending"
     launched = []
-    monkeypatch.setattr(sweep_launch, "run_on_gpus", lambda js, *a, **k: launched.extend(j.run_dir for j in js
-                                                                                          if j.claimable()))  # fmt: skip
+    monkeypatch.setattr(
+        sweep_launch,
+        "run_on_gpus",
+        lambda js, *a, **k: launched.extend(j.run_dir for j in js if j.claimable()),
+    )
     assert sweep_cli.main(["run", str(grid), "--jobs", "2"]) == 1
     assert launched == [jobs[1].run_dir]
     assert "skipped: " in capsys.readouterr().err
@@ -303,7 +327,8 @@ def test_the_pool_skips_held_jobs_and_a_lost_tie_is_no_failure(tmp_path, monkeyp
     fake.write_text(
         "import json, os, sys\n"
         "args = dict(a.split('=', 1) for a in sys.argv[1:])\n"
-        f"if args['tie'] == '1': print('error: in use by another process', file=sys.stderr); sys.exit({EXIT_HELD})\n"
+        "if args['tie'] == '1': "
+        f"print('error: in use by another process', file=sys.stderr); sys.exit({EXIT_HELD})\n"
         "open(os.path.join(args['out'], 'results.json'), 'w').write('{}')\n"
     )
     monkeypatch.setattr(sweep_launch, "TRAIN_PY", fake)

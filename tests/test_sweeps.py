@@ -1,4 +1,5 @@
-"""The paper's grids in sweeps/*.yaml: exact job counts, distinct jobs, every job composes; `show` is a dry run."""
+"""The paper's grids in sweeps/*.yaml: exact job counts, distinct jobs,
+every job composes; `show` is a dry run."""
 
 from __future__ import annotations
 
@@ -18,8 +19,14 @@ from perft_exp.sweeps import grid as sweep_grid
 from perft_exp.sweeps import jobs as sweep_jobs
 from perft_exp.sweeps import launch as sweep_launch
 
-PAPER_GRIDS = {"olmoe_commonsense": 100, "olmoe_math": 52, "mixtral_commonsense": 12, "mixtral_math": 3,
-               "olmoe_commonsense_authors": 100, "olmoe_math_authors": 52}  # fmt: skip
+PAPER_GRIDS = {
+    "olmoe_commonsense": 100,
+    "olmoe_math": 52,
+    "mixtral_commonsense": 12,
+    "mixtral_math": 3,
+    "olmoe_commonsense_authors": 100,
+    "olmoe_math_authors": 52,
+}
 SMALL = ["mixtral_commonsense", "mixtral_math", "bottleneck_ablation", "toy"]
 
 
@@ -43,8 +50,23 @@ def _perft_knobs(job: list[str]) -> tuple:
 
 def test_olmoe_commonsense_matches_the_authors_grid():
     jobs = [_perft_knobs(j) for j in sweep_grid.Sweep.load("olmoe_commonsense").jobs()]
-    pairs = ["n2k1", "n2k2", "n4k1", "n4k2", "n4k4", "n8k1", "n8k2", "n8k4", "n8k8", "n16k1", "n16k2", "n16k4",
-             "n16k8", "n32k8", "n64k8"]  # fmt: skip
+    pairs = [
+        "n2k1",
+        "n2k2",
+        "n4k1",
+        "n4k2",
+        "n4k4",
+        "n8k1",
+        "n8k2",
+        "n8k4",
+        "n8k8",
+        "n16k1",
+        "n16k2",
+        "n16k4",
+        "n16k8",
+        "n32k8",
+        "n64k8",
+    ]
     expected = {("R", p, None, str(r)) for p, r in itertools.product(pairs, (4, 8, 16, 32))}
     expected |= {("R", p, None, "64") for p in ("n2k1", "n2k2", "n4k4", "n8k8", "n16k8")} | {
         ("R", "n2k2", None, "128")
@@ -163,9 +185,16 @@ def test_show_is_a_dry_run(monkeypatch, capsys):
 def test_block_becomes_one_multirun_command():
     sweep = sweep_grid.Sweep.load("mixtral_math")
     assert sweep.block_overrides(sweep.blocks[0], ["deepspeed=zero3"]) == [
-        "model=mixtral_8x7b", "task=math", "trainer=mixtral", "eval=paper", "logger.group=mixtral_math",
-        "variant=R", "routing=n2k2,n8k2", "perft.bottleneck=8", "deepspeed=zero3",
-    ]  # fmt: skip
+        "model=mixtral_8x7b",
+        "task=math",
+        "trainer=mixtral",
+        "eval=paper",
+        "logger.group=mixtral_math",
+        "variant=R",
+        "routing=n2k2,n8k2",
+        "perft.bottleneck=8",
+        "deepspeed=zero3",
+    ]
 
 
 def test_extra_overrides_reach_every_job_and_win():
@@ -205,8 +234,10 @@ def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path
         "    {'gpus': os.environ['CUDA_VISIBLE_DEVICES'], 'env': os.environ['SWEEP_TEST']}))\n"
     )
     monkeypatch.setattr(sweep_launch, "TRAIN_PY", fake)
-    jobs = [sweep_jobs.Job([f"out={tmp_path / name}", f"fail={int(name == 'bad')}"], tmp_path / name)
-            for name in ("a", "b", "bad", "done")]  # fmt: skip
+    jobs = [
+        sweep_jobs.Job([f"out={tmp_path / name}", f"fail={int(name == 'bad')}"], tmp_path / name)
+        for name in ("a", "b", "bad", "done")
+    ]
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "results.json").write_text("{}")
 
@@ -222,8 +253,11 @@ def test_gpus_launcher_pins_devices_records_failures_and_skips_finished(tmp_path
 def test_local_jobs_run_in_a_cpu_pool(monkeypatch):
     """`run --jobs N`: N CPU worker slots, no GPU pinned; `--jobs 1` keeps Hydra's sequential multirun."""
     calls = {}
-    monkeypatch.setattr(sweep_launch, "run_on_gpus", lambda jobs, groups, env=None, cpu=False: calls.update(
-        groups=groups, cpu=cpu, n=len(jobs)))  # fmt: skip
+    monkeypatch.setattr(
+        sweep_launch,
+        "run_on_gpus",
+        lambda jobs, groups, env=None, cpu=False: calls.update(groups=groups, cpu=cpu, n=len(jobs)),
+    )
     monkeypatch.setattr(sweep_launch, "run_multirun", lambda *a, **k: calls.update(multirun=True))
     assert sweep_cli.parse_args(["run", "toy", "--jobs", "2"]).jobs == 2
     sweep_cli.main(["run", "toy", "--jobs", "2"])
@@ -246,9 +280,11 @@ def test_slurm_launcher_overrides():
         ["run", "olmoe_math", "--launcher", "slurm", "--partition", "gpu", "--timeout-min", "600"]
     )
     assert sweep_launch.slurm_overrides(args) == [
-        "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1", "hydra.launcher.partition=gpu",
+        "hydra/launcher=slurm",
+        "hydra.launcher.gpus_per_node=1",
+        "hydra.launcher.partition=gpu",
         "hydra.launcher.timeout_min=600",
-    ]  # fmt: skip
+    ]
     args.gpus_per_job = 4
     with pytest.raises(sweep_grid.SweepError, match="--launcher gpus"):
         sweep_launch.slurm_overrides(args)
@@ -327,11 +363,13 @@ def test_status_looks_at_the_jobs_of_the_last_run(launches, capsys):
 
 
 def test_the_first_error_line_of_a_job_log_is_kept_not_the_launchers():
-    log = ("W1126 torch.distributed.run: *****\n"
-           "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
-           "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
-           "Traceback (most recent call last):\n"
-           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n")  # fmt: skip
+    log = (
+        "W1126 torch.distributed.run: *****\n"
+        "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "error: OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+        "Traceback (most recent call last):\n"
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
+    )
     assert sweep_launch.first_error(log) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert sweep_launch.first_error("Killed\n") is None
 
@@ -363,15 +401,21 @@ def toy_miniature(path: Path, seeds=(0, 1)) -> Path:
 
 
 def shrink(micro_model_dir: Path) -> list[str]:
-    """The overrides that shrink a job to seconds on CPU (trainer=debug: 8 steps; 2 questions per test set)."""
-    return ["trainer=debug", "logger=none", f"model.pretrained={micro_model_dir}", "task.max_train_examples=32",
-            "task.max_test_examples=2"]  # fmt: skip
+    """The overrides that shrink a job to seconds on CPU
+    (trainer=debug: 8 steps; 2 questions per test set)."""
+    return [
+        "trainer=debug",
+        "logger=none",
+        f"model.pretrained={micro_model_dir}",
+        "task.max_train_examples=32",
+        "task.max_test_examples=2",
+    ]
 
 
 @pytest.mark.slow
 def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, app_env, tmp_path):
-    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result collection,
-    with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
+    """`run --launcher slurm --slurm-local`: hydra-submitit-launcher's plugin, job pickling and result
+    collection, with local processes instead of sbatch; both jobs finish and `status` sees them (issue 14)."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the [slurm] extra is not installed")
     grid = toy_miniature(tmp_path / "toy2.yaml")
     sweep = [sys.executable, str(REPO_ROOT / "scripts" / "sweep.py")]
@@ -386,8 +430,9 @@ def test_the_slurm_path_runs_a_toy_grid_through_submitit_local(micro_model_dir, 
     finished = sorted(p.parent.name for p in runs.glob("toy-*/results.json"))
     assert len(finished) == 2 and finished[0].startswith("toy-R-n4-k2-r2-s0-"), finished
     assert {json.loads((runs / n / "results.json").read_text())["seed"] for n in finished} == {0, 1}
-    status = subprocess.run([*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    status = subprocess.run(
+        [*sweep, "status", str(grid)], cwd=tmp_path, env=app_env, capture_output=True, text=True, timeout=300
+    )
     assert status.stdout.splitlines()[-1] == "toy2: 2 finished", status.stdout + status.stderr
 
 
@@ -406,7 +451,8 @@ def test_grids_expand_to_the_jobs_hydras_basic_sweeper_made(name):
 
 @pytest.mark.parametrize("line", sorted(EXPECTED_JOBS["_cli"]))
 def test_multirun_command_lines_expand_as_hydra_does(line):
-    """Lists, choice(), range() (floats too), sort(), a key given twice, `+key`/`~key`, numbers as Hydra prints them."""
+    """Lists, choice(), range() (floats too), sort(), a key given twice, `+key`/`~key`,
+    numbers as Hydra prints them."""
     from perft_exp.cli import _job_overrides
 
     assert _job_overrides(line.split(), True) == EXPECTED_JOBS["_cli"][line]

@@ -85,8 +85,15 @@ def test_options_are_the_relations_values_in_fixed_order_and_the_label_is_the_fa
             continue
         for r in records:
             options = re.findall(r"\n\n[A-Z][a-z]+\d: ([^\n]+)", r["instruction"])
-            relation = next(rel for rel in SET_RELATIONS[name] if len(VALUES[rel]) == len(options)
-                            and all(v in o for v, o in zip(VALUES[rel], options))) if name != "piqa" else "weight"  # fmt: skip
+            relation = (
+                next(
+                    rel
+                    for rel in SET_RELATIONS[name]
+                    if len(VALUES[rel]) == len(options) and all(v in o for v, o in zip(VALUES[rel], options))
+                )
+                if name != "piqa"
+                else "weight"
+            )
             subject = _subject(r, relation)
             label_index = int(r["answer"][-1]) - 1
             assert VALUES[relation][label_index] == world.value(relation, subject), (name, r)
@@ -216,8 +223,12 @@ def test_pretraining_corpus_asks_only_about_train_facts(corpus_text):
 
 def test_pretraining_corpus_has_no_suite_instructions(corpus_text):
     # Whole phrases: word lists may put two suite words side by side by chance.
-    for marker in ("Please answer the following", "Please choose the correct", "the correct answer is",
-                   "Answer Choices:"):  # fmt: skip
+    for marker in (
+        "Please answer the following",
+        "Please choose the correct",
+        "the correct answer is",
+        "Answer Choices:",
+    ):
         assert marker not in corpus_text, marker
     # The exams share the suites' layout (numbered options, an "Answer format:" line), not their wording.
     assert "Answer format:" in corpus_text and "the right option is" in corpus_text

@@ -43,9 +43,11 @@ def test_the_loss_at_label_positions_is_transformers_loss(arch):
     positions = label_positions(labels)
     assert len(positions) < labels.shape[1] - 1  # the point: fewer logits than positions
     kept = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_router_logits=True,
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        output_router_logits=True,
         logits_to_keep=positions,
-    )  # fmt: skip
+    )
     assert kept.logits.shape == (labels.shape[0], len(positions), full.logits.shape[-1])
     loss = next_token_loss(kept.logits, labels, positions) + model.config.router_aux_loss_coef * kept.aux_loss
     assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)

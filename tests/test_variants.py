@@ -1,5 +1,5 @@
-"""The variant registry (perft_exp/adapters/variants.py): one spec per variant, the config files agree with it,
-and the run names and labels it derives are the paper's (and those of earlier versions)."""
+"""The variant registry (perft_exp/adapters/variants.py): one spec per variant, the config files agree with
+it, and the run names and labels it derives are the paper's (and those of earlier versions)."""
 
 from __future__ import annotations
 
@@ -35,21 +35,47 @@ def test_every_variant_composes_and_validates(name):
         (dict(variant="D", num_experts=4, top_k=None), "D-n4-r16", "D (4) r16"),
         (dict(variant="S", num_experts=None, top_k=None), "S-r16", "S (1) r16"),
         (dict(variant="qv_lora", num_experts=None, top_k=None), "qv_lora-r16", "qv-LoRA r16"),
-        (dict(variant="router_expert_lora", num_experts=None, top_k=None), "router_expert_lora-r16",
-         "router+expert-LoRA r16"),
+        (
+            dict(variant="router_expert_lora", num_experts=None, top_k=None),
+            "router_expert_lora-r16",
+            "router+expert-LoRA r16",
+        ),
         (dict(variant="none", num_experts=None, top_k=None), "none", "base model"),
-        (dict(variant="R", num_experts=8, top_k=2, alpha=8.0, form="adapter", init="zero_b",
-              authors_weighting_defect=True), "R-n8-k2-r16-a8-adapter-zero_b-defect",
-         "R (Top2/8) [alpha=8, adapter, init=zero_b, authors' defect] r16"),
+        (
+            dict(
+                variant="R",
+                num_experts=8,
+                top_k=2,
+                alpha=8.0,
+                form="adapter",
+                init="zero_b",
+                authors_weighting_defect=True,
+            ),
+            "R-n8-k2-r16-a8-adapter-zero_b-defect",
+            "R (Top2/8) [alpha=8, adapter, init=zero_b, authors' defect] r16",
+        ),
         (dict(variant="S", num_experts=None, top_k=None, alpha=32.0), "S-r16", "S (1) r16"),
-        (dict(variant="R", num_experts=4, top_k=2, dropout_scope="shared", router_init="authors",
-              router_dtype="model"), "R-n4-k2-r16-drop_shared-rinit_authors-rdtype_model",
-         "R (Top2/4) [shared dropout, router init=authors, router dtype=model] r16"),
-        # A LoRA baseline takes the rank and alpha only: the PEFT experts' form and init are neither run nor named.
-        (dict(variant="qv_lora", num_experts=None, top_k=None, alpha=8.0, form="adapter", init="zero_b"),
-         "qv_lora-r16-a8", "qv-LoRA [alpha=8] r16"),
+        (
+            dict(
+                variant="R",
+                num_experts=4,
+                top_k=2,
+                dropout_scope="shared",
+                router_init="authors",
+                router_dtype="model",
+            ),
+            "R-n4-k2-r16-drop_shared-rinit_authors-rdtype_model",
+            "R (Top2/4) [shared dropout, router init=authors, router dtype=model] r16",
+        ),
+        # A LoRA baseline takes the rank and alpha only:
+        # the PEFT experts' form and init are neither run nor named.
+        (
+            dict(variant="qv_lora", num_experts=None, top_k=None, alpha=8.0, form="adapter", init="zero_b"),
+            "qv_lora-r16-a8",
+            "qv-LoRA [alpha=8] r16",
+        ),
     ],
-)  # fmt: skip
+)
 def test_run_names_and_labels(perft, tag, label):
     cfg = PerftConfig(**perft)
     assert run_tag(cfg.to_dict()) == tag and run_tag(cfg.to_dict(), seed=3) == f"{tag}-s3"
@@ -57,10 +83,17 @@ def test_run_names_and_labels(perft, tag, label):
 
 
 def test_a_lora_baseline_resets_what_only_the_peft_experts_take():
-    """A model config may set the PEFT experts' form (the tiny models: adapter); a baseline's saved config, name
-    and label still say what HF PEFT's LoRA ran, whether the dict went through PerftConfig or not."""
-    raw = dict(variant="expert_lora", num_experts=None, top_k=None, bottleneck=8, form="adapter",
-               dropout_scope="shared", router_init="authors")  # fmt: skip
+    """A model config may set the PEFT experts' form (the tiny models: adapter); a baseline's saved config,
+    name and label still say what HF PEFT's LoRA ran, whether the dict went through PerftConfig or not."""
+    raw = dict(
+        variant="expert_lora",
+        num_experts=None,
+        top_k=None,
+        bottleneck=8,
+        form="adapter",
+        dropout_scope="shared",
+        router_init="authors",
+    )
     cfg = PerftConfig(**raw)
     assert (cfg.form, cfg.dropout_scope, cfg.router_init) == ("lora", "expert", "linear")
     assert run_tag(raw) == run_tag(cfg.to_dict()) == "expert_lora-r8"
@@ -86,8 +119,8 @@ def test_knobs_that_apply_to_one_variant_are_refused_elsewhere():
 
 
 def test_resolve_fills_the_model_dependent_defaults_once():
-    """E's N and K are the base model's and a null aux coefficient the architecture's: filled by resolve (which
-    apply_adapters runs), so what is saved and labelled holds numbers, and the dict round-trips."""
+    """E's N and K are the base model's and a null aux coefficient the architecture's: filled by resolve
+    (which apply_adapters runs), so what is saved and labelled holds numbers, and the dict round-trips."""
     from moe_models import tiny_moe
 
     from perft_exp.adapters.model import apply_adapters

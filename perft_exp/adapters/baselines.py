@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def lora_config(cfg: PerftConfig, arch: MoEArchitecture) -> LoraConfig:
+    """HF PEFT's LoraConfig for `cfg`'s LoRA baseline on `arch`; NotApplicable where a target is missing."""
     if cfg.variant not in LORA_BASELINES:
         raise ValueError(f"not a LoRA baseline: {cfg.variant!r}; choose one of {', '.join(LORA_BASELINES)}")
     where = {
@@ -60,6 +61,7 @@ def lora_config(cfg: PerftConfig, arch: MoEArchitecture) -> LoraConfig:
 
 
 def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
+    """`model` wrapped by HF PEFT's LoRA for `cfg`'s baseline: a PeftModel carrying `perft_config`."""
     with quiet_peft():
         peft_model = get_peft_model(model, lora_config(cfg, architecture_for(model)))
     peft_model.perft_config = cfg

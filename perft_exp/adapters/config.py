@@ -4,11 +4,12 @@ Field names equal the Hydra keys under `perft.` and the paper's names:
 `num_experts` (N), `top_k` (K), `bottleneck` (r, the paper's D_B), `alpha` (LoRA scale numerator).
 
 Two states of one object. As composed, a config holds what the user chose: E's N and K are null (the base
-model decides them) and `aux_loss_coef` may be null (the architecture decides it). `resolve(arch, model_config)`
-fills those model-dependent defaults once, when the base model is known (apply_adapters does it), so the object
-that is built is the object that is saved: the run's results, its adapter_config.json, its run label and W&B
-config all read the resolved values (`E (Top8/64)`, aux_loss_coef 0.01), never a null to fill in again.
-What each variant takes from the user, from the model, or pins is its registry entry (adapters/variants.py).
+model decides them) and `aux_loss_coef` may be null (the architecture decides it).
+`resolve(arch, model_config)` fills those model-dependent defaults once, when the base model is known
+(apply_adapters does it), so the object that is built is the object that is saved: the run's results, its
+adapter_config.json, its run label and W&B config all read the resolved values (`E (Top8/64)`, aux_loss_coef
+0.01), never a null to fill in again. What each variant takes from the user, from the model, or pins is its
+registry entry (adapters/variants.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ ROUTER_DTYPES = ("float32", "model")
 
 @dataclass
 class PerftConfig:
+    """What to attach, one field per Hydra key under `perft.`; as composed or resolved (module docstring)."""
+
     variant: str = field(
         default="R",
         metadata={"help": "R, E, D, S (PERFT) or a LoRA baseline (qv_lora, ...), or none (the frozen model)"},
@@ -124,9 +127,9 @@ class PerftConfig:
             ("router_dtype", ROUTER_DTYPES),
         ):
             one_of(f"perft.{key}", getattr(self, key), allowed)
-        # A LoRA baseline (HF PEFT's LoRA: rank, alpha, dropout) or the frozen model does not take the PEFT experts'
-        # form, init, ...; a model config may set them for PERFT (the tiny models' adapter form): back to the
-        # defaults, so the saved config, name and label say what ran.
+        # A LoRA baseline (HF PEFT's LoRA: rank, alpha, dropout) or the frozen model does not take the PEFT
+        # experts' form, init, ...; a model config may set them for PERFT (the tiny models' adapter form):
+        # back to the defaults, so the saved config, name and label say what ran.
         for key, value in applicable(self.to_dict()).items():
             setattr(self, key, value)
         if spec.family is Family.NONE:
@@ -153,7 +156,8 @@ class PerftConfig:
             self._check_count(key, getattr(self, key))
         if "top_k" in spec.knobs and self.top_k > self.num_experts:
             raise ValueError(
-                f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; top_k must be in [1, num_experts]"
+                f"perft.top_k={self.top_k} > perft.num_experts={self.num_experts}; "
+                "top_k must be in [1, num_experts]"
             )
         overridden = [
             f"perft.{k}={getattr(self, k)}" for k in spec.from_model if getattr(self, k) is not None
@@ -182,6 +186,7 @@ class PerftConfig:
 
     @property
     def lora_alpha(self) -> float:
+        """LoRA's alpha: `alpha`, or 2 r when it is unset."""
         return self.alpha if self.alpha is not None else 2.0 * self.bottleneck
 
     @property
@@ -191,9 +196,11 @@ class PerftConfig:
 
     @property
     def is_perft(self) -> bool:
+        """Whether the variant is PERFT (R, E, D, S), not a LoRA baseline or the frozen model."""
         return self.spec.is_perft
 
     def to_dict(self) -> dict:
+        """The knobs as a plain dict."""
         return asdict(self)
 
     @classmethod
@@ -212,19 +219,20 @@ class PerftConfig:
         return cfg
 
     def resolve(self, arch: MoEArchitecture, model_config) -> PerftConfig:
-        """A copy with the model-dependent defaults filled in: the knobs the variant takes from the model (E's N
-        and K: the model's expert count and top-k) and a null aux_loss_coef (the architecture's). Idempotent."""
+        """A copy with the model-dependent defaults filled in: the knobs the variant takes from the model (E's
+        N and K: the model's expert count and top-k) and a null aux_loss_coef (the architecture's).
+        Idempotent."""
         out = copy.copy(self)
         for key in self.spec.from_model:
-            setattr(
-                out, key, getattr(arch, key)(model_config)
-            )  # arch.num_experts(config), arch.top_k(config)
+            # arch.num_experts(config), arch.top_k(config)
+            setattr(out, key, getattr(arch, key)(model_config))
         if out.aux_loss_coef is None:
             out.aux_loss_coef = arch.adapter_aux_loss_coef
         return out
 
     def display_name(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
-        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`, `S (1)`, `qv-LoRA`, `base model`."""
+        """The paper's figure label: `R (Top2/4)`, `E (Top8/64)`, `D (4)`,
+        `S (1)`, `qv-LoRA`, `base model`."""
         return variant_label(self.to_dict(), base_top_k, base_experts)
 
     def run_label(self, base_top_k: int | None = None, base_experts: int | None = None) -> str:
@@ -236,9 +244,9 @@ _DEFAULTS = {f.name: f.default for f in fields(PerftConfig)}
 
 
 def applicable(perft: Mapping) -> dict:
-    """`perft` (a dict of PerftConfig's keys, some or all) as its variant runs it: the keys the variant does not
-    take (`Variant.takes`: PERFT_ONLY, for a LoRA baseline or the frozen model) at their defaults. A run directory
-    compares configs through it, so `variant=qv_lora` on a model that sets the adapter form and
+    """`perft` (a dict of PerftConfig's keys, some or all) as its variant runs it: the keys the variant does
+    not take (`Variant.takes`: PERFT_ONLY, for a LoRA baseline or the frozen model) at their defaults. A run
+    directory compares configs through it, so `variant=qv_lora` on a model that sets the adapter form and
     `variant=qv_lora perft.form=lora` are one run."""
     out = dict(perft)
     spec = REGISTRY.get(out.get("variant"))

@@ -21,6 +21,8 @@ from perft_exp.models.arch import UnsupportedModel, architecture_for
 
 @dataclass
 class ParamCounts:
+    """A model's parameter counts (the module docstring defines each)."""
+
     trainable: int
     activated_trainable: int
     base_total: int
@@ -28,13 +30,16 @@ class ParamCounts:
 
     @property
     def trainable_ratio(self) -> float:
+        """trainable / base_total."""
         return self.trainable / self.base_total
 
     @property
     def activated_ratio(self) -> float:
+        """activated_trainable / base_active: the paper's efficiency ratio."""
         return self.activated_trainable / self.base_active
 
     def to_dict(self) -> dict:
+        """The four counts and the two ratios."""
         return {
             **asdict(self),
             "trainable_ratio": self.trainable_ratio,
@@ -47,6 +52,7 @@ def _numel(p: nn.Parameter) -> int:
 
 
 def count_parameters(model: nn.Module) -> ParamCounts:
+    """The model's ParamCounts; a model without MoE blocks counts every parameter as active."""
     config = getattr(model, "config", None)
     try:
         arch = architecture_for(model) if config is not None else None

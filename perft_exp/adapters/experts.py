@@ -4,7 +4,8 @@ Expert j maps x (D,) to  s * f(x A_j) B_j  with A_j (D, r), B_j (r, D):
   LoRA form:    f = identity, s = alpha / r
   adapter form: f = activation, s = 1
 Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
-which a routing kind may mask some (weight 0: a variable number of experts per token, perft_exp.adapters.routing):
+which a routing kind may mask some (weight 0: a variable number of experts per token,
+perft_exp.adapters.routing):
   dense:   all N experts for all tokens in two matmuls, unchosen experts masked by a zero weight.
            Cheapest when N * r is small next to K * r (R with a few experts; D and S use it unmasked).
   grouped: only the chosen (token, expert) pairs, sorted by expert and computed with one grouped
@@ -17,8 +18,8 @@ which a routing kind may mask some (weight 0: a variable number of experts per t
 Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
 training only: every (token, expert) pair draws its own keep mask m ~ Bernoulli(1 - p), scaled by 1 / (1 - p),
 applied where the authors apply it in each form:
-  LoRA form:    expert_j(x) = s * B_j A_j (m_tj * x)           mask over D, on the expert's input
-  adapter form: expert_j(x) = W_up act(m_tj * (W_down x))      mask over r, after W_down, before the activation
+  LoRA form:    expert_j(x) = s * B_j A_j (m_tj * x)        mask over D, on the expert's input
+  adapter form: expert_j(x) = W_up act(m_tj * (W_down x))   mask over r, after W_down, before the activation
 The masks are one tensor `keep` (T, K, D or r), one row per routed pair (K = N for the always-on experts of D
 and S), drawn here or passed in (the tests hand the same masks to every path and to the loop oracle). Costs:
 grouped keeps a bool (S, D) mask for backward; dense computes every expert for each of the K masked inputs
@@ -37,7 +38,7 @@ from torch import nn
 from perft_exp.adapters import reference
 
 # What moving one routed pair's D-vector in and out costs in the grouped path, in units of dense columns
-# (choose_impl); measured on a 2-core AMD EPYC, where grouped beat dense from N*r = 128 at K = 2.
+# (choose_impl): grouped beats dense once N*r > K*(r + 32) (CPU, fp32; docs/benchmarks.md).
 _GATHER_COLUMNS = 32
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
@@ -67,9 +68,8 @@ class _GatherGroupedMM(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_xs = _masked(
-                F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale
-            )  # (S, D)
+            # (S, D)
+            grad_xs = _masked(F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale)
             grad_x = torch.zeros_like(x).index_add_(0, token, grad_xs)
         if ctx.needs_input_grad[1]:
             xs = _masked(x.index_select(0, token), keep, ctx.scale)
@@ -117,6 +117,8 @@ def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 
 class PeftExperts(nn.Module):
+    """N PEFT experts of one layer: A (N, D, r) and B (N, r, D), in the LoRA or the adapter form."""
+
     def __init__(
         self,
         num_experts: int,
@@ -142,6 +144,7 @@ class PeftExperts(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """Initialise A and B: the authors' `paper` init, or `zero_b` (B = 0: the model starts unchanged)."""
         with torch.no_grad():
             if self.init == "paper":
                 # The authors' init: A ~ N(0, 2/r) (the variance uses r, not the fan-in), B ~ N(0, 1e-6^2).
@@ -153,7 +156,11 @@ class PeftExperts(nn.Module):
                 self.B.zero_()
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, hidden={self.hidden_size}, bottleneck={self.bottleneck}, form={self.form}"
+        """N, the hidden size, the bottleneck and the form, for the module's repr."""
+        return (
+            f"num_experts={self.num_experts}, hidden={self.hidden_size}, "
+            f"bottleneck={self.bottleneck}, form={self.form}"
+        )
 
     def _f(self, h: torch.Tensor) -> torch.Tensor:
         return self.act(h) if self.act is not None else h
@@ -170,7 +177,7 @@ class PeftExperts(nn.Module):
         return torch.rand(x.shape[0], pairs, width, device=x.device) >= self.dropout
 
     def forward_all(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        """sum_j expert_j(x) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
+        """sum_j expert_j(x) (T, D) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
         `keep` (T, N, D or r): expert-scope dropout masks (drawn here in training unless given)."""
         N, D, r = self.A.shape
         keep = self.draw_keep(x, N) if keep is None else keep
@@ -193,9 +200,10 @@ class PeftExperts(nn.Module):
         keep: torch.Tensor | None = None,
         taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) for x (T, D), weights and indices (T, K).
-        `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless given).
-        `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None: all.
+        """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) (T, D) for x (T, D), weights and indices (T, K).
+        `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
+        given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
+        all.
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
@@ -234,15 +242,14 @@ class PeftExperts(nn.Module):
             gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(1, indices, weights.to(h.dtype))
             h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
             return (h @ self.B.reshape(N * r, D)) * self.scaling
-        # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or masks
-        # its own W_down output (adapter form); every expert is computed for each of the K inputs, the chosen kept.
-        xk = (
-            _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
-        )  # (T, K|1, D)
+        # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or
+        # masks its own W_down output (adapter form); every expert is computed for each of the K inputs,
+        # the chosen kept.
+        # (T, K|1, D)
+        xk = _masked(x.unsqueeze(1), keep, self._scale) if self.form == "lora" else x.unsqueeze(1)
         hk = (xk @ a).view(T, -1, N, r).expand(T, K, N, r)
-        hk = hk.gather(2, indices.view(T, K, 1, 1).expand(T, K, 1, r)).squeeze(
-            2
-        )  # (T, K, r): the chosen experts
+        # (T, K, r): the chosen experts
+        hk = hk.gather(2, indices.view(T, K, 1, 1).expand(T, K, 1, r)).squeeze(2)
         if self.form != "lora":
             hk = _masked(hk, keep, self._scale)
         hk = self._f(hk) * weights.to(hk.dtype).unsqueeze(-1)

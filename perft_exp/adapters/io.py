@@ -1,13 +1,14 @@
 """Adapter directories: PEFT's format (`adapter_config.json` + `adapter_model.safetensors`), read and checked.
 
-PERFT adapters and the LoRA baselines are saved by PEFT's `save_pretrained` (PERFT's config carries the knobs and
-the base model's facts: perft_exp/adapters/tuner.py), so a run's `adapter/` loads with `PeftModel.from_pretrained`,
-`AutoPeftModelForCausalLM`, transformers' `load_adapter`, lm-eval's `peft=`, and `load_adapter` here alike.
-Files are written to a temporary directory and moved in, so a reader never sees half an adapter.
+PERFT adapters and the LoRA baselines are saved by PEFT's `save_pretrained` (PERFT's config carries the knobs
+and the base model's facts: perft_exp/adapters/tuner.py), so a run's `adapter/` loads with
+`PeftModel.from_pretrained`, `AutoPeftModelForCausalLM`, transformers' `load_adapter`, lm-eval's `peft=`, and
+`load_adapter` here alike. Files are written to a temporary directory and moved in,
+so a reader never sees half an adapter.
 
-Adapters written by perft-exp before it used PEFT's format (`format_version` 1: keys `model.layers.{i}.mlp.perft.
-experts.A`, the knobs under `perft`) still load: `load_adapter` converts them on the fly, and
-`python scripts/convert_adapter.py OLD_DIR NEW_DIR` rewrites one in PEFT's format.
+Adapters written by perft-exp before it used PEFT's format (`format_version` 1: keys
+`model.layers.{i}.mlp.perft.experts.A`, the knobs under `perft`) still load: `load_adapter` converts them on
+the fly, and `python scripts/convert_adapter.py OLD_DIR NEW_DIR` rewrites one in PEFT's format.
 """
 
 from __future__ import annotations
@@ -39,8 +40,18 @@ from perft_exp.run_dir import ADAPTER_CONFIG_NAME
 
 CONFIG_NAME = ADAPTER_CONFIG_NAME  # named by run_dir.py, which reads it without torch
 OLD_FORMAT_VERSION = 1
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "AdapterError", "base_signature", "check_compatible", "convert_old_adapter",
-           "load_adapter", "load_weights", "read_adapter_config", "save_adapter"]  # fmt: skip
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "AdapterError",
+    "base_signature",
+    "check_compatible",
+    "convert_old_adapter",
+    "load_adapter",
+    "load_weights",
+    "read_adapter_config",
+    "save_adapter",
+]
 
 
 def _base_config(model: nn.Module):
@@ -49,15 +60,16 @@ def _base_config(model: nn.Module):
 
 
 def save_adapter(model: nn.Module, out_dir: str | os.PathLike, base_model: str) -> Path:
-    """Save the PEFT model's active adapter with PEFT's `save_pretrained`; `base_model` (a hub id or a path that
-    loads) becomes its `base_model_name_or_path`, which AutoPeftModelForCausalLM loads."""
+    """Save the PEFT model's active adapter with PEFT's `save_pretrained`; `base_model` (a hub id or a path
+    that loads) becomes its `base_model_name_or_path`, which AutoPeftModelForCausalLM loads."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for cfg in model.peft_config.values():
         cfg.base_model_name_or_path = base_model
     tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out))
     try:
-        # save_embedding_layers=False: PEFT's "auto" would look the base model up on the hub to compare vocab sizes.
+        # save_embedding_layers=False: PEFT's "auto" would look the base model up on
+        # the hub to compare vocab sizes.
         model.save_pretrained(str(tmp), save_embedding_layers=False)
         for f in tmp.iterdir():
             os.replace(f, out / f.name)
@@ -71,16 +83,20 @@ def _is_old_format(meta: dict) -> bool:
 
 
 def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
-    """What perft-exp checks of an adapter, in either format: `peft_type`, `variant` and `perft` (the knobs; None for
-    a LoRA baseline in PEFT's format), `base_model`, `base_signature` (None for a LoRA baseline), `old_format`."""
+    """What perft-exp checks of an adapter, in either format: `peft_type`, `variant` and `perft` (the knobs;
+    None for a LoRA baseline in PEFT's format), `base_model`, `base_signature` (None for a LoRA baseline),
+    `old_format`."""
     path = Path(adapter_dir) / CONFIG_NAME
     meta = read_config_json(path)
     if _is_old_format(meta):
         for key in ("variant", "perft", "base_signature"):
             if key not in meta:
                 raise AdapterError(f"adapter config {path} lacks the key {key!r}")
-        return {**meta, "peft_type": "PERFT" if PerftConfig.from_dict(meta["perft"]).is_perft else "LORA",
-                "old_format": True}  # fmt: skip
+        return {
+            **meta,
+            "peft_type": "PERFT" if PerftConfig.from_dict(meta["perft"]).is_perft else "LORA",
+            "old_format": True,
+        }
     if "peft_type" not in meta:
         raise AdapterError(f"adapter config {path} has no peft_type: not a PEFT adapter")
     knob_names = {f for f in PerftConfig.__dataclass_fields__}
@@ -100,8 +116,8 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
 def check_compatible(
     meta: dict, model_config, cfg: PerftConfig | None = None, where: str = "", base_model: str | None = None
 ) -> None:
-    """Raise AdapterError naming the first mismatch between an adapter (read_adapter_config) and a base model or
-    the run's PerftConfig. `model_config` None skips the architecture check (before the model is loaded);
+    """Raise AdapterError naming the first mismatch between an adapter (read_adapter_config) and a base model
+    or the run's PerftConfig. `model_config` None skips the architecture check (before the model is loaded);
     `base_model` compares the base model's hub id / path as recorded at save time."""
     if base_model is not None and meta.get("base_model") not in (None, base_model):
         raise AdapterError(
@@ -112,8 +128,8 @@ def check_compatible(
         for key, saved in meta["base_signature"].items():
             if sig.get(key) != saved:
                 raise AdapterError(
-                    f"adapter {where} was trained on base model {meta.get('base_model')!r} with {key}={saved}, "
-                    f"but this model has {key}={sig.get(key)}"
+                    f"adapter {where} was trained on base model {meta.get('base_model')!r} "
+                    f"with {key}={saved}, but this model has {key}={sig.get(key)}"
                 )
     if cfg is None:
         return
@@ -129,7 +145,8 @@ def check_compatible(
             continue
         if getattr(saved, key) != getattr(cfg, key):
             raise AdapterError(
-                f"adapter {where} is perft.{key}={getattr(saved, key)!r}, but the run asks for {getattr(cfg, key)!r}"
+                f"adapter {where} is perft.{key}={getattr(saved, key)!r}, "
+                f"but the run asks for {getattr(cfg, key)!r}"
             )
 
 
@@ -146,7 +163,8 @@ def convert_old_adapter(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         raise AdapterError(f"adapter weights {src / WEIGHTS_NAME} are truncated or corrupted: {e}") from e
     if cfg.is_perft:
         peft_config = PerftPeftConfig.from_knobs(cfg, base_signature=meta["base_signature"])
-        # model.layers.0.mlp.perft.experts.A -> base_model.model.model.layers.0.mlp.perft.perft_layer.experts.A
+        # model.layers.0.mlp.perft.experts.A ->
+        # base_model.model.model.layers.0.mlp.perft.perft_layer.experts.A
         state = {
             "base_model.model." + k.replace(".perft.", ".perft.perft_layer.", 1): v for k, v in state.items()
         }

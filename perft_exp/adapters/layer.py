@@ -25,6 +25,8 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class PerftLayer(nn.Module):
+    """One MoE block's PEFT experts and their routing kind: x (T, D) -> y (T, D) (module docstring)."""
+
     def __init__(
         self,
         cfg: PerftConfig,
@@ -44,7 +46,8 @@ class PerftLayer(nn.Module):
         )
         if cfg.authors_weighting_defect and cfg.top_k > base_top_k:
             raise ValueError(
-                f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), got {cfg.top_k}"
+                f"perft.authors_weighting_defect needs perft.top_k <= the model's top-k ({base_top_k}), "
+                f"got {cfg.top_k}"
             )
         shared = cfg.dropout_scope == "shared" and cfg.dropout > 0
         self.dropout = nn.Dropout(cfg.dropout) if shared else nn.Identity()
@@ -71,10 +74,12 @@ class PerftLayer(nn.Module):
 
     @property
     def needs_base_routing(self) -> bool:
+        """Whether the routing kind reads the frozen router's output (E, R's authors' defect)."""
         return self.routing.uses_base_routing
 
     @property
     def num_experts(self) -> int:
+        """N, the PEFT experts of this layer."""
         return self.experts.num_experts
 
     def activated_fraction(self) -> float:
@@ -82,6 +87,7 @@ class PerftLayer(nn.Module):
         return self.routing.activated_fraction()
 
     def extra_repr(self) -> str:
+        """The routing kind, for the module's repr."""
         return f"routing={self.routing.extra_repr()}"
 
     def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
@@ -98,14 +104,16 @@ class PerftLayer(nn.Module):
 
 
 def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:
+    """Every PerftLayer of the model."""
     return (m for m in model.modules() if isinstance(m, PerftLayer))
 
 
 def adapter_aux_loss(model: nn.Module, attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The routing kind's aux loss over all layers (R: the router load balancing in the base model's Switch form,
-    padding masked).
+    """The routing kind's aux loss over all layers (R: the router load balancing in the base model's Switch
+    form, padding masked).
 
-    None when the model has no PEFT router or no forward has run since the last call (reading it consumes it).
+    A scalar tensor; `attention_mask` is the model's (B, L) mask. None when the model has no PEFT router or no
+    forward has run since the last call (reading it consumes it).
     """
     layers = [m for m in perft_layers(model) if m.router_logits is not None]
     if not layers:

@@ -1,9 +1,11 @@
 """Attach PERFT (or a LoRA baseline) to a Hugging Face MoE model through PEFT; freeze the base; R's aux loss.
 
     model = AutoModelForCausalLM.from_pretrained(...)
-    model = apply_adapters(model, PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))  # a PeftModel
+    # a PeftModel:
+    model = apply_adapters(model, PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))
     out = model(**batch, labels=labels, output_router_logits=True)
-    out.loss        # LM loss + the base aux loss + (training) aux_loss_coef x R's router aux loss (perft_exp.adapters.tuner)
+    # LM loss + the base aux loss + (training) aux_loss_coef x R's router aux loss (perft_exp.adapters.tuner):
+    out.loss
 
 Attach before the model's first forward: transformers installs its router-logit hooks then.
 """
@@ -23,11 +25,20 @@ from perft_exp.adapters.peft_compat import quiet_peft
 from perft_exp.adapters.tuner import PerftPeftConfig
 from perft_exp.models.arch import architecture_for
 
-__all__ = ["PerftLayer", "adapter_aux_loss", "adapters_disabled", "apply_adapters", "apply_perft", "freeze",
-           "perft_layers", "trainable_parameters"]  # fmt: skip
+__all__ = [
+    "PerftLayer",
+    "adapter_aux_loss",
+    "adapters_disabled",
+    "apply_adapters",
+    "apply_perft",
+    "freeze",
+    "perft_layers",
+    "trainable_parameters",
+]
 
 
 def freeze(model: nn.Module) -> None:
+    """Set requires_grad False on every parameter of the model."""
     for p in model.parameters():
         p.requires_grad_(False)
 
@@ -48,7 +59,8 @@ def apply_perft(model: nn.Module, cfg: PerftConfig) -> nn.Module:
 def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
     """PERFT variants and LoRA baselines through HF PEFT (returns a PeftModel); `none` freezes only.
 
-    `cfg` is resolved against the model first (PerftConfig.resolve); `model.perft_config` is the resolved one."""
+    `cfg` is resolved against the model first (PerftConfig.resolve);
+    `model.perft_config` is the resolved one."""
     cfg = cfg.resolve(architecture_for(model), model.config)
     if cfg.variant == "none":
         freeze(model)
@@ -60,6 +72,7 @@ def apply_adapters(model: nn.Module, cfg: PerftConfig) -> nn.Module:
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{name: parameter} of the parameters that require grad."""
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 

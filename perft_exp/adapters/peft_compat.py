@@ -1,8 +1,10 @@
-"""The pinned PEFT against the pinned transformers: warnings from one about the other, which no user can act on.
+"""The pinned PEFT against the pinned transformers: warnings from one about the other,
+which no user can act on.
 
 PEFT's `PeftModel.__init__` (0.21) reads `model.is_gradient_checkpointing`, an alias that transformers 5.x
-deprecates with a FutureWarning on every read: each `get_peft_model` and `PeftModel.from_pretrained` would print
-it. `quiet_peft()` drops exactly that warning around the calls perft-exp makes; every other warning shows.
+deprecates with a FutureWarning on every read: each `get_peft_model` and `PeftModel.from_pretrained` would
+print it. `quiet_peft()` drops exactly that warning around the calls perft-exp makes;
+every other warning shows.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ def routed_loop(
     keep_scale: float = 1.0,  # 1 / (1 - p)
     form: str = "lora",
 ) -> torch.Tensor:
+    """sum_k weights[t, k] * expert_{indices[t, k]}(x_t), one expert at a time: x (T, D), weights and
+    indices (T, K), A (N, D, r), B (N, r, D) -> (T, D)."""
     y = torch.zeros_like(x)
     for e in range(A.shape[0]):
         token, slot = torch.where(indices == e)
@@ -48,6 +50,7 @@ def all_loop(
     keep_scale: float = 1.0,
     form: str = "lora",
 ) -> torch.Tensor:
+    """sum_j expert_j(x), one expert at a time (D, S): x (T, D), A (N, D, r), B (N, r, D) -> (T, D)."""
     y = torch.zeros_like(x)
     for e in range(A.shape[0]):
         m = None if keep is None else keep[:, e].to(x.dtype) * keep_scale

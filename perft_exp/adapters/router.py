@@ -2,10 +2,11 @@
 
 q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J). W_r is (N, D), no bias.
 
-Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the authors'
-router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std = initializer_range,
-0.02 for OLMoE and Mixtral). Its dtype (`perft.router_dtype`) is fp32 or, as theirs, the model's: in bf16 an
-AdamW update at lr 1e-5 is mostly below half a unit in the last place of a weight of size ~0.02, so it is lost.
+Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the
+authors' router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std =
+initializer_range, 0.02 for OLMoE and Mixtral). Its dtype (`perft.router_dtype`) is fp32 or, as theirs, the
+model's: in bf16 an AdamW update at lr 1e-5 is mostly below half a unit in the last place of a weight of size
+~0.02, so it is lost.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ AUTHORS_INIT_STD = 0.02  # transformers' initializer_range of OLMoE-1B-7B and Mi
 
 
 class PeftRouter(nn.Module):
+    """R's learned router W_r (N, D): x (T, D) -> logits (T, N), top-K weights (T, K), indices (T, K)."""
+
     def __init__(
         self,
         hidden_size: int,
@@ -32,9 +35,8 @@ class PeftRouter(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts, self.top_k = num_experts, top_k
-        self.weight = nn.Parameter(
-            torch.empty(num_experts, hidden_size, dtype=dtype, device=device)
-        )  # (N, D)
+        # (N, D)
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=dtype, device=device))
         with torch.no_grad():
             if init == "authors":
                 self.weight.normal_(0.0, AUTHORS_INIT_STD)
@@ -45,6 +47,7 @@ class PeftRouter(nn.Module):
                 raise ValueError(f"unknown router init {init!r}")
 
     def extra_repr(self) -> str:
+        """N and K, for the module's repr."""
         return f"num_experts={self.num_experts}, top_k={self.top_k}"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

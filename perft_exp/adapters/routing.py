@@ -5,20 +5,21 @@
     y = sum_k routed.weights[t, k] * expert_{routed.indices[t, k]}(x_t)  (perft_exp.adapters.experts)
 
 A `Routed` holds, per token t, K slots: `indices` (T, K) (distinct within a row) and `weights` (T, K); a kind
-that picks fewer than K experts for a token masks the other slots (`taken` False, weight 0), so a variable number
-of experts per token runs through the same dense, grouped and loop expert compute. `indices=None` means every
-PEFT expert at weight 1 (D, S).
+that picks fewer than K experts for a token masks the other slots (`taken` False, weight 0), so a variable
+number of experts per token runs through the same dense, grouped and loop expert compute. `indices=None` means
+every PEFT expert at weight 1 (D, S).
 
   top_k   R: the learned router W_r (N, D): q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J)
   top_p   R with `perft.top_p=p`: the fewest of the top-K whose q sum to >= p, renormalised over those taken
   base    E: the frozen router's top-k set S and its weights p_i (one PEFT expert per FFN expert)
   all     D, S: every PEFT expert, weight 1
 
-Each kind also says which parameters one token activates (`activated_fraction`: counting), whether it reads the
-frozen router's output (`uses_base_routing`) and its auxiliary loss (R: the Switch load-balancing loss).
+Each kind also says which parameters one token activates (`activated_fraction`: counting), whether it reads
+the frozen router's output (`uses_base_routing`) and its auxiliary loss (R: the Switch load-balancing loss).
 
-A new routing kind is a subclass plus an entry in ROUTING_KINDS; its knob (a PerftConfig field, and a KNOBS entry
-in adapters/variants.py when it should show in run names) is its `switch`: set, it replaces the kind it refines.
+A new routing kind is a subclass plus an entry in ROUTING_KINDS; its knob (a PerftConfig field, and a KNOBS
+entry in adapters/variants.py when it should show in run names) is its `switch`: set,
+it replaces the kind it refines.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class Routed:
 
 
 def base_top_k(base_routing: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weights (T, k), indices (T, k)) of the frozen router's output (router_logits, top_k_weights, top_k_index)."""
+    """(weights (T, k), indices (T, k)) of the frozen router's output
+    (router_logits, top_k_weights, top_k_index)."""
     _, weights, indices = base_routing
     return weights, indices
 
@@ -71,6 +73,7 @@ class RoutingKind:
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+        """The kind for a `perft` mapping, with N PEFT experts and at most K per token."""
         return cls(num_experts, top_k)
 
     @property
@@ -97,11 +100,13 @@ class RoutingKind:
         return None
 
     def extra_repr(self) -> str:
+        """The kind's name, N and K, for the layer's repr."""
         return f"{self.name}: num_experts={self.num_experts}, top_k={self.top_k}"
 
 
 class TopK(RoutingKind):
-    """R: its own router, top-K, renormalised (optionally weighted by the frozen router: the authors' defect)."""
+    """R: its own router, top-K, renormalised (optionally weighted by the frozen
+    router: the authors' defect)."""
 
     name, routing = "top_k", Routing.OWN
 
@@ -119,18 +124,28 @@ class TopK(RoutingKind):
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int, **kw) -> RoutingKind:
-        return cls(num_experts, top_k, router_init=perft.get("router_init", "linear"),
-                   authors_weighting_defect=bool(perft.get("authors_weighting_defect")), **kw)  # fmt: skip
+        """Top-K with the router init and the authors' defect flag of `perft`."""
+        return cls(
+            num_experts,
+            top_k,
+            router_init=perft.get("router_init", "linear"),
+            authors_weighting_defect=bool(perft.get("authors_weighting_defect")),
+            **kw,
+        )
 
     @property
     def uses_base_routing(self) -> bool:
+        """Only with the authors' defect, which takes the frozen router's weights."""
         return self.authors_weighting_defect
 
     def learned_router(self, hidden_size: int, *, dtype: torch.dtype, device=None) -> nn.Module:
-        return PeftRouter(hidden_size, self.num_experts, self.top_k, init=self.router_init, dtype=dtype,
-                          device=device)  # fmt: skip
+        """The PeftRouter W_r (N, D), in `dtype`."""
+        return PeftRouter(
+            hidden_size, self.num_experts, self.top_k, init=self.router_init, dtype=dtype, device=device
+        )
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """x (T, D) -> the router's top-K indices and renormalised weights (T, K), its logits (T, N)."""
         logits, weights, indices = router(x)
         if self.authors_weighting_defect:
             weights = base_top_k(base_routing)[0][:, : self.top_k]  # base weights, sorted descending
@@ -144,8 +159,9 @@ class TopK(RoutingKind):
 class TopP(TopK):
     """R with top-p: per token the fewest of the top-K experts whose router probabilities sum to >= p.
 
-    q = softmax_fp32(W_r x); sort q descending; take slot k while sum_{j<k} q_(j) < p (so at least one, at most K);
-    v = q over the slots taken, renormalised. p = 1 is top-K. The aux loss is top-K's (the router's balance).
+    q = softmax_fp32(W_r x); sort q descending; take slot k while sum_{j<k} q_(j) < p (so at least one, at
+    most K); v = q over the slots taken, renormalised. p = 1 is top-K. The aux loss is top-K's (the router's
+    balance).
     """
 
     name, switch = "top_p", "top_p"
@@ -156,9 +172,12 @@ class TopP(TopK):
 
     @classmethod
     def from_config(cls, perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+        """Top-K's settings plus `perft.top_p`."""
         return super().from_config(perft, num_experts, top_k, top_p=perft["top_p"])
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """x (T, D) -> top-K indices (T, K), the slots past mass p masked (`taken`), weights renormalised
+        over the slots taken; logits (T, N)."""
         logits = router.logits(x)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
         top, indices = torch.topk(probs, self.top_k, dim=-1)  # (T, K) descending
@@ -168,6 +187,7 @@ class TopP(TopK):
         return Routed(indices, top / top.sum(-1, keepdim=True), taken=taken, logits=logits)
 
     def extra_repr(self) -> str:
+        """Top-K's repr and p."""
         return f"{super().extra_repr()}, top_p={self.top_p}"
 
 
@@ -178,9 +198,11 @@ class Base(RoutingKind):
 
     @property
     def uses_base_routing(self) -> bool:
+        """Always: E routes by the frozen router."""
         return True
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """The frozen router's top-k weights and indices (T, k); x is not read."""
         weights, indices = base_top_k(base_routing)
         return Routed(indices, weights)
 
@@ -191,9 +213,11 @@ class AllOn(RoutingKind):
     name, routing = "all", Routing.ALL
 
     def route(self, x: torch.Tensor, router: nn.Module | None, base_routing: tuple | None) -> Routed:
+        """Every PEFT expert at weight 1 (indices and weights None); x is not read."""
         return Routed(None, None)
 
     def activated_fraction(self) -> float:
+        """1: every token uses every PEFT expert."""
         return 1.0
 
 
@@ -201,8 +225,8 @@ ROUTING_KINDS: dict[str, type[RoutingKind]] = {k.name: k for k in (TopK, TopP, B
 
 
 def routing_kind_class(perft: Mapping) -> type[RoutingKind]:
-    """The kind a `perft` mapping runs: the one of its variant's routing whose switch knob is set, else the plain
-    one (switch None)."""
+    """The kind a `perft` mapping runs: the one of its variant's routing whose switch knob is set, else the
+    plain one (switch None)."""
     routing = get_variant(perft["variant"]).routing
     kinds = [k for k in ROUTING_KINDS.values() if k.routing is routing]
     switched = [k for k in kinds if k.switch is not None and perft.get(k.switch) is not None]
@@ -215,4 +239,5 @@ def routing_kind_class(perft: Mapping) -> type[RoutingKind]:
 
 
 def routing_kind(perft: Mapping, num_experts: int, top_k: int) -> RoutingKind:
+    """The routing kind a `perft` mapping runs, with N PEFT experts and at most K per token."""
     return routing_kind_class(perft).from_config(perft, num_experts, top_k)

@@ -1,4 +1,5 @@
-"""Routing statistics of PERFT layers, live: expert loads and router entropy (a Trainer callback), router angles.
+"""Routing statistics of PERFT layers, live: expert loads and router entropy (a Trainer callback),
+router angles.
 
     with track_routing(model) as stats:          # hooks on every PERFT layer that routes (R, E)
         model(**batch)
@@ -73,6 +74,7 @@ class LayerRouting:
     entropy_sum: torch.Tensor  # () sum over tokens of the router entropy (R only)
 
     def as_dict(self) -> dict:
+        """The layer's statistics as plain numbers (the module docstring defines them)."""
         tokens = int(self.tokens)
         load = [int(c) for c in self.load.tolist()]
         out = {
@@ -100,10 +102,13 @@ class LayerRouting:
 
 @dataclass
 class RoutingStats:
+    """The running sums of every routed PERFT layer, filled by track_routing."""
+
     layers: list[LayerRouting] = field(default_factory=list)
     padding_masked: bool = True  # False once a forward ran without an attention mask
 
     def per_layer(self) -> list[dict]:
+        """One dict of statistics per tracked layer (LayerRouting.as_dict)."""
         return [layer.as_dict() for layer in self.layers]
 
     def summary(self) -> dict:
@@ -213,8 +218,8 @@ def track_routing(model: nn.Module, when: Callable[[], bool] | None = None) -> I
 
 
 class RoutingStatsCallback(TrainerCallback):
-    """Per-layer PEFT-expert load and router entropy over each evaluation of a training run (R, E), logged with
-    `log` after the evaluation's own metrics and added to the metrics `evaluate()` returns.
+    """Per-layer PEFT-expert load and router entropy over each evaluation of a training run (R, E), logged
+    with `log` after the evaluation's own metrics and added to the metrics `evaluate()` returns.
 
     The hooks count forwards in eval mode only (the training steps between evaluations are not routing
     statistics of the validation set); each evaluation starts from zero."""
@@ -236,6 +241,7 @@ class RoutingStatsCallback(TrainerCallback):
         self._tracking = self._stats = None
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, **kwargs) -> None:
+        """Start tracking when the model has a routed PERFT layer (R, E)."""
         routed = model is not None and any(
             isinstance(m, PerftLayer) and get_variant(m.variant).routed for m in model.modules()
         )
@@ -244,6 +250,7 @@ class RoutingStatsCallback(TrainerCallback):
             self._start()
 
     def on_evaluate(self, args, state, control, metrics: dict | None = None, **kwargs) -> None:
+        """Log this evaluation's routing statistics, add them to `metrics` and start again from zero."""
         if self._stats is None:
             return
         routing = self._stats.metrics(prefix=schema.trainer_name(schema.ROUTING))
@@ -254,6 +261,7 @@ class RoutingStatsCallback(TrainerCallback):
             metrics.update(routing)
 
     def on_train_end(self, args, state, control, **kwargs) -> None:
+        """Remove the hooks."""
         self._stop()
         self._model = None
 
@@ -270,7 +278,8 @@ def orthonormal_row_basis(w: torch.Tensor, rtol: float = 1e-7) -> torch.Tensor:
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles in degrees (ascending, min(rank a, rank b) of them) between the row spaces of a and b.
+    """a (n, D), b (m, D) -> (min(rank a, rank b),): the principal angles in degrees, ascending, between the
+    row spaces of a and b.
 
     cos(theta_i) are the singular values of Qa Qb^T for orthonormal row bases Qa, Qb (Björck & Golub).
     0 for a shared direction, 90 for orthogonal subspaces.
@@ -281,7 +290,8 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer]]:
-    """(layer index, block name, the frozen MoE block, its active PERFT adapter) for every block carrying PERFT."""
+    """(layer index, block name, the frozen MoE block, its active PERFT adapter) for
+    every block carrying PERFT."""
     out = []
     for i, (name, block, tuner) in enumerate(perft_tuner_layers(model)):
         layer = next(tuner.perft_layer[a] for a in tuner.active_adapters if a in tuner.perft_layer)
@@ -290,6 +300,7 @@ def perft_blocks(model: nn.Module) -> list[tuple[int, str, nn.Module, PerftLayer
 
 
 def architecture_of(model: nn.Module):
+    """The model's MoEArchitecture (architecture_for)."""
     return architecture_for(model)
 
 
@@ -309,12 +320,21 @@ def router_angles(model: nn.Module, seed: int = 0, random_draws: int = 16) -> li
         w_r = perft.router.weight.detach().float().cpu()
         w_g = arch.router_matrix(block).detach().float().cpu()
         angles = principal_angles(w_r, w_g)
-        random = torch.stack([principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean()
-                              for _ in range(random_draws)])  # fmt: skip
-        rows.append({
-            "layer": layer, "name": name, "num_experts": w_r.shape[0], "base_experts": w_g.shape[0],
-            "hidden_size": w_r.shape[1], "angles_deg": [round(float(a), 3) for a in angles],
-            "min_deg": float(angles.min()), "mean_deg": float(angles.mean()), "max_deg": float(angles.max()),
-            "random_mean_deg": float(random.mean()),
-        })  # fmt: skip
+        random = torch.stack(
+            [principal_angles(torch.randn(w_r.shape, generator=g), w_g).mean() for _ in range(random_draws)]
+        )
+        rows.append(
+            {
+                "layer": layer,
+                "name": name,
+                "num_experts": w_r.shape[0],
+                "base_experts": w_g.shape[0],
+                "hidden_size": w_r.shape[1],
+                "angles_deg": [round(float(a), 3) for a in angles],
+                "min_deg": float(angles.min()),
+                "mean_deg": float(angles.mean()),
+                "max_deg": float(angles.max()),
+                "random_mean_deg": float(random.mean()),
+            }
+        )
     return rows

@@ -1,24 +1,27 @@
-"""PERFT as a Hugging Face PEFT method: a config, a tuner layer and a tuner model, registered with peft on import.
+"""PERFT as a Hugging Face PEFT method: a config, a tuner layer and a tuner model,
+registered with peft on import.
 
     import perft_exp                      # registers peft_type "PERFT" with peft
     from peft import get_peft_model
     model = get_peft_model(base, perft_exp.PerftConfig(variant="R", num_experts=4, top_k=2, bottleneck=16))
-    model.save_pretrained("adapter")      # adapter_config.json ("peft_type": "PERFT") + adapter_model.safetensors
+    # writes adapter_config.json ("peft_type": "PERFT") + adapter_model.safetensors:
+    model.save_pretrained("adapter")
 
-PEFT's own methods wrap a Linear: the wrapper takes the module's place. PERFT instead sits *beside* each MoE block
-(y = moe(x) + peft(x)), so nothing of the base model moves: the block, its router and experts keep their module
-paths (families that collect router logits by path, transformers' router-logit hooks, ZeRO-3 leaf modules all still
-find them). A `PerftTunerLayer` is added as the child `perft` of the block and holds one `PerftLayer` per named
-adapter in the ModuleDict `perft_layer`; a forward hook on the block adds the active adapters' output, and for the
-variants that reuse the frozen routing (E, R's authors-defect ablation) a forward hook on the block's router hands
-its (logits, top-k weights, top-k indices) over, so the routing is computed once and is exactly the base model's.
+PEFT's own methods wrap a Linear: the wrapper takes the module's place. PERFT instead sits *beside* each MoE
+block (y = moe(x) + peft(x)), so nothing of the base model moves: the block, its router and experts keep their
+module paths (families that collect router logits by path, transformers' router-logit hooks, ZeRO-3 leaf
+modules all still find them). A `PerftTunerLayer` is added as the child `perft` of the block and holds one
+`PerftLayer` per named adapter in the ModuleDict `perft_layer`; a forward hook on the block adds the active
+adapters' output, and for the variants that reuse the frozen routing (E, R's authors-defect ablation) a
+forward hook on the block's router hands its (logits, top-k weights, top-k indices) over, so the routing is
+computed once and is exactly the base model's.
 
 Tensor keys follow PEFT's convention: in the model `...mlp.perft.perft_layer.<adapter>.experts.A`, in the file
 `base_model.model....mlp.perft.perft_layer.experts.A` (the adapter name removed, so it loads under any name;
 transformers' `load_adapter` inserts it after the `perft_` prefix).
 
-Registration: peft's `register_peft_method` accepts only names of its own `PeftType` enum, so PERFT adds itself to
-peft.mapping's three tables under a `str` enum member of its own (`PerftType.PERFT == "PERFT"`).
+Registration: peft's `register_peft_method` accepts only names of its own `PeftType` enum, so PERFT adds
+itself to peft.mapping's three tables under a `str` enum member of its own (`PerftType.PERFT == "PERFT"`).
 """
 
 from __future__ import annotations
@@ -45,12 +48,21 @@ from perft_exp.models.arch import MoEArchitecture, architecture_for, find_moe_bl
 PREFIX = "perft_"  # PEFT's per-method prefix: the ModuleDict of adapters is `perft_layer`
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
-# The base-model facts an adapter's tensor shapes and routing depend on; a PERFT adapter_config.json records them.
-SIGNATURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "num_experts", "num_local_experts",
-                  "num_experts_per_tok")  # fmt: skip
+# The base-model facts an adapter's tensor shapes and routing depend on;
+# a PERFT adapter_config.json records them.
+SIGNATURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "vocab_size",
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+)
 MERGE_REFUSAL = (
-    "PERFT cannot be merged into the base weights: its PEFT experts are routed per token (R, E) or run in parallel "
-    "with the whole MoE block (D, S), so no fixed weight update equals them; use unload() for the base model"
+    "PERFT cannot be merged into the base weights: its PEFT experts are routed per token (R, E) or run in "
+    "parallel with the whole MoE block (D, S), so no fixed weight update equals them; use unload() for the "
+    "base model"
 )
 
 
@@ -58,6 +70,8 @@ _KNOB_DEFAULTS = {f.name: f.default for f in fields(knobs.PerftConfig)}
 
 
 class PerftType(StrEnum):
+    """PERFT's `str` enum member beside peft's PeftType (registration: the module docstring)."""
+
     PERFT = "PERFT"
 
 
@@ -71,7 +85,8 @@ def base_signature(config) -> dict:
 
 
 def check_signature(saved: dict, config, where: str = "") -> None:
-    """AdapterError naming the first base-model fact in which `config` differs from the adapter's `saved` ones."""
+    """AdapterError naming the first base-model fact in which `config` differs from
+    the adapter's `saved` ones."""
     have = base_signature(config)
     for key, value in saved.items():
         if have.get(key) != value:
@@ -83,11 +98,12 @@ def check_signature(saved: dict, config, where: str = "") -> None:
 
 @dataclass
 class PerftPeftConfig(PeftConfig, knobs.PerftConfig):
-    """PERFT's PEFT config: the knobs of `perft_exp.adapters.config.PerftConfig` (one list: the Hydra `perft` group's
-    schema, inherited here) plus PEFT's fields. Exported as `perft_exp.PerftConfig`.
+    """PERFT's PEFT config: the knobs of `perft_exp.adapters.config.PerftConfig` (one list: the Hydra `perft`
+    group's schema, inherited here) plus PEFT's fields. Exported as `perft_exp.PerftConfig`.
 
-    Attached to a model, it is resolved against it (E's N and K, the aux-loss coefficient) and `base_signature`
-    records the base model's facts, so the saved adapter_config.json says what ran and on what it loads."""
+    Attached to a model, it is resolved against it (E's N and K, the aux-loss coefficient) and
+    `base_signature` records the base model's facts, so the saved adapter_config.json says what ran and on
+    what it loads."""
 
     base_signature: dict | None = field(
         default=None, metadata={"help": "the base model's facts (filled when attached; checked when loading)"}
@@ -98,8 +114,8 @@ class PerftPeftConfig(PeftConfig, knobs.PerftConfig):
         if self.task_type is None:
             self.task_type = "CAUSAL_LM"
         PeftConfig.__post_init__(self)
-        # A resolved config (it carries the base model's facts) holds the knobs E took from the model: keep them
-        # through the checks that refuse them from a user.
+        # A resolved config (it carries the base model's facts) holds the knobs E took from the model: keep
+        # them through the checks that refuse them from a user.
         from_model = {k: getattr(self, k) for k in self.spec.from_model} if self.base_signature else {}
         for key in from_model:
             setattr(self, key, None)
@@ -150,8 +166,8 @@ def read_config_json(cfg_path: Path) -> dict:
 
 
 def check_adapter_files(path: str | os.PathLike) -> dict:
-    """The adapter_config.json of a local PERFT/PEFT adapter directory, its weights' header read: AdapterError naming
-    a missing, truncated or corrupted file."""
+    """The adapter_config.json of a local PERFT/PEFT adapter directory, its weights' header read: AdapterError
+    naming a missing, truncated or corrupted file."""
     path = Path(path)
     meta = read_config_json(path / CONFIG_NAME)
     weights = path / WEIGHTS_NAME
@@ -173,8 +189,8 @@ def check_adapter_files(path: str | os.PathLike) -> dict:
 class PerftTunerLayer(nn.Module, BaseTunerLayer):
     """The PEFT experts of one MoE block, for every named adapter, as the block's child `perft`.
 
-    Not a wrapper: the block keeps its place and runs unchanged; forward hooks add  sum_active peft_a(x)  to its
-    output and hand the frozen router's output to the adapters that route by it."""
+    Not a wrapper: the block keeps its place and runs unchanged; forward hooks add  sum_active peft_a(x)
+    to its output and hand the frozen router's output to the adapters that route by it."""
 
     adapter_layer_names = ("perft_layer",)
     other_param_names = ()
@@ -194,14 +210,23 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
             router.register_forward_hook(self._capture_routing),
         ]
 
-    def update_layer(self, adapter_name: str, cfg: knobs.PerftConfig, hidden_size: int, base_top_k: int,
-                     model_dtype: torch.dtype, device: torch.device) -> None:  # fmt: skip
+    def update_layer(
+        self,
+        adapter_name: str,
+        cfg: knobs.PerftConfig,
+        hidden_size: int,
+        base_top_k: int,
+        model_dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        """Add (or replace) adapter `adapter_name`'s PerftLayer on this block."""
         self.perft_layer[adapter_name] = PerftLayer(
             cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device
         )
         self.set_adapter(self.active_adapters)
 
     def remove_hooks(self) -> None:
+        """Take the forward hooks off the block and its router."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -231,14 +256,18 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         return output + y.view_as(output)
 
     def enable_adapters(self, enabled: bool) -> None:
-        # Disabled, the hook skips the PEFT experts, so no gradient reaches them: only the flag changes. PEFT's
-        # default also toggles requires_grad, which fails on parameters ZeRO-3 gathered under inference mode.
+        """Switch this block's PEFT experts on or off, for every adapter."""
+        # Disabled, the hook skips the PEFT experts, so no gradient reaches them: only the flag changes.
+        # PEFT's default also toggles requires_grad, which fails on parameters ZeRO-3 gathered under
+        # inference mode.
         self._disable_adapters = not enabled
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Refused: PERFT cannot be merged into the base weights (MERGE_REFUSAL)."""
         raise ValueError(MERGE_REFUSAL)
 
     def unmerge(self) -> None:
+        """Nothing to undo: PERFT is never merged."""
         pass
 
 
@@ -253,12 +282,14 @@ def perft_tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module, PerftTune
 
 def block_name(name: str) -> str:
     """The base model's name of the MoE block that holds a PERFT module: `model.layers.0.mlp` for
-    `base_model.model.model.layers.0.mlp.perft.perft_layer.default` or `base_model.model.model.layers.0.mlp`."""
+    `base_model.model.model.layers.0.mlp.perft.perft_layer.default` or
+    `base_model.model.model.layers.0.mlp`."""
     return name.removeprefix("base_model.model.").split(".perft.")[0].removesuffix(".perft")
 
 
 def detach(model: nn.Module, adapter_name: str | None = None) -> None:
-    """Remove one adapter (or all) from every block; a block left with none loses its `perft` child and hooks."""
+    """Remove one adapter (or all) from every block;
+    a block left with none loses its `perft` child and hooks."""
     for _, block, layer in perft_tuner_layers(model):
         for name in [adapter_name] if adapter_name else list(layer.perft_layer):
             if name in layer.perft_layer:
@@ -276,12 +307,15 @@ class PerftModel(BaseTuner):
     target_module_mapping: dict = {}
 
     def forward(self, *args, **kwargs):
-        """The model's forward; in training with labels its loss also gets aux_loss_coef x R's router load-balancing
-        loss (exposed as `perft_aux_loss`), so any trainer that reads `model(**batch).loss` (TRL) trains R as
-        perft-exp's own trainer does."""
+        """The model's forward; in training with labels its loss also gets aux_loss_coef x R's router
+        load-balancing loss (exposed as `perft_aux_loss`), so any trainer that reads `model(**batch).loss`
+        (TRL) trains R as perft-exp's own trainer does."""
         out = self.model(*args, **kwargs)
-        coefs = [c.aux_loss_coef for a in self.active_adapters if (c := self.peft_config.get(a)) is not None
-                 and c.spec.routing is Routing.OWN]  # fmt: skip
+        coefs = [
+            c.aux_loss_coef
+            for a in self.active_adapters
+            if (c := self.peft_config.get(a)) is not None and c.spec.routing is Routing.OWN
+        ]
         if not (
             self.model.training
             and coefs
@@ -295,7 +329,7 @@ class PerftModel(BaseTuner):
             out["perft_aux_loss"] = aux
         return out
 
-    # --- injection ---------------------------------------------------------------------------------------------
+    # --- injection ------------------------------------------------------------------------------------------
     def _prepare_adapter_config(self, peft_config, model_config):
         return peft_config
 
@@ -306,16 +340,23 @@ class PerftModel(BaseTuner):
     def _create_and_replace(self, *args, **kwargs) -> None:
         raise NotImplementedError("PERFT attaches beside MoE blocks in inject_adapter")
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True,
-                       low_cpu_mem_usage: bool = False, state_dict=None) -> None:  # fmt: skip
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        state_dict=None,
+    ) -> None:
+        """Attach adapter `adapter_name` beside every MoE block, its config resolved against the model and
+        the base model's signature recorded; a saved adapter of another base model is refused first."""
         cfg = self.peft_config[adapter_name]
         if not isinstance(cfg, PerftPeftConfig):
             raise TypeError(f"PerftModel takes a perft_exp.PerftConfig, got {type(cfg).__name__}")
         self._check_new_adapter_config(cfg)
         config = model.config
-        if (
-            cfg.base_signature is not None
-        ):  # a saved adapter: refuse another base model before attaching anything
+        # A saved adapter: refuse another base model before attaching anything.
+        if cfg.base_signature is not None:
             check_signature(cfg.base_signature, config)
         arch = architecture_for(model)
         cfg = cfg.resolve(arch, config)
@@ -348,15 +389,21 @@ class PerftModel(BaseTuner):
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         pass  # the PEFT experts' dtype is the `adapter_dtype` knob (float32 by default), not PEFT's autocast
 
-    # --- merging and unloading ---------------------------------------------------------------------------------
+    # --- merging and unloading ------------------------------------------------------------------------------
     def _check_merge_allowed(self):
         raise ValueError(MERGE_REFUSAL)
 
     def merge_adapter(self, *args, **kwargs) -> None:
+        """Refused: PERFT cannot be merged into the base weights (MERGE_REFUSAL)."""
         raise ValueError(MERGE_REFUSAL)
 
-    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False,
-                                     adapter_names: list[str] | None = None) -> nn.Module:  # fmt: skip
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: list[str] | None = None,
+    ) -> nn.Module:
         if merge:
             raise ValueError(MERGE_REFUSAL)
         detach(self.model)
@@ -364,11 +411,12 @@ class PerftModel(BaseTuner):
             del self.model.peft_config
         return self.model
 
-    # --- checkpoint keys ---------------------------------------------------------------------------------------
+    # --- checkpoint keys ------------------------------------------------------------------------------------
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        # PEFT's default removes the name only as the last or second-to-last part of a key; here it sits deeper
-        # (`perft_layer.<name>.experts.A`), and a key that kept it would silently miss under another adapter name.
+        # PEFT's default removes the name only as the last or second-to-last part of a key; here it sits
+        # deeper (`perft_layer.<name>.experts.A`), and a key that kept it would silently miss under another
+        # adapter name.
         return key.replace(f".{PREFIX}layer.{adapter_name}.", f".{PREFIX}layer.")
 
     @classmethod
@@ -389,7 +437,10 @@ class PerftModel(BaseTuner):
         else:
             bad = [k for k in expected if expected[k].shape != remapped[k].shape]
             if bad:
-                problem = f"{bad[0]} has shape {tuple(remapped[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
+                problem = (
+                    f"{bad[0]} has shape {tuple(remapped[bad[0]].shape)}, "
+                    f"expected {tuple(expected[bad[0]].shape)}"
+                )
         if problem:
             detach(model, adapter_name)
             raise AdapterError(f"PERFT adapter weights do not match the model ({problem})")

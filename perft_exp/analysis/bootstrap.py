@@ -20,7 +20,8 @@ resample draws the seeds and the questions once and scores both configs on that 
 that of the difference itself, tighter than asking whether the two configs' own intervals overlap.
 
     arrays = [{"boolq": SetArrays(correct, majority_hit), ...} for each seed]
-    ci = bootstrap_intervals(arrays)   # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}
+    # {"accuracy": {"boolq": (lo, hi), ..., "average": (lo, hi)}, "skill": {...}}:
+    ci = bootstrap_intervals(arrays)
     d = paired_difference(arrays_a, arrays_b)   # PairedDifference(difference, lo, hi), or None if not paired
 """
 
@@ -44,6 +45,7 @@ class SetArrays:
 
     @classmethod
     def from_rows(cls, rows: list[dict], majority_hit: list[bool]) -> SetArrays:
+        """From one set's per-question records (their `correct`) and its majority-label hits."""
         return cls(np.array([bool(r["correct"]) for r in rows]), np.array(majority_hit, dtype=bool))
 
 
@@ -67,7 +69,8 @@ def _kind_draws(
 def _per_seed(
     seeds: list[SetArrays], n_resamples: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, skill), each (B, S): every seed scored on resampled questions (shared where they line up)."""
+    """(accuracy, skill), each (B, S): every seed scored on resampled questions
+    (shared where they line up)."""
     if _shared_questions(seeds):
         table = np.column_stack([s.correct for s in seeds] + [seeds[0].majority_hit])
         kinds, draws = _kind_draws(table, n_resamples, rng)
@@ -134,6 +137,7 @@ class PairedDifference:
 
     @property
     def excludes_zero(self) -> bool:
+        """Whether the interval lies wholly above or wholly below 0."""
         return self.lo > 0 or self.hi < 0
 
 

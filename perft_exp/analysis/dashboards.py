@@ -68,15 +68,26 @@ def _grouped(groupby: str | None) -> dict:
 
 def _line(key: schema.Key, groupby: str | None = schema.VARIANT.name, **kwargs) -> wr.LinePlot:
     """`key` over training steps, runs merged by `groupby`."""
-    return wr.LinePlot(title=key.title, x=schema.STEP.name, y=[key.name], title_x=schema.STEP.title,
-                       title_y=key.title, **_grouped(groupby), **kwargs)  # fmt: skip
+    return wr.LinePlot(
+        title=key.title,
+        x=schema.STEP.name,
+        y=[key.name],
+        title_x=schema.STEP.title,
+        title_y=key.title,
+        **_grouped(groupby),
+        **kwargs,
+    )
 
 
 def _layers(stat: str) -> wr.LinePlot:
     """`stat` of every routed layer over training steps (one line per layer and run)."""
     title = f"{schema.ROUTING_STATS[stat][0]}, per layer"
-    return wr.LinePlot(title=title, x=schema.STEP.name, metric_regex=schema.routing_layers_regex(stat),
-                       title_x=schema.STEP.title)  # fmt: skip
+    return wr.LinePlot(
+        title=title,
+        x=schema.STEP.name,
+        metric_regex=schema.routing_layers_regex(stat),
+        title_x=schema.STEP.title,
+    )
 
 
 def _bars(title: str, keys: list[str], groupby: str | None = None, **kwargs) -> wr.BarPlot:
@@ -87,8 +98,9 @@ def _bars(title: str, keys: list[str], groupby: str | None = None, **kwargs) -> 
 def _accuracy_vs_activated(key: schema.Key = schema.AVERAGE_ACCURACY) -> wr.ScatterPlot:
     """The paper's efficiency figure: a run's final `key` against its activated-parameter ratio, log x."""
     x = wr.Config(schema.ACTIVATED_RATIO.name)
-    return wr.ScatterPlot(title=f"{key.title} vs activated-parameter ratio", x=x, y=wr.SummaryMetric(key.name),
-                          log_x=True)  # fmt: skip
+    return wr.ScatterPlot(
+        title=f"{key.title} vs activated-parameter ratio", x=x, y=wr.SummaryMetric(key.name), log_x=True
+    )
 
 
 def _parallel() -> wr.ParallelCoordinatesPlot:
@@ -99,12 +111,22 @@ def _parallel() -> wr.ParallelCoordinatesPlot:
 
 
 def training_panels() -> list:
-    keys = (schema.LOSS, schema.LM_LOSS, schema.VAL_LOSS, schema.BASE_AUX_LOSS, schema.ADAPTER_AUX_LOSS,
-            schema.LEARNING_RATE, schema.GRAD_NORM, schema.TOKENS_PER_S)  # fmt: skip
+    """The training metrics over steps: losses, learning rate, gradient norm, throughput."""
+    keys = (
+        schema.LOSS,
+        schema.LM_LOSS,
+        schema.VAL_LOSS,
+        schema.BASE_AUX_LOSS,
+        schema.ADAPTER_AUX_LOSS,
+        schema.LEARNING_RATE,
+        schema.GRAD_NORM,
+        schema.TOKENS_PER_S,
+    )
     return [_line(key) for key in keys]
 
 
 def evaluation_panels(test_sets: list[str]) -> list:
+    """Accuracy and skill, on average and per test set, the top-prediction share and the records table."""
     return [
         _bars(
             "average accuracy, tuned and untuned",
@@ -124,24 +146,45 @@ def evaluation_panels(test_sets: list[str]) -> list:
 
 
 def routing_panels() -> list:
+    """The routing statistics over steps (means, per layer, each expert's share) and R's router angles."""
     means = [_line(schema.routing_mean(stat), groupby=schema.LABEL.name) for stat in schema.ROUTING_STATS]
     layers = [_layers(stat) for stat in ("load_entropy", "max_load_ratio")]
-    shares = wr.LinePlot(title="each PEFT expert's share of its layer's assignments", x=schema.STEP.name,
-                         metric_regex=schema.LOAD_SHARE_REGEX, title_x=schema.STEP.title,
-                         layout=_wide())  # fmt: skip
-    angles = _bars("R's router against the frozen router: mean principal angle (deg)",
-                   [schema.ANGLE_MEAN.name, schema.ANGLE_RANDOM.name], groupby=schema.LABEL.name)  # fmt: skip
+    shares = wr.LinePlot(
+        title="each PEFT expert's share of its layer's assignments",
+        x=schema.STEP.name,
+        metric_regex=schema.LOAD_SHARE_REGEX,
+        title_x=schema.STEP.title,
+        layout=_wide(),
+    )
+    angles = _bars(
+        "R's router against the frozen router: mean principal angle (deg)",
+        [schema.ANGLE_MEAN.name, schema.ANGLE_RANDOM.name],
+        groupby=schema.LABEL.name,
+    )
     return [*means, *layers, shares, angles]
 
 
 def efficiency_panels() -> list:
-    keys = (schema.N, schema.K, schema.R, schema.TRAINABLE, schema.ACTIVATED, schema.TRAINABLE_RATIO,
-            schema.ACTIVATED_RATIO, schema.GLOBAL_BATCH)  # fmt: skip
+    """Parameter counts and ratios, accuracy against the activated ratio, step time and peak memory."""
+    keys = (
+        schema.N,
+        schema.K,
+        schema.R,
+        schema.TRAINABLE,
+        schema.ACTIVATED,
+        schema.TRAINABLE_RATIO,
+        schema.ACTIVATED_RATIO,
+        schema.GLOBAL_BATCH,
+    )
     counts = (schema.TRAINABLE, schema.ACTIVATED)  # on a log axis
     columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(k.name), log=k in counts) for k in keys]
     params = wr.ParallelCoordinatesPlot(title="parameters", layout=_wide(), columns=columns)
-    return [params, _accuracy_vs_activated(), _line(schema.STEP_TIME, groupby=schema.LABEL.name),
-            _line(schema.PEAK_MEMORY, groupby=schema.LABEL.name)]  # fmt: skip
+    return [
+        params,
+        _accuracy_vs_activated(),
+        _line(schema.STEP_TIME, groupby=schema.LABEL.name),
+        _line(schema.PEAK_MEMORY, groupby=schema.LABEL.name),
+    ]
 
 
 def _flow(panels: list) -> list:
@@ -170,8 +213,14 @@ def workspace(entity: str, project: str, test_sets: list[str], name: str = WORKS
         ws.Section(name="Efficiency", panels=_flow(efficiency_panels()), is_open=True),
     ]
     runset = ws.RunsetSettings(groupby=[expr.Config(schema.SWEEP.name), expr.Config(schema.VARIANT.name)])
-    return ws.Workspace(entity=entity, project=project, name=name, sections=sections, runset_settings=runset,
-                        settings=ws.WorkspaceSettings(x_axis=schema.STEP.name))  # fmt: skip
+    return ws.Workspace(
+        entity=entity,
+        project=project,
+        name=name,
+        sections=sections,
+        runset_settings=runset,
+        settings=ws.WorkspaceSettings(x_axis=schema.STEP.name),
+    )
 
 
 # --- the report per sweep -------------------------------------------------------------------------------
@@ -209,9 +258,16 @@ def runsets(sweep: SweepInfo, entity: str = "", project: str = "") -> list[wr.Ru
 
 
 def _how_made(sweep: SweepInfo) -> str:
-    lines = [f"Runs of the sweep **{sweep.name}** (`{sweep.file}`, {len(sweep.perft)} jobs).",
-             *([sweep.description.strip()] if sweep.description.strip() else []), "",
-             "Made and uploaded with:", "", "```bash", *sweep.commands, "```"]  # fmt: skip
+    lines = [
+        f"Runs of the sweep **{sweep.name}** (`{sweep.file}`, {len(sweep.perft)} jobs).",
+        *([sweep.description.strip()] if sweep.description.strip() else []),
+        "",
+        "Made and uploaded with:",
+        "",
+        "```bash",
+        *sweep.commands,
+        "```",
+    ]
     return "\n".join(lines)
 
 
@@ -244,34 +300,43 @@ def sweep_report(entity: str, project: str, sweep: SweepInfo, resolve: bool = Fa
         wr.P(
             "One run set per configuration (variant and N, K; E takes the model's); bars and curves are "
             "means over the runs of each bottleneck r or variant, with standard-error bands."
-        ),  # fmt: skip
+        ),
         wr.PanelGrid(runsets=sets, panels=_flow(figures)),
     ]
-    return wr.Report(entity=entity, project=project, title=f"PERFT sweep {sweep.name}",
-                     description=sweep.description.strip().splitlines()[0] if sweep.description.strip() else "",
-                     blocks=blocks)  # fmt: skip
+    return wr.Report(
+        entity=entity,
+        project=project,
+        title=f"PERFT sweep {sweep.name}",
+        description=sweep.description.strip().splitlines()[0] if sweep.description.strip() else "",
+        blocks=blocks,
+    )
 
 
 # --- serialisation --------------------------------------------------------------------------------------
 
 
 def workspace_json(workspace_: ws.Workspace) -> str:
+    """The workspace as W&B's JSON view spec."""
     return workspace_._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1)
 
 
 def report_json(report: wr.Report) -> str:
+    """The report as W&B's JSON view spec."""
     return report._to_model().model_dump_json(by_alias=True, exclude_none=True, indent=1)
 
 
 def load_workspace(path: str | Path) -> ws.Workspace:
+    """A workspace read back from a workspace_json file."""
     return ws.Workspace._from_model(workspace_internal.View.model_validate_json(Path(path).read_text()))
 
 
 def load_report(path: str | Path) -> wr.Report:
+    """A report read back from a report_json file."""
     return wr.Report._from_model(report_internal.ReportViewspec.model_validate_json(Path(path).read_text()))
 
 
 def write_specs(out: str | Path, workspace_: ws.Workspace, report: wr.Report) -> dict[str, Path]:
+    """Write workspace.json and report.json into `out`; their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"workspace": out / "workspace.json", "report": out / "report.json"}
@@ -286,7 +351,8 @@ _CONFIG_IN_FILTER = re.compile(r"""Config\(\s*['"]([^'"]+)['"]\s*\)""")
 
 
 def _metric(value, default: str) -> tuple[str, str]:
-    """(where, key) of a panel's metric: a Config, a SummaryMetric, or a name (a Metric) read from `default`"""
+    """(where, key) of a panel's metric: a Config, a SummaryMetric,
+    or a name (a Metric) read from `default`"""
     if isinstance(value, (wr.Config, expr.Config)):
         return "config", value.name
     if isinstance(value, (wr.SummaryMetric, expr.Summary)):

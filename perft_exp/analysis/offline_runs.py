@@ -21,6 +21,8 @@ from pathlib import Path
 
 @dataclass
 class OfflineRun:
+    """What an offline W&B run holds (read_offline_run): name, config, summary, history keys and row count."""
+
     path: Path  # the newest offline-run-* directory
     name: str
     config: dict
@@ -52,8 +54,9 @@ def _wandb_cli() -> str:
 
 
 def _inspect(path: Path, *args: str) -> str:
-    done = subprocess.run([_wandb_cli(), "leet", "inspect", *args, str(path)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [_wandb_cli(), "leet", "inspect", *args, str(path)], capture_output=True, text=True, timeout=300
+    )
     if done.returncode:
         raise RuntimeError(f"wandb leet inspect {path}: {done.stderr.strip()[-500:]}")
     return done.stdout
@@ -75,5 +78,6 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             if record.get("type") == "history":
                 keys |= set(record["history"]["item"])
                 rows += 1
-    return OfflineRun(found[-1], info.get("name", ""), info.get("config") or {}, info.get("summary") or {},
-                      keys, rows)  # fmt: skip
+    return OfflineRun(
+        found[-1], info.get("name", ""), info.get("config") or {}, info.get("summary") or {}, keys, rows
+    )

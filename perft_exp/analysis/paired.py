@@ -1,7 +1,8 @@
 """Paired comparisons: for every two configurations of a model and task, A - B in average skill with a paired
 95 % bootstrap interval, and whether it excludes 0.
 
-    python scripts/collect_results.py outputs/runs --out outputs/report    # writes paired.csv and paired.md too
+    # writes paired.csv and paired.md too:
+    python scripts/collect_results.py outputs/runs --out outputs/report
 
 Configurations are the rows of results.md (runs that differ only by seed). Two of them are paired when they
 ran the same seeds on the same questions; the interval then resamples seeds and questions once for both
@@ -35,6 +36,7 @@ class Pair:
     why_not: str = ""
 
     def verdict(self) -> str:
+        """`A > B` or `A < B`, `no difference shown` (the interval holds 0), or `not paired`."""
         if self.result is None:
             return "not paired"
         if not self.result.excludes_zero:
@@ -72,6 +74,7 @@ def compare(runs: list[Run]) -> list[Pair]:
 
 
 def all_pairs(collection: Collection) -> list[Pair]:
+    """Every pair of configurations, per model and task of the collection."""
     return [pair for runs in collection.groups().values() for pair in compare(runs)]
 
 
@@ -80,28 +83,41 @@ def _points(x: float) -> str:
 
 
 def write_paired_csv(pairs: list[Pair], path: str | Path) -> Path:
+    """The pairs as CSV at `path` (paired.csv); the path."""
     columns = ["model", "task", "a", "b", "seeds", "difference", "lo", "hi", "excludes_zero", "verdict"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for p in pairs:
             r = p.result
-            writer.writerow({
-                "model": p.model, "task": p.task, "a": p.a, "b": p.b,
-                "seeds": ";".join(str(s) for s in p.seeds),
-                "difference": None if r is None else r.difference, "lo": None if r is None else r.lo,
-                "hi": None if r is None else r.hi, "excludes_zero": None if r is None else r.excludes_zero,
-                "verdict": p.verdict() if r else f"not paired: {p.why_not}",
-            })  # fmt: skip
+            writer.writerow(
+                {
+                    "model": p.model,
+                    "task": p.task,
+                    "a": p.a,
+                    "b": p.b,
+                    "seeds": ";".join(str(s) for s in p.seeds),
+                    "difference": None if r is None else r.difference,
+                    "lo": None if r is None else r.lo,
+                    "hi": None if r is None else r.hi,
+                    "excludes_zero": None if r is None else r.excludes_zero,
+                    "verdict": p.verdict() if r else f"not paired: {p.why_not}",
+                }
+            )
     return Path(path)
 
 
 def paired_markdown(pairs: list[Pair]) -> str:
-    parts = ["# Paired comparisons", "",
-             "A - B in average skill over the test sets (points; equal to the difference in average accuracy), "
-             "with a paired 95 % bootstrap interval: both configurations ran the same seeds on the same "
-             "questions, and each resample draws seeds and questions once for both. **Bold**: the interval "
-             "excludes 0.", ""]  # fmt: skip
+    """The pairs as markdown (paired.md): a table per model and task, then the pairs not paired and why."""
+    parts = [
+        "# Paired comparisons",
+        "",
+        "A - B in average skill over the test sets (points; equal to the difference in average accuracy), "
+        "with a paired 95 % bootstrap interval: both configurations ran the same seeds on the same "
+        "questions, and each resample draws seeds and questions once for both. **Bold**: the interval "
+        "excludes 0.",
+        "",
+    ]
     by_group: dict[tuple[str, str], list[Pair]] = {}
     for p in pairs:
         by_group.setdefault((p.model, p.task), []).append(p)

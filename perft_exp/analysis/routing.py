@@ -1,15 +1,16 @@
-"""The vector picture and the routing figures of finished runs (the statistics themselves are computed live, in
-perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
+"""The vector picture and the routing figures of finished runs (the statistics themselves are computed live,
+in perft_exp/adapters/routing_stats.py: loads, router entropy, router angles).
 
-    vector_picture(model)             # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
-    plot_loads(per_layer, path)       # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
-    plot_vectors(picture, path)       # the vector picture, one panel per layer
+    vector_picture(model)           # per layer: 2-D PCA coordinates of FFN keys, routers, PEFT keys
+    plot_loads(per_layer, path)     # per-layer PEFT-expert load bars, in the variant's colour (R red, E blue)
+    plot_vectors(picture, path)     # the vector picture, one panel per layer
 
-Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them: MoEArchitecture.gate_rows):
-token x activates hidden unit i through x . w_i, so the rows are directions in the input space x lives in. A
-PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r). Router rows (W_g (E, D), R's
-W_r (N, D)) score x the same way. All vectors are scaled to unit length before PCA, which is fitted on the FFN
-keys only: the picture compares directions. scripts/analyze_routing.py draws them for finished runs.
+Key vectors. An FFN expert's keys are the rows of its gate projection (where the family keeps them:
+MoEArchitecture.gate_rows): token x activates hidden unit i through x . w_i, so the rows are directions in the
+input space x lives in. A PEFT expert's keys are likewise the r columns of its down-projection A_j (D, r).
+Router rows (W_g (E, D), R's W_r (N, D)) score x the same way. All vectors are scaled to unit length before
+PCA, which is fitted on the FFN keys only: the picture compares directions. scripts/analyze_routing.py draws
+them for finished runs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit gate rows of the frozen FFN experts, (E*m, D), and the expert of each row, (E*m,).
 
-    The family's gate/up layout (MoEArchitecture.gate_rows) says where the gate rows are; NotApplicable where the
-    experts have no gate/up split."""
+    The family's gate/up layout (MoEArchitecture.gate_rows) says where the gate rows are; NotApplicable where
+    the experts have no gate/up split."""
     gate = arch.gate_rows(block).detach().float().cpu()  # (E, I, D): x . row = a hidden unit's input
     num_experts = gate.shape[0]
     step = max(1, gate.shape[1] // max_per_expert)
@@ -43,7 +44,7 @@ def ffn_keys(block: nn.Module, arch, max_per_expert: int = 64) -> tuple[torch.Te
 
 
 def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean (D,), components (2, D), explained variance ratio (2,)) of the rows of x."""
+    """(mean (D,), components (2, D), explained variance ratio (2,)) of the rows of x (n, D)."""
     x = x.double()
     mean = x.mean(0)
     _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -52,7 +53,11 @@ def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def vector_picture(model: nn.Module, max_per_expert: int = 64) -> list[dict]:
-    """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys."""
+    """Per PERFT layer: 2-D coordinates (PCA of the FFN keys) of FFN keys, W_g rows, W_r rows, PEFT keys.
+
+    Each layer's dict holds `ffn_keys` (E*m, 2) with `ffn_owner` (E*m,) (m <= max_per_expert gate rows per
+    expert), `base_router` (E, 2), `peft_keys` (N*r, 2) with `peft_owner` (N*r,), `peft_router` (N, 2) or
+    None, and `explained` (the two components' variance ratios)."""
     arch, out = architecture_of(model), []
     for layer, name, block, perft in perft_blocks(model):
         keys, owner = ffn_keys(block, arch, max_per_expert)
@@ -137,16 +142,30 @@ def plot_vectors(picture: list[dict], path, title: str = "") -> None:
         k = p["ffn_keys"]
         ax.scatter(k[:, 0], k[:, 1], s=3, color="0.75", alpha=0.5, label="FFN expert keys (gate rows)")
         pk = p["peft_keys"]
-        ax.scatter(pk[:, 0], pk[:, 1], s=9, c=[cmap(int(o) % cmap.N) for o in p["peft_owner"]], alpha=0.8,
-                   label="PEFT expert keys (columns of A)")  # fmt: skip
+        ax.scatter(
+            pk[:, 0],
+            pk[:, 1],
+            s=9,
+            c=[cmap(int(o) % cmap.N) for o in p["peft_owner"]],
+            alpha=0.8,
+            label="PEFT expert keys (columns of A)",
+        )
         g = p["base_router"]
         ax.scatter(
             g[:, 0], g[:, 1], s=28, marker="x", color="black", linewidths=1.2, label="frozen router rows W_g"
         )
         if p["peft_router"] is not None:
             r = p["peft_router"]
-            ax.scatter(r[:, 0], r[:, 1], s=140, marker="*", c=[cmap(j % cmap.N) for j in range(len(r))],
-                       edgecolors="tab:red", linewidths=1.0, label="PEFT router rows W_r")  # fmt: skip
+            ax.scatter(
+                r[:, 0],
+                r[:, 1],
+                s=140,
+                marker="*",
+                c=[cmap(j % cmap.N) for j in range(len(r))],
+                edgecolors="tab:red",
+                linewidths=1.0,
+                label="PEFT router rows W_r",
+            )
             for j, (x, y) in enumerate(r.tolist()):
                 ax.annotate(
                     str(j), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7, color="tab:red"

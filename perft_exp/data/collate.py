@@ -1,9 +1,9 @@
 """Tokenization of LLM-Adapters records for causal-LM training, and the padding collator.
 
-The full text is `build_training_prompt(instruction, input, prompt) + output` (the clean template by default), cut at `cutoff_len` tokens; EOS is
-appended only when the text is shorter than the cutoff (the LLM-Adapters rule, so a truncated
-example never learns to stop mid-sentence). With `train_on_inputs=False` the prompt tokens get
-label -100 and only the response is learned.
+The full text is `build_training_prompt(instruction, input, prompt) + output` (the clean template by default),
+cut at `cutoff_len` tokens; EOS is appended only when the text is shorter than the cutoff (the LLM-Adapters
+rule, so a truncated example never learns to stop mid-sentence). With `train_on_inputs=False` the prompt
+tokens get label -100 and only the response is learned.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def tokenize_dataset(
 
 @dataclass
 class CausalLMCollator:
-    """Right-pads a list of tokenized examples into tensors; padded labels are -100."""
+    """Right-pads a list of tokenized examples into tensors; padded labels are -100.
+
+    input_ids, attention_mask and labels come out (B, L) long, L the longest example (rounded up to a
+    multiple of `pad_to_multiple_of` when set)."""
 
     tokenizer: Any
     pad_to_multiple_of: int | None = None

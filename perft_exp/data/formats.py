@@ -116,8 +116,8 @@ def load_test_sets(
 ) -> dict[str, list[dict]]:
     """{canonical name: records} from `<data_dir>/dataset/<name>/test.json`, dirs matched case-insensitively.
 
-    Records with an empty answer cannot be scored: they are left out, counted in the log and, per set with any,
-    in `skipped`."""
+    Records with an empty answer cannot be scored: they are left out, counted in the log and, per set with
+    any, in `skipped`."""
     sets = {}
     for name in map(canonical_test_set, names):
         records = _read_records(
@@ -125,8 +125,12 @@ def load_test_sets(
         )
         sets[name] = [{"input": "", **r} for r in records if r["answer"].strip()]
         if len(sets[name]) < len(records):
-            log.warning("%s: %d of %d test records have an empty answer; left out", name,
-                        len(records) - len(sets[name]), len(records))  # fmt: skip
+            log.warning(
+                "%s: %d of %d test records have an empty answer; left out",
+                name,
+                len(records) - len(sets[name]),
+                len(records),
+            )
             if skipped is not None:
                 skipped[name] = len(records) - len(sets[name])
     return sets
@@ -152,8 +156,8 @@ def load_from_hub(dataset_id: str, split: str = "train") -> list[dict]:
 def split_indices(n: int, val_size: int = 120, seed: int = 42) -> tuple[list[int], list[int]]:
     """(train, val) record indices exactly as the authors split: `datasets`' own
     `Dataset.train_test_split(test_size=val_size, shuffle=True, seed=seed)` on the n records, called on a
-    dataset of their indices (it draws one numpy permutation; val is its first val_size entries, train the rest,
-    both in permutation order)."""
+    dataset of their indices (it draws one numpy permutation; val is its first val_size entries, train the
+    rest, both in permutation order)."""
     if val_size <= 0 or val_size >= n:
         raise DataError(f"val_size={val_size} must be in [1, {n - 1}] for {n} records")
     import datasets  # deferred: importing it costs about a second
@@ -167,6 +171,7 @@ def split_indices(n: int, val_size: int = 120, seed: int = 42) -> tuple[list[int
 def split_validation(
     records: list[dict], val_size: int = 120, seed: int = 42
 ) -> tuple[list[dict], list[dict]]:
-    """(train, val): the authors' held-out `val_size` records (split_indices); the same seed, the same split."""
+    """(train, val): the authors' held-out `val_size` records (split_indices);
+    the same seed, the same split."""
     train, val = split_indices(len(records), val_size, seed)
     return [records[i] for i in train], [records[i] for i in val]

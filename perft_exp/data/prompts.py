@@ -1,13 +1,14 @@
-"""The Alpaca-style prompt template used by LLM-Adapters and the PERFT authors, clean and as the authors ran it.
+"""The Alpaca-style prompt template used by LLM-Adapters and the PERFT authors,
+clean and as the authors ran it.
 
 The authors wrote their templates as indented triple-quoted f-strings, so the source indentation (16 spaces)
 leaked into every line after the first, and the first line ends in stray spaces. `build_prompt` is the clean
-template (the default); `PROMPTS = ("clean", "authors")` names the two, and the authors' strings are reproduced
-byte for byte (their finetune.py for training, their *_evaluate.py for testing) so that published numbers can be
-compared like for like (`task.prompt=authors`, `eval.protocol=authors`). Their training and test strings differ
-from each other too: training puts 16 spaces on the blank lines and two spaces after "request." (one with an
-input); testing leaves the blank lines empty, puts one space after "request." and never passes the record's
-input (their evaluate() is called with the instruction only).
+template (the default); `PROMPTS = ("clean", "authors")` names the two, and the authors' strings are
+reproduced byte for byte (their finetune.py for training, their *_evaluate.py for testing) so that published
+numbers can be compared like for like (`task.prompt=authors`, `eval.protocol=authors`). Their training and
+test strings differ from each other too: training puts 16 spaces on the blank lines and two spaces after
+"request." (one with an input); testing leaves the blank lines empty, puts one space after "request." and
+never passes the record's input (their evaluate() is called with the instruction only).
 A clean prompt ends right after "### Response:\n"; the training target is the record's `output`.
 """
 
@@ -36,12 +37,14 @@ _AUTHORS_TRAIN_WITH_INPUT = (
     f"{_INDENT}### Response:\n{_INDENT}"
 )
 _AUTHORS_TRAIN_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.  \n\n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.  \n\n"
     f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n{_INDENT}\n"
     f"{_INDENT}### Response:\n{_INDENT}"
 )
 _AUTHORS_TEST = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request. \n\n"
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request. \n\n"
     f"{_INDENT}### Instruction:\n{_INDENT}{{instruction}}\n\n"
     f"{_INDENT}### Response:\n{_INDENT}"
 )
@@ -68,8 +71,8 @@ def build_training_prompt(instruction: str, input: str = "", prompt: str = "clea
 
 
 def build_authors_test_prompt(instruction: str, prefill: str = "") -> str:
-    """The authors' evaluation prompt (input never passed); commonsense ends "...### Response:\\n<16 spaces>the
-    correct answer is", math with the 16 spaces."""
+    """The authors' evaluation prompt (input never passed); commonsense ends
+    "...### Response:\\n<16 spaces>the correct answer is", math with the 16 spaces."""
     return _AUTHORS_TEST.format(instruction=instruction) + prefill
 
 

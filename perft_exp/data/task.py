@@ -20,6 +20,8 @@ from perft_exp.data.formats import (
 
 @dataclass
 class TaskData:
+    """A task's records: training, validation and test sets, and the counts of empty answers."""
+
     train: list[dict]
     val: list[dict]
     tests: dict[str, list[dict]] = field(default_factory=dict)

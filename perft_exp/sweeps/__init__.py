@@ -1,4 +1,5 @@
-"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: what a grid is, its jobs, their launchers.
+"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: what a grid is, its jobs,
+their launchers.
 
 Run them with `python scripts/sweep.py list | show | status | run` (its docstring has the commands).
 

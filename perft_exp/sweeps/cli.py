@@ -1,4 +1,5 @@
-"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs, launch them.
+"""The paper's grids (`sweeps/*.yaml`) as Hydra multiruns of train.py: list them, show their jobs,
+launch them.
 
 The commands of `python scripts/sweep.py` (list, show, status, run); see perft_exp/sweeps/__init__.py.
 """
@@ -14,14 +15,18 @@ from perft_exp.sweeps.jobs import check_sweep, launched_overrides, remember_over
 
 
 def cmd_list(_: argparse.Namespace) -> int:
+    """`list`: every sweep with its jobs, blocks and fixed overrides."""
     for name in list_sweeps():
         sweep = Sweep.load(name)
-        print(f"{name:<22}{sweep.size():>5} jobs  {len(sweep.blocks)} blocks  "
-              f"{' '.join(f'{k}={v}' for k, v in sweep.fixed.items() if k != 'name')}")  # fmt: skip
+        print(
+            f"{name:<22}{sweep.size():>5} jobs  {len(sweep.blocks)} blocks  "
+            f"{' '.join(f'{k}={v}' for k, v in sweep.fixed.items() if k != 'name')}"
+        )
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    """`show`: each job's state, run directory and own overrides, every job composed and validated."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, launched_overrides(sweep, args.overrides))
     width = max(len(str(j.run_dir)) for j in jobs)
@@ -36,6 +41,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """`status`: each job's state, with why it failed, who runs it or what is corrupt."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, launched_overrides(sweep, args.overrides))
     for job in jobs:
@@ -56,6 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: launch the unfinished jobs; 0 when every job finished (or runs under another launcher)."""
     sweep = Sweep.load(args.sweep)
     jobs = check_sweep(sweep, args.overrides)
     todo = [job for job in jobs if job.state() != "finished"]
@@ -98,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The subcommand, its options and `key=value` overrides (before or after the options)."""
     parser = argparse.ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="sweep names and job counts").set_defaults(func=cmd_list)
@@ -124,9 +132,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         slurm.add_argument("--constraint")
         slurm.add_argument("--mem-gb", type=int, dest="mem_gb")
         slurm.add_argument("--cpus-per-task", type=int, dest="cpus_per_task")
-        slurm.add_argument("--slurm-local", action="store_const", const="slurm_local", default="slurm",
-                           dest="slurm_config", help="run the Slurm path as local processes (submitit_local), "
-                           "e.g. to test a grid without a cluster")  # fmt: skip
+        slurm.add_argument(
+            "--slurm-local",
+            action="store_const",
+            const="slurm_local",
+            default="slurm",
+            dest="slurm_config",
+            help="run the Slurm path as local processes (submitit_local), "
+            "e.g. to test a grid without a cluster",
+        )
     # Overrides may also follow the options (`run toy --launcher gpus --gpus 0,1 trainer.max_steps=50`).
     args, rest = parser.parse_known_args(argv)
     unknown = [a for a in rest if a.startswith("-") or "=" not in a]
@@ -138,6 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a `sweep.py` subcommand; a SweepError is one line on stderr and exit code 2."""
     args = parse_args(argv)
     try:
         return args.func(args)

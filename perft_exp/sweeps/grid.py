@@ -27,7 +27,8 @@ class SweepError(ValueError):
 
 
 def _config_loader():
-    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options with), through its public API."""
+    """Hydra's loader of conf/ (what `glob(...)` lists a config group's options with),
+    through its public API."""
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -39,7 +40,8 @@ def _config_loader():
 
 
 def expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of a multirun command line, each a list of `key=value` overrides (see the module docstring)."""
+    """The jobs of a multirun command line, each a list of `key=value` overrides
+    (see the module docstring)."""
     loader = _config_loader() if any("glob(" in o for o in overrides) else None
     axes: dict[str, list[str]] = {}
     for override in OverridesParser.create(config_loader=loader).parse_overrides(overrides):
@@ -49,8 +51,10 @@ def expand(overrides: list[str]) -> list[list[str]]:
         elif override.is_discrete_sweep():
             axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise SweepError(f"{key}: an {override.value_type.name.lower()} has no list of jobs; "
-                             "sweep over a list, choice(...), range(...) or glob(...)")  # fmt: skip
+            raise SweepError(
+                f"{key}: an {override.value_type.name.lower()} has no list of jobs; "
+                "sweep over a list, choice(...), range(...) or glob(...)"
+            )
     return [list(job) for job in itertools.product(*axes.values())]
 
 
@@ -65,6 +69,8 @@ def fmt(value: Any) -> str:
 
 @dataclass
 class Sweep:
+    """A sweep file (sweeps/<name>.yaml): fixed overrides, blocks of swept ones, env and description."""
+
     name: str
     fixed: dict[str, Any]
     blocks: list[dict[str, list]]
@@ -73,6 +79,7 @@ class Sweep:
 
     @classmethod
     def load(cls, name_or_path: str) -> Sweep:
+        """A sweep by name (sweeps/<name>.yaml) or path, checked: SweepError says what is wrong."""
         path = Path(name_or_path)
         if not path.suffix:
             path = SWEEPS_DIR / f"{name_or_path}.yaml"
@@ -111,6 +118,7 @@ class Sweep:
         return cls(path.stem, fixed, blocks, raw.get("description", ""), env)
 
     def base_overrides(self) -> list[str]:
+        """The fixed overrides and the W&B group, shared by every job."""
         return [f"{k}={fmt(v)}" for k, v in self.fixed.items()] + [f"logger.group={self.name}"]
 
     def block_overrides(self, block: dict[str, list], extra: list[str] = ()) -> list[str]:
@@ -123,11 +131,14 @@ class Sweep:
         return expand(self.block_overrides(block, extra))
 
     def jobs(self, extra: list[str] = ()) -> list[list[str]]:
+        """Every job of every block, each a list of overrides."""
         return [job for block in self.blocks for job in self.block_jobs(block, extra)]
 
     def size(self) -> int:
+        """The number of jobs, counted without composing them."""
         return sum(len(list(itertools.product(*block.values()))) for block in self.blocks)
 
 
 def list_sweeps() -> list[str]:
+    """The names of the sweep files in sweeps/."""
     return sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml"))

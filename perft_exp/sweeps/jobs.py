@@ -1,12 +1,13 @@
 """A sweep's jobs before anything launches: each composed, validated and checked against its run directory.
 
 A job's state is its run directory's (perft_exp/run_dir.py: corrupt / finished / running / failed / started /
-pending), or `conflict` when that directory holds a run of another config. Two jobs of one grid may not share a
-run directory (each would skip the other as finished).
+pending), or `conflict` when that directory holds a run of another config. Two jobs of one grid may not share
+a run directory (each would skip the other as finished).
 
 Several launchers may run one sweep at once (two nodes, a re-submitted array): a job is launched only if, at
 that moment, no live process holds its run directory, it is not finished, and it has not failed since this
-launcher looked (`Job.claimable`); the job's own hold (train.py) settles a tie, the loser exiting with code 75.
+launcher looked (`Job.claimable`); the job's own hold (train.py) settles a tie,
+the loser exiting with code 75.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from perft_exp.sweeps.grid import Sweep, SweepError
 
 @dataclass
 class Job:
+    """One job of a sweep: its overrides, its run directory, and why it cannot run yet."""
+
     overrides: list[str]
     run_dir: Path
     notes: list[str] = field(default_factory=list)  # why it cannot run yet (missing data)
@@ -40,14 +43,16 @@ class Job:
 
     @property
     def run(self) -> RunDir:
+        """The job's run directory."""
         return RunDir(self.run_dir)
 
     def state(self) -> str:
+        """`conflict`, or its run directory's state."""
         return "conflict" if self.conflict else self.run.state()
 
     def claimable(self) -> bool:
-        """Whether to launch it now: not finished, corrupt or running, and not failed since this launcher looked
-        (another launcher ran it; a failure found at the start is retried)."""
+        """Whether to launch it now: not finished, corrupt or running, and not failed since this launcher
+        looked (another launcher ran it; a failure found at the start is retried)."""
         state = self.state()
         return state not in ("finished", "corrupt", "running", "conflict") and (
             state != "failed" or self.first_state == "failed"
@@ -104,6 +109,7 @@ def summary(jobs: list[Job]) -> str:
 
 
 def remember_overrides(sweep: Sweep, overrides: list[str]) -> None:
+    """Record what `run` was given beyond the sweep file (launched_overrides reads it)."""
     write_sweep_overrides(OUTPUT_ROOT, sweep.name, overrides)
 
 
@@ -113,6 +119,8 @@ def launched_overrides(sweep: Sweep, overrides: list[str]) -> list[str]:
         return overrides
     last = read_sweep_overrides(OUTPUT_ROOT, sweep.name)
     if last:
-        print(f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"({sweep.name} was last run with: {' '.join(last)}; give overrides to look at other jobs)",
+            file=sys.stderr,
+        )
     return last

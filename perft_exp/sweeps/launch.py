@@ -6,7 +6,8 @@
 
 A job that dies without recording its own failure (killed, or failed before the app started) gets one from
 its log's first error line, so `status` shows why. A job another launcher holds or has finished meanwhile is
-skipped (`Job.claimable`; train.py exits with EXIT_HELD when it loses a tie), so several launchers share a grid.
+skipped (`Job.claimable`; train.py exits with EXIT_HELD when it loses a tie),
+so several launchers share a grid.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def slurm_overrides(args: argparse.Namespace) -> list[str]:
     if args.gpus_per_job > 1:
         # One Slurm task per job: the app maps SLURM_PROCID/SLURM_NTASKS to ranks, but the array tasks have no
         # shared MASTER_ADDR. Multi-GPU jobs: `--launcher gpus` inside an allocation.
-        raise SweepError("--launcher slurm runs one process per job; for multi-GPU jobs run "
-                         "`sweep.py run ... --launcher gpus --gpus-per-job N` inside an sbatch/salloc allocation")  # fmt: skip
+        raise SweepError(
+            "--launcher slurm runs one process per job; for multi-GPU jobs run "
+            "`sweep.py run ... --launcher gpus --gpus-per-job N` inside an sbatch/salloc allocation"
+        )
     if not submitit_installed():
         raise SweepError(f"--launcher slurm: {SLURM_EXTRA_HINT}")
     out = [f"hydra/launcher={args.slurm_config}", f"hydra.launcher.gpus_per_node={args.gpus_per_job}"]
@@ -115,8 +118,15 @@ def run_on_gpus(
             if len(group) == 1 or cpu:
                 cmd = [sys.executable, str(TRAIN_PY), *job.overrides]
             else:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                       f"--nproc_per_node={len(group)}", str(TRAIN_PY), *job.overrides]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={len(group)}",
+                    str(TRAIN_PY),
+                    *job.overrides,
+                ]
             job_env = {**os.environ, **(env or {}), "CUDA_VISIBLE_DEVICES": "" if cpu else ",".join(group)}
             log_path = job.run.launcher_log
             print(f"[{where}] start  {job.run_dir}", flush=True)

@@ -13,8 +13,10 @@ ADD_MAX, MUL_MAX = 20, 10
 Fact = tuple[int, str, int, int]  # (x, op, y, result)
 Step = tuple[int, str, int]  # (x, op, y); x = -1 takes the previous step's result
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()  # fmt: skip
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
 
@@ -40,6 +42,7 @@ def chain(steps: list[Step]) -> list[Fact]:
 
 
 def equation(fact: Fact) -> str:
+    """`x op y = z.`"""
     x, op, y, z = fact
     return f"{x} {op} {y} = {z}."
 
@@ -64,6 +67,7 @@ def table() -> list[Fact]:
 
 
 def sentence(fact: Fact, rng: random.Random) -> str:
+    """A fact as an equation (7 times in 10) or in words (`two plus three is five.`)."""
     x, op, y, z = fact
     if rng.random() < 0.7:
         return equation(fact)

@@ -28,6 +28,7 @@ def solve(steps: list[arithmetic.Step]) -> list[arithmetic.Fact] | None:
 
 
 def rationale(chain: list[arithmetic.Fact], answer: str) -> str:
+    """The worked answer: the chain's equations, then `The answer is <answer>`."""
     return " ".join(map(arithmetic.equation, chain)) + f" The answer is {answer}"
 
 
@@ -40,43 +41,74 @@ def _problem(name: str, rng: random.Random) -> tuple[str, list[arithmetic.Fact]]
         first = rng.random() < 0.5
         if name == "AddSub":
             text, steps = (
-                (f"{p} had {a} {o}s. {q} gave {p} {b} more {o}s. how many {o}s does {p} have now?", [(a, "+", b)])
-                if first else
-                (f"{p} had {a} {o}s and gave {b} of them to {q}. how many {o}s does {p} have left?", [(a, "-", b)])
-            )  # fmt: skip
+                (
+                    f"{p} had {a} {o}s. {q} gave {p} {b} more {o}s. how many {o}s does {p} have now?",
+                    [(a, "+", b)],
+                )
+                if first
+                else (
+                    f"{p} had {a} {o}s and gave {b} of them to {q}. how many {o}s does {p} have left?",
+                    [(a, "-", b)],
+                )
+            )
         elif name == "SingleEq":
             text, steps = (
-                (f"{p} bought some {o}s. {p} had {a} {o}s before and has {b} now. how many {o}s did {p} buy?",
-                 [(b, "-", a)])
-                if first else
-                (f"{p} has {a} {o}s and {q} has {b} {o}s. how many {o}s do they have together?", [(a, "+", b)])
-            )  # fmt: skip
+                (
+                    f"{p} bought some {o}s. {p} had {a} {o}s before and has {b} now. "
+                    f"how many {o}s did {p} buy?",
+                    [(b, "-", a)],
+                )
+                if first
+                else (
+                    f"{p} has {a} {o}s and {q} has {b} {o}s. how many {o}s do they have together?",
+                    [(a, "+", b)],
+                )
+            )
         elif name == "MultiArith":
             text, steps = (
-                (f"{p} had {a} {o}s and found {b} more. then {p} lost {c} of them. how many {o}s are left?",
-                 [(a, "+", b), (-1, "-", c)])
-                if first else
-                (f"there are {m} boxes with {n} {o}s in each box. how many {o}s are there?", [(m, "*", n)])
-            )  # fmt: skip
+                (
+                    f"{p} had {a} {o}s and found {b} more. then {p} lost {c} of them. "
+                    f"how many {o}s are left?",
+                    [(a, "+", b), (-1, "-", c)],
+                )
+                if first
+                else (
+                    f"there are {m} boxes with {n} {o}s in each box. how many {o}s are there?",
+                    [(m, "*", n)],
+                )
+            )
         elif name == "gsm8k":
             text, steps = (
-                (f"{p} has {m} bags with {n} {o}s in each bag. {p} gives {c} {o}s to {q}. "
-                 f"how many {o}s does {p} have left?", [(m, "*", n), (-1, "-", c)])
-                if first else
-                (f"{p} makes {m} {o}s every day for {n} days, then buys {c} more. how many {o}s does {p} have?",
-                 [(m, "*", n), (-1, "+", c)])
-            )  # fmt: skip
+                (
+                    f"{p} has {m} bags with {n} {o}s in each bag. {p} gives {c} {o}s to {q}. "
+                    f"how many {o}s does {p} have left?",
+                    [(m, "*", n), (-1, "-", c)],
+                )
+                if first
+                else (
+                    f"{p} makes {m} {o}s every day for {n} days, then buys {c} more. "
+                    f"how many {o}s does {p} have?",
+                    [(m, "*", n), (-1, "+", c)],
+                )
+            )
         elif name == "SVAMP":
             text, steps = (
-                (f"{p} gave {b} {o}s to {q} and now has {a} {o}s left. how many {o}s did {p} have at first?",
-                 [(a, "+", b)])
-                if first else
-                (f"{p} has {a} {o}s and {c} {o2}s. {p} gets {b} more {o}s. how many {o}s does {p} have?",
-                 [(a, "+", b)])
-            )  # fmt: skip
+                (
+                    f"{p} gave {b} {o}s to {q} and now has {a} {o}s left. "
+                    f"how many {o}s did {p} have at first?",
+                    [(a, "+", b)],
+                )
+                if first
+                else (
+                    f"{p} has {a} {o}s and {c} {o2}s. {p} gets {b} more {o}s. how many {o}s does {p} have?",
+                    [(a, "+", b)],
+                )
+            )
         else:  # AQuA
-            text, steps = (f"{p} has {m} boxes with {n} {o}s in each box. how many {o}s does {p} have?",
-                           [(m, "*", n)])  # fmt: skip
+            text, steps = (
+                f"{p} has {m} boxes with {n} {o}s in each box. how many {o}s does {p} have?",
+                [(m, "*", n)],
+            )
         chain = solve(steps)
         if chain is not None:
             return text, chain
@@ -95,6 +127,7 @@ def _numeric(name: str) -> Generator:
 
 
 def aqua(w: World, rng: random.Random, split: str, position: int) -> Record:
+    """An AQuA-style problem with five sorted options (A-E), the answer at `position % 5` where it can be."""
     text, chain = _problem("AQuA", rng)
     value = chain[-1][3]
     others = sorted(rng.sample([value + d for d in range(-6, 7) if d and value + d > 0], 4))

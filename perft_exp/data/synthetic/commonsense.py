@@ -20,6 +20,7 @@ Generator = Callable[[World, random.Random, str, int], Record]
 
 
 def record(instruction: str, label: str) -> Record:
+    """A record whose output is `the correct answer is <label>`."""
     return {
         "instruction": instruction,
         "input": "",
@@ -37,9 +38,16 @@ def multiple_choice(lead: str, question: str, word: str, options: list[str], cor
 
 
 def fixed_choice(
-    w: World, rng: random.Random, split: str, index: int, relation: str, questions: tuple[str, ...],
-    option: str | dict[str, str], lead: str, word: str,
-) -> Record:  # fmt: skip
+    w: World,
+    rng: random.Random,
+    split: str,
+    index: int,
+    relation: str,
+    questions: tuple[str, ...],
+    option: str | dict[str, str],
+    lead: str,
+    word: str,
+) -> Record:
     """The index-th subject's `relation`, asked with a random one of `questions` ({s}); the options are
     the relation's values in order, each phrased by `option` (a template with {v}, or value -> text)."""
     subjects = w.subjects(relation, split)
@@ -70,8 +78,14 @@ def boolq(w: World, rng: random.Random, split: str, index: int) -> Record:
     subjects = w.subjects(relation, split)
     subject = subjects[index // 2 % len(subjects)]
     asked = VALUES[relation][0]
-    template = rng.choice(("is the {s} {v}?", "would you call the {s} {v}?", "is it true that the {s} is {v}?",
-                           "do people say the {s} is {v}?"))  # fmt: skip
+    template = rng.choice(
+        (
+            "is the {s} {v}?",
+            "would you call the {s} {v}?",
+            "is it true that the {s} is {v}?",
+            "do people say the {s} is {v}?",
+        )
+    )
     truth = w.value(relation, subject) == asked
     question = template.format(s=subject, v=asked)
     instruction = f"Please answer the following question with true or false, question: {question}"
@@ -80,18 +94,28 @@ def boolq(w: World, rng: random.Random, split: str, index: int) -> Record:
 
 _hobby = asking(
     "hobby",
-    ("{s} has a free afternoon. what will {s} most likely do?",
-     "{s} finished work early. what does {s} want to do next?",
-     "it is the weekend and {s} is bored. what will {s} do?",
-     "{s} is on holiday. how will {s} spend the day?"),
-    "go and {v}", CHOOSE, "Answer",
-)  # fmt: skip
+    (
+        "{s} has a free afternoon. what will {s} most likely do?",
+        "{s} finished work early. what does {s} want to do next?",
+        "it is the weekend and {s} is bored. what will {s} do?",
+        "{s} is on holiday. how will {s} spend the day?",
+    ),
+    "go and {v}",
+    CHOOSE,
+    "Answer",
+)
 _pet = asking(
     "pet",
-    ("{s} comes home after work. who is waiting at the door?", "{s} buys food for a pet. which pet will eat it?",
-     "{s} is going on a trip. who needs a sitter?", "what animal sleeps in the house of {s}?"),
-    "a {v}", CHOOSE, "Answer",
-)  # fmt: skip
+    (
+        "{s} comes home after work. who is waiting at the door?",
+        "{s} buys food for a pet. which pet will eat it?",
+        "{s} is going on a trip. who needs a sitter?",
+        "what animal sleeps in the house of {s}?",
+    ),
+    "a {v}",
+    CHOOSE,
+    "Answer",
+)
 
 
 def social_i_qa(w: World, rng: random.Random, split: str, index: int) -> Record:
@@ -100,9 +124,14 @@ def social_i_qa(w: World, rng: random.Random, split: str, index: int) -> Record:
 
 
 def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
+    """A sentence about an object to complete with what it is used for."""
     person = rng.choice(PEOPLE)
-    contexts = (f"{person} picks up the {{s}} and", f"{person} takes the {{s}} from the shelf, then",
-                f"{person} holds the {{s}} and", f"with the {{s}} in hand, {person}")  # fmt: skip
+    contexts = (
+        f"{person} picks up the {{s}} and",
+        f"{person} takes the {{s}} from the shelf, then",
+        f"{person} holds the {{s}} and",
+        f"with the {{s}} in hand, {person}",
+    )
     return fixed_choice(
         w,
         rng,
@@ -118,35 +147,64 @@ def hellaswag(w: World, rng: random.Random, split: str, index: int) -> Record:
 
 piqa = asking(
     "weight",
-    ("you want to carry the {s} home. what do you do?", "how should you move the {s}?",
-     "to take the {s} upstairs, you should", "you need the {s} in the next room. what is the best way?"),
+    (
+        "you want to carry the {s} home. what do you do?",
+        "how should you move the {s}?",
+        "to take the {s} upstairs, you should",
+        "you need the {s} in the next room. what is the best way?",
+    ),
     {"heavy": "ask a friend and carry it with both arms", "light": "pick it up with one hand"},
-    "Please choose the correct solution to the question", "Solution",
-)  # fmt: skip
+    "Please choose the correct solution to the question",
+    "Solution",
+)
 winogrande = asking(
     "size",
-    ("the {s} looks _ next to a box.", "everyone knows that the {s} is _ .",
-     "when you see the {s}, it looks _ .", "in the shop, the {s} is a _ thing."),
-    "{v}", "Please choose the correct answer to fill in the blank to complete the given sentence", "Option",
-)  # fmt: skip
+    (
+        "the {s} looks _ next to a box.",
+        "everyone knows that the {s} is _ .",
+        "when you see the {s}, it looks _ .",
+        "in the shop, the {s} is a _ thing.",
+    ),
+    "{v}",
+    "Please choose the correct answer to fill in the blank to complete the given sentence",
+    "Option",
+)
 arc_easy = asking(
     "material",
-    ("which material is the {s} made of?", "what is the {s} made of?",
-     "what was used to build the {s}?", "the {s} is made of which material?"),
-    "{v}", CHOOSE, "Answer",
-)  # fmt: skip
+    (
+        "which material is the {s} made of?",
+        "what is the {s} made of?",
+        "what was used to build the {s}?",
+        "the {s} is made of which material?",
+    ),
+    "{v}",
+    CHOOSE,
+    "Answer",
+)
 arc_challenge = asking(
     "room",
-    ("where is the {s} usually kept?", "in which room would you look for the {s}?",
-     "where does the {s} belong?", "you want the {s}. which room do you go to?"),
-    "the {v}", CHOOSE, "Answer",
-)  # fmt: skip
+    (
+        "where is the {s} usually kept?",
+        "in which room would you look for the {s}?",
+        "where does the {s} belong?",
+        "you want the {s}. which room do you go to?",
+    ),
+    "the {v}",
+    CHOOSE,
+    "Answer",
+)
 openbookqa = asking(
     "color",
-    ("what color is the {s}?", "which color does the {s} have?",
-     "you look at the {s}. what color do you see?", "the {s} is painted in which color?"),
-    "{v}", CHOOSE, "Answer",
-)  # fmt: skip
+    (
+        "what color is the {s}?",
+        "which color does the {s} have?",
+        "you look at the {s}. what color do you see?",
+        "the {s} is painted in which color?",
+    ),
+    "{v}",
+    CHOOSE,
+    "Answer",
+)
 
 
 # Which relations each test set asks about.

@@ -51,6 +51,7 @@ class Bag:
         self.pool, self.rng, self.left = pool, rng, []
 
     def draw(self):
+        """The next item of the current pass."""
         if not self.left:
             self.left = self.rng.sample(self.pool, len(self.pool))
         return self.left.pop()
@@ -155,8 +156,11 @@ def _instruction_doc(world: World, rng: random.Random, state: dict) -> str:
     return build_prompt(q) + rng.choice((a, statement(relation, subject, value, rng))) + "."
 
 
-EXAM_LEADS = ("Pick the option that answers the question", "Select the right option for this question",
-              "Which option is right? question")  # fmt: skip
+EXAM_LEADS = (
+    "Pick the option that answers the question",
+    "Select the right option for this question",
+    "Which option is right? question",
+)
 EXAM_SAYS = ("the right option is", "my pick is", "the best option is")
 
 
@@ -194,8 +198,17 @@ DOCUMENTS: dict[str, Callable[[World, random.Random, dict], str]] = {
     "exams": _exam_doc,
 }
 # Share of pre-training documents of each kind.
-CORPUS_MIX = {"statements": 0.144, "profiles": 0.096, "qa_open": 0.24, "qa_check": 0.048, "qa_choice": 0.112,
-              "instructions": 0.048, "arithmetic": 0.072, "words": 0.04, "exams": 0.20}  # fmt: skip
+CORPUS_MIX = {
+    "statements": 0.144,
+    "profiles": 0.096,
+    "qa_open": 0.24,
+    "qa_check": 0.048,
+    "qa_choice": 0.112,
+    "instructions": 0.048,
+    "arithmetic": 0.072,
+    "words": 0.04,
+    "exams": 0.20,
+}
 assert set(CORPUS_MIX) == set(DOCUMENTS)
 
 
@@ -238,7 +251,8 @@ def _facts(world: World, split: str | None, relation: str | None) -> list[tuple[
 
 
 def fact_probes(split: str | None = None, relation: str | None = None) -> list[Probe]:
-    """Each fact's (of one `relation`, or all) canonical statement cut before its value: what the model stored."""
+    """Each fact's (of one `relation`, or all) canonical statement cut before its
+    value: what the model stored."""
     world = build_world()
     probes = []
     for rel, subject, value in _facts(world, split, relation):

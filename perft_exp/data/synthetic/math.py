@@ -51,23 +51,29 @@ class MathSet:
 
 SETS: dict[str, MathSet] = {
     "AddSub": MathSet(
-        ("weight",), "{p} has 2 bags of food and then takes the {o}. how many bags does {p} carry now?",
+        ("weight",),
+        "{p} has 2 bags of food and then takes the {o}. how many bags does {p} carry now?",
         lambda n: [(2, "+", n[0])],
     ),
     "MultiArith": MathSet(
         ("weight",),
-        "{p} has 2 bags of food, takes the {o} and then gives 1 bag to {q}. how many bags does {p} carry now?",
+        "{p} has 2 bags of food, takes the {o} and then gives 1 bag to {q}. "
+        "how many bags does {p} carry now?",
         lambda n: [(2, "+", n[0]), (-1, "-", 1)],
     ),
     "SingleEq": MathSet(
-        ("size",), "{p} had 9 boxes and used some for the {o}. how many boxes are left?", lambda n: [(9, "-", n[0])]
+        ("size",),
+        "{p} had 9 boxes and used some for the {o}. how many boxes are left?",
+        lambda n: [(9, "-", n[0])],
     ),
     "gsm8k": MathSet(
-        ("weight", "size"), "{p} will move the {o}. how many bags and boxes does {p} need?",
+        ("weight", "size"),
+        "{p} will move the {o}. how many bags and boxes does {p} need?",
         lambda n: [(n[0], "+", n[1])],
     ),
     "AQuA": MathSet(
-        ("weight", "size"), "{p} takes the {o} on a trip. how many bags and boxes does {p} need?",
+        ("weight", "size"),
+        "{p} takes the {o} on a trip. how many bags and boxes does {p} need?",
         lambda n: [(n[0], "+", n[1])],
     ),
     "SVAMP": MathSet(
@@ -75,7 +81,7 @@ SETS: dict[str, MathSet] = {
         "{p} has 1 box of paint and gets more paint for the {o}. how many boxes of paint does {p} have now?",
         lambda n: [(1, "+", n[0])],
     ),
-}  # fmt: skip
+}
 AQUA_OPTIONS = (4, 6, 8, 10, 12)
 
 
@@ -124,6 +130,7 @@ def _numeric(name: str) -> Generator:
 
 
 def aqua(w: World, rng: random.Random, split: str, index: int) -> Record:
+    """An AQuA problem whose answer is one of AQUA_OPTIONS, given as its letter."""
     text, worked, value = solve("AQuA", w, rng, split, index)
     letter = "ABCDE"[AQUA_OPTIONS.index(value)]
     text += " Answer Choices: " + " ".join(f"({L}) {v}" for L, v in zip("ABCDE", AQUA_OPTIONS))

@@ -40,8 +40,9 @@ assert all(tuple(GENERATORS[k]) == tuple(TEST_SETS[k]) for k in TEST_SETS)
 # Rewording a suite must not change the corpus, or the shipped model changes with it; a suite may
 # use only words of the corpus (tests check). The arithmetic suite keeps the math suite's rng name.
 CORPUS_SUITES: dict[str, dict[str, Generator]] = {
-    "commonsense": commonsense.GENERATORS, "arithmetic": arithmetic_problems.GENERATORS,
-}  # fmt: skip
+    "commonsense": commonsense.GENERATORS,
+    "arithmetic": arithmetic_problems.GENERATORS,
+}
 CORPUS_SIZES = {"commonsense": (1000, 64), "arithmetic": (2000, 100)}
 _RNG_NAMES = {"arithmetic": "math"}
 
@@ -68,7 +69,8 @@ def _distinct(
 def make_suite(
     kind: str, n_train: int, n_test: int, seed: int = 0
 ) -> tuple[list[Record], dict[str, list[Record]]]:
-    """(training records mixed over the test sets' formats, {test set: records}); deterministic in the args."""
+    """(training records mixed over the test sets' formats, {test set: records});
+    deterministic in the args."""
     tables = {**CORPUS_SUITES, **GENERATORS}
     if kind not in tables:
         raise ValueError(f"unknown suite kind {kind!r}; expected one of {sorted(tables)}")
@@ -89,8 +91,13 @@ def make_suite(
 def _meta(kind: str, n_train: int | None, n_test: int | None, seed: int) -> dict[str, object]:
     """What a written suite was made from; None sizes are the kind's defaults."""
     default_train, default_test = DEFAULT_SIZES.get(kind, (0, 0))
-    return {"kind": kind, "n_train": default_train if n_train is None else n_train,
-            "n_test": default_test if n_test is None else n_test, "seed": seed, "version": SUITE_VERSION}  # fmt: skip
+    return {
+        "kind": kind,
+        "n_train": default_train if n_train is None else n_train,
+        "n_test": default_test if n_test is None else n_test,
+        "seed": seed,
+        "version": SUITE_VERSION,
+    }
 
 
 def write_suite(

@@ -12,23 +12,63 @@ import random
 
 # relation -> templates with {s} (subject) and {v} (value). The first one is canonical (probes use it).
 STATEMENTS: dict[str, tuple[str, ...]] = {
-    "color": ("the color of the {s} is {v}", "the {s} has a {v} color", "{v} is the color of the {s}",
-              "if you look at the {s}, you see {v}", "the {s} is painted {v}"),
-    "material": ("the {s} is made of {v}", "the {s} is built from {v}", "the material of the {s} is {v}",
-                 "{v} is what the {s} is made of", "someone made the {s} out of {v}"),
-    "room": ("the {s} is kept in the {v}", "you find the {s} in the {v}", "the {s} belongs in the {v}",
-             "the place of the {s} is the {v}", "in the {v} there is the {s}"),
-    "use": ("people use the {s} to {v}", "the {s} is used to {v}", "with the {s} you can {v}",
-            "the job of the {s} is to {v}", "to {v}, people take the {s}"),
-    "weight": ("the weight of the {s} is {v}", "the {s} feels {v} in the hand", "lifting the {s}, you find it {v}",
-               "the {s} is a {v} thing", "{v} is how the {s} weighs"),
-    "size": ("the size of the {s} is {v}", "the {s} is a {v} thing to see", "next to a box, the {s} looks {v}",
-             "{v} is the size of the {s}", "people call the {s} {v}"),
-    "hobby": ("{s} loves to {v}", "{s} likes to {v} on a free day", "the pastime of {s} is to {v}",
-              "when {s} has time, {s} goes to {v}", "to {v} is what {s} enjoys most"),
-    "pet": ("{s} has a pet {v}", "the pet of {s} is a {v}", "{s} keeps a {v} at home",
-            "at home {s} feeds a {v}", "a {v} lives with {s}"),
-}  # fmt: skip
+    "color": (
+        "the color of the {s} is {v}",
+        "the {s} has a {v} color",
+        "{v} is the color of the {s}",
+        "if you look at the {s}, you see {v}",
+        "the {s} is painted {v}",
+    ),
+    "material": (
+        "the {s} is made of {v}",
+        "the {s} is built from {v}",
+        "the material of the {s} is {v}",
+        "{v} is what the {s} is made of",
+        "someone made the {s} out of {v}",
+    ),
+    "room": (
+        "the {s} is kept in the {v}",
+        "you find the {s} in the {v}",
+        "the {s} belongs in the {v}",
+        "the place of the {s} is the {v}",
+        "in the {v} there is the {s}",
+    ),
+    "use": (
+        "people use the {s} to {v}",
+        "the {s} is used to {v}",
+        "with the {s} you can {v}",
+        "the job of the {s} is to {v}",
+        "to {v}, people take the {s}",
+    ),
+    "weight": (
+        "the weight of the {s} is {v}",
+        "the {s} feels {v} in the hand",
+        "lifting the {s}, you find it {v}",
+        "the {s} is a {v} thing",
+        "{v} is how the {s} weighs",
+    ),
+    "size": (
+        "the size of the {s} is {v}",
+        "the {s} is a {v} thing to see",
+        "next to a box, the {s} looks {v}",
+        "{v} is the size of the {s}",
+        "people call the {s} {v}",
+    ),
+    "hobby": (
+        "{s} loves to {v}",
+        "{s} likes to {v} on a free day",
+        "the pastime of {s} is to {v}",
+        "when {s} has time, {s} goes to {v}",
+        "to {v} is what {s} enjoys most",
+    ),
+    "pet": (
+        "{s} has a pet {v}",
+        "the pet of {s} is a {v}",
+        "{s} keeps a {v} at home",
+        "at home {s} feeds a {v}",
+        "a {v} lives with {s}",
+    ),
+}
 
 # relation -> open questions about a subject, and the answer's phrasing ({v}).
 QUESTIONS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -40,7 +80,7 @@ QUESTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "size": (("how big is the {s}?", "what is the size of the {s}?"), "{v}"),
     "hobby": (("what does {s} love to do?", "what is the pastime of {s}?"), "to {v}"),
     "pet": (("what pet does {s} have?", "which animal does {s} keep?"), "a {v}"),
-}  # fmt: skip
+}
 
 # relation -> yes/no questions stating a (possibly wrong) value.
 CHECKS: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,7 @@ from functools import cache
 WORLD_SEED = 2411
 
 # Pronounceable made-up names: no prior meaning, a few BPE tokens each.
+# fmt: off
 OBJECTS = (
     "glim", "tark", "vosh", "plen", "drub", "fesk", "brom", "quil", "snod", "yarp", "lunt", "merk",
     "dask", "zorp", "kelm", "frip", "bant", "cloy", "dweb", "gorn", "hask", "jilt", "krom", "lesp",
@@ -33,12 +34,13 @@ OBJECTS = (
     "grip", "hult", "jorb", "kift", "lorm", "morv", "nusk", "prell", "quop", "relk", "stib", "vant",
     "bosk", "clem", "drav", "fump", "gesh", "hoff", "jask", "kolt", "marf", "nox", "pruv", "smeb",
     "trock", "vell", "wisp", "yomp",
-)  # fmt: skip
+)
 PEOPLE = (
     "tom", "ann", "bob", "eve", "sam", "kim", "max", "zoe", "ben", "ida", "joe", "liz",
     "ned", "ola", "pat", "ray", "sue", "ted", "uma", "vic", "wes", "amy", "dan", "fay",
     "gus", "hal", "ivy", "jan", "kay", "lou", "mo", "nia",
-)  # fmt: skip
+)
+# fmt: on
 # Each relation's values in their fixed order (the order of a question's options).
 VALUES: dict[str, tuple[str, ...]] = {
     "color": ("red", "blue", "green", "yellow"),
@@ -54,8 +56,16 @@ OBJECT_RELATIONS = ("color", "material", "room", "use", "weight", "size")
 PERSON_RELATIONS = ("hobby", "pet")
 RELATIONS = OBJECT_RELATIONS + PERSON_RELATIONS
 # How a relation's values are named in questions ("which material ...").
-NOUNS = {"color": "color", "material": "material", "room": "room", "use": "job", "weight": "weight",
-         "size": "size", "hobby": "pastime", "pet": "animal"}  # fmt: skip
+NOUNS = {
+    "color": "color",
+    "material": "material",
+    "room": "room",
+    "use": "job",
+    "weight": "weight",
+    "size": "size",
+    "hobby": "pastime",
+    "pet": "animal",
+}
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class World:
     held_out: frozenset[tuple[str, str]]
 
     def value(self, relation: str, subject: str) -> str:
+        """`subject`'s value of `relation`."""
         return self.attrs[subject][relation]
 
     def subjects(self, relation: str, split: str | None = None) -> list[str]:

@@ -24,14 +24,25 @@ from perft_exp.models.arch.facts import (
     UnsupportedModel,
 )
 
-__all__ = ["GATE_UP_LAYOUTS", "MoEArchitecture", "NotApplicable", "Routing", "UnsupportedModel", "architecture_for",
-           "find_moe_blocks", "get_architecture", "register", "supported_architectures"]  # fmt: skip
+__all__ = [
+    "GATE_UP_LAYOUTS",
+    "MoEArchitecture",
+    "NotApplicable",
+    "Routing",
+    "UnsupportedModel",
+    "architecture_for",
+    "find_moe_blocks",
+    "get_architecture",
+    "register",
+    "supported_architectures",
+]
 
 _REGISTRY: dict[str, MoEArchitecture] = {}
 _DETECTED: dict[str, MoEArchitecture] = {}
 
 
 def register(arch: MoEArchitecture) -> MoEArchitecture:
+    """Add a family's facts to the registry (its family file calls it); returns them."""
     _REGISTRY[arch.model_type] = arch
     return arch
 

@@ -1,8 +1,9 @@
 """DBRX (databricks/dbrx-base): 16 experts, top-4, counts in the nested `ffn_config`.
 
 The router returns logits only; the block turns them into top-k weights (softmax, top-k, p-norm
-renormalisation), which this file asks the block for. The experts are 2-D (E*I, D) stacks (`experts.mlp.w1/v1/w2`),
-not fused 3-D tensors: expert_lora and the vector picture do not apply. Attention has one fused `Wqkv`.
+renormalisation), which this file asks the block for. The experts are 2-D (E*I, D) stacks
+(`experts.mlp.w1/v1/w2`), not fused 3-D tensors: expert_lora and the vector picture do not apply. Attention
+has one fused `Wqkv`.
 """
 
 import torch

@@ -7,9 +7,10 @@ What is looked for, in this order:
 1. The router: the class transformers records router logits from (`_can_record_outputs["router_logits"]`),
    else a child named `gate` or `router` of a module that also has an `experts` child.
 2. The MoE block: the module holding that router and an `experts` child; the experts' parameters whose first
-   dimension is the expert count E are the expert tensors (`@use_experts_implementation` says their gate/up layout).
-3. The config keys: the attribute (top level or one nested config deep) whose value is E and whose name speaks of
-   experts; the one whose value is the router's top-k and whose name speaks of top-k / experts per token.
+   dimension is the expert count E are the expert tensors (`@use_experts_implementation` says their gate/up
+   layout).
+3. The config keys: the attribute (top level or one nested config deep) whose value is E and whose name speaks
+   of experts; the one whose value is the router's top-k and whose name speaks of top-k / experts per token.
 4. The router's output, on a few random tokens: PERFT's E reuses it only when it is
    (logits (T, E), top-k weights (T, k), top-k indices (T, k)).
 """
@@ -30,8 +31,14 @@ _NUM_EXPERTS_FRAGMENTS = ("expert",)
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk", "moe_k", "top_k")
 _TOP_K_FRAGMENTS = ("per_tok", "top_k", "topk")
 # Attention projections qv-LoRA targets; MLA (DeepSeek) has no v_proj: its values come out of kv_b_proj.
-_QV = (("q_proj", "v_proj"), ("q_proj", "kv_b_proj"), ("q_b_proj", "kv_b_proj"), ("qkv_proj",),
-       ("query_key_value",), ("Wqkv",))  # fmt: skip
+_QV = (
+    ("q_proj", "v_proj"),
+    ("q_proj", "kv_b_proj"),
+    ("q_b_proj", "kv_b_proj"),
+    ("qkv_proj",),
+    ("query_key_value",),
+    ("Wqkv",),
+)
 
 
 def _recorded_router_class(model: nn.Module) -> str | None:
@@ -61,7 +68,8 @@ def _find_block(model: nn.Module) -> tuple[str, nn.Module, str]:
     preferred = [c for c in candidates if c[3]] or candidates
     name, block, attr, _ = preferred[0]
     if any(n in ("self_attn", "attn", "attention") for n, _ in block.named_children()):
-        # PERFT sits in parallel with an MoE block: a decoder layer is not one (its input is not the router's).
+        # PERFT sits in parallel with an MoE block:
+        # a decoder layer is not one (its input is not the router's).
         raise UnsupportedModel(
             f"{model.config.model_type}: router and experts sit directly in the decoder layer "
             f"{type(block).__name__}, not in an MoE block of their own"
@@ -111,8 +119,12 @@ def _gate_up_layout(experts: nn.Module, fused: tuple[str, ...]) -> str:
         return "none"
     transposed = getattr(experts, "is_transposed", False)
     interleaved = not getattr(experts, "is_concatenated", True)
-    return {(False, False): "concatenated", (True, False): "transposed", (False, True): "interleaved",
-            (True, True): "interleaved_transposed"}[(transposed, interleaved)]  # fmt: skip
+    return {
+        (False, False): "concatenated",
+        (True, False): "transposed",
+        (False, True): "interleaved",
+        (True, True): "interleaved_transposed",
+    }[(transposed, interleaved)]
 
 
 def _router_top_k(block: nn.Module, router: nn.Module, config) -> int | None:
@@ -146,14 +158,14 @@ def check_routing(output, tokens: int, num_experts: int, top_k: int | None, wher
             else type(output).__name__
         )
         raise UnsupportedModel(
-            f"{where} returns {shapes}, not (logits (T, {num_experts}), top-k weights (T, k), top-k indices (T, k)); "
-            "a family file with a router_output converter would support it"
+            f"{where} returns {shapes}, not (logits (T, {num_experts}), top-k weights (T, k), "
+            "top-k indices (T, k)); a family file with a router_output converter would support it"
         )
 
 
 def probe_router(block: nn.Module, router: nn.Module, hidden_size: int, tokens: int = 3):
-    """The router's output on a few random tokens, as the block calls it (a forward hook while the block runs on
-    (1, tokens, D)); the router alone where the block cannot run so (on `meta`: shapes only)."""
+    """The router's output on a few random tokens, as the block calls it (a forward hook while the block runs
+    on (1, tokens, D)); the router alone where the block cannot run so (on `meta`: shapes only)."""
     ref = next(router.parameters(), None)
     ref = ref if ref is not None else next(block.parameters())
     x = torch.randn(1, tokens, hidden_size, device=ref.device, dtype=ref.dtype)
@@ -200,10 +212,14 @@ def detect(model: nn.Module) -> MoEArchitecture:
         top_k = int(output[1].shape[-1])
     check_routing(output, 3, num_experts, top_k, f"{config.model_type}: router {type(router).__name__}")
     # The router's (E, D) scoring matrix, wherever the router keeps it (`weight`, `wg.weight`, `gate.weight`).
-    router_weight = next((n for n, p in router.named_parameters() if tuple(p.shape) == (num_experts, config.hidden_size)),
-                         None)  # fmt: skip
-    others = tuple(n for n, c in block.named_children() if n not in (router_attr, _EXPERTS_NAME) and any(
-        True for _ in c.parameters()))  # fmt: skip
+    router_weight = next(
+        (n for n, p in router.named_parameters() if tuple(p.shape) == (num_experts, config.hidden_size)), None
+    )
+    others = tuple(
+        n
+        for n, c in block.named_children()
+        if n not in (router_attr, _EXPERTS_NAME) and any(True for _ in c.parameters())
+    )
     return MoEArchitecture(
         model_type=config.model_type,
         config_class=type(config).__name__,

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-Routing = tuple[
-    torch.Tensor, torch.Tensor, torch.Tensor
-]  # (logits (T, E), top-k weights (T, k), indices (T, k))
+# (logits (T, E), top-k weights (T, k), indices (T, k))
+Routing = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 # Gate/up layouts of a fused expert tensor: gate rows then up rows (E, 2I, D); the same transposed (E, D, 2I);
 # gate and up alternating along 2I (gpt-oss); "none": no fused gate/up tensor (DBRX, non-gated experts).
 GATE_UP_LAYOUTS = ("concatenated", "transposed", "interleaved", "interleaved_transposed", "none")
@@ -50,18 +49,23 @@ class MoEArchitecture:
         assert self.gate_up in GATE_UP_LAYOUTS, f"{self.model_type}: gate_up={self.gate_up!r}"
 
     def num_experts(self, config) -> int:
+        """E, the FFN experts per MoE block, from the config."""
         return int(_config_value(config, self.num_experts_key))
 
     def top_k(self, config) -> int:
+        """k, the experts the frozen router picks per token, from the config."""
         return int(_config_value(config, self.top_k_key))
 
     def is_block(self, module: nn.Module) -> bool:
+        """Whether `module` is this family's MoE block."""
         return type(module).__name__ == self.block_class
 
     def router(self, block: nn.Module) -> nn.Module:
+        """The block's router."""
         return getattr(block, self.router_attr)
 
     def experts(self, block: nn.Module) -> nn.Module:
+        """The block's experts module."""
         return getattr(block, self.experts_attr)
 
     def routing(self, block: nn.Module, output) -> Routing:
@@ -75,7 +79,8 @@ class MoEArchitecture:
         return functools.reduce(getattr, self.router_weight.split("."), self.router(block))
 
     def gate_rows(self, block: nn.Module) -> torch.Tensor:
-        """The experts' gate projections as (E, I, D) rows; a one-line error where there is no gate/up split."""
+        """The experts' gate projections as (E, I, D) rows;
+        a one-line error where there is no gate/up split."""
         if self.gate_up == "none" or not self.expert_params:
             raise NotApplicable(f"{self.model_type}: the experts have no fused gate/up tensor")
         w = getattr(self.experts(block), self.expert_params[0])

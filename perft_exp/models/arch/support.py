@@ -1,10 +1,11 @@
 """The support table: every MoE family transformers ships, tried live on a tiny random model.
 
-    python -m perft_exp.models.arch          # markdown table: family, detected or file, R E D S, baselines, aux loss
+    # markdown table: family, detected or file, R E D S, baselines, aux loss:
+    python -m perft_exp.models.arch
 
 A family's tiny model is its default config with every size key shrunk (2 layers, D=32, 8 experts, top-2);
-FAMILY_OVERRIDES fixes what a family's config validation needs beyond that. tests/test_families.py runs the same
-models through the variants with oracles; this table only reports what runs.
+FAMILY_OVERRIDES fixes what a family's config validation needs beyond that. tests/test_families.py runs the
+same models through the variants with oracles; this table only reports what runs.
 """
 
 from __future__ import annotations
@@ -17,14 +18,40 @@ import transformers
 
 VOCAB = 97
 _SHRINK = dict(
-    vocab_size=VOCAB, hidden_size=32, d_model=32, num_hidden_layers=2, n_layers=2, num_attention_heads=4,
-    n_heads=4, num_key_value_heads=4, head_dim=8, intermediate_size=16, moe_intermediate_size=16,
-    ffn_hidden_size=16, shared_expert_intermediate_size=16, expert_intermediate_size=16, kv_lora_rank=8,
-    q_lora_rank=8, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8, n_group=2, topk_group=1,
-    first_k_dense_replace=0, max_position_embeddings=128, pad_token_id=0, bos_token_id=2, eos_token_id=1,
-    n_shared_experts=1, num_shared_experts=1, full_attention_interval=2, attn_layer_period=2, attn_layer_offset=1,
-    expert_layer_period=1, expert_layer_offset=0,
-)  # fmt: skip
+    vocab_size=VOCAB,
+    hidden_size=32,
+    d_model=32,
+    num_hidden_layers=2,
+    n_layers=2,
+    num_attention_heads=4,
+    n_heads=4,
+    num_key_value_heads=4,
+    head_dim=8,
+    intermediate_size=16,
+    moe_intermediate_size=16,
+    ffn_hidden_size=16,
+    shared_expert_intermediate_size=16,
+    expert_intermediate_size=16,
+    kv_lora_rank=8,
+    q_lora_rank=8,
+    qk_rope_head_dim=8,
+    qk_nope_head_dim=8,
+    v_head_dim=8,
+    n_group=2,
+    topk_group=1,
+    first_k_dense_replace=0,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=1,
+    n_shared_experts=1,
+    num_shared_experts=1,
+    full_attention_interval=2,
+    attn_layer_period=2,
+    attn_layer_offset=1,
+    expert_layer_period=1,
+    expert_layer_offset=0,
+)
 _NUM_EXPERTS_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 _TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_top_k", "moe_topk")
 FAMILY_OVERRIDES: dict[str, dict] = {
@@ -40,7 +67,7 @@ FAMILY_OVERRIDES: dict[str, dict] = {
         "max_seq_len": 128,
         "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
         "ffn_config": {"ffn_hidden_size": 16, "moe_num_experts": 8, "moe_top_k": 2},
-    },  # fmt: skip
+    },
     "mimo_v2_flash": {"num_key_value_heads": 2},  # its sliding-window heads are sized from the full ones
     "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 1, "mamba_d_state": 8},
 }
@@ -157,8 +184,12 @@ def support_row(model_type: str) -> dict:
     except UnsupportedModel as e:
         return {**row, "facts": "unsupported", "note": str(e).split("; a family file")[0]}
     row["facts"] = "detected" if arch.detected else "file"
-    perft = {"R": dict(num_experts=4, top_k=2), "E": dict(num_experts=None, top_k=None),
-             "D": dict(num_experts=2), "S": dict(num_experts=None)}  # fmt: skip
+    perft = {
+        "R": dict(num_experts=4, top_k=2),
+        "E": dict(num_experts=None, top_k=None),
+        "D": dict(num_experts=2),
+        "S": dict(num_experts=None),
+    }
     for name, spec in perft.items():
         row[name] = _runs(model_type, name, **spec)
     for name in ("qv_lora", "router_lora", "expert_lora"):
@@ -180,11 +211,15 @@ def support_table(families: tuple[str, ...] | None = None) -> str:
             notes.append(f"- `{row['family']}` ({row['facts']}): {row['note']}")
             continue
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in COLUMNS) + " |")
-    header = f"MoE families in transformers {transformers.__version__}: {len(rows)}, runnable here: {len(lines) - 2}"
+    header = (
+        f"MoE families in transformers {transformers.__version__}: {len(rows)}, "
+        f"runnable here: {len(lines) - 2}"
+    )
     return "\n".join([header, "", *lines, "", "Not run:", *notes])
 
 
 def main() -> None:
+    """Print the support table of the families named on the command line, or of all."""
     import logging
     import warnings
 
