@@ -29,6 +29,7 @@ from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
 from perft_exp.checks import ConfigError, at_least, one_of
 from perft_exp.run_dir import OUTPUT_ROOT
+from perft_exp.training.batch import batch_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ZERO_STAGES = (0, 2, 3)
@@ -131,11 +132,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
         at_least("trainer.learning_rate", self.learning_rate, strict=False)
-        from perft_exp.training.batch import batch_plan
-
-        batch_plan(
-            self, int(os.environ.get("WORLD_SIZE", "1"))
-        )  # splits on the ranks this process started with
+        # splits on the ranks this process started with
+        batch_plan(self, int(os.environ.get("WORLD_SIZE", "1")))
         at_least("trainer.warmup_steps", self.warmup_steps, strict=False)
         at_least("trainer.eval_steps", self.eval_steps)
         at_least("trainer.save_steps", self.save_steps)
