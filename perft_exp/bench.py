@@ -44,12 +44,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from omegaconf import OmegaConf
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import adapter_aux_loss, apply_adapters, freeze, trainable_parameters
-from perft_exp.config import CONF_DIR, cache_root
+from perft_exp.config import cache_root, model_config
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class BenchModel:
     overrides: dict = field(default_factory=dict)
 
     def config(self) -> transformers.OlmoeConfig:
-        arch = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "model" / "olmoe_1b_7b.yaml").architecture)
+        arch = model_config("olmoe_1b_7b").architecture
         return transformers.OlmoeConfig(**{**arch, **self.overrides})
 
 

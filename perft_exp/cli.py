@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from perft_exp.config import CONF_DIR, compose, setup, validate
+from perft_exp.config import CONF_DIR, TrainConfig, compose, prepare_run, setup, validate
 from perft_exp.optional_imports import hide_unused
 
 log = logging.getLogger("perft_exp")
@@ -130,26 +130,25 @@ def submitit_installed() -> bool:
         return False
 
 
-def precheck(argv: list[str]) -> list[DictConfig]:
-    """Compose and validate every job the command line describes (returned); exit 2 with one line on the
-    first error."""
+def precheck(argv: list[str]) -> list[TrainConfig]:
+    """Compose and validate every job the command line describes (their typed specs are returned); exit 2 with
+    one line on the first error."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     launcher = [a.split("=", 1)[1] for a in argv if a.startswith("hydra/launcher=")]
     if launcher and ("slurm" in launcher[-1] or "submitit" in launcher[-1]) and not submitit_installed():
         print(f"error: hydra/launcher={launcher[-1]}: {SLURM_EXTRA_HINT}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
     overrides = [a for a in argv if not a.startswith("-") and not a.startswith("hydra.") and "=" in a]
-    cfgs = []
+    specs = []
     try:
         for job in _job_overrides(overrides, multirun):
-            cfgs.append(compose(job))
-            validate(cfgs[-1])
+            specs.append(validate(compose(job)))
     except Exception as e:  # noqa: BLE001 - reported as one line below; debug=true shows the trace
         if _debug(argv):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
-    return cfgs
+    return specs
 
 
 def _debug(argv: list[str]) -> bool:
@@ -228,7 +227,8 @@ def _run_and_record(cfg: DictConfig, run) -> float | None:
     from perft_exp.training.trainer import Preempted
 
     try:
-        results = train(cfg)
+        # The run takes the typed spec (and the composed config, as the run directory's identity and record)
+        results = train(prepare_run(cfg))
     except Preempted as e:
         log.warning("%s", e)
         sys.exit(EXIT_PREEMPTED)

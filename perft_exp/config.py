@@ -8,6 +8,10 @@ below, and the spec holds their members), `PerftConfig`'s checks the PEFT knobs 
 and `TrainConfig`'s the rules across groups; then the file system (model path, data directory: last). What
 `validate` returns is the typed run spec; its PerftConfig is resolved against the base model when the adapters
 are applied (PerftConfig.resolve), and the run's results, name, labels and W&B config derive from them.
+
+The composed DictConfig stays with the command line, this module and the run directory (perft_exp/run_dir.py),
+as the run's identity and saved config: `prepare_run` hands a run its typed spec together with what only the
+composed config gives (ComposedRun); every other module reads the typed spec and its groups.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
 from perft_exp.checks import ConfigError, at_least, one_of
 from perft_exp.run_dir import OUTPUT_ROOT
+from perft_exp.training.batch import batch_plan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ZERO_STAGES = (0, 2, 3)
@@ -131,11 +136,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
         at_least("trainer.learning_rate", self.learning_rate, strict=False)
-        from perft_exp.training.batch import batch_plan
-
-        batch_plan(
-            self, int(os.environ.get("WORLD_SIZE", "1"))
-        )  # splits on the ranks this process started with
+        # splits on the ranks this process started with
+        batch_plan(self, int(os.environ.get("WORLD_SIZE", "1")))
         at_least("trainer.warmup_steps", self.warmup_steps, strict=False)
         at_least("trainer.eval_steps", self.eval_steps)
         at_least("trainer.save_steps", self.save_steps)
@@ -237,15 +239,27 @@ def perft_config(cfg: DictConfig) -> PerftConfig:
         raise ConfigError(str(e)) from e
 
 
+def to_spec(cfg: DictConfig) -> TrainConfig:
+    """The typed run spec of a composed config, every value checked by its schema dataclass (ConfigError
+    naming the key); the file system is not looked at (validate adds that)."""
+    try:
+        return OmegaConf.to_object(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def validate(cfg: DictConfig) -> TrainConfig:
     """The typed run spec of a composed config, checked before any model loads (ConfigError naming the key).
 
     Every value is checked by its schema dataclass (see the module docstring); the file system last, so a
     missing data directory is the only error left when it is reported (scripts/sweep.py treats it as a note)."""
-    try:
-        spec: TrainConfig = OmegaConf.to_object(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    spec = to_spec(cfg)
+    check_paths(spec)
+    return spec
+
+
+def check_paths(spec: TrainConfig) -> None:
+    """The spec's paths exist: a local model.pretrained, then task.data_dir (ConfigError naming the key)."""
     pretrained = str(spec.model.pretrained)
     if pretrained.startswith(("/", ".", "~")) or pretrained.count("/") > 1:  # a path (hub ids are org/name)
         if not Path(pretrained).expanduser().is_dir():
@@ -258,7 +272,27 @@ def validate(cfg: DictConfig) -> TrainConfig:
             f"task.data_dir={t.data_dir!r} does not exist; fetch the LLM-Adapters files with "
             "`python scripts/fetch_data.py --data-dir <dir>` or point task.data_dir at them"
         )
-    return spec
+
+
+@dataclass(frozen=True)
+class ComposedRun:
+    """A composed config as a run takes it (`prepare_run`): the typed spec every stage reads, and what only
+    the composed config gives. The DictConfig itself goes along as the run's identity and saved config, for
+    perft_exp/run_dir.py alone (RunDir.check, RunDir.write_results); nothing else reads it."""
+
+    spec: TrainConfig
+    config: DictConfig
+    changes: list[str]  # describe_changes(changed_from_defaults(config)): the results' config_changes
+    resolved: dict  # the resolved config as plain dicts and lists: W&B's nested config
+
+
+def prepare_run(cfg: DictConfig) -> ComposedRun:
+    """A composed config made ready for a run: a local checkpoint's architecture recorded in it
+    (record_checkpoint_architecture), validated into the typed spec, its derived values taken once."""
+    record_checkpoint_architecture(cfg)
+    spec = validate(cfg)
+    changes = describe_changes(changed_from_defaults(cfg))
+    return ComposedRun(spec, cfg, changes, OmegaConf.to_container(cfg, resolve=True))
 
 
 # Keys of a checkpoint's config.json that are bookkeeping, not architecture.
@@ -403,6 +437,33 @@ def setup() -> None:
 
 
 CONF_DIR = REPO_ROOT / "conf"
+
+
+def group_spec(node: DictConfig) -> Any:
+    """One group of a composed config (`cfg.model`, `cfg.eval`, ...) as its schema dataclass, its values
+    checked (ConfigError naming the key), without the run's rules across groups: for scripts that use a few
+    groups."""
+    try:
+        return OmegaConf.to_object(node)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def compose_spec(overrides: list[str] | None = None) -> TrainConfig:
+    """The typed spec of the app's config with `overrides` (scripts, tests): compose, then to_spec (the file
+    system is not looked at: validate does that)."""
+    return to_spec(compose(overrides))
+
+
+def model_config(name: str) -> ModelConfig:
+    """One option of the model group on its own, typed: conf/model/<name>.yaml over ModelConfig (bench.py)."""
+    node = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    )
+    try:
+        return OmegaConf.to_object(node)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

@@ -5,6 +5,7 @@
       .hold.json          the process working in it      -> state "running" (perft_exp/run_lock.py)
       failed.json         a run that raised              -> state "failed" (error: the first error line)
       checkpoints/        an interrupted run             -> state "started"; else "pending"
+        checkpoint-<step>/  complete once trainer_state.json is written (RunDir.latest_checkpoint resumes it)
       run_config.json     the config that owns the directory (checked by train.py and by every sweep)
       config.yaml         the resolved config, written beside results.json (what `load_spec` reads back)
       .hydra/overrides.yaml  the command line's overrides (replayed by scripts/evaluate.py)
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,6 +165,43 @@ class RunDir:
         """The live process holding the directory (None when none does, or its hold is stale)."""
         found = read_holder(self.path / ".hold.json")
         return found if found is not None and found.alive() else None
+
+    # --- checkpoints (the HF Trainer's, below checkpoints/) ----------------------------------------------
+
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint that was fully written (HF writes trainer_state.json last), with its adapter
+        config: the one to resume from (None when there is none).
+
+        A run killed while saving leaves a partial checkpoint-N behind; resuming skips it.
+        """
+        if not self.checkpoints.is_dir():
+            return None
+        found = sorted(
+            (p for p in self.checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+            key=lambda p: int(p.name.split("-")[-1]),
+            reverse=True,
+        )
+        for ckpt in found:
+            try:
+                json.loads((ckpt / "trainer_state.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", ckpt)
+                continue
+            if (ckpt / ADAPTER_CONFIG_NAME).is_file():
+                return str(ckpt)
+        return None
+
+    def remove_torn_checkpoints(self) -> list[Path]:
+        """Remove the checkpoints a failed save left half-written (to free the space they hold); returns
+        them."""
+        torn = [
+            p
+            for p in sorted(self.checkpoints.glob("checkpoint-*"))
+            if not (p / "trainer_state.json").is_file()
+        ]
+        for path in torn:
+            shutil.rmtree(path, ignore_errors=True)
+        return torn
 
     def has_adapter(self) -> bool:
         return (self.adapter / ADAPTER_CONFIG_NAME).is_file()

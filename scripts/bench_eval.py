@@ -23,7 +23,7 @@ from perft_exp.evaluation import MODES, evaluate
 
 
 def build_random_tiny(out_dir: Path, name: str = "tiny_olmoe") -> Path:
-    """The tiny model's tokenizer and architecture with random weights (no pre-training), saved to `out_dir`."""
+    """The tiny model's tokenizer and architecture, random weights (no pre-training), saved to `out_dir`."""
     from perft_exp.models.tiny.build import build_config, build_tokenizer
     from perft_exp.models.tiny_spec import TINY_SPECS
 

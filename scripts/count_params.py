@@ -16,7 +16,7 @@ import sys
 from omegaconf import DictConfig
 
 from perft_exp.cli import one_line
-from perft_exp.config import compose, perft_config
+from perft_exp.config import compose, group_spec, perft_config
 from perft_exp.optional_imports import hide_unused
 
 
@@ -30,14 +30,13 @@ def count_config(cfg: DictConfig) -> dict:
     from perft_exp.adapters.model import apply_adapters
     from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
 
-    perft = perft_config(cfg)
-    # A local checkpoint (model.pretrained=<dir>) is counted from its own
-    # config.json, on meta like the YAML's.
-    local = checkpoint_config(cfg.model) is not None
-    model = build_meta_model(cfg.model) if cfg.model.architecture or local else load_model(cfg.model)[0]
+    perft, base = perft_config(cfg), group_spec(cfg.model)
+    # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the YAML's.
+    local = checkpoint_config(base) is not None
+    model = build_meta_model(base) if base.architecture or local else load_model(base)[0]
     model = apply_adapters(model, perft)
     return {
-        "model": cfg.model.name,
+        "model": base.name,
         "config": model.perft_config.run_label(),
         **count_parameters(model).to_dict(),
     }

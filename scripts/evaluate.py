@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from perft_exp.cli import EXIT_HELD, error_line, one_line
-from perft_exp.config import compose, perft_config
+from perft_exp.config import compose, group_spec, perft_config
 from perft_exp.files import write_error, writing
 from perft_exp.optional_imports import hide_unused
 from perft_exp.run_dir import RunDir
@@ -43,17 +43,20 @@ def run(argv: list[str]) -> dict:
     from perft_exp.evaluation.metrics import metrics_table
     from perft_exp.models.loading import load_model
 
-    model, tokenizer = load_model(cfg.model)
+    # The groups a re-evaluation uses, typed (a training run's rules across groups do not apply here)
+    base, task, ev = group_spec(cfg.model), group_spec(cfg.task), group_spec(cfg.eval)
+
+    model, tokenizer = load_model(base)
     if not base_only:
         model = load_adapter(model, run_dir.adapter)
     model.eval()
-    tests = load_task_data(cfg.task).tests
-    protocol = "" if cfg.eval.protocol == "fixed" else f"-{cfg.eval.protocol}"  # never over the fixed one
-    out = run_dir.evaluation(f"{cfg.task.name}-{cfg.eval.mode}{protocol}{'-base' if base_only else ''}")
+    tests = load_task_data(task).tests
+    protocol = "" if ev.protocol == "fixed" else f"-{ev.protocol}"  # never over the fixed one
+    out = run_dir.evaluation(f"{task.name}-{ev.mode}{protocol}{'-base' if base_only else ''}")
     with writing(out):
         result = evaluate(
-            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out, protocol=cfg.eval.protocol,
+            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens, out_dir=out, protocol=ev.protocol,
         )  # fmt: skip
     run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))

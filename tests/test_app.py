@@ -44,9 +44,9 @@ def llm_adapters_dir(tmp_path):
 @pytest.mark.parametrize("model", options("model"))
 def test_model_options(model):
     cfg = compose([f"model={model}"])
-    validate(cfg)
+    spec = validate(cfg)
     if cfg.model.architecture:  # full size: built offline on meta, no download
-        built = build_meta_model(cfg.model)
+        built = build_meta_model(spec.model)
         assert built.config.model_type == cfg.model.model_type
         assert all(p.device.type == "meta" for p in built.parameters())
     else:
@@ -68,8 +68,7 @@ def test_variant_options(variant):
 def test_task_options(task, llm_adapters_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PERFT_CACHE", str(tmp_path / "cache"))
     cfg = compose([f"task={task}"] + ([] if "synthetic" in task else [f"task.data_dir={llm_adapters_dir}"]))
-    validate(cfg)
-    data = load_task_data(cfg.task)
+    data = load_task_data(validate(cfg).task)
     assert data.train and len(data.val) == cfg.task.val_size
     assert sorted(data.tests) == sorted(cfg.task.test_sets)
 
@@ -77,8 +76,7 @@ def test_task_options(task, llm_adapters_dir, tmp_path, monkeypatch):
 @pytest.mark.parametrize("trainer", options("trainer"))
 def test_trainer_options(trainer, tmp_path):
     cfg = compose([f"trainer={trainer}"])
-    validate(cfg)
-    args = _training_arguments(cfg, RunDir(tmp_path), has_eval=True)
+    args = _training_arguments(validate(cfg), RunDir(tmp_path), has_eval=True)
     assert args.learning_rate == cfg.trainer.learning_rate
     assert args.eval_steps == cfg.trainer.eval_steps and args.metric_for_best_model == "eval_loss"
 
@@ -86,8 +84,7 @@ def test_trainer_options(trainer, tmp_path):
 @pytest.mark.parametrize("ds", options("deepspeed"))
 def test_deepspeed_options(ds):
     cfg = compose([f"deepspeed={ds}"])
-    validate(cfg)
-    ds_config = deepspeed_config(cfg.deepspeed)
+    ds_config = deepspeed_config(validate(cfg).deepspeed)
     assert (ds_config is None) == (cfg.deepspeed.stage == 0)
     if ds_config:
         assert ds_config["zero_optimization"]["stage"] == cfg.deepspeed.stage
@@ -330,7 +327,7 @@ def test_labels_agree_between_console_count_params_and_tables():
 
 def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_path, monkeypatch):
     """`seed=` drives trainer.seed (adapter init, data order); each seed has its own, readable directory."""
-    from perft_exp.config import DEFAULT_SEED, compose
+    from perft_exp.config import DEFAULT_SEED, compose, to_spec
     from perft_exp.training import run
 
     monkeypatch.setattr(
@@ -350,5 +347,5 @@ def test_seed_sets_adapter_init_and_data_order_and_shows_in_the_run_name(tmp_pat
         and explicit.name.startswith("R-n4-k2-r16-adapter-")
         and explicit.name != one.name
     )
-    args = run._training_arguments(one, RunDir(tmp_path), has_eval=True)
+    args = run._training_arguments(to_spec(one), RunDir(tmp_path), has_eval=True)
     assert args["seed"] == args["data_seed"] == 1

@@ -13,13 +13,13 @@ import sys
 import pytest
 from conftest import REPO, run_train
 
-from perft_exp.config import ConfigError, compose, validate
+from perft_exp.config import ConfigError, compose, compose_spec, validate
 from perft_exp.training.batch import BatchPlan, batch_plan
 
 
 @pytest.mark.parametrize("trainer", ["olmoe", "mixtral"])
 def test_the_paper_trainers_keep_a_global_batch_of_16_on_any_number_of_ranks(trainer):
-    tr = compose([f"trainer={trainer}"]).trainer
+    tr = compose_spec([f"trainer={trainer}"]).trainer
     assert tr.global_batch_size == 16
     assert [batch_plan(tr, n) for n in (1, 2, 8)] == [
         BatchPlan(16, 16, 1, 1),
@@ -31,7 +31,7 @@ def test_the_paper_trainers_keep_a_global_batch_of_16_on_any_number_of_ranks(tra
 
 
 def test_without_a_global_batch_it_grows_with_the_ranks():
-    tr = compose(["trainer=tiny"]).trainer
+    tr = compose_spec(["trainer=tiny"]).trainer
     assert tr.global_batch_size is None
     assert batch_plan(tr, 2) == BatchPlan(32, 16, 1, 2)
 

@@ -16,7 +16,7 @@ from standin import write_standin
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters
-from perft_exp.config import compose
+from perft_exp.config import compose_spec
 from perft_exp.models.arch import architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model
 
@@ -62,7 +62,7 @@ def test_a_standin_loads_in_the_hubs_layout_and_takes_E(name, standin):
     assert len(set(index.values())) == 2
     assert json.loads((path / "config.json").read_text())["transformers_version"].startswith("4.")
     assert any(".experts.0." in k for k in index) == (name in PER_EXPERT_ON_HUB), sorted(index)[:12]
-    cfg = compose([f"model={name}", f"model.pretrained={path}", "model.dtype=float32"]).model
+    cfg = compose_spec([f"model={name}", f"model.pretrained={path}", "model.dtype=float32"]).model
     model, tokenizer = load_model(cfg)
     arch = architecture_for(model)
     assert find_moe_blocks(model, arch)

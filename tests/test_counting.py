@@ -9,7 +9,7 @@ import pytest
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
 from perft_exp.adapters.model import apply_adapters
-from perft_exp.config import compose
+from perft_exp.config import compose, compose_spec
 from perft_exp.models.loading import build_meta_model
 
 CASES = [
@@ -23,8 +23,7 @@ CASES = [
 
 
 def _meta(model_name: str, perft: PerftConfig):
-    cfg = compose([f"model={model_name}"])
-    return apply_adapters(build_meta_model(cfg.model), perft)
+    return apply_adapters(build_meta_model(compose_spec([f"model={model_name}"]).model), perft)
 
 
 @pytest.mark.parametrize("model_name, spec, trainable, activated", CASES)

@@ -169,3 +169,43 @@ def test_tokenizer_state_is_restored_and_missing_pad_uses_eos(tiny_lm, tiny_toke
     assert results["boolq"]["n"] == 3
     assert tokenizer.padding_side == "right" and tokenizer.pad_token is None
     assert tiny_lm.training is False
+
+
+def test_the_base_eval_cache_is_keyed_by_what_the_result_depends_on(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from perft_exp.config import compose_spec
+    from perft_exp.evaluation.base_cache import base_eval, base_eval_cache
+
+    spec = compose_spec(["eval=paper", "output_root=/tmp/root", "model.dtype=float32"])
+    tests = {
+        "boolq": [{"instruction": "q", "answer": "true"}],
+        "piqa": [{"instruction": "p", "answer": "solution1"}],
+    }
+
+    def cache(
+        weights="/cache/tiny_olmoe-abc123", model=spec.model, ev=spec.eval, records=tests, root="/tmp/root"
+    ):
+        return base_eval_cache(root, model, spec.task, ev, weights, records)
+
+    # The keys training/run.py gave the cache from the composed config: old caches are found again
+    assert cache() == Path("/tmp/root/base_eval/synthetic_commonsense/tiny_olmoe/paper-004517dfa3.json")
+    assert cache(weights="").name == "paper-a3a6d71114.json"  # no name_or_path: model.pretrained stands in
+    others = [
+        cache(weights="/cache/tiny_olmoe-def456"),  # a rebuilt tiny model
+        cache(model=dataclasses.replace(spec.model, dtype="bfloat16")),
+        cache(ev=dataclasses.replace(spec.eval, max_new_tokens=8)),
+        cache(ev=dataclasses.replace(spec.eval, protocol="authors")),
+        cache(records={**tests, "boolq": [{"instruction": "q2", "answer": "true"}]}),  # edited data
+        cache(records={"boolq": tests["boolq"]}),  # fewer sets
+    ]
+    assert len({cache(), *others}) == len(others) + 1
+    # What the untuned base model's result does not depend on leaves the key alone
+    assert cache(ev=dataclasses.replace(spec.eval, batch_size=3)) == cache()
+
+    hit = cache(root=tmp_path)
+    hit.parent.mkdir(parents=True)
+    hit.write_text(json.dumps({"boolq": {"accuracy": 0.5}, "average": 0.5}))
+    # a cached result is read back without touching the model (None here)
+    assert base_eval(None, None, tests, spec.eval, hit)["average"] == 0.5

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_train
 from test_sweeps import shrink
 
-from perft_exp.config import compose, setup
+from perft_exp.config import compose_spec, setup
 from perft_exp.optional_imports import unused
 
 OPTIONAL = ("bitsandbytes", "deepspeed", "wandb")
@@ -51,11 +51,11 @@ def test_a_run_that_uses_them_keeps_them():
 
 def test_only_a_package_no_job_uses_is_hidden():
     setup()
-    default = compose([])
+    default = compose_spec([])
     assert unused([default]) == ["bitsandbytes", "deepspeed"]
     # a multirun in which one job quantises
-    assert unused([default, compose(["model.quantization=8bit"])]) == ["deepspeed"]
-    assert unused([compose(["deepspeed=zero2"])]) == ["bitsandbytes"]
+    assert unused([default, compose_spec(["model.quantization=8bit"])]) == ["deepspeed"]
+    assert unused([compose_spec(["deepspeed=zero2"])]) == ["bitsandbytes"]
 
 
 @pytest.mark.slow

@@ -19,7 +19,6 @@ from safetensors.torch import load_file
 
 from perft_exp.models.tiny.build import build_tiny_model
 from perft_exp.models.tiny_spec import TINY_SPECS
-from perft_exp.training.run import latest_complete_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -223,16 +222,6 @@ def test_relaunch_with_another_config_is_refused(micro_model_dir, app_env, tmp_p
     )
     assert over.returncode == 0, over.stderr[-2000:]
     assert json.loads((run_dir / "run_config.json").read_text())["trainer"]["learning_rate"] == 0.5
-
-
-def test_partial_checkpoint_is_skipped(tmp_path):
-    good, partial = tmp_path / "checkpoint-4", tmp_path / "checkpoint-8"
-    for d in (good, partial):
-        d.mkdir()
-        (d / "adapter_config.json").write_text("{}")
-    (good / "trainer_state.json").write_text("{}")
-    (partial / "trainer_state.json").write_text('{"global_st')  # killed mid-write
-    assert latest_complete_checkpoint(tmp_path) == str(good)
 
 
 def test_no_secret_in_any_file(micro_model_dir, app_env, tmp_path):

@@ -115,3 +115,25 @@ def test_output_root_places_runs_and_is_not_part_of_a_runs_identity(tmp_path):
     assert compose([]).output_dir.startswith("outputs/runs/")
     check_run_dir(compose([]), tmp_path)
     check_run_dir(cfg, tmp_path)  # the same run, written elsewhere
+
+
+def test_partial_checkpoint_is_skipped(tmp_path):
+    run = RunDir(tmp_path)
+    good, partial = run.checkpoints / "checkpoint-4", run.checkpoints / "checkpoint-8"
+    for d in (good, partial):
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+    (good / "trainer_state.json").write_text("{}")
+    (partial / "trainer_state.json").write_text('{"global_st')  # killed mid-write
+    assert run.latest_checkpoint() == str(good)
+    assert RunDir(tmp_path / "never_started").latest_checkpoint() is None
+
+
+def test_torn_checkpoints_are_removed(tmp_path):
+    run = RunDir(tmp_path)
+    for name in ("checkpoint-4", "checkpoint-8"):
+        (run.checkpoints / name).mkdir(parents=True)
+        (run.checkpoints / name / "optimizer.pt").write_bytes(b"x")
+    (run.checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
+    assert run.remove_torn_checkpoints() == [run.checkpoints / "checkpoint-8"]
+    assert [p.name for p in run.checkpoints.iterdir()] == ["checkpoint-4"]

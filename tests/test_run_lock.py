@@ -214,17 +214,6 @@ def test_writing_names_the_directory_when_the_writer_does_not(tmp_path):
         raise KeyError("not a write failure")
 
 
-def test_torn_checkpoints_are_removed(tmp_path):
-    from perft_exp.training.run import _remove_torn_checkpoints
-
-    for name in ("checkpoint-4", "checkpoint-8"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "optimizer.pt").write_bytes(b"x")
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text("{}")
-    assert _remove_torn_checkpoints(tmp_path) == [tmp_path / "checkpoint-8"]
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-4"]
-
-
 # --- corrupt run directories ---------------------------------------------------------------------------
 
 CORRUPTIBLE = ["results.json", "run_config.json", "failed.json", "adapter/adapter_config.json", "config.yaml"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perft_exp.data.formats import (
     count_empty_answers,
@@ -16,6 +17,9 @@ from perft_exp.data.formats import (
     load_train,
     split_validation,
 )
+
+if TYPE_CHECKING:
+    from perft_exp.config import TaskConfig
 
 
 @dataclass
@@ -29,7 +33,7 @@ class TaskData:
     empty_answers: dict[str, int] = field(default_factory=dict)
 
 
-def load_task_data(task, train: bool = True) -> TaskData:
+def load_task_data(task: TaskConfig, train: bool = True) -> TaskData:
     """The task's records; `train=False`: the test sets only (evaluation needs no training file)."""
     data_dir = Path(task.data_dir)
     if task.synthetic:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import transformers
-from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from perft_exp.config import ModelConfig
@@ -64,9 +63,7 @@ def build_config(cfg: ModelConfig) -> PretrainedConfig:
         raise ValueError(
             f"model.model_type={cfg.model_type!r}: transformers {transformers.__version__} has no such type"
         )
-    arch = cfg.architecture
-    return CONFIG_MAPPING[cfg.model_type](**(OmegaConf.to_container(arch, resolve=True) if OmegaConf.is_config(arch)
-                                             else dict(arch)))  # fmt: skip
+    return CONFIG_MAPPING[cfg.model_type](**dict(cfg.architecture))
 
 
 def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perft_exp.cli import one_line
-from perft_exp.config import ConfigError, compose, record_checkpoint_architecture, validate
+from perft_exp.config import ConfigError, check_paths, compose, record_checkpoint_architecture, to_spec
 from perft_exp.run_dir import (
     OUTPUT_ROOT,
     STATES,
@@ -65,16 +65,16 @@ def check_job(overrides: list[str]) -> Job:
     A missing data directory is a note (fetch the data later), not an error; `run` refuses to launch then."""
     cfg = compose(overrides)
     record_checkpoint_architecture(cfg)  # as train.py records it
-    notes = []
+    spec, notes = to_spec(cfg), []
     try:
-        validate(cfg)
+        check_paths(spec)  # what validate checks after the values
     except ConfigError as e:
-        if not str(e).startswith("task.data_dir="):  # validate checks the data directory last
+        if not str(e).startswith("task.data_dir="):  # the data directory is checked last
             raise
-        notes.append(f"task.data_dir={cfg.task.data_dir!r} does not exist (scripts/fetch_data.py)")
-    job = Job(overrides, Path(cfg.output_dir), notes)
+        notes.append(f"task.data_dir={spec.task.data_dir!r} does not exist (scripts/fetch_data.py)")
+    job = Job(overrides, Path(spec.output_dir), notes)
     try:
-        job.run.check(cfg, record=False)
+        job.run.check(cfg, record=False)  # the composed config: the run directory's identity
     except RunDirConflict as e:
         job.conflict = str(e)
     except RunDirCorrupt:  # its state says so; `status` names the file

@@ -13,12 +13,17 @@ on 1, 2 or 8 ranks. Without it (trainer=tiny, debug) the global batch is what th
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from perft_exp.checks import ConfigError
 
-if TYPE_CHECKING:  # an annotation only: perft_exp/config.py calls batch_plan to validate the trainer group
-    from perft_exp.config import TrainerConfig
+
+class BatchKnobs(Protocol):
+    """The trainer group's batch keys (perft_exp/config.py's TrainerConfig: it validates them here)."""
+
+    global_batch_size: int | None
+    per_device_train_batch_size: int | None
+    gradient_accumulation_steps: int
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class BatchPlan:
         return asdict(self)
 
 
-def batch_plan(trainer: TrainerConfig, world_size: int) -> BatchPlan:
+def batch_plan(trainer: BatchKnobs, world_size: int) -> BatchPlan:
     """The plan for `world_size` ranks; a config the ranks cannot split raises ConfigError naming the key."""
     micro, accumulation, total = (
         trainer.per_device_train_batch_size,

@@ -1,15 +1,19 @@
-"""`train(cfg) -> dict`: one fine-tuning run, from a composed config to its results in the run directory.
+"""`train(job) -> dict`: one fine-tuning run, from a composed config to its results in the run directory.
 
-`train` reads as the stages it runs, each a function below:
-  validate          the typed run spec, every value checked (perft_exp/config.py), before anything loads
+`job` is the composed config made ready by perft_exp/config.py's `prepare_run`: the typed run spec
+(TrainConfig, every value checked before anything loads), which every stage below reads, and the composed
+config itself, which only the run directory reads (its identity and saved config). `train` reads as the stages
+it runs, each a function below:
   _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run returns
-  _resume_point     the newest complete checkpoint, refused early if it is another variant's or base model's
+  _resume_point     the newest complete checkpoint (RunDir.latest_checkpoint), refused early if it is another
+                    variant's or base model's
   data              the task's records (perft_exp/data/task.py)
   _build_model      the frozen base model + adapters; the PerftConfig is resolved against it here, once
   _tokenize         train / validation sets
   _fit              the HF Trainer (+DeepSpeed, W&B, routing statistics), best adapter by validation loss
-  _evaluate         the test sets (and the untuned base model's, cached below output_root)
-  _record           the results, derived from the resolved config (_results), written last
+  _evaluate         the test sets (and the untuned base model's, cached below output_root:
+                    perft_exp/evaluation/base_cache.py)
+  _record           the results, derived from the run spec (_results), written last
 Relaunching the same command resumes from the newest checkpoint, or returns the finished results.
 variant=none runs _evaluate_base_only: the frozen model's evaluation, nothing trained.
 """
@@ -18,45 +22,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from transformers import TrainingArguments
 from transformers.trainer_utils import set_seed
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.counting import count_parameters
-from perft_exp.adapters.io import (
-    CONFIG_NAME,
-    check_compatible,
-    read_adapter_config,
-    save_adapter,
-)
-from perft_exp.adapters.model import adapters_disabled, apply_adapters
+from perft_exp.adapters.io import check_compatible, read_adapter_config, save_adapter
+from perft_exp.adapters.model import apply_adapters
 from perft_exp.adapters.routing_stats import router_angles, track_routing
 from perft_exp.adapters.variants import Routing
-from perft_exp.config import (
-    TrainerConfig,
-    changed_from_defaults,
-    describe_changes,
-    record_checkpoint_architecture,
-    validate,
-)
+from perft_exp.config import ComposedRun, EvalConfig, TaskConfig, TrainConfig, TrainerConfig
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import TaskData, load_task_data
 from perft_exp.evaluation import evaluate
-from perft_exp.evaluation.metrics import metrics_table, with_knowledge_metrics
-from perft_exp.files import WriteError, atomic_write_json, writing
+from perft_exp.evaluation.base_cache import base_eval, base_eval_cache
+from perft_exp.evaluation.metrics import metrics_table
+from perft_exp.files import WriteError, writing
 from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model, resolve_pretrained
-from perft_exp.run_dir import RunDir, base_eval_dir
+from perft_exp.run_dir import RunDir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
     deepspeed_config,
@@ -68,37 +58,6 @@ from perft_exp.training.tracking import init_wandb, log_final, run_config
 from perft_exp.training.trainer import PerftTrainer, Preempted, PreemptionCallback
 
 log = logging.getLogger(__name__)
-
-
-def latest_complete_checkpoint(checkpoints: Path) -> str | None:
-    """The newest checkpoint that was fully written (HF writes trainer_state.json last).
-
-    A run killed while saving leaves a partial checkpoint-N behind; resuming skips it.
-    """
-    if not checkpoints.is_dir():
-        return None
-    found = sorted(
-        (p for p in checkpoints.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    for ckpt in found:
-        try:
-            json.loads((ckpt / "trainer_state.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", ckpt)
-            continue
-        if (ckpt / CONFIG_NAME).is_file():
-            return str(ckpt)
-    return None
-
-
-def _remove_torn_checkpoints(checkpoints: Path) -> list[Path]:
-    """Remove the checkpoints a failed save left half-written (to free the space they hold); returns them."""
-    torn = [p for p in sorted(checkpoints.glob("checkpoint-*")) if not (p / "trainer_state.json").is_file()]
-    for path in torn:
-        shutil.rmtree(path, ignore_errors=True)
-    return torn
 
 
 # The trainer config keys that are TrainingArguments' own, passed under their names (config keys equal
@@ -113,16 +72,16 @@ TRAINING_ARGUMENT_KEYS = tuple(
 
 
 def _training_arguments(
-    cfg: DictConfig, run: RunDir, has_eval: bool, plan: BatchPlan | None = None
+    spec: TrainConfig, run: RunDir, has_eval: bool, plan: BatchPlan | None = None
 ) -> TrainingArguments:
-    plan = plan or batch_plan(cfg.trainer, world_size())
+    plan = plan or batch_plan(spec.trainer, world_size())
     bf16 = (
         torch.cuda.is_available()
         and torch.cuda.is_bf16_supported()
-        and cfg.model.dtype in ("auto", "bfloat16")
+        and spec.model.dtype in ("auto", "bfloat16")
     )
     return TrainingArguments(
-        **{key: cfg.trainer[key] for key in TRAINING_ARGUMENT_KEYS},
+        **{key: getattr(spec.trainer, key) for key in TRAINING_ARGUMENT_KEYS},
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=plan.accumulation,
@@ -132,12 +91,12 @@ def _training_arguments(
         load_best_model_at_end=has_eval,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
-        data_seed=cfg.trainer.seed,
+        data_seed=spec.trainer.seed,
         bf16=bf16,
         remove_unused_columns=False,
-        report_to=["wandb"] if cfg.logger.name == "wandb" and cfg.logger.mode != "disabled" else [],
-        run_name=cfg.name,
-        deepspeed=deepspeed_config(cfg.deepspeed),
+        report_to=["wandb"] if spec.logger.name == "wandb" and spec.logger.mode != "disabled" else [],
+        run_name=spec.name,
+        deepspeed=deepspeed_config(spec.deepspeed),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
     )
@@ -153,46 +112,6 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
             "world_size": int(engine.world_size),
         }
     return {"backend": "none", "zero_stage": 0, "world_size": trainer.args.world_size}
-
-
-def _base_eval_cache(cfg: DictConfig, model, tests: dict) -> Path:
-    """Where the untuned base model's evaluation is cached: `<output_root>/base_eval/<task>/<model>/<mode>-<key>.json`,
-    its per-question records in the directory of the same name without `.json`.
-
-    The cache key covers everything the result depends on: the resolved weights (a tiny model's
-    directory name carries its build hash), dtype, decoding settings and the exact test records
-    (so `task.max_test_examples` or edited data never reuse a stale score).
-    """
-    key_src = {
-        "weights": str(getattr(model, "name_or_path", "") or cfg.model.pretrained),
-        "pretrained": cfg.model.pretrained,
-        "dtype": cfg.model.dtype,
-        "mode": cfg.eval.mode,
-        "max_new_tokens": cfg.eval.max_new_tokens,
-        "protocol": cfg.eval.protocol,
-        "tests": {name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
-                  for name, recs in sorted(tests.items())},
-    }  # fmt: skip
-    key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
-    return base_eval_dir(cfg.output_root, cfg.task.name, cfg.model.name) / f"{cfg.eval.mode}-{key}.json"
-
-
-def _base_eval(cfg: DictConfig, model, tokenizer, tests: dict, cache: Path, sharded: bool = False) -> dict:
-    """The untuned base model's evaluation, cached across runs in `cache` (see _base_eval_cache)."""
-    if cache.is_file():  # (sharded: the ranks share a file system, so they agree on this)
-        # a cache written before the knowledge metrics existed gets them from its records
-        return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
-    main = is_main_process()
-    with adapters_disabled(model), writing(cache.with_suffix("")):
-        result = evaluate(
-            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
-            progress=main, synced_gpus=sharded, protocol=cfg.eval.protocol,
-        )  # fmt: skip
-    if main:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache, result)
-    return result
 
 
 def _in_task_order(results: dict, test_sets) -> dict:
@@ -230,15 +149,16 @@ def run_mean_loss(log_history: list[dict]) -> float | None:
 # --- the stages of a run ---------------------------------------------------------------------------
 
 
-def _prepare_run_dir(cfg: DictConfig) -> tuple[RunDir, dict | None]:
+def _prepare_run_dir(job: ComposedRun) -> tuple[RunDir, dict | None]:
     """The run directory, checked against the config; the finished run's results when there is nothing to do."""
-    run = RunDir(cfg.output_dir)
-    run.check(cfg, record=is_main_process())
-    if cfg.resume and run.state() == "finished":
+    spec = job.spec
+    run = RunDir(spec.output_dir)
+    run.check(job.config, record=is_main_process())
+    if spec.resume and run.state() == "finished":
         log.info("%s exists: the run is finished, nothing to train; its results:", run.results)
         results = run.read_results()
         if is_main_process() and results.get("eval"):
-            print_table(_in_task_order(results, cfg.task.test_sets))
+            print_table(_in_task_order(results, spec.task.test_sets))
         return run, results
     run.path.mkdir(parents=True, exist_ok=True)
     if is_main_process():
@@ -246,29 +166,29 @@ def _prepare_run_dir(cfg: DictConfig) -> tuple[RunDir, dict | None]:
     return run, None
 
 
-def _resume_point(cfg: DictConfig, perft: PerftConfig, run: RunDir) -> str | None:
+def _resume_point(spec: TrainConfig, perft: PerftConfig, run: RunDir) -> str | None:
     """The checkpoint to resume from, refused before anything loads if it is another variant's or base model's."""
-    checkpoint = latest_complete_checkpoint(run.checkpoints) if cfg.resume else None
+    checkpoint = run.latest_checkpoint() if spec.resume else None
     if checkpoint:
         check_compatible(
             read_adapter_config(checkpoint),
             None,
             perft,
             where=checkpoint,
-            base_model=resolve_pretrained(cfg.model),
+            base_model=resolve_pretrained(spec.model),
         )
         log.info("resuming from %s", checkpoint)
     return checkpoint
 
 
-def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
+def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
     """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved PerftConfig)."""
-    model, tokenizer = load_model(cfg.model)
-    set_seed(cfg.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
+    model, tokenizer = load_model(spec.model)
+    set_seed(spec.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
     if checkpoint:
         check_compatible(read_adapter_config(checkpoint), model.config, perft, where=checkpoint)
     model = apply_adapters(model, perft)
-    if cfg.deepspeed.stage == 3:
+    if spec.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
         # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
@@ -284,9 +204,8 @@ def _build_model(cfg: DictConfig, perft: PerftConfig, checkpoint: str | None):
     )  # resolved against the model: E's N and K, the aux coefficient
 
 
-def _tokenize(cfg: DictConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
+def _tokenize(task: TaskConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
     """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
-    task = cfg.task
     train_set, n_truncated = tokenize_dataset(tokenizer, data.train, cutoff_len=task.cutoff_len,
                                               train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
     val_set, _ = tokenize_dataset(tokenizer, data.val, cutoff_len=task.cutoff_len,
@@ -297,23 +216,23 @@ def _tokenize(cfg: DictConfig, tokenizer, data: TaskData) -> tuple[list, list, i
     return train_set, val_set, n_truncated
 
 
-def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
+def _fit(spec: TrainConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
          checkpoint: str | None, plan: BatchPlan):  # fmt: skip
     """The HF Trainer's run, stopped cleanly by SIGTERM/SIGINT; returns (trainer, its TrainOutput)."""
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
         model=model,
-        args=_training_arguments(cfg, run, has_eval=len(val_set) > 0, plan=plan),
+        args=_training_arguments(spec, run, has_eval=len(val_set) > 0, plan=plan),
         train_dataset=train_set,
         eval_dataset=val_set or None,
         data_collator=CausalLMCollator(tokenizer),
         processing_class=tokenizer,
         callbacks=[preemption],
         adapter_aux_coef=perft.aux_loss_coef,
-        base_aux_loss=cfg.trainer.base_aux_loss,
-        nonfinite_loss=cfg.trainer.nonfinite_loss,
-        base_model_name=resolve_pretrained(cfg.model),  # a path that loads: AutoPeftModelForCausalLM
-        logits_at_labels=cfg.trainer.logits_at_labels,
+        base_aux_loss=spec.trainer.base_aux_loss,
+        nonfinite_loss=spec.trainer.nonfinite_loss,
+        base_model_name=resolve_pretrained(spec.model),  # a path that loads: AutoPeftModelForCausalLM
+        logits_at_labels=spec.trainer.logits_at_labels,
     )
     assert trainer.args.world_size == plan.world_size, (
         trainer.args.world_size,
@@ -324,7 +243,7 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
         with writing(run.checkpoints):
             train_output = trainer.train(resume_from_checkpoint=checkpoint)
     except WriteError as e:
-        torn = _remove_torn_checkpoints(run.checkpoints) if is_main_process() else []
+        torn = run.remove_torn_checkpoints() if is_main_process() else []
         if torn and e.filename == str(run.checkpoints):  # no file named by the writer: name the checkpoint
             e.filename = str(torn[-1])
         raise
@@ -337,86 +256,89 @@ def _fit(cfg: DictConfig, run: RunDir, perft: PerftConfig, model, tokenizer, tra
 
 
 def _evaluate(
-    cfg: DictConfig, model, tokenizer, tests: dict, out_dir: Path | None, sharded: bool = False
+    ev: EvalConfig, model, tokenizer, tests: dict, out_dir: Path | None, sharded: bool = False
 ) -> dict:
     main = is_main_process()
     with writing(out_dir or Path(".")):
         return evaluate(
-            model, tokenizer, tests, mode=cfg.eval.mode, batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens, out_dir=out_dir if main else None, progress=main,
-            synced_gpus=sharded, protocol=cfg.eval.protocol,
+            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens, out_dir=out_dir if main else None, progress=main,
+            synced_gpus=sharded, protocol=ev.protocol,
         )  # fmt: skip
 
 
-def _results(cfg: DictConfig, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
+def _results(job: ComposedRun, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
              contaminated: list[str], train: dict | None) -> dict:  # fmt: skip
-    """What a run's results record besides its evaluations, all derived from the resolved config."""
+    """What a run's results record besides its evaluations, all derived from the run spec."""
+    spec = job.spec
     return {
         "variant": perft.variant,
         "variant_name": perft.run_label(),
         "perft": perft.to_dict(),
-        "model": cfg.model.name,
-        "task": cfg.task.name,
-        "seed": cfg.trainer.seed,
+        "model": spec.model.name,
+        "task": spec.task.name,
+        "seed": spec.trainer.seed,
         "train_file": train_file,
         "contaminated_test_sets": contaminated,
         "params": params,
-        "config_changes": describe_changes(changed_from_defaults(cfg)),
+        "config_changes": job.changes,
         "train": train,
         "output_dir": str(run.path),
     }
 
 
-def _record(cfg: DictConfig, run: RunDir, results: dict, t0: float) -> None:
+def _record(job: ComposedRun, run: RunDir, results: dict, t0: float) -> None:
     results["runtime_s"] = time.perf_counter() - t0
-    run.write_results(results, cfg)
+    run.write_results(results, job.config)  # the composed config: saved beside the results (config.yaml)
 
 
-def _evaluate_base_only(cfg: DictConfig, perft: PerftConfig, run: RunDir, t0: float) -> dict:
+def _evaluate_base_only(job: ComposedRun, perft: PerftConfig, run: RunDir, t0: float) -> dict:
     """variant=none: the frozen base model's evaluation, nothing trained (no training file needed)."""
-    tests = load_task_data(cfg.task, train=False).tests
-    model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else None)
+    spec = job.spec
+    tests = load_task_data(spec.task, train=False).tests
+    model, tokenizer = load_model(spec.model, device="cuda" if torch.cuda.is_available() else None)
     model = apply_adapters(model, perft)
     model.eval()
     params = count_parameters(model).to_dict()
-    results = _results(cfg, model.perft_config, run, params, None, [], None)
+    results = _results(job, model.perft_config, run, params, None, [], None)
     if is_main_process():
-        results["eval"] = _evaluate(cfg, model, tokenizer, tests, run.records)
-        _record(cfg, run, results, t0)
+        results["eval"] = _evaluate(spec.eval, model, tokenizer, tests, run.records)
+        _record(job, run, results, t0)
         print_table(results)
     return results
 
 
-def train(cfg: DictConfig) -> dict:
+def train(job: ComposedRun) -> dict:
     """One run: prepare the run directory -> data -> model -> train -> evaluate -> record (see the docstring).
 
     The main process holds the run directory throughout (perft_exp/run_lock.py): RunDirHeld, before anything
     loads, when another process is running it."""
-    with RunDir(cfg.output_dir).hold() if is_main_process() else contextlib.nullcontext():
-        return _train(cfg)
+    with RunDir(job.spec.output_dir).hold() if is_main_process() else contextlib.nullcontext():
+        return _train(job)
 
 
-def _train(cfg: DictConfig) -> dict:
-    record_checkpoint_architecture(cfg)
-    perft = validate(cfg).perft  # the typed run spec's PerftConfig (resolved in _build_model)
-    run, finished = _prepare_run_dir(cfg)
+def _train(job: ComposedRun) -> dict:
+    spec = job.spec
+    perft = spec.perft  # the typed run spec's PerftConfig (resolved in _build_model)
+    run, finished = _prepare_run_dir(job)
     if finished is not None:
         return finished
     t0 = time.perf_counter()
     if perft.variant == "none":
-        return _evaluate_base_only(cfg, perft, run, t0)
-    ensure_distributed_env() if cfg.deepspeed.stage else None
-    set_seed(cfg.trainer.seed)
-    checkpoint = _resume_point(cfg, perft, run)
+        return _evaluate_base_only(job, perft, run, t0)
+    ensure_distributed_env() if spec.deepspeed.stage else None
+    set_seed(spec.trainer.seed)
+    checkpoint = _resume_point(spec, perft, run)
 
-    data = load_task_data(cfg.task)
-    model, tokenizer, perft = _build_model(cfg, perft, checkpoint)
+    data = load_task_data(spec.task)
+    model, tokenizer, perft = _build_model(spec, perft, checkpoint)
     params = count_parameters(model).to_dict()
-    train_set, val_set, n_truncated = _tokenize(cfg, tokenizer, data)
-    plan = batch_plan(cfg.trainer, world_size())
-    tracking = is_main_process() and init_wandb(cfg, perft, run.path, run_config(cfg, perft, params, plan))
+    train_set, val_set, n_truncated = _tokenize(spec.task, tokenizer, data)
+    plan = batch_plan(spec.trainer, world_size())
+    flat = run_config(spec, perft, params, plan)
+    tracking = is_main_process() and init_wandb(spec, perft, run.path, job.resolved, flat)
 
-    trainer, train_output = _fit(cfg, run, perft, model, tokenizer, train_set, val_set, checkpoint, plan)
+    trainer, train_output = _fit(spec, run, perft, model, tokenizer, train_set, val_set, checkpoint, plan)
     distributed = _distributed_info(trainer)
     model = trainer.accelerator.unwrap_model(trainer.model)
     train = {
@@ -429,8 +351,8 @@ def _train(cfg: DictConfig) -> dict:
         "empty_answers": data.empty_answers,  # train: kept; a test set: left out (perft_exp.data.formats)
         "runtime_s": train_output.metrics.get("train_runtime"),
     }
-    contaminated = contaminated_test_sets(cfg.task.train_file, list(data.tests))
-    results = _results(cfg, perft, run, params, cfg.task.train_file, contaminated, train)
+    contaminated = contaminated_test_sets(spec.task.train_file, list(data.tests))
+    results = _results(job, perft, run, params, spec.task.train_file, contaminated, train)
     results["distributed"] = distributed
     results["batch"] = (
         plan.to_dict()
@@ -438,25 +360,28 @@ def _train(cfg: DictConfig) -> dict:
     with trainer._gathered():  # under ZeRO-3 every rank takes part in gathering the adapter tensors
         if is_main_process():
             with writing(run.adapter):
-                save_adapter(model, run.adapter, resolve_pretrained(cfg.model))
+                save_adapter(model, run.adapter, resolve_pretrained(spec.model))
 
     # Under ZeRO-3 with several ranks the frozen weights are sharded: each forward needs every rank, so all
     # ranks run the same evaluation in lockstep and rank 0 keeps the result. Otherwise rank 0 evaluates alone.
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
-    if cfg.eval.enabled and data.tests and (is_main_process() or sharded):
+    if spec.eval.enabled and data.tests and (is_main_process() or sharded):
         model.eval()
         # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound K / N.
         with track_routing(model.get_base_model()) as routing:
-            results["eval"] = _evaluate(cfg, model, tokenizer, data.tests, run.records, sharded)
+            results["eval"] = _evaluate(spec.eval, model, tokenizer, data.tests, run.records, sharded)
         if routing.layers:
             results["routing"] = routing.summary()
-        if cfg.eval.base:
-            cache = _base_eval_cache(cfg, model, data.tests)
-            results["base_eval"] = _base_eval(cfg, model, tokenizer, data.tests, cache, sharded)
+        if spec.eval.base:
+            weights = getattr(model, "name_or_path", "")
+            cache = base_eval_cache(spec.output_root, spec.model, spec.task, spec.eval, weights, data.tests)
+            results["base_eval"] = base_eval(
+                model, tokenizer, data.tests, spec.eval, cache, main=is_main_process(), sharded=sharded
+            )
             results["base_eval_records"] = str(cache.with_suffix(""))
 
     if is_main_process():
-        _record(cfg, run, results, t0)
+        _record(job, run, results, t0)
         if tracking:  # R's router angles need the whole router: not under ZeRO-3's sharding
             own_router = perft.spec.routing is Routing.OWN
             try:
@@ -464,6 +389,6 @@ def _train(cfg: DictConfig) -> dict:
             except NotApplicable as e:  # a family whose router has no (E, D) matrix
                 log.info("router angles: %s", e)
                 angles = []
-            log_final(results, run.records, cfg.logger.table_rows_per_set, angles)
+            log_final(results, run.records, spec.logger.table_rows_per_set, angles)
         print_table(results)
     return results

@@ -4,7 +4,7 @@ Run name is paper-style (`R (Top2/4) r16`), the group is the task/model (or the 
 is derived from the run directory so a resumed run continues the same W&B run. Every key written here
 is named in perft_exp/metric_schema.py, which the dashboards (perft_exp/analysis/dashboards.py) read:
 
-  init_wandb    the nested Hydra config plus flat keys to filter and group by (`run_config`)
+  init_wandb    the nested resolved config plus flat keys to filter and group by (`run_config`)
   log_final     test results per set and on average, the base model's scores, R's router angles,
                 the per-question records as a wandb.Table (logger.table_rows_per_set rows per set)
 """
@@ -16,17 +16,16 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from perft_exp import metric_schema as schema
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.config import TrainConfig
 from perft_exp.evaluation.metrics import iter_set_metrics, read_records, record_files
 from perft_exp.training.batch import BatchPlan
 
 log = logging.getLogger(__name__)
 
 
-def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, plan: BatchPlan) -> dict:
+def run_config(spec: TrainConfig, perft: PerftConfig, params: dict, plan: BatchPlan) -> dict:
     """The flat config keys of metric_schema.CONFIG_KEYS for one run, from its resolved PerftConfig."""
     n, k = perft.spec.routing_numbers(perft.to_dict())
     values = {
@@ -35,10 +34,10 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, plan: BatchPla
         schema.N: n,
         schema.K: k,
         schema.R: perft.bottleneck if perft.variant != "none" else None,
-        schema.TASK: cfg.task.name,
-        schema.MODEL: cfg.model.name,
-        schema.SEED: cfg.seed,
-        schema.SWEEP: cfg.logger.group,
+        schema.TASK: spec.task.name,
+        schema.MODEL: spec.model.name,
+        schema.SEED: spec.seed,
+        schema.SWEEP: spec.logger.group,
         schema.TRAINABLE: params["trainable"],
         schema.ACTIVATED: params["activated_trainable"],
         schema.TRAINABLE_RATIO: params["trainable_ratio"],
@@ -50,31 +49,35 @@ def run_config(cfg: DictConfig, perft: PerftConfig, params: dict, plan: BatchPla
     return {key.name: value for key, value in values.items()}
 
 
-def init_wandb(cfg: DictConfig, perft: PerftConfig, output_dir: Path, flat_config: dict) -> bool:
+def init_wandb(
+    spec: TrainConfig, perft: PerftConfig, output_dir: Path, resolved: dict, flat_config: dict
+) -> bool:
     """Start (or resume) the run's W&B run, named by the resolved PerftConfig's run_label, with the flat keys of
-    `run_config` beside the Hydra config (whose `perft` is the resolved one); False when logging is off."""
-    if cfg.logger.name != "wandb" or cfg.logger.mode == "disabled":
+    `run_config` beside the run's resolved config (`resolved`, the composed config as plain dicts; its `perft`
+    replaced by the resolved one); False when logging is off."""
+    logger = spec.logger
+    if logger.name != "wandb" or logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
         return False
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ["WANDB_MODE"] = cfg.logger.mode
+    os.environ["WANDB_MODE"] = str(logger.mode)
     run_id = hashlib.sha1(str(output_dir.resolve()).encode()).hexdigest()[:16]
-    config = OmegaConf.to_container(cfg, resolve=True) | {"perft": perft.to_dict()}
+    config = resolved | {"perft": perft.to_dict()}
     clash = sorted(set(config) & set(flat_config) - {schema.SEED.name})
     assert not clash, f"flat W&B config keys {clash} would replace parts of the Hydra config"
     config.update(flat_config)
     wandb.init(
-        project=cfg.logger.project,
-        entity=cfg.logger.entity,
+        project=logger.project,
+        entity=logger.entity,
         name=perft.run_label(),
-        group=cfg.logger.group or f"{cfg.task.name}/{cfg.model.name}",
-        tags=list(cfg.logger.tags),
+        group=logger.group or f"{spec.task.name}/{spec.model.name}",
+        tags=list(logger.tags),
         dir=str(output_dir),
         id=run_id,
         resume="allow",
-        mode=cfg.logger.mode,
+        mode=str(logger.mode),
         config=config,
     )
     return True
