@@ -53,18 +53,50 @@ Prompt = StrEnum("Prompt", {"CLEAN": "clean", "AUTHORS": "authors"})  # data/pro
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # == the YAML file name under conf/model/
-    pretrained: str = MISSING  # hub id, local directory, or "tiny:<name>" (built locally, cached)
-    model_type: str = MISSING  # transformers model_type; selects perft_exp/models/arch/<type>.py
-    # The architecture numbers (HF config kwargs), so the model builds offline on the meta device.
-    architecture: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "auto"  # auto: bf16 where the hardware has it, else fp32
-    experts_implementation: str | None = "grouped_mm"  # eager | grouped_mm | batched_mm
-    attn_implementation: str | None = None
-    trust_remote_code: bool = False  # never run a hub repo's code unless the user says so
-    revision: str | None = None
-    quantization: str = "none"  # bitsandbytes; quantises nn.Linear only: fused experts stay full precision
-    gradient_checkpointing: bool = False
+    name: str = field(
+        default=MISSING, metadata={"help": "the option's name: the YAML file under conf/model/"}
+    )
+    pretrained: str = field(
+        default=MISSING,
+        metadata={
+            "help": "hub id (org/name), local checkpoint directory, or tiny:<name> (built locally and cached)"
+        },
+    )
+    model_type: str = field(
+        default=MISSING,
+        metadata={"help": "transformers' model_type; picks the MoE family (perft_exp/models/arch/)"},
+    )
+    architecture: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "the HF config's numbers, so the model builds offline on meta (parameter counts)"},
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 where the GPU has it, else float32) | float32 | bfloat16 | float16"},
+    )
+    experts_implementation: str | None = field(
+        default="grouped_mm",
+        metadata={"help": "transformers' fused-experts kernel: eager | grouped_mm | batched_mm"},
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "transformers' attention kernel (null: its default)"}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run a hub repository's own code (off unless you trust it)"}
+    )
+    revision: str | None = field(
+        default=None, metadata={"help": "the hub revision (branch, tag or commit) to load"}
+    )
+    quantization: str = field(
+        default="none",
+        metadata={
+            "help": "none | 4bit | 8bit (bitsandbytes; nn.Linear only, the fused experts stay unquantised)"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in the backward pass (less memory, more time)"},
+    )
 
     def __post_init__(self) -> None:
         self.dtype = one_of("model.dtype", self.dtype, Dtype)
@@ -73,22 +105,63 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING
-    kind: str = MISSING  # commonsense | math: picks extraction rules and generation length
-    data_dir: str = (
-        MISSING  # LLM-Adapters layout: <data_dir>/<train_file>.json, <data_dir>/dataset/<Set>/test.json
+    name: str = field(default=MISSING, metadata={"help": "the option's name: the YAML file under conf/task/"})
+    kind: str = field(
+        default=MISSING,
+        metadata={"help": "commonsense | math: the answer extraction rules and the generation length"},
     )
-    train_file: str = MISSING
-    test_sets: list[str] = field(default_factory=list)
-    synthetic: bool = False  # generate the shipped synthetic suite into data_dir on first use
-    hub_id: str | None = None  # optional `datasets` hub id for online users
-    val_size: int = 120
-    val_seed: int = 42
-    cutoff_len: int = 256
-    train_on_inputs: bool = True
-    prompt: str = "clean"  # training template: clean | authors (their leaked indentation, byte for byte)
-    max_train_examples: int | None = None
-    max_test_examples: int | None = None  # per test set, for quick looks
+    data_dir: str = field(
+        default=MISSING,
+        metadata={
+            "help": "LLM-Adapters layout: <data_dir>/<train_file>.json and <data_dir>/dataset/<set>/test.json"
+        },
+    )
+    train_file: str = field(
+        default=MISSING,
+        metadata={"help": "the training file's stem under data_dir (commonsense_170k, math_10k, ...)"},
+    )
+    test_sets: list[str] = field(
+        default_factory=list,
+        metadata={"help": "the test sets to evaluate (names as in LLM-Adapters: boolq, piqa, ...)"},
+    )
+    synthetic: bool = field(
+        default=False, metadata={"help": "generate the shipped synthetic suite into data_dir on first use"}
+    )
+    hub_id: str | None = field(
+        default=None, metadata={"help": "a `datasets` hub id to fetch the data from (online users only)"}
+    )
+    val_size: int = field(
+        default=120,
+        metadata={
+            "help": "training examples held out for validation (the best checkpoint's criterion); 0: none"
+        },
+    )
+    val_seed: int = field(default=42, metadata={"help": "the seed of the validation split"})
+    cutoff_len: int = field(
+        default=256,
+        metadata={
+            "help": "tokens per training example; longer ones are truncated (and counted in the results)"
+        },
+    )
+    train_on_inputs: bool = field(
+        default=True,
+        metadata={
+            "help": "the loss also covers the prompt's tokens (the authors' setting), not only the answer"
+        },
+    )
+    prompt: str = field(
+        default="clean",
+        metadata={
+            "help": "training template: clean | authors (the authors' template with its stray indentation)"
+        },
+    )
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "use only the first N training examples (null: all)"}
+    )
+    max_test_examples: int | None = field(
+        default=None,
+        metadata={"help": "use only the first N questions of each test set, for quick looks (null: all)"},
+    )
 
     def __post_init__(self) -> None:
         from perft_exp.data.formats import canonical_test_set
@@ -106,32 +179,71 @@ class TaskConfig:
 
 @dataclass
 class TrainerConfig:
-    name: str = MISSING
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    # The optimizer step's batch (perft_exp/training/batch.py): a fixed global batch, split over the ranks, or
-    # (global_batch_size null) per-device batch x accumulation x ranks. The micro batch is per-device, per forward.
-    global_batch_size: int | None = None
-    per_device_train_batch_size: int | None = 16  # null with a global batch: global / world size
-    per_device_eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 100
-    lr_scheduler_type: str = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    eval_steps: int = 80
-    save_steps: int = 80
-    save_total_limit: int = 3
-    logging_steps: int = 10
-    base_aux_loss: bool = True  # keep the base model's router aux loss on (the authors did)
-    nonfinite_loss: str = "stop"  # stop | skip
-    dataloader_num_workers: int = 0
-    # random | group_by_length (batches of similar lengths, still shuffled: less padding) | sequential
-    train_sampling_strategy: str = "random"
-    # Run the LM head only where the loss reads it (the positions before a label token); the same loss.
-    logits_at_labels: bool = True
-    seed: int = DEFAULT_SEED  # conf/train.yaml sets it to the top-level `seed`
+    name: str = field(
+        default=MISSING, metadata={"help": "the option's name: the YAML file under conf/trainer/"}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "the peak learning rate"})
+    num_train_epochs: float = field(
+        default=3.0, metadata={"help": "epochs over the training set (when max_steps is not set)"}
+    )
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides num_train_epochs"})
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "examples per optimizer step over all ranks, split over them (null: per-device batch x accumulation x ranks); perft_exp/training/batch.py"
+        },
+    )
+    per_device_train_batch_size: int | None = field(
+        default=16,
+        metadata={"help": "examples per forward on one device (null with a global batch: global / ranks)"},
+    )
+    per_device_eval_batch_size: int = field(
+        default=16, metadata={"help": "examples per validation forward on one device"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "forwards per optimizer step (with global_batch_size null)"}
+    )
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps of the learning rate"})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "the HF Trainer's schedule after warm-up (linear, cosine, constant, ...)"},
+    )
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    eval_steps: int = field(default=80, metadata={"help": "validate every this many steps"})
+    save_steps: int = field(
+        default=80, metadata={"help": "checkpoint every this many steps (a multiple of eval_steps)"}
+    )
+    save_total_limit: int = field(
+        default=3, metadata={"help": "checkpoints kept on disk (the best one is always kept)"}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log the losses every this many steps"})
+    base_aux_loss: bool = field(
+        default=True, metadata={"help": "keep the base model's router aux loss in the loss (the authors did)"}
+    )
+    nonfinite_loss: str = field(
+        default="stop",
+        metadata={
+            "help": "a step with a NaN/inf loss: stop (the run fails, naming the step) | skip (and count it)"
+        },
+    )
+    dataloader_num_workers: int = field(default=0, metadata={"help": "data loader worker processes"})
+    train_sampling_strategy: str = field(
+        default="random",
+        metadata={
+            "help": "random | group_by_length (batches of similar lengths, still shuffled: less padding) | sequential"
+        },
+    )
+    logits_at_labels: bool = field(
+        default=True,
+        metadata={
+            "help": "run the LM head only at the positions the loss reads (the same loss, less memory)"
+        },
+    )
+    seed: int = field(
+        default=DEFAULT_SEED,
+        metadata={"help": "the trainer's seed (data order); conf/train.yaml sets it to the top-level seed"},
+    )
 
     def __post_init__(self) -> None:
         self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
@@ -152,10 +264,16 @@ class TrainerConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    name: str = "none"
-    stage: int = 0  # 0 = no DeepSpeed
-    offload_optimizer: bool = False
-    offload_param: bool = False
+    name: str = field(
+        default="none", metadata={"help": "the option's name: the YAML file under conf/deepspeed/"}
+    )
+    stage: int = field(default=0, metadata={"help": "ZeRO stage: 0 (no DeepSpeed), 2 or 3"})
+    offload_optimizer: bool = field(
+        default=False, metadata={"help": "keep the optimizer state in CPU memory"}
+    )
+    offload_param: bool = field(
+        default=False, metadata={"help": "keep the parameters in CPU memory (stage 3)"}
+    )
 
     def __post_init__(self) -> None:
         one_of("deepspeed.stage", self.stage, ZERO_STAGES)
@@ -163,13 +281,22 @@ class DeepSpeedConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
-    project: str = "perft-exp"
-    entity: str | None = None
-    mode: str = "offline"  # offline | online | disabled
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    table_rows_per_set: int = 32  # per-question records per test set in the run's W&B table
+    name: str = field(default="none", metadata={"help": "wandb | none"})
+    project: str = field(default="perft-exp", metadata={"help": "the W&B project"})
+    entity: str | None = field(
+        default=None, metadata={"help": "the W&B entity (team or user; null: the default)"}
+    )
+    mode: str = field(
+        default="offline",
+        metadata={"help": "offline (written locally, `wandb sync` later) | online | disabled"},
+    )
+    group: str | None = field(
+        default=None, metadata={"help": "the W&B group (null: <task>/<model>; a sweep sets its name)"}
+    )
+    tags: list[str] = field(default_factory=list, metadata={"help": "W&B tags of the run"})
+    table_rows_per_set: int = field(
+        default=32, metadata={"help": "per-question records per test set in the run's W&B table"}
+    )
 
     def __post_init__(self) -> None:
         self.mode = one_of("logger.mode", self.mode, LoggerMode)
@@ -178,12 +305,27 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True
-    mode: str = "greedy"
-    batch_size: int = 16
-    max_new_tokens: int | None = None
-    protocol: str = "fixed"  # prompt strings and answer matching: fixed | authors (evaluation/protocol.py)
-    base: bool = False  # also evaluate the untuned base model (the run's results: base_eval)
+    enabled: bool = field(default=True, metadata={"help": "evaluate the test sets after training"})
+    mode: str = field(
+        default="greedy",
+        metadata={
+            "help": "greedy (default) | paper (4-beam search, the authors' protocol) | score (label likelihood)"
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "questions per generation batch"})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "generated tokens per answer (null: the task kind's length)"}
+    )
+    protocol: str = field(
+        default="fixed",
+        metadata={"help": "prompt strings and answer matching: fixed | authors (evaluation/protocol.py)"},
+    )
+    base: bool = field(
+        default=False,
+        metadata={
+            "help": "also evaluate the untuned base model, cached across runs (the results' base_eval)"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.mode = one_of("eval.mode", self.mode, EvalMode)
@@ -193,19 +335,40 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
-    model: ModelConfig = MISSING
-    perft: PerftConfig = field(default_factory=PerftConfig)
-    task: TaskConfig = MISSING
-    trainer: TrainerConfig = MISSING
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    seed: int = DEFAULT_SEED  # adapter init and data order (trainer.seed follows it)
-    name: str = MISSING  # run name; the run directory is outputs/runs/<task>/<model>/<name>
-    output_dir: str = MISSING
-    output_root: str = OUTPUT_ROOT  # runs, base-model evaluations and sweep records below it (run_dir.py)
-    resume: bool = True  # continue from the newest checkpoint in output_dir
-    debug: bool = False  # full stack traces on errors
+    model: ModelConfig = field(default=MISSING, metadata={"help": "the model group"})
+    perft: PerftConfig = field(
+        default_factory=PerftConfig, metadata={"help": "the PERFT knobs (variant, N, K, r, ...)"}
+    )
+    task: TaskConfig = field(default=MISSING, metadata={"help": "the task group"})
+    trainer: TrainerConfig = field(default=MISSING, metadata={"help": "the trainer group"})
+    deepspeed: DeepSpeedConfig = field(
+        default_factory=DeepSpeedConfig, metadata={"help": "the DeepSpeed group"}
+    )
+    logger: LoggerConfig = field(default_factory=LoggerConfig, metadata={"help": "the logger group"})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "the evaluation group"})
+    seed: int = field(
+        default=DEFAULT_SEED,
+        metadata={
+            "help": "adapter init and data order (trainer.seed follows it); another value ends the run name in -s<seed>"
+        },
+    )
+    name: str = field(
+        default=MISSING,
+        metadata={"help": "the run name; the run directory is <output_root>/runs/<task>/<model>/<name>"},
+    )
+    output_dir: str = field(
+        default=MISSING,
+        metadata={
+            "help": "the run directory: Hydra's output directory, <output_root>/runs/<task>/<model>/<name>"
+        },
+    )
+    output_root: str = field(
+        default=OUTPUT_ROOT, metadata={"help": "runs, base-model evaluations and sweep records live below it"}
+    )
+    resume: bool = field(
+        default=True, metadata={"help": "continue from the newest complete checkpoint in output_dir"}
+    )
+    debug: bool = field(default=False, metadata={"help": "full stack traces on errors (else one line)"})
 
     def __post_init__(self) -> None:
         """The rules across groups (each group has checked its own values)."""
