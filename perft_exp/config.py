@@ -32,6 +32,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
 from perft_exp.checks import ConfigError, at_least, one_of
+from perft_exp.models.tiny.cache import default_cache_root
 from perft_exp.run_dir import OUTPUT_ROOT
 from perft_exp.training.batch import batch_plan
 
@@ -488,8 +489,8 @@ def record_checkpoint_architecture(cfg: DictConfig) -> None:
 
 
 def cache_root() -> Path:
-    """Where built tiny models and generated synthetic data live (env PERFT_CACHE overrides)."""
-    return Path(os.environ.get("PERFT_CACHE", REPO_ROOT / ".cache" / "perft_exp"))
+    """Where built tiny models and generated synthetic data live ($PERFT_CACHE, else <repo>/.cache/perft_exp)."""
+    return default_cache_root()
 
 
 def run_tag(perft: DictConfig | dict, seed: int | None = None) -> str:
