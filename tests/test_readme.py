@@ -143,6 +143,7 @@ COMMANDS = {
     "python scripts/count_params.py model=olmoe_1b_7b variant=R perft.top_p=0.5": ok(
         '"config": "R (Top2/4) [top-p=0.5] r16"'
     ),
+    "python scripts/sweep.py show toy_top_p": ok("toy_top_p: 6 jobs, all compose and validate"),
     "python scripts/sweep.py show bottleneck_ablation": ok(
         "bottleneck_ablation: 6 jobs, all compose and validate"
     ),
