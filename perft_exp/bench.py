@@ -69,13 +69,24 @@ class BenchModel:
 BENCH_MODELS = {
     # The OLMoE block in miniature: 64 fine-grained experts, top-8, no top-k renormalisation.
     "olmoe_mini": BenchModel(
-        "olmoe_mini", batch_size=8, seq_len=128, dtype="float32",
-        overrides=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                       intermediate_size=64, vocab_size=8000, max_position_embeddings=512,
-                       pad_token_id=1, eos_token_id=2),
+        "olmoe_mini",
+        batch_size=8,
+        seq_len=128,
+        dtype="float32",
+        overrides=dict(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=64,
+            vocab_size=8000,
+            max_position_embeddings=512,
+            pad_token_id=1,
+            eos_token_id=2,
+        ),
     ),
     "olmoe_1b_7b": BenchModel("olmoe_1b_7b", batch_size=16, seq_len=256, dtype="bfloat16"),
-}  # fmt: skip
+}
 DEFAULT_MODEL = {"cpu": "olmoe_mini", "cuda": "olmoe_1b_7b"}
 
 # PerftConfig fields per case (None: the frozen floor). Rank 16 throughout, dropout 0 so that the
@@ -308,8 +319,21 @@ def memory_of_case(model: BenchModel, case: str, device: str, adapter_dtype: str
 
 def measure_memory(model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str) -> dict:
     """`memory_of_case` in a fresh Python process, so that no other case's memory is in the peak."""
-    cmd = [sys.executable, "-m", __name__, "--model", model.name, "--case", case, "--device", device,
-           "--threads", str(threads), "--adapter-dtype", adapter_dtype]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        __name__,
+        "--model",
+        model.name,
+        "--case",
+        case,
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+        "--adapter-dtype",
+        adapter_dtype,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess for {case} failed:\n{proc.stderr[-2000:]}")
@@ -352,8 +376,12 @@ def eval_throughput(
             "questions_per_s"
         ]
         log(f"  eval batch size {bs:3d}: {speeds[bs]:8.2f} questions/s")
-    result = {"model": "tiny_olmoe", "mode": mode, "questions": sum(map(len, sets.values())),
-              "questions_per_s": speeds}  # fmt: skip
+    result = {
+        "model": "tiny_olmoe",
+        "mode": mode,
+        "questions": sum(map(len, sets.values())),
+        "questions_per_s": speeds,
+    }
     if 1 in speeds and 16 in speeds:
         result["speedup_bs16_vs_bs1"] = speeds[16] / speeds[1]
     return result

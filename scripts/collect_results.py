@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = write_report(args.root, args.out, args.runs)
     files.update(write_paired(collection, args.out))
-    print(f"{len(collection.runs)} rows ({len(collection.failed)} failed, {len(collection.corrupt)} corrupt runs) "
-          f"from {args.root}:")  # fmt: skip
+    print(
+        f"{len(collection.runs)} rows ({len(collection.failed)} failed, {len(collection.corrupt)} corrupt runs) "
+        f"from {args.root}:"
+    )
     for path in files.values():
         print(f"  {path}")
     return 1 if args.strict and collection.corrupt else 0

@@ -78,11 +78,21 @@ def test_configs_that_do_not_line_up_are_not_paired():
 
 def _runs(name: str, variant: str, config: str, arrays: list[dict[str, SetArrays]], seeds) -> list[Run]:
     return [
-        Run(model="tiny_olmoe", task="synthetic_commonsense", variant=variant, config=config, bottleneck=8,
-            accuracy={n: float(np.mean(s[n].correct)) for n in SETS}, average=None, seed=seed,
-            name=f"{name}-s{seed}", group=name, arrays=s)
+        Run(
+            model="tiny_olmoe",
+            task="synthetic_commonsense",
+            variant=variant,
+            config=config,
+            bottleneck=8,
+            accuracy={n: float(np.mean(s[n].correct)) for n in SETS},
+            average=None,
+            seed=seed,
+            name=f"{name}-s{seed}",
+            group=name,
+            arrays=s,
+        )
         for seed, s in zip(seeds, arrays)
-    ]  # fmt: skip
+    ]
 
 
 def test_collect_results_writes_every_pair_with_its_verdict(tmp_path):

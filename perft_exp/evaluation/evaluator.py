@@ -155,9 +155,14 @@ def _label_start(context_ids: list[int], full_ids: list[int]) -> int:
 
 
 def _score_set(
-    model: Any, tokenizer: Any, name: str, records: list[dict], batch_size: int, progress: bool,
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    records: list[dict],
+    batch_size: int,
+    progress: bool,
     protocol: Protocol = FIXED,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     labels = CHOICE_LABELS[name]
     contexts = [protocol.prompt(r, COMMONSENSE_PREFILL) for r in records]
     context_ids = tokenizer(contexts)["input_ids"]

@@ -40,8 +40,12 @@ from perft_exp.run_dir import RECORDS_DIR
 # Keys that `set_metrics` adds beyond accuracy / n / correct (a run's results without them predate them).
 KNOWLEDGE_KEYS = ("chance", "majority", "majority_label", "skill", "top_prediction", "top_prediction_share")
 # Over-set averages: (results key, per-set key averaged); and the largest top-prediction share.
-_AVERAGED = (("average_skill", "skill"), ("average_majority", "majority"), ("average_chance", "chance"),
-             ("average_top_prediction_share", "top_prediction_share"))  # fmt: skip
+_AVERAGED = (
+    ("average_skill", "skill"),
+    ("average_majority", "majority"),
+    ("average_chance", "chance"),
+    ("average_top_prediction_share", "top_prediction_share"),
+)
 AVERAGE_KEYS = (*(key for key, _ in _AVERAGED), "max_top_prediction_share")
 
 _ANSWER_FORMAT = re.compile(r"Answer format:[ \t]*([^\n]+)")

@@ -60,8 +60,10 @@ def batch_plan(trainer: BatchKnobs, world_size: int) -> BatchPlan:
             "accumulation is derived from the global batch; set trainer.per_device_train_batch_size instead"
         )
     if total % world_size:
-        raise ConfigError(f"trainer.global_batch_size={total} cannot be split over {world_size} ranks; "
-                          f"use a world size that divides it")  # fmt: skip
+        raise ConfigError(
+            f"trainer.global_batch_size={total} cannot be split over {world_size} ranks; "
+            f"use a world size that divides it"
+        )
     per_rank = total // world_size
     micro = per_rank if micro is None else micro
     if micro < 1 or per_rank % micro:

@@ -129,8 +129,10 @@ def print_table(results: dict) -> None:
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
     label = "frozen" if results.get("variant") == "none" else "tuned"
     print(metrics_table(results.get("eval") or {}, results.get("base_eval"), label))
-    print(f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
-          "common answer and its share)")  # fmt: skip
+    print(
+        f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
+        "common answer and its share)"
+    )
     print(f"results: {RunDir(results['output_dir']).results}\n")
 
 
@@ -206,18 +208,42 @@ def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
 
 def _tokenize(task: TaskConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
     """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
-    train_set, n_truncated = tokenize_dataset(tokenizer, data.train, cutoff_len=task.cutoff_len,
-                                              train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
-    val_set, _ = tokenize_dataset(tokenizer, data.val, cutoff_len=task.cutoff_len,
-                                  train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
+    train_set, n_truncated = tokenize_dataset(
+        tokenizer,
+        data.train,
+        cutoff_len=task.cutoff_len,
+        train_on_inputs=task.train_on_inputs,
+        prompt=task.prompt,
+    )
+    val_set, _ = tokenize_dataset(
+        tokenizer,
+        data.val,
+        cutoff_len=task.cutoff_len,
+        train_on_inputs=task.train_on_inputs,
+        prompt=task.prompt,
+    )
     if is_main_process():
-        log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
-                 task.cutoff_len, len(val_set))  # fmt: skip
+        log.info(
+            "train %d examples (%d truncated at %d tokens), val %d",
+            len(train_set),
+            n_truncated,
+            task.cutoff_len,
+            len(val_set),
+        )
     return train_set, val_set, n_truncated
 
 
-def _fit(spec: TrainConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
-         checkpoint: str | None, plan: BatchPlan):  # fmt: skip
+def _fit(
+    spec: TrainConfig,
+    run: RunDir,
+    perft: PerftConfig,
+    model,
+    tokenizer,
+    train_set,
+    val_set,
+    checkpoint: str | None,
+    plan: BatchPlan,
+):
     """The HF Trainer's run, stopped cleanly by SIGTERM/SIGINT; returns (trainer, its TrainOutput)."""
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
@@ -250,8 +276,10 @@ def _fit(spec: TrainConfig, run: RunDir, perft: PerftConfig, model, tokenizer, t
     finally:
         preemption.uninstall()
     if preemption.signal is not None:
-        raise Preempted(f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
-                        "the same command resumes from the checkpoint")  # fmt: skip
+        raise Preempted(
+            f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
+            "the same command resumes from the checkpoint"
+        )
     return trainer, train_output
 
 
@@ -261,14 +289,28 @@ def _evaluate(
     main = is_main_process()
     with writing(out_dir or Path(".")):
         return evaluate(
-            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens, out_dir=out_dir if main else None, progress=main,
-            synced_gpus=sharded, protocol=ev.protocol,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            tests,
+            mode=ev.mode,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            out_dir=out_dir if main else None,
+            progress=main,
+            synced_gpus=sharded,
+            protocol=ev.protocol,
+        )
 
 
-def _results(job: ComposedRun, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
-             contaminated: list[str], train: dict | None) -> dict:  # fmt: skip
+def _results(
+    job: ComposedRun,
+    perft: PerftConfig,
+    run: RunDir,
+    params: dict,
+    train_file: str | None,
+    contaminated: list[str],
+    train: dict | None,
+) -> dict:
     """What a run's results record besides its evaluations, all derived from the run spec."""
     spec = job.spec
     return {

@@ -118,8 +118,17 @@ def records_table_rows(records_dir: Path, per_set: int) -> list[list]:
     rows = []
     for name, path in record_files(records_dir).items() if records_dir.is_dir() else ():
         for r in read_records(path)[:per_set]:
-            rows.append([name, r["id"], r["prompt"], r["response"], str(r["extracted"]), str(r["label"]),
-                         bool(r["correct"])])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    r["id"],
+                    r["prompt"],
+                    r["response"],
+                    str(r["extracted"]),
+                    str(r["label"]),
+                    bool(r["correct"]),
+                ]
+            )
     return rows
 
 
