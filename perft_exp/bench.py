@@ -15,9 +15,10 @@ its median and quartiles over the rounds, so a slow stretch on a shared machine 
 a ratio. (Measured: the first step after switching cases is no slower than the next.)
 
 Memory: each case runs in a fresh subprocess (so no other case's memory is in its peak): the base
-is built, then the case trains two steps (three on CPU, see below). `peak_mem_mb` is the peak of tensor memory above the
-base weights: adapter weights, optimizer state, gradients, activations and workspace. On CUDA that
-is `torch.cuda.max_memory_allocated()` minus the memory allocated after the build. On CPU torch has
+is built, then the case trains two steps (three on CPU, see below). `peak_mem_mb` is the peak of
+tensor memory above the base weights: adapter weights, optimizer state, gradients, activations and
+workspace. On CUDA that is `torch.cuda.max_memory_allocated()` minus the memory allocated after the
+build. On CPU torch has
 no peak counter, so the third step runs under `torch.profiler` with `profile_memory=True` and the
 peak is the largest running sum of its allocations and frees, plus what persists between steps
 (trainable parameters and optimizer state): every tensor the step allocates is counted.
@@ -228,7 +229,8 @@ def time_cases(
         worst = max(others, key=lambda n: ratios[n][-1])
         frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(others) - 1 :]) * 1e3
         log(
-            f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, slowest {worst} {ratios[worst][-1]:.2f}x"
+            f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, "
+            f"slowest {worst} {ratios[worst][-1]:.2f}x"
         )
     tokens = batch["input_ids"].numel()
     results = {}

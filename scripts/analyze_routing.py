@@ -1,7 +1,9 @@
-"""Routing analysis of finished runs: PEFT-expert loads, the vector picture, R's router vs the frozen router.
+r"""Routing analysis of finished runs: PEFT-expert loads, the vector picture, R's router vs the frozen router.
 
-    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter
-    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense runs='toy-*' out=outputs/routing/toy
+    python scripts/analyze_routing.py \
+        run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter
+    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense runs='toy-*' \
+        out=outputs/routing/toy
     python scripts/analyze_routing.py run_dir=<run a> run_dir=<run b> batches=8 batch_size=16 device=cuda
 
 Arguments are key=value:

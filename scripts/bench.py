@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     names = ["frozen", *[c for c in (args.cases or bench.CASES) if c != "frozen"]]
     cfg = model.config()
     print(
-        f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
-        f"top-{cfg.num_experts_per_tok}, expert intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+        f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+        f"{cfg.num_experts} experts top-{cfg.num_experts_per_tok}, "
+        f"expert intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
         f"batch {model.batch_size}x{model.seq_len}, {model.dtype}; device {args.device}, clock {clock}, "
         f"{args.threads} thread(s)",
         flush=True,

@@ -244,7 +244,8 @@ def test_a_top_p_run_records_the_experts_per_token_it_used(micro_model_dir, app_
 
 @pytest.mark.slow
 def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
-    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts it (item 3)."""
+    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts
+    it (item 3)."""
     pytest.importorskip("bitsandbytes")
     r = run_train(
         [*_small(micro_model_dir, tmp_path), "model.quantization=4bit", "eval.enabled=false"], app_env
@@ -276,8 +277,8 @@ def test_run_names_separate_what_the_command_line_changes():
 
 
 def test_the_tiny_models_set_the_adapter_form_for_perft_only():
-    """The embedded default's PEFT experts take the adapter form on the tiny OLMoE models (and their control), the
-    paper's LoRA form elsewhere; the run name shows it, and the LoRA baselines neither run nor name it."""
+    """The embedded default's PEFT experts take the adapter form on the tiny OLMoE models (and their control),
+    the paper's LoRA form elsewhere; the run name shows it, and the LoRA baselines neither run nor name it."""
 
     def perft(*overrides: str):
         cfg = compose(list(overrides))
@@ -298,8 +299,8 @@ def test_the_tiny_models_set_the_adapter_form_for_perft_only():
 
 
 def test_a_baselines_run_directory_takes_it_with_any_form(tmp_path):
-    """`variant=qv_lora` on the tiny model (form adapter composed, not run) and with `perft.form=lora` (the toy
-    sweep's) are one run: the directory's config check agrees; for PERFT the form is another run."""
+    """`variant=qv_lora` on the tiny model (form adapter composed, not run) and with `perft.form=lora` (the
+    toy sweep's) are one run: the directory's config check agrees; for PERFT the form is another run."""
     from perft_exp.run_dir import RunDirConflict, run_identity
 
     plain, lora = compose(["variant=qv_lora"]), compose(["variant=qv_lora", "perft.form=lora"])

@@ -1,5 +1,6 @@
-"""The typed run spec (perft_exp/config.py): `validate` builds the composed config as its schema dataclasses, each
-checking its own values, closed choices as enum members; the trainer keys TrainingArguments shares pass by name."""
+"""The typed run spec (perft_exp/config.py): `validate` builds the composed config as its schema dataclasses,
+each checking its own values, closed choices as enum members; the trainer keys TrainingArguments shares pass
+by name."""
 
 from __future__ import annotations
 
@@ -64,8 +65,8 @@ def test_training_arguments_take_the_trainer_keys_they_share_by_name():
         "seed",
         "per_device_eval_batch_size",
     } <= shared
-    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels), or
-    # set from the batch plan (the micro batch and the accumulation, perft_exp/training/batch.py).
+    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels),
+    # or set from the batch plan (the micro batch and the accumulation, perft_exp/training/batch.py).
     not_passed = {
         "name",
         "base_aux_loss",

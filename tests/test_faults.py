@@ -134,7 +134,8 @@ def test_two_launchers_share_one_grid_every_job_runs_once(micro_model_dir, app_e
 
 
 def test_no_space_left_is_one_line_and_the_next_launch_resumes(micro_model_dir, app_env, tmp_path):
-    """ENOSPC simulated in the checkpoint writer (torch.save) after the first checkpoint, and in failed.json."""
+    """ENOSPC simulated in the checkpoint writer (torch.save) after the first checkpoint, and in
+    failed.json."""
     run_dir = tmp_path / "run"
     hook = tmp_path / "hook" / "sitecustomize.py"  # runs at interpreter start-up in the train.py subprocess
     hook.parent.mkdir()
@@ -145,8 +146,8 @@ def test_no_space_left_is_one_line_and_the_next_launch_resumes(micro_model_dir, 
         "def save(obj, f, *a, **k):\n"
         "    if 'checkpoint-8' in str(f):\n"
         "        open(f, 'wb').write(b'half')\n"
-        "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2') from "
-        "OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2') "
+        "from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "    return _save(obj, f, *a, **k)\n"
         "torch.save = save\n"
         "_fsync = files.os.fsync\n"
@@ -206,8 +207,8 @@ def test_a_real_full_tmpfs(micro_model_dir, app_env, tmp_path):
 
 
 def test_corrupt_files_among_good_runs(micro_model_dir, app_env, tmp_path):
-    """One good run and a copy of it per corrupt file: the reports list and skip the bad ones (exit 0, or 1 with
-    --strict); a relaunch names the file and resume=false starts it over."""
+    """One good run and a copy of it per corrupt file: the reports list and skip the bad ones (exit 0, or 1
+    with --strict); a relaunch names the file and resume=false starts it over."""
     good = tmp_path / "runs" / "good"
     r = run_train(_base(micro_model_dir, good, "eval.enabled=true", "task.max_test_examples=2"), app_env)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -417,8 +417,8 @@ def test_a_run_that_changed_the_defaults_is_marked_in_the_table(tmp_path):
 
 
 def test_E_is_labelled_from_its_resolved_results_and_older_null_ones_from_the_adapter(tmp_path: Path):
-    """A resolved run records E's N and K in its results; one written before that (nulls) still loads, its label
-    then read from the saved adapter's base-model signature."""
+    """A resolved run records E's N and K in its results; one written before that (nulls) still loads, its
+    label then read from the saved adapter's base-model signature."""
     old = write_run(tmp_path, "commonsense", "E", 16)  # perft num_experts/top_k null; an adapter with 64/8
     new = write_run(tmp_path, "commonsense", "E", 8, model="mixtral_8x7b")
     results = json.loads((new / "results.json").read_text())

@@ -51,8 +51,8 @@ def _task(name: str) -> str:
 
 
 def max_new_tokens_for(mode: str, kind: str, override: int | None = None) -> int:
-    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override` (eval.max_new_tokens)
-    when set, else the mode's default (paper: the authors' 4 and 256)."""
+    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override`
+    (eval.max_new_tokens) when set, else the mode's default (paper: the authors' 4 and 256)."""
     return override or _MAX_NEW_TOKENS[(mode, kind)]
 
 

@@ -117,7 +117,8 @@ def top_prediction(rows: list[dict]) -> tuple[Any, float]:
 
 
 def set_metrics(name: str, rows: list[dict]) -> dict:
-    """{accuracy, n, correct, chance, majority, majority_label, skill, top_prediction, top_prediction_share}."""
+    """{accuracy, n, correct, chance, majority, majority_label, skill, top_prediction,
+    top_prediction_share}."""
     n = len(rows)
     correct = sum(bool(row["correct"]) for row in rows)
     accuracy = correct / n if n else 0.0
@@ -265,6 +266,7 @@ def metrics_table(tuned: dict, base: dict | None = None, label: str = "tuned") -
     rows.append(
         f"{'average':<16}{_pct(base.get('average')):>7}{_pct(tuned.get('average')):>7}"
         f"{_pct(tuned.get('average_majority')):>10}{_pct(tuned.get('average_chance')):>8}"
-        f"{_pct(tuned.get('average_skill'), signed=True):>8}  {'' if worst is None else f'max {100 * worst:.0f}%'}"
+        f"{_pct(tuned.get('average_skill'), signed=True):>8}  "
+        f"{'' if worst is None else f'max {100 * worst:.0f}%'}"
     )
     return "\n".join(rows)

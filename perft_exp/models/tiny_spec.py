@@ -1,8 +1,8 @@
 """The tiny models' specs: architecture and pre-training recipe, and the build key that names their cache.
 
-Torch-free, so the run directory (perft_exp/run_dir.py) can key a run on the tiny model's build without importing
-the builder (perft_exp/models/tiny/build.py); the cache (perft_exp/models/tiny/cache.py) names its directories
-by the key.
+Torch-free, so the run directory (perft_exp/run_dir.py) can key a run on the tiny model's build without
+importing the builder (perft_exp/models/tiny/build.py); the cache (perft_exp/models/tiny/cache.py) names its
+directories by the key.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@
 (TrainConfig, every value checked before anything loads), which every stage below reads, and the composed
 config itself, which only the run directory reads (its identity and saved config). `train` reads as the stages
 it runs, each a function below:
-  _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run returns
+  _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run
+                    returns
   _resume_point     the newest complete checkpoint (RunDir.latest_checkpoint), refused early if it is another
                     variant's or base model's
   data              the task's records (perft_exp/data/task.py)
@@ -115,7 +116,8 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
 
 
 def _in_task_order(results: dict, test_sets) -> dict:
-    """The written results keep their keys sorted; list the test sets in the task's order again for the table."""
+    """The written results keep their keys sorted; list the test sets in the task's order again for the
+    table."""
     order = {canonical_test_set(name): i for i, name in enumerate(test_sets)}
     out = dict(results)
     for key in ("eval", "base_eval"):
@@ -152,7 +154,8 @@ def run_mean_loss(log_history: list[dict]) -> float | None:
 
 
 def _prepare_run_dir(job: ComposedRun) -> tuple[RunDir, dict | None]:
-    """The run directory, checked against the config; the finished run's results when there is nothing to do."""
+    """The run directory, checked against the config; the finished run's results when there is nothing to
+    do."""
     spec = job.spec
     run = RunDir(spec.output_dir)
     run.check(job.config, record=is_main_process())
@@ -169,7 +172,8 @@ def _prepare_run_dir(job: ComposedRun) -> tuple[RunDir, dict | None]:
 
 
 def _resume_point(spec: TrainConfig, perft: PerftConfig, run: RunDir) -> str | None:
-    """The checkpoint to resume from, refused before anything loads if it is another variant's or base model's."""
+    """The checkpoint to resume from, refused before anything loads if it is another variant's or base
+    model's."""
     checkpoint = run.latest_checkpoint() if spec.resume else None
     if checkpoint:
         check_compatible(
@@ -184,7 +188,8 @@ def _resume_point(spec: TrainConfig, perft: PerftConfig, run: RunDir) -> str | N
 
 
 def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
-    """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved PerftConfig)."""
+    """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved
+    PerftConfig)."""
     model, tokenizer = load_model(spec.model)
     set_seed(spec.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
     if checkpoint:
@@ -193,9 +198,10 @@ def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
     if spec.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
-        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
-        # rest of the block (its router, and the PERFT module that hooks add beside it) keeps ZeRO-3's own
-        # per-module gathering: PERFT's parameters live under the block but are not called by its forward.
+        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a
+        # leaf). The rest of the block (its router, and the PERFT module that hooks add beside it) keeps
+        # ZeRO-3's own per-module gathering: PERFT's parameters live under the block but are not called by
+        # its forward.
         arch = architecture_for(model)
         experts = {type(arch.experts(block)) for _, block in find_moe_blocks(model, arch)}
         set_z3_leaf_modules(model, list(experts))
@@ -409,7 +415,8 @@ def _train(job: ComposedRun) -> dict:
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
     if spec.eval.enabled and data.tests and (is_main_process() or sharded):
         model.eval()
-        # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound K / N.
+        # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound
+        # K / N.
         with track_routing(model.get_base_model()) as routing:
             results["eval"] = _evaluate(spec.eval, model, tokenizer, data.tests, run.records, sharded)
         if routing.layers:
