@@ -15,9 +15,10 @@ its median and quartiles over the rounds, so a slow stretch on a shared machine 
 a ratio. (Measured: the first step after switching cases is no slower than the next.)
 
 Memory: each case runs in a fresh subprocess (so no other case's memory is in its peak): the base
-is built, then the case trains two steps (three on CPU, see below). `peak_mem_mb` is the peak of tensor memory above the
-base weights: adapter weights, optimizer state, gradients, activations and workspace. On CUDA that
-is `torch.cuda.max_memory_allocated()` minus the memory allocated after the build. On CPU torch has
+is built, then the case trains two steps (three on CPU, see below). `peak_mem_mb` is the peak of
+tensor memory above the base weights: adapter weights, optimizer state, gradients, activations and
+workspace. On CUDA that is `torch.cuda.max_memory_allocated()` minus the memory allocated after the
+build. On CPU torch has
 no peak counter, so the third step runs under `torch.profiler` with `profile_memory=True` and the
 peak is the largest running sum of its allocations and frees, plus what persists between steps
 (trainable parameters and optimizer state): every tensor the step allocates is counted.
@@ -69,13 +70,24 @@ class BenchModel:
 BENCH_MODELS = {
     # The OLMoE block in miniature: 64 fine-grained experts, top-8, no top-k renormalisation.
     "olmoe_mini": BenchModel(
-        "olmoe_mini", batch_size=8, seq_len=128, dtype="float32",
-        overrides=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                       intermediate_size=64, vocab_size=8000, max_position_embeddings=512,
-                       pad_token_id=1, eos_token_id=2),
+        "olmoe_mini",
+        batch_size=8,
+        seq_len=128,
+        dtype="float32",
+        overrides=dict(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            intermediate_size=64,
+            vocab_size=8000,
+            max_position_embeddings=512,
+            pad_token_id=1,
+            eos_token_id=2,
+        ),
     ),
     "olmoe_1b_7b": BenchModel("olmoe_1b_7b", batch_size=16, seq_len=256, dtype="bfloat16"),
-}  # fmt: skip
+}
 DEFAULT_MODEL = {"cpu": "olmoe_mini", "cuda": "olmoe_1b_7b"}
 
 # PerftConfig fields per case (None: the frozen floor). Rank 16 throughout, dropout 0 so that the
@@ -217,7 +229,8 @@ def time_cases(
         worst = max(others, key=lambda n: ratios[n][-1])
         frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(others) - 1 :]) * 1e3
         log(
-            f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, slowest {worst} {ratios[worst][-1]:.2f}x"
+            f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, "
+            f"slowest {worst} {ratios[worst][-1]:.2f}x"
         )
     tokens = batch["input_ids"].numel()
     results = {}
@@ -308,8 +321,21 @@ def memory_of_case(model: BenchModel, case: str, device: str, adapter_dtype: str
 
 def measure_memory(model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str) -> dict:
     """`memory_of_case` in a fresh Python process, so that no other case's memory is in the peak."""
-    cmd = [sys.executable, "-m", __name__, "--model", model.name, "--case", case, "--device", device,
-           "--threads", str(threads), "--adapter-dtype", adapter_dtype]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        __name__,
+        "--model",
+        model.name,
+        "--case",
+        case,
+        "--device",
+        device,
+        "--threads",
+        str(threads),
+        "--adapter-dtype",
+        adapter_dtype,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess for {case} failed:\n{proc.stderr[-2000:]}")
@@ -352,8 +378,12 @@ def eval_throughput(
             "questions_per_s"
         ]
         log(f"  eval batch size {bs:3d}: {speeds[bs]:8.2f} questions/s")
-    result = {"model": "tiny_olmoe", "mode": mode, "questions": sum(map(len, sets.values())),
-              "questions_per_s": speeds}  # fmt: skip
+    result = {
+        "model": "tiny_olmoe",
+        "mode": mode,
+        "questions": sum(map(len, sets.values())),
+        "questions_per_s": speeds,
+    }
     if 1 in speeds and 16 in speeds:
         result["speedup_bs16_vs_bs1"] = speeds[16] / speeds[1]
     return result

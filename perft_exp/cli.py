@@ -3,8 +3,9 @@
 Before Hydra runs anything, every job of the command (all of a `-m` grid) is composed and validated,
 so a typo or a bad value fails at once, as one line naming the key, with exit code 2. A job that fails
 later, of any exception (out-of-memory included), prints its first error line (exit code 1) and leaves it in
-the run directory's failure record (perft_exp/run_dir.py), with the traceback, so `scripts/sweep.py status` shows it as failed; in a
-multirun the other jobs go on. `debug=true` (or PERFT_DEBUG=1) shows full stack traces instead.
+the run directory's failure record (perft_exp/run_dir.py), with the traceback, so `scripts/sweep.py status`
+shows it as failed; in a multirun the other jobs go on. `debug=true` (or PERFT_DEBUG=1) shows full stack
+traces instead.
 
 A job holds its run directory from before anything loads to its end (perft_exp/run_lock.py): a second launch
 of the same run exits at once with code 75 and one line naming the holder (in a multirun, the job is skipped).

@@ -114,7 +114,8 @@ def read_sweep_overrides(output_root: str | Path, sweep: str) -> list[str]:
 
 
 class _Below:
-    """A path below a run directory, as a read-only attribute of RunDir: `RunDir(p).results == p / RESULTS_NAME`."""
+    """A path below a run directory, as a read-only attribute of RunDir:
+    `RunDir(p).results == p / RESULTS_NAME`."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -158,7 +159,8 @@ class RunDir:
     # --- the hold: one process at a time (perft_exp/run_lock.py) ----------------------------------------
 
     def hold(self) -> RunLock:
-        """`with run.hold(): ...`: this process works here; raises RunDirHeld if a live process already does."""
+        """`with run.hold(): ...`: this process works here; raises RunDirHeld if a live process already
+        does."""
         return RunLock(self.path)
 
     def holder(self) -> Holder | None:
@@ -207,7 +209,8 @@ class RunDir:
         return (self.adapter / ADAPTER_CONFIG_NAME).is_file()
 
     def adapter_config(self) -> dict | None:
-        """The saved adapter's metadata (variant, PerftConfig, base-model signature), None without an adapter."""
+        """The saved adapter's metadata (variant, PerftConfig, base-model signature), None without an
+        adapter."""
         return json.loads((self.adapter / ADAPTER_CONFIG_NAME).read_text()) if self.has_adapter() else None
 
     # --- state and results ------------------------------------------------------------------------------
@@ -251,7 +254,8 @@ class RunDir:
         return json.loads(self.results.read_text()) if self.results.is_file() else None
 
     def write_results(self, results: dict, cfg: DictConfig) -> None:
-        """The resolved config (config.yaml), then the results: results.json last, as the mark of a finished run."""
+        """The resolved config (config.yaml), then the results: results.json last, as the mark of a finished
+        run."""
         atomic_write_bytes(self.config_yaml, OmegaConf.to_yaml(cfg, resolve=True).encode())
         atomic_write_json(self.results, results)
 
@@ -378,15 +382,16 @@ def config_identity(conf: dict) -> dict:
 
 
 def _as_run(ident: dict) -> dict:
-    """An identity with its `perft` as the variant runs it (a LoRA baseline ignores the PEFT experts' form ...)."""
+    """An identity with its `perft` as the variant runs it (a LoRA baseline ignores the PEFT experts'
+    form ...)."""
     from perft_exp.adapters.config import applicable
 
     return {**ident, "perft": applicable(ident["perft"])} if isinstance(ident.get("perft"), dict) else ident
 
 
 def run_identity(cfg: DictConfig) -> dict:
-    """What a run directory's results depend on: the resolved config (its `perft` as the variant runs it), and the
-    tiny model's build key."""
+    """What a run directory's results depend on: the resolved config (its `perft` as the variant runs it),
+    and the tiny model's build key."""
     ident = _as_run(config_identity(OmegaConf.to_container(cfg, resolve=True)))
     pretrained = str(cfg.model.pretrained)
     if pretrained.startswith(

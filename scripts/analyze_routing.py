@@ -1,7 +1,9 @@
-"""Routing analysis of finished runs: PEFT-expert loads, the vector picture, R's router vs the frozen router.
+r"""Routing analysis of finished runs: PEFT-expert loads, the vector picture, R's router vs the frozen router.
 
-    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter
-    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense runs='toy-*' out=outputs/routing/toy
+    python scripts/analyze_routing.py \
+        run_dir=outputs/runs/synthetic_commonsense/tiny_olmoe/R-n4-k2-r16-adapter
+    python scripts/analyze_routing.py run_dir=outputs/runs/synthetic_commonsense runs='toy-*' \
+        out=outputs/routing/toy
     python scripts/analyze_routing.py run_dir=<run a> run_dir=<run b> batches=8 batch_size=16 device=cuda
 
 Arguments are key=value:
@@ -35,8 +37,14 @@ from perft_exp.data.prompts import build_prompt
 from perft_exp.optional_imports import hide_unused
 from perft_exp.run_dir import RunDir
 
-DEFAULTS = {"out": "outputs/routing", "runs": "*", "batches": "4", "batch_size": "16", "device": None,
-            "forward": "true"}  # fmt: skip
+DEFAULTS = {
+    "out": "outputs/routing",
+    "runs": "*",
+    "batches": "4",
+    "batch_size": "16",
+    "device": None,
+    "forward": "true",
+}
 
 
 def parse_args(argv: list[str]) -> tuple[list[Path], dict]:
@@ -58,8 +66,12 @@ def parse_args(argv: list[str]) -> tuple[list[Path], dict]:
 
 def find_runs(paths: list[Path], pattern: str = "*") -> list[Path]:
     """Finished run directories with a saved adapter at or below each path, named like `pattern`."""
-    runs = [run.path for path in paths for run in RunDir.find(path, pattern)
-            if run.state() == "finished" and run.has_adapter()]  # fmt: skip
+    runs = [
+        run.path
+        for path in paths
+        for run in RunDir.find(path, pattern)
+        if run.state() == "finished" and run.has_adapter()
+    ]
     return list(dict.fromkeys(runs))
 
 
@@ -90,8 +102,13 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
     run = RunDir(run_dir)
     cfg = run.load_spec()
     meta = read_adapter_config(run.adapter)
-    info = {"run": run_dir.name, "run_dir": str(run_dir), "model": cfg.model.name, "task": cfg.task.name,
-            "variant": meta["variant"]}  # fmt: skip
+    info = {
+        "run": run_dir.name,
+        "run_dir": str(run_dir),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "variant": meta["variant"],
+    }
     if meta["variant"] not in PERFT_VARIANTS:
         return {**info, "skipped": f"variant {meta['variant']} has no PEFT router or experts"}
     device = opts["device"] or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,8 +125,13 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
         tokenizer.padding_side = "left"
         with torch.no_grad(), track_routing(model) as stats:
             for start in range(0, len(prompts), batch_size):
-                enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
-                                truncation=True, max_length=cfg.task.cutoff_len)  # fmt: skip
+                enc = tokenizer(
+                    prompts[start : start + batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=cfg.task.cutoff_len,
+                )
                 model(**{k: v.to(device) for k, v in enc.items()})
         info["layers"] = stats.per_layer()
         info["prompts"] = len(prompts)
@@ -119,8 +141,11 @@ def analyze_run(run_dir: Path, opts: dict) -> dict:
             )
     try:
         info["angles"] = router_angles(model)
-        plot_vectors(vector_picture(model), out / "vectors.png", f"{info['config']} ({run_dir.name}): "
-                     "router rows and expert keys in the FFN keys' PCA plane")  # fmt: skip
+        plot_vectors(
+            vector_picture(model),
+            out / "vectors.png",
+            f"{info['config']} ({run_dir.name}): router rows and expert keys in the FFN keys' PCA plane",
+        )
     except NotApplicable as e:  # the family has no router matrix or no gate/up split: say so, keep the loads
         info["angles"], info["vectors"] = None, f"not applicable: {e}"
         print(f"{run_dir.name}: router angles and vector picture not applicable: {e}", file=sys.stderr)
@@ -151,30 +176,92 @@ def write_tables(results: list[dict], out: Path) -> None:
     for r in results:
         head = {"run": r["run"], "config": r.get("config"), "model": r["model"], "task": r["task"]}
         for layer in r.get("layers", []):
-            stats.append({**head, **{k: layer[k] for k in ("layer", "tokens", "load_entropy", "max_load_ratio",
-                                                           "router_entropy", "router_entropy_norm")},
-                          "load": " ".join(map(str, layer["load"]))})  # fmt: skip
+            stats.append(
+                {
+                    **head,
+                    **{
+                        k: layer[k]
+                        for k in (
+                            "layer",
+                            "tokens",
+                            "load_entropy",
+                            "max_load_ratio",
+                            "router_entropy",
+                            "router_entropy_norm",
+                        )
+                    },
+                    "load": " ".join(map(str, layer["load"])),
+                }
+            )
         layer_angles = r.get("angles", [])
         for a in layer_angles:
-            angles.append({**head, **{k: a[k] for k in ("layer", "num_experts", "base_experts", "min_deg", "mean_deg",
-                                                        "max_deg", "random_mean_deg")},
-                           "angles_deg": " ".join(f"{x:.1f}" for x in a["angles_deg"])})  # fmt: skip
+            angles.append(
+                {
+                    **head,
+                    **{
+                        k: a[k]
+                        for k in (
+                            "layer",
+                            "num_experts",
+                            "base_experts",
+                            "min_deg",
+                            "mean_deg",
+                            "max_deg",
+                            "random_mean_deg",
+                        )
+                    },
+                    "angles_deg": " ".join(f"{x:.1f}" for x in a["angles_deg"]),
+                }
+            )
         if layer_angles:
-            mean = {k: sum(a[k] for a in layer_angles) / len(layer_angles)
-                    for k in ("min_deg", "mean_deg", "max_deg", "random_mean_deg")}  # fmt: skip
+            mean = {
+                k: sum(a[k] for a in layer_angles) / len(layer_angles)
+                for k in ("min_deg", "mean_deg", "max_deg", "random_mean_deg")
+            }
             angles.append({**head, "layer": "all (mean)", **mean})
-    _write(stats, ["run", "config", "model", "task", "layer", "tokens", "load_entropy", "max_load_ratio",
-                   "router_entropy", "router_entropy_norm", "load"], out / "routing_stats",
-           "PEFT-expert routing per layer",
-           "load_entropy: entropy of the load over the N PEFT experts / log N (1 = balanced); max_load_ratio: "
-           "the busiest expert's share x N (1 = balanced); router_entropy: mean per-token entropy of R's router "
-           "(nats; _norm: / log N). Prompt tokens of the test sets, padding excluded.")  # fmt: skip
-    _write(angles, ["run", "config", "model", "task", "layer", "num_experts", "base_experts", "min_deg",
-                    "mean_deg", "max_deg", "random_mean_deg", "angles_deg"], out / "principal_angles",
-           "R's learned router vs the frozen router",
-           "Principal angles (degrees) between the row spaces of R's router W_r (N, D) and the frozen router "
-           "W_g (E, D), per layer: 0 = W_r routes along directions W_g already uses, 90 = orthogonal. "
-           "random_mean_deg: the mean angle of random Gaussian routers of the same shape against W_g.")  # fmt: skip
+    _write(
+        stats,
+        [
+            "run",
+            "config",
+            "model",
+            "task",
+            "layer",
+            "tokens",
+            "load_entropy",
+            "max_load_ratio",
+            "router_entropy",
+            "router_entropy_norm",
+            "load",
+        ],
+        out / "routing_stats",
+        "PEFT-expert routing per layer",
+        "load_entropy: entropy of the load over the N PEFT experts / log N (1 = balanced); max_load_ratio: "
+        "the busiest expert's share x N (1 = balanced); router_entropy: mean per-token entropy of R's router "
+        "(nats; _norm: / log N). Prompt tokens of the test sets, padding excluded.",
+    )
+    _write(
+        angles,
+        [
+            "run",
+            "config",
+            "model",
+            "task",
+            "layer",
+            "num_experts",
+            "base_experts",
+            "min_deg",
+            "mean_deg",
+            "max_deg",
+            "random_mean_deg",
+            "angles_deg",
+        ],
+        out / "principal_angles",
+        "R's learned router vs the frozen router",
+        "Principal angles (degrees) between the row spaces of R's router W_r (N, D) and the frozen router "
+        "W_g (E, D), per layer: 0 = W_r routes along directions W_g already uses, 90 = orthogonal. "
+        "random_mean_deg: the mean angle of random Gaussian routers of the same shape against W_g.",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,8 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     for line in corrupt:
         print(f"corrupt, skipped: {line}", file=sys.stderr)
     if not runs:
-        print(f"error: no run directories (config.yaml + adapter/) at or below {', '.join(map(str, run_dirs))}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no run directories (config.yaml + adapter/) at or below {', '.join(map(str, run_dirs))}",
+            file=sys.stderr,
+        )
         return 2
     # Before transformers loads: no import-time warnings from packages none of the runs used.
     hide_unused(RunDir(run_dir).load_spec() for run_dir in runs)

@@ -57,21 +57,34 @@ def check_targets(cases: dict[str, dict]) -> list[dict]:
     for name, limit in STEP_TARGETS.items():
         if name in cases:
             ratio = cases[name]["ratio_vs_frozen"]
-            checks.append({"target": f"{name} step <= {limit:.2f}x frozen", "value": f"{ratio:.3f}x",
-                           "pass": ratio <= limit})  # fmt: skip
+            checks.append(
+                {
+                    "target": f"{name} step <= {limit:.2f}x frozen",
+                    "value": f"{ratio:.3f}x",
+                    "pass": ratio <= limit,
+                }
+            )
     if "E_r16" in cases and "E_loop" in cases:
         added, loop_added = cases["E_r16"]["ratio_vs_frozen"] - 1, cases["E_loop"]["ratio_vs_frozen"] - 1
         share = f" ({added / loop_added:.0%})" if loop_added > 0 else ""
-        checks.append({"target": "E_r16 adds <= 1/3 of what E_loop adds over frozen",
-                       "value": f"{added:+.3f} vs {loop_added:+.3f}{share}",
-                       "pass": added <= LOOP_SHARE * loop_added})  # fmt: skip
+        checks.append(
+            {
+                "target": "E_r16 adds <= 1/3 of what E_loop adds over frozen",
+                "value": f"{added:+.3f} vs {loop_added:+.3f}{share}",
+                "pass": added <= LOOP_SHARE * loop_added,
+            }
+        )
     frozen_mem = cases.get("frozen", {}).get("peak_mem_mb")
     for name in PERFT_CASES:
         mem = cases.get(name, {}).get("peak_mem_mb")
         if frozen_mem and mem is not None:
-            checks.append({"target": f"{name} peak memory <= {1 + MEMORY_SLACK:.2f}x frozen",
-                           "value": f"{mem / frozen_mem:.3f}x",
-                           "pass": mem <= (1 + MEMORY_SLACK) * frozen_mem})  # fmt: skip
+            checks.append(
+                {
+                    "target": f"{name} peak memory <= {1 + MEMORY_SLACK:.2f}x frozen",
+                    "value": f"{mem / frozen_mem:.3f}x",
+                    "pass": mem <= (1 + MEMORY_SLACK) * frozen_mem,
+                }
+            )
     return checks
 
 
@@ -92,8 +105,13 @@ def format_table(result: dict) -> str:
         )
     ev = result.get("eval_throughput")
     if ev and "questions_per_s" in ev:
-        lines += ["", f"Evaluation throughput ({ev['model']}, mode={ev['mode']}, {ev['questions']} questions):", "",
-                  "| eval batch size | questions/s |", "|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            f"Evaluation throughput ({ev['model']}, mode={ev['mode']}, {ev['questions']} questions):",
+            "",
+            "| eval batch size | questions/s |",
+            "|---:|---:|",
+        ]
         lines += [f"| {bs} | {qps:.2f} |" for bs, qps in ev["questions_per_s"].items()]
         if "speedup_bs16_vs_bs1" in ev:
             lines.append(f"| bs16 / bs1 | {ev['speedup_bs16_vs_bs1']:.2f}x |")
@@ -139,10 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     adapter_dtype = "float32" if args.device == "cpu" else "model"
     names = ["frozen", *[c for c in (args.cases or bench.CASES) if c != "frozen"]]
     cfg = model.config()
-    print(f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, {cfg.num_experts} experts "
-          f"top-{cfg.num_experts_per_tok}, expert intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
-          f"batch {model.batch_size}x{model.seq_len}, {model.dtype}; device {args.device}, clock {clock}, "
-          f"{args.threads} thread(s)", flush=True)  # fmt: skip
+    print(
+        f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+        f"{cfg.num_experts} experts top-{cfg.num_experts_per_tok}, "
+        f"expert intermediate {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+        f"batch {model.batch_size}x{model.seq_len}, {model.dtype}; device {args.device}, clock {clock}, "
+        f"{args.threads} thread(s)",
+        flush=True,
+    )
 
     mem: dict[str, dict] = {}
     if args.no_memory:
@@ -160,8 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"timing {len(cases)} cases: {args.warmup} warm-up steps each, then {args.rounds} rounds", flush=True
     )
-    timings = bench.time_cases(cases, batch, args.device, rounds=args.rounds, steps=args.steps,
-                               warmup=args.warmup, clock=clock, log=lambda s: print(s, flush=True))  # fmt: skip
+    timings = bench.time_cases(
+        cases,
+        batch,
+        args.device,
+        rounds=args.rounds,
+        steps=args.steps,
+        warmup=args.warmup,
+        clock=clock,
+        log=lambda s: print(s, flush=True),
+    )
     del cases, base
     result = {
         "device": args.device,

@@ -1,8 +1,9 @@
-"""Gather every finished run below a directory into a CSV, the paper's Markdown table, PNG figures and the
+r"""Gather every finished run below a directory into a CSV, the paper's Markdown table, PNG figures and the
 paired comparisons between its configurations.
 
     python scripts/collect_results.py outputs/runs --out outputs/report
-    python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' --out outputs/report/toy
+    python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' \
+        --out outputs/report/toy
 
 See perft_exp/analysis/results/ and perft_exp/analysis/paired.py for what each file holds. A run directory
 with an unreadable file is listed (file and fix) and left out; the exit code is 0 then unless --strict.
@@ -36,8 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     files = write_report(args.root, args.out, args.runs)
     files.update(write_paired(collection, args.out))
-    print(f"{len(collection.runs)} rows ({len(collection.failed)} failed, {len(collection.corrupt)} corrupt runs) "
-          f"from {args.root}:")  # fmt: skip
+    print(
+        f"{len(collection.runs)} rows ({len(collection.failed)} failed, "
+        f"{len(collection.corrupt)} corrupt runs) from {args.root}:"
+    )
     for path in files.values():
         print(f"  {path}")
     return 1 if args.strict and collection.corrupt else 0

@@ -31,7 +31,8 @@ def count_config(cfg: DictConfig) -> dict:
     from perft_exp.models.loading import build_meta_model, checkpoint_config, load_model
 
     perft, base = perft_config(cfg), group_spec(cfg.model)
-    # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the YAML's.
+    # A local checkpoint (model.pretrained=<dir>) is counted from its own config.json, on meta like the
+    # YAML's.
     local = checkpoint_config(base) is not None
     model = build_meta_model(base) if base.architecture or local else load_model(base)[0]
     model = apply_adapters(model, perft)

@@ -55,9 +55,15 @@ def run(argv: list[str]) -> dict:
     out = run_dir.evaluation(f"{task.name}-{ev.mode}{protocol}{'-base' if base_only else ''}")
     with writing(out):
         result = evaluate(
-            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens, out_dir=out, protocol=ev.protocol,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            tests,
+            mode=ev.mode,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            out_dir=out,
+            protocol=ev.protocol,
+        )
     run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))
     print(f"written to {out}")

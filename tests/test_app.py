@@ -34,8 +34,22 @@ def llm_adapters_dir(tmp_path):
     rec = {"instruction": "q", "input": "", "output": "the correct answer is true", "answer": "true"}
     for name in ("commonsense_170k", "math_50k"):
         (tmp_path / f"{name}.json").write_text(json.dumps([rec] * 130))
-    for name in ("boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Easy", "ARC-Challenge",
-                 "openbookqa", "AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP"):  # fmt: skip
+    for name in (
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Easy",
+        "ARC-Challenge",
+        "openbookqa",
+        "AddSub",
+        "MultiArith",
+        "SingleEq",
+        "gsm8k",
+        "AQuA",
+        "SVAMP",
+    ):
         (tmp_path / "dataset" / name).mkdir(parents=True)
         (tmp_path / "dataset" / name / "test.json").write_text(json.dumps([rec] * 3))
     return tmp_path
@@ -111,8 +125,15 @@ def test_local_rank_argument_goes_to_the_environment(monkeypatch):
 
 
 def _ds_args(model_dir, run_dir, stage: str) -> list[str]:
-    return [f"deepspeed={stage}", "trainer=debug", "logger=none", "eval.enabled=false",
-            f"model.pretrained={model_dir}", "task.max_train_examples=64", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return [
+        f"deepspeed={stage}",
+        "trainer=debug",
+        "logger=none",
+        "eval.enabled=false",
+        f"model.pretrained={model_dir}",
+        "task.max_train_examples=64",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +155,15 @@ def test_deepspeed_single_process(stage, micro_model_dir, ds_env, tmp_path):
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(29500 + int(stage[-1])), str(REPO / "train.py"),
-           *_ds_args(micro_model_dir, tmp_path, stage)]  # fmt: skip
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29500 + int(stage[-1])),
+        str(REPO / "train.py"),
+        *_ds_args(micro_model_dir, tmp_path, stage),
+    ]
     if stage == "zero3":  # sharded weights: evaluation and the final adapter save need both ranks
         cmd = [a for a in cmd if a != "eval.enabled=false"] + ["task.max_test_examples=3"]
     r = subprocess.run(cmd, cwd=REPO, env=ds_env, capture_output=True, text=True, timeout=900)
@@ -152,8 +180,14 @@ def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_pa
 @pytest.mark.slow
 def test_a_finished_run_prints_its_table_again(micro_model_dir, app_env, tmp_path):
     """Relaunching a finished run trains nothing and prints the finished run's result table."""
-    args = ["trainer=debug", "logger=none", f"model.pretrained={micro_model_dir}", "task.max_train_examples=32",
-            "task.max_test_examples=2", f"hydra.run.dir={tmp_path}"]  # fmt: skip
+    args = [
+        "trainer=debug",
+        "logger=none",
+        f"model.pretrained={micro_model_dir}",
+        "task.max_train_examples=32",
+        "task.max_test_examples=2",
+        f"hydra.run.dir={tmp_path}",
+    ]
     first = run_train(args, app_env)
     assert first.returncode == 0, first.stderr[-3000:]
     stamp = (tmp_path / "results.json").stat().st_mtime_ns
@@ -171,8 +205,14 @@ def test_a_finished_run_prints_its_table_again(micro_model_dir, app_env, tmp_pat
 
 
 def _small(model_dir, run_dir) -> list[str]:
-    return ["trainer=debug", "logger=none", f"model.pretrained={model_dir}", "task.max_train_examples=32",
-            "task.max_test_examples=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    return [
+        "trainer=debug",
+        "logger=none",
+        f"model.pretrained={model_dir}",
+        "task.max_train_examples=32",
+        "task.max_test_examples=2",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 @pytest.mark.slow
@@ -204,7 +244,8 @@ def test_a_top_p_run_records_the_experts_per_token_it_used(micro_model_dir, app_
 
 @pytest.mark.slow
 def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
-    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts it (item 3)."""
+    """bitsandbytes 4-bit base, PERFT-R experts in full precision beside it: the HF Trainer accepts
+    it (item 3)."""
     pytest.importorskip("bitsandbytes")
     r = run_train(
         [*_small(micro_model_dir, tmp_path), "model.quantization=4bit", "eval.enabled=false"], app_env
@@ -224,16 +265,20 @@ def test_run_names_separate_what_the_command_line_changes():
 
     assert name() == name("variant=R", "perft.num_experts=4") == name("logger=none") == "R-n4-k2-r16-adapter"
     assert name("variant=E", "perft.bottleneck=8") == "E-r8-adapter"
-    others = {name("deepspeed=zero2", "trainer=debug"), name("deepspeed=zero3", "trainer=debug"),
-              name("trainer.learning_rate=1e-3"), name("perft.dropout=0.1")}  # fmt: skip
+    others = {
+        name("deepspeed=zero2", "trainer=debug"),
+        name("deepspeed=zero3", "trainer=debug"),
+        name("trainer.learning_rate=1e-3"),
+        name("perft.dropout=0.1"),
+    }
     assert len(others) == 4 and all(n.startswith("R-n4-k2-r16-adapter-") for n in others)
     assert name("trainer=debug", "deepspeed=zero2") == name("deepspeed=zero2", "trainer=debug")
     assert name("name=mine") == "mine"
 
 
 def test_the_tiny_models_set_the_adapter_form_for_perft_only():
-    """The embedded default's PEFT experts take the adapter form on the tiny OLMoE models (and their control), the
-    paper's LoRA form elsewhere; the run name shows it, and the LoRA baselines neither run nor name it."""
+    """The embedded default's PEFT experts take the adapter form on the tiny OLMoE models (and their control),
+    the paper's LoRA form elsewhere; the run name shows it, and the LoRA baselines neither run nor name it."""
 
     def perft(*overrides: str):
         cfg = compose(list(overrides))
@@ -254,8 +299,8 @@ def test_the_tiny_models_set_the_adapter_form_for_perft_only():
 
 
 def test_a_baselines_run_directory_takes_it_with_any_form(tmp_path):
-    """`variant=qv_lora` on the tiny model (form adapter composed, not run) and with `perft.form=lora` (the toy
-    sweep's) are one run: the directory's config check agrees; for PERFT the form is another run."""
+    """`variant=qv_lora` on the tiny model (form adapter composed, not run) and with `perft.form=lora` (the
+    toy sweep's) are one run: the directory's config check agrees; for PERFT the form is another run."""
     from perft_exp.run_dir import RunDirConflict, run_identity
 
     plain, lora = compose(["variant=qv_lora"]), compose(["variant=qv_lora", "perft.form=lora"])

@@ -1,5 +1,6 @@
-"""The typed run spec (perft_exp/config.py): `validate` builds the composed config as its schema dataclasses, each
-checking its own values, closed choices as enum members; the trainer keys TrainingArguments shares pass by name."""
+"""The typed run spec (perft_exp/config.py): `validate` builds the composed config as its schema dataclasses,
+each checking its own values, closed choices as enum members; the trainer keys TrainingArguments shares pass
+by name."""
 
 from __future__ import annotations
 
@@ -54,11 +55,26 @@ def test_training_arguments_take_the_trainer_keys_they_share_by_name():
     from perft_exp.training.run import TRAINING_ARGUMENT_KEYS
 
     shared = set(TRAINING_ARGUMENT_KEYS)
-    assert {"learning_rate", "num_train_epochs", "max_steps", "warmup_steps", "eval_steps", "save_steps",
-            "seed", "per_device_eval_batch_size"} <= shared  # fmt: skip
-    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels), or
-    # set from the batch plan (the micro batch and the accumulation, perft_exp/training/batch.py).
-    not_passed = {"name", "base_aux_loss", "nonfinite_loss", "global_batch_size", "logits_at_labels",
-                  "per_device_train_batch_size", "gradient_accumulation_steps"}  # fmt: skip
+    assert {
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "warmup_steps",
+        "eval_steps",
+        "save_steps",
+        "seed",
+        "per_device_eval_batch_size",
+    } <= shared
+    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels),
+    # or set from the batch plan (the micro batch and the accumulation, perft_exp/training/batch.py).
+    not_passed = {
+        "name",
+        "base_aux_loss",
+        "nonfinite_loss",
+        "global_batch_size",
+        "logits_at_labels",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+    }
     assert shared.isdisjoint(not_passed)
     assert len(shared) == len(TrainerConfig.__dataclass_fields__) - len(not_passed)

@@ -24,13 +24,26 @@ pytestmark = pytest.mark.slow
 
 
 def _base(model_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["trainer=debug", "logger=none", "eval.enabled=false", f"model.pretrained={model_dir}",
-            "task.max_train_examples=32", f"hydra.run.dir={run_dir}", *extra]  # fmt: skip
+    return [
+        "trainer=debug",
+        "logger=none",
+        "eval.enabled=false",
+        f"model.pretrained={model_dir}",
+        "task.max_train_examples=32",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def _start(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -46,8 +59,13 @@ def _error_lines(text: str) -> list[str]:
 
 def test_a_second_launch_of_a_running_run_is_refused_at_once(micro_model_dir, app_env, tmp_path):
     run_dir = tmp_path / "run"
-    args = _base(micro_model_dir, run_dir, "trainer.max_steps=4000", "trainer.save_steps=2000",
-                 "trainer.eval_steps=2000")  # fmt: skip
+    args = _base(
+        micro_model_dir,
+        run_dir,
+        "trainer.max_steps=4000",
+        "trainer.save_steps=2000",
+        "trainer.eval_steps=2000",
+    )
     first = _start(args, app_env)
     _wait_for(run_dir / HOLD_NAME, first)
     second = run_train(args, app_env, timeout=300)
@@ -85,10 +103,20 @@ def test_a_killed_holder_is_taken_over_and_the_run_resumes(micro_model_dir, app_
 def test_two_launchers_share_one_grid_every_job_runs_once(micro_model_dir, app_env, tmp_path):
     """Two `sweep.py run` of one shrunk toy grid at once: each job is trained by one of them, both exit 0."""
     grid = toy_miniature(tmp_path / "toy3.yaml", seeds=(0, 1, 2))
-    cmd = [sys.executable, str(REPO / "scripts" / "sweep.py"), "run", str(grid), *shrink(micro_model_dir),
-           "eval.enabled=false"]  # fmt: skip
-    launchers = [subprocess.Popen(cmd, cwd=tmp_path, env=app_env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for _ in range(2)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "sweep.py"),
+        "run",
+        str(grid),
+        *shrink(micro_model_dir),
+        "eval.enabled=false",
+    ]
+    launchers = [
+        subprocess.Popen(
+            cmd, cwd=tmp_path, env=app_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=900)[0] for p in launchers]
     assert [p.returncode for p in launchers] == [0, 0], "\n\n".join(o[-3000:] for o in outs)
     runs = sorted((tmp_path / "outputs" / "runs").rglob("results.json"))
@@ -106,7 +134,8 @@ def test_two_launchers_share_one_grid_every_job_runs_once(micro_model_dir, app_e
 
 
 def test_no_space_left_is_one_line_and_the_next_launch_resumes(micro_model_dir, app_env, tmp_path):
-    """ENOSPC simulated in the checkpoint writer (torch.save) after the first checkpoint, and in failed.json."""
+    """ENOSPC simulated in the checkpoint writer (torch.save) after the first checkpoint, and in
+    failed.json."""
     run_dir = tmp_path / "run"
     hook = tmp_path / "hook" / "sitecustomize.py"  # runs at interpreter start-up in the train.py subprocess
     hook.parent.mkdir()
@@ -117,8 +146,8 @@ def test_no_space_left_is_one_line_and_the_next_launch_resumes(micro_model_dir, 
         "def save(obj, f, *a, **k):\n"
         "    if 'checkpoint-8' in str(f):\n"
         "        open(f, 'wb').write(b'half')\n"
-        "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2') from "
-        "OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2') "
+        "from OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "    return _save(obj, f, *a, **k)\n"
         "torch.save = save\n"
         "_fsync = files.os.fsync\n"
@@ -133,8 +162,10 @@ def test_no_space_left_is_one_line_and_the_next_launch_resumes(micro_model_dir, 
     assert full.returncode == 1, full.stderr[-3000:]
     (line,) = _error_lines(full.stderr)
     ckpt = run_dir / "checkpoints" / "checkpoint-8"
-    assert line == (f"error: cannot write {ckpt}: No space left on device [ENOSPC] (free space or raise the quota, "
-                    f"or move output_root); {run_dir / 'failed.json'} not written either: No space left on device")  # fmt: skip
+    assert line == (
+        f"error: cannot write {ckpt}: No space left on device [ENOSPC] (free space or raise the quota, "
+        f"or move output_root); {run_dir / 'failed.json'} not written either: No space left on device"
+    )
     assert "Traceback" not in full.stderr
     left = sorted(
         str(p.relative_to(run_dir))
@@ -176,15 +207,20 @@ def test_a_real_full_tmpfs(micro_model_dir, app_env, tmp_path):
 
 
 def test_corrupt_files_among_good_runs(micro_model_dir, app_env, tmp_path):
-    """One good run and a copy of it per corrupt file: the reports list and skip the bad ones (exit 0, or 1 with
-    --strict); a relaunch names the file and resume=false starts it over."""
+    """One good run and a copy of it per corrupt file: the reports list and skip the bad ones (exit 0, or 1
+    with --strict); a relaunch names the file and resume=false starts it over."""
     good = tmp_path / "runs" / "good"
     r = run_train(_base(micro_model_dir, good, "eval.enabled=true", "task.max_test_examples=2"), app_env)
     assert r.returncode == 0, r.stderr[-3000:]
     bad = corrupt_runs(tmp_path / "runs", good)
 
-    collect = [sys.executable, str(REPO / "scripts" / "collect_results.py"), str(tmp_path / "runs"),
-               "--out", str(tmp_path / "report")]  # fmt: skip
+    collect = [
+        sys.executable,
+        str(REPO / "scripts" / "collect_results.py"),
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "report"),
+    ]
     report = subprocess.run(collect, cwd=REPO, env=app_env, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-3000:]
     listed = [ln for ln in report.stderr.splitlines() if ln.startswith("corrupt, skipped: ")]
@@ -198,8 +234,13 @@ def test_corrupt_files_among_good_runs(micro_model_dir, app_env, tmp_path):
     )
     assert strict.returncode == 1
 
-    routing = [sys.executable, str(REPO / "scripts" / "analyze_routing.py"), f"run_dir={tmp_path / 'runs'}",
-               f"out={tmp_path / 'routing'}", "forward=false"]  # fmt: skip
+    routing = [
+        sys.executable,
+        str(REPO / "scripts" / "analyze_routing.py"),
+        f"run_dir={tmp_path / 'runs'}",
+        f"out={tmp_path / 'routing'}",
+        "forward=false",
+    ]
     r = subprocess.run(routing, cwd=REPO, env=app_env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (
@@ -218,7 +259,9 @@ def test_corrupt_files_among_good_runs(micro_model_dir, app_env, tmp_path):
     assert relaunch.returncode == 1
     (line,) = _error_lines(relaunch.stderr)
     assert line.startswith(f"error: {results / 'results.json'} is unreadable (") and "resume=false" in line
-    over = run_train(_base(micro_model_dir, results, "eval.enabled=true", "task.max_test_examples=2", "resume=false"),
-                     app_env)  # fmt: skip
+    over = run_train(
+        _base(micro_model_dir, results, "eval.enabled=true", "task.max_test_examples=2", "resume=false"),
+        app_env,
+    )
     assert over.returncode == 0, over.stderr[-3000:]
     assert json.loads((results / "results.json").read_text())["variant"]

@@ -22,8 +22,9 @@ def import_graph() -> dict[str, set[str]]:
     under `if TYPE_CHECKING:`: an import for annotations only is still a dependency, and a cycle through one
     is a cycle).
 
-    `from perft_exp.a import b` is an edge to the module `perft_exp.a.b` when there is one, else to `perft_exp.a`.
-    The parent packages that Python imports first are not edges: they are not what the module asked for."""
+    `from perft_exp.a import b` is an edge to the module `perft_exp.a.b` when there is one, else to
+    `perft_exp.a`. The parent packages that Python imports first are not edges: they are not what the module
+    asked for."""
     files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
@@ -155,8 +156,8 @@ def test_only_the_command_line_the_config_and_the_run_directory_touch_the_compos
 
 def test_the_run_directory_imports_and_keys_a_tiny_run_without_torch():
     """`import torch` fails in the child process: the package's __init__ (which registers PERFT with PEFT only
-    once peft is imported), everything run_dir imports, at module level or in the functions called here (a tiny
-    model's build key), must still import."""
+    once peft is imported), everything run_dir imports, at module level or in the functions called here (a
+    tiny model's build key), must still import."""
     code = """
 import sys
 sys.modules["torch"] = None

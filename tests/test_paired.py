@@ -25,7 +25,8 @@ def _seed(correct: dict[str, np.ndarray], majority: dict[str, np.ndarray]) -> di
 
 
 def _planted(seeds: int = 3, flips: int = 16):
-    """A answers 60 % right; B is A with `flips` of A's right answers per set turned wrong: A - B = flips / N."""
+    """A answers 60 % right; B is A with `flips` of A's right answers per set turned wrong:
+    A - B = flips / N."""
     rng = np.random.default_rng(1)
     majority = _majority(rng)
     a, b = [], []
@@ -49,7 +50,8 @@ def test_a_planted_difference_excludes_zero():
 
 
 def test_the_paired_interval_separates_what_overlapping_marginal_intervals_do_not():
-    """The same planted difference: each config's own 95 % interval overlaps the other's, the paired one does not."""
+    """The same planted difference: each config's own 95 % interval overlaps the other's, the paired one does
+    not."""
     a, b = _planted()
     ci_a, ci_b = bootstrap_intervals(a)["skill"]["average"], bootstrap_intervals(b)["skill"]["average"]
     assert ci_a[0] < ci_b[1]  # the marginal intervals overlap
@@ -78,11 +80,21 @@ def test_configs_that_do_not_line_up_are_not_paired():
 
 def _runs(name: str, variant: str, config: str, arrays: list[dict[str, SetArrays]], seeds) -> list[Run]:
     return [
-        Run(model="tiny_olmoe", task="synthetic_commonsense", variant=variant, config=config, bottleneck=8,
-            accuracy={n: float(np.mean(s[n].correct)) for n in SETS}, average=None, seed=seed,
-            name=f"{name}-s{seed}", group=name, arrays=s)
+        Run(
+            model="tiny_olmoe",
+            task="synthetic_commonsense",
+            variant=variant,
+            config=config,
+            bottleneck=8,
+            accuracy={n: float(np.mean(s[n].correct)) for n in SETS},
+            average=None,
+            seed=seed,
+            name=f"{name}-s{seed}",
+            group=name,
+            arrays=s,
+        )
         for seed, s in zip(seeds, arrays)
-    ]  # fmt: skip
+    ]
 
 
 def test_collect_results_writes_every_pair_with_its_verdict(tmp_path):

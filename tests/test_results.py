@@ -42,27 +42,58 @@ def _params(variant: str, r: int, n: int | None, k: int | None) -> dict:
         "S": (per_expert, per_expert),
         "qv_lora": (2 * per_expert, 2 * per_expert),
     }[variant]
-    return {"trainable": trainable, "activated_trainable": activated, "base_total": BASE_TOTAL,
-            "base_active": BASE_ACTIVE, "trainable_ratio": trainable / BASE_TOTAL,
-            "activated_ratio": activated / BASE_ACTIVE}  # fmt: skip
+    return {
+        "trainable": trainable,
+        "activated_trainable": activated,
+        "base_total": BASE_TOTAL,
+        "base_active": BASE_ACTIVE,
+        "trainable_ratio": trainable / BASE_TOTAL,
+        "activated_ratio": activated / BASE_ACTIVE,
+    }
 
 
-def write_run(root: Path, task: str, variant: str, r: int, n=None, k=None, level=0.6, *, train_file=None,
-              base=True, model="olmoe_1b_7b") -> Path:  # fmt: skip
+def write_run(
+    root: Path,
+    task: str,
+    variant: str,
+    r: int,
+    n=None,
+    k=None,
+    level=0.6,
+    *,
+    train_file=None,
+    base=True,
+    model="olmoe_1b_7b",
+) -> Path:
     name = {"R": f"R-n{n}-k{k}-r{r}", "D": f"D-n{n}-r{r}"}.get(variant, f"{variant}-r{r}")
     run_dir = root / task / model / name
     (run_dir / "adapter").mkdir(parents=True)
     sets = COMMONSENSE if task == "commonsense" else MATH
     train_file = train_file or ("commonsense_170k" if task == "commonsense" else "math_50k")
-    perft = {"variant": variant, "num_experts": n, "top_k": k, "bottleneck": r, "alpha": None, "dropout": 0.05,
-             "form": "lora", "init": "paper", "authors_weighting_defect": False}  # fmt: skip
+    perft = {
+        "variant": variant,
+        "num_experts": n,
+        "top_k": k,
+        "bottleneck": r,
+        "alpha": None,
+        "dropout": 0.05,
+        "form": "lora",
+        "init": "paper",
+        "authors_weighting_defect": False,
+    }
     results = {
-        "variant": variant, "variant_name": f"{variant} r{r}", "perft": perft, "model": model, "task": task,
+        "variant": variant,
+        "variant_name": f"{variant} r{r}",
+        "perft": perft,
+        "model": model,
+        "task": task,
         "train_file": train_file,
         "contaminated_test_sets": ["AddSub", "MultiArith", "SingleEq"] if train_file == "math_10k" else [],
-        "params": _params(variant, r, n, k), "train": {"steps": 100, "final_loss": 0.5, "runtime_s": 10.0},
-        "eval": _eval(sets, level), "output_dir": str(run_dir),
-    }  # fmt: skip
+        "params": _params(variant, r, n, k),
+        "train": {"steps": 100, "final_loss": 0.5, "runtime_s": 10.0},
+        "eval": _eval(sets, level),
+        "output_dir": str(run_dir),
+    }
     if base:
         results["base_eval"] = _eval(sets, 0.3)
     (run_dir / "results.json").write_text(json.dumps(results))
@@ -94,15 +125,31 @@ def test_config_labels_follow_the_paper():
     assert config_label({"variant": "D", "num_experts": 4, "bottleneck": 16}) == "D (4)"
     assert config_label({"variant": "S", "bottleneck": 16}) == "S (1)"
     assert config_label({"variant": "qv_lora", "bottleneck": 16}) == "qv-LoRA"
-    assert config_label({"variant": "R", "num_experts": 4, "top_k": 2, "bottleneck": 16, "alpha": 8.0,
-                         "authors_weighting_defect": True}) == "R (Top2/4) [alpha=8, authors' defect]"  # fmt: skip
+    assert (
+        config_label(
+            {
+                "variant": "R",
+                "num_experts": 4,
+                "top_k": 2,
+                "bottleneck": 16,
+                "alpha": 8.0,
+                "authors_weighting_defect": True,
+            }
+        )
+        == "R (Top2/4) [alpha=8, authors' defect]"
+    )
 
 
 def test_collector_writes_csv_markdown_and_figures(runs_root: Path, tmp_path: Path):
     out = tmp_path / "report"
     files = write_report(runs_root, out)
-    for name in ("results.csv", "results.md", "efficiency-commonsense-olmoe_1b_7b.png",
-                 "bottleneck-commonsense-olmoe_1b_7b.png", "efficiency-math-olmoe_1b_7b.png"):  # fmt: skip
+    for name in (
+        "results.csv",
+        "results.md",
+        "efficiency-commonsense-olmoe_1b_7b.png",
+        "bottleneck-commonsense-olmoe_1b_7b.png",
+        "efficiency-math-olmoe_1b_7b.png",
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
         assert (out / name) in files.values()
     assert (out / "efficiency-commonsense-olmoe_1b_7b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -127,8 +174,19 @@ def test_markdown_table_rows_and_contamination(runs_root: Path, tmp_path: Path):
     assert len(body) == 11
     assert body[0].startswith("| base model |")  # the base model first, then baselines, then R, E, D, S
     configs = [line.split(" | ")[0].lstrip("| ") for line in body]
-    assert configs == ["base model", "qv-LoRA", "qv-LoRA", "R (Top2/4)", "R (Top2/4)", "E (Top8/64)",
-                       "E (Top8/64)", "D (4)", "D (4)", "S (1)", "S (1)"]  # fmt: skip
+    assert configs == [
+        "base model",
+        "qv-LoRA",
+        "qv-LoRA",
+        "R (Top2/4)",
+        "R (Top2/4)",
+        "E (Top8/64)",
+        "E (Top8/64)",
+        "D (4)",
+        "D (4)",
+        "S (1)",
+        "S (1)",
+    ]
     e16 = next(line for line in body if line.startswith("| E (Top8/64) | 16 |"))
     assert "**70.00**" in e16  # the best BoolQ (0.66 + 0.04) is bold
 
@@ -169,15 +227,30 @@ OTHER = {"true": "false", "false": "true", "solution1": "solution2", "solution2"
 def _records(n_right: dict[str, int]) -> dict[str, list[dict]]:
     """Rows as evaluate() writes them: the first n_right[set] questions answered right, the rest wrong."""
     return {
-        name: [_row(name, i, build_prompt(f"Question {i}?\n\nAnswer format: {'/'.join(CHOICE_LABELS[name])}"),
-                    f"the correct answer is {label if i < n_right[name] else OTHER[label]}", label)
-               for i, label in enumerate(labels)]
+        name: [
+            _row(
+                name,
+                i,
+                build_prompt(f"Question {i}?\n\nAnswer format: {'/'.join(CHOICE_LABELS[name])}"),
+                f"the correct answer is {label if i < n_right[name] else OTHER[label]}",
+                label,
+            )
+            for i, label in enumerate(labels)
+        ]
         for name, labels in SEED_SETS.items()
-    }  # fmt: skip
+    }
 
 
-def write_seed_run(root: Path, name: str, variant: str, seed: int | None, n_right: dict[str, int], *,
-                   old: bool = False, records: bool = True) -> Path:  # fmt: skip
+def write_seed_run(
+    root: Path,
+    name: str,
+    variant: str,
+    seed: int | None,
+    n_right: dict[str, int],
+    *,
+    old: bool = False,
+    records: bool = True,
+) -> Path:
     """A run directory with eval/<set>.jsonl; `old`: a results.json from before seeds and skill metrics."""
     run_dir = root / "synthetic_commonsense" / "tiny_olmoe" / name
     (run_dir / "eval").mkdir(parents=True)
@@ -186,10 +259,25 @@ def write_seed_run(root: Path, name: str, variant: str, seed: int | None, n_righ
     if records:
         for set_name, rows in sets.items():
             (run_dir / "eval" / f"{set_name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    perft = {"variant": variant, "num_experts": 4, "top_k": 2, "bottleneck": 8, "alpha": None, "form": "lora",
-             "init": "paper", "authors_weighting_defect": False}  # fmt: skip
-    results = {"variant": variant, "perft": perft, "model": "tiny_olmoe", "task": "synthetic_commonsense",
-               "train_file": "train", "params": _params(variant, 8, 4, 2), "eval": ev}  # fmt: skip
+    perft = {
+        "variant": variant,
+        "num_experts": 4,
+        "top_k": 2,
+        "bottleneck": 8,
+        "alpha": None,
+        "form": "lora",
+        "init": "paper",
+        "authors_weighting_defect": False,
+    }
+    results = {
+        "variant": variant,
+        "perft": perft,
+        "model": "tiny_olmoe",
+        "task": "synthetic_commonsense",
+        "train_file": "train",
+        "params": _params(variant, 8, 4, 2),
+        "eval": ev,
+    }
     if old:
         results["eval"] = {s: {k: ev[s][k] for k in ("accuracy", "n", "correct")} for s in sets}
         results["eval"]["average"] = ev["average"]  # and no average_skill, ...
@@ -304,8 +392,13 @@ def test_labels_of_nearby_points_do_not_overlap(tmp_path):
     root = tmp_path / "runs"
     # two R points a point of accuracy apart at one cost, two S points a tenth of a decade apart at one
     # accuracy, and a far qv-LoRA point that stretches the y axis so one point is less than a label's height
-    for variant, r, n, k, level in (("R", 8, 4, 2, 0.60), ("R", 8, 8, 2, 0.61), ("S", 8, None, None, 0.50),
-                                    ("S", 10, None, None, 0.50), ("qv_lora", 64, None, None, 0.20)):  # fmt: skip
+    for variant, r, n, k, level in (
+        ("R", 8, 4, 2, 0.60),
+        ("R", 8, 8, 2, 0.61),
+        ("S", 8, None, None, 0.50),
+        ("S", 10, None, None, 0.50),
+        ("qv_lora", 64, None, None, 0.20),
+    ):
         write_run(root, "commonsense", variant, r, n, k, level=level)
     fig = efficiency_figure([r for r in collect(root).runs if r.variant != "none"])
     renderer = fig.canvas.get_renderer()
@@ -324,8 +417,8 @@ def test_a_run_that_changed_the_defaults_is_marked_in_the_table(tmp_path):
 
 
 def test_E_is_labelled_from_its_resolved_results_and_older_null_ones_from_the_adapter(tmp_path: Path):
-    """A resolved run records E's N and K in its results; one written before that (nulls) still loads, its label
-    then read from the saved adapter's base-model signature."""
+    """A resolved run records E's N and K in its results; one written before that (nulls) still loads, its
+    label then read from the saved adapter's base-model signature."""
     old = write_run(tmp_path, "commonsense", "E", 16)  # perft num_experts/top_k null; an adapter with 64/8
     new = write_run(tmp_path, "commonsense", "E", 8, model="mixtral_8x7b")
     results = json.loads((new / "results.json").read_text())

@@ -1,5 +1,5 @@
-"""The run directory (perft_exp.run_dir.RunDir): it belongs to one config, checked before any model loads; its state
-and failure record; finding runs below a root."""
+"""The run directory (perft_exp.run_dir.RunDir): it belongs to one config, checked before any model loads; its
+state and failure record; finding runs below a root."""
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ def test_find_skips_checkpoints_and_re_evaluations_and_matches_names(tmp_path):
 
 
 def test_results_spec_and_overrides_read_back(tmp_path):
-    """What train.py writes (the resolved config beside the results) and Hydra's overrides record read back."""
+    """What train.py writes (the resolved config beside the results) and Hydra's overrides record read
+    back."""
     cfg = compose(["variant=S"])
     run = RunDir(tmp_path)
     run.write_results({"variant": "S"}, cfg)

@@ -22,9 +22,19 @@ from perft_exp.models.tiny_spec import TINY_SPECS, TinySpec
 
 def micro(name: str, **overrides: object) -> TinySpec:
     """The registry spec shrunk to a model that builds in about a second."""
-    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                 num_experts=4, vocab_size=600, steps=3, batch_size=2, seq_len=32, warmup_steps=1,
-                 corpus_docs=100)  # fmt: skip
+    small = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_experts=4,
+        vocab_size=600,
+        steps=3,
+        batch_size=2,
+        seq_len=32,
+        warmup_steps=1,
+        corpus_docs=100,
+    )
     spec = TINY_SPECS[name]
     small["num_key_value_heads"] = 1 if spec.num_key_value_heads < spec.num_attention_heads else 2
     small["steps"] = min(spec.steps, small["steps"])  # the random control stays untrained

@@ -40,9 +40,11 @@ def base_eval_cache(
         "mode": ev.mode,
         "max_new_tokens": ev.max_new_tokens,
         "protocol": ev.protocol,
-        "tests": {name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
-                  for name, recs in sorted(tests.items())},
-    }  # fmt: skip
+        "tests": {
+            name: hashlib.sha1(json.dumps(recs, sort_keys=True).encode()).hexdigest()
+            for name, recs in sorted(tests.items())
+        },
+    }
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
     return base_eval_dir(output_root, task.name, model.name) / f"{ev.mode}-{key}.json"
 
@@ -57,10 +59,17 @@ def base_eval(
         return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
     with adapters_disabled(model), writing(cache.with_suffix("")):
         result = evaluate(
-            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens, out_dir=cache.with_suffix("") if main else None,
-            progress=main, synced_gpus=sharded, protocol=ev.protocol,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            tests,
+            mode=ev.mode,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            out_dir=cache.with_suffix("") if main else None,
+            progress=main,
+            synced_gpus=sharded,
+            protocol=ev.protocol,
+        )
     if main:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache, result)

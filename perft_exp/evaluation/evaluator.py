@@ -51,8 +51,8 @@ def _task(name: str) -> str:
 
 
 def max_new_tokens_for(mode: str, kind: str, override: int | None = None) -> int:
-    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override` (eval.max_new_tokens)
-    when set, else the mode's default (paper: the authors' 4 and 256)."""
+    """How many tokens a `kind` ("commonsense" | "math") question may generate: `override`
+    (eval.max_new_tokens) when set, else the mode's default (paper: the authors' 4 and 256)."""
     return override or _MAX_NEW_TOKENS[(mode, kind)]
 
 
@@ -155,9 +155,14 @@ def _label_start(context_ids: list[int], full_ids: list[int]) -> int:
 
 
 def _score_set(
-    model: Any, tokenizer: Any, name: str, records: list[dict], batch_size: int, progress: bool,
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    records: list[dict],
+    batch_size: int,
+    progress: bool,
     protocol: Protocol = FIXED,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     labels = CHOICE_LABELS[name]
     contexts = [protocol.prompt(r, COMMONSENSE_PREFILL) for r in records]
     context_ids = tokenizer(contexts)["input_ids"]

@@ -40,8 +40,12 @@ from perft_exp.run_dir import RECORDS_DIR
 # Keys that `set_metrics` adds beyond accuracy / n / correct (a run's results without them predate them).
 KNOWLEDGE_KEYS = ("chance", "majority", "majority_label", "skill", "top_prediction", "top_prediction_share")
 # Over-set averages: (results key, per-set key averaged); and the largest top-prediction share.
-_AVERAGED = (("average_skill", "skill"), ("average_majority", "majority"), ("average_chance", "chance"),
-             ("average_top_prediction_share", "top_prediction_share"))  # fmt: skip
+_AVERAGED = (
+    ("average_skill", "skill"),
+    ("average_majority", "majority"),
+    ("average_chance", "chance"),
+    ("average_top_prediction_share", "top_prediction_share"),
+)
 AVERAGE_KEYS = (*(key for key, _ in _AVERAGED), "max_top_prediction_share")
 
 _ANSWER_FORMAT = re.compile(r"Answer format:[ \t]*([^\n]+)")
@@ -113,7 +117,8 @@ def top_prediction(rows: list[dict]) -> tuple[Any, float]:
 
 
 def set_metrics(name: str, rows: list[dict]) -> dict:
-    """{accuracy, n, correct, chance, majority, majority_label, skill, top_prediction, top_prediction_share}."""
+    """{accuracy, n, correct, chance, majority, majority_label, skill, top_prediction,
+    top_prediction_share}."""
     n = len(rows)
     correct = sum(bool(row["correct"]) for row in rows)
     accuracy = correct / n if n else 0.0
@@ -261,6 +266,7 @@ def metrics_table(tuned: dict, base: dict | None = None, label: str = "tuned") -
     rows.append(
         f"{'average':<16}{_pct(base.get('average')):>7}{_pct(tuned.get('average')):>7}"
         f"{_pct(tuned.get('average_majority')):>10}{_pct(tuned.get('average_chance')):>8}"
-        f"{_pct(tuned.get('average_skill'), signed=True):>8}  {'' if worst is None else f'max {100 * worst:.0f}%'}"
+        f"{_pct(tuned.get('average_skill'), signed=True):>8}  "
+        f"{'' if worst is None else f'max {100 * worst:.0f}%'}"
     )
     return "\n".join(rows)

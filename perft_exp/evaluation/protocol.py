@@ -4,11 +4,15 @@
   prompt   the clean Alpaca template (perft_exp.data.prompts.build_prompt), with the record's input
   choice   the first label of the set's vocabulary in the lowercased response, compared case-blind
   number   thousands commas dropped ("1,000" -> 1000, but "3,4" stays two numbers), the last number
-  AQuA     an option letter as a whole token (never the "E" of "Each"); the authors' rule is reported beside it
+  AQuA     an option letter as a whole token (never the "E" of "Each"); the authors' rule is reported
+           beside it
 `authors` reproduces the authors' evaluate scripts (commonsense_evaluate.py, math_evaluate.py) exactly:
-  prompt   their indented string, without the record's input (perft_exp.data.prompts.build_authors_test_prompt)
-  choice   `re.findall(label1|label2|..., response.strip())[0]`, case-sensitive; correct iff `label == prediction`
-  number   every comma removed, the last number `-?\\d+\\.?\\d*`; correct iff |float(label) - prediction| <= 0.001
+  prompt   their indented string, without the record's input
+           (perft_exp.data.prompts.build_authors_test_prompt)
+  choice   `re.findall(label1|label2|..., response.strip())[0]`, case-sensitive; correct iff
+           `label == prediction`
+  number   every comma removed, the last number `-?\\d+\\.?\\d*`; correct iff
+           |float(label) - prediction| <= 0.001
   AQuA     the first capital A-E anywhere in the stripped response (inside words too); correct iff equal
 Both take the response as the text after the last "### Response:" (the prefill "the correct answer is" is
 part of it). Decoding (beams, new tokens, the attention mask the authors left out) is `eval.mode`'s, not this.

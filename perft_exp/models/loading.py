@@ -38,7 +38,8 @@ def resolve_pretrained(cfg: ModelConfig) -> str:
 
 
 def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
-    """The config.json of a local checkpoint `model.pretrained` points at (None for hub ids and tiny:<name>)."""
+    """The config.json of a local checkpoint `model.pretrained` points at (None for hub ids and
+    tiny:<name>)."""
     path = Path(cfg.pretrained)
     if cfg.pretrained.startswith("tiny:") or not (path / "config.json").is_file():
         return None
@@ -51,7 +52,8 @@ def checkpoint_config(cfg: ModelConfig) -> PretrainedConfig | None:
 
 
 def build_config(cfg: ModelConfig) -> PretrainedConfig:
-    """The HF config: a local checkpoint's own config.json, else our YAML's architecture numbers (no hub, no files)."""
+    """The HF config: a local checkpoint's own config.json, else our YAML's architecture numbers (no hub,
+    no files)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     config = checkpoint_config(cfg)

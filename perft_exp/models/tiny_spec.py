@@ -1,8 +1,8 @@
 """The tiny models' specs: architecture and pre-training recipe, and the build key that names their cache.
 
-Torch-free, so the run directory (perft_exp/run_dir.py) can key a run on the tiny model's build without importing
-the builder (perft_exp/models/tiny/build.py); the cache (perft_exp/models/tiny/cache.py) names its directories
-by the key.
+Torch-free, so the run directory (perft_exp/run_dir.py) can key a run on the tiny model's build without
+importing the builder (perft_exp/models/tiny/build.py); the cache (perft_exp/models/tiny/cache.py) names its
+directories by the key.
 """
 
 from __future__ import annotations
@@ -61,16 +61,32 @@ class TinySpec:
 TINY_SPECS: dict[str, TinySpec] = {
     # OLMoE-like: no GQA, top-k weights not renormalised, many small experts.
     "tiny_olmoe": TinySpec(
-        arch="olmoe", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-        num_experts=8, num_experts_per_tok=2, intermediate_size=128, norm_topk_prob=False, vocab_size=2048,
+        arch="olmoe",
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=128,
+        norm_topk_prob=False,
+        vocab_size=2048,
     ),
     # Mixtral-like: GQA, 8 experts top-2, renormalised.
     "tiny_mixtral": TinySpec(
-        arch="mixtral", hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        num_experts=8, num_experts_per_tok=2, intermediate_size=128, norm_topk_prob=True, vocab_size=2048,
+        arch="mixtral",
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        intermediate_size=128,
+        norm_topk_prob=True,
+        vocab_size=2048,
         router_aux_loss_coef=0.02,
     ),
-}  # fmt: skip
+}
 # The control: same architecture, tokenizer and initialisation as tiny_olmoe, no pre-training. What a
 # fine-tuned model scores on it is what format learning alone scores, knowing nothing of the world.
 TINY_SPECS["tiny_olmoe_random"] = replace(TINY_SPECS["tiny_olmoe"], steps=0)

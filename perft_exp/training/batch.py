@@ -1,13 +1,14 @@
 """The batch of one optimizer step: global batch = micro batch x gradient accumulation x world size.
 
-With `trainer.global_batch_size` set (16 in trainer=olmoe|mixtral, the authors' one process with no accumulation)
-the global batch is fixed and the rest is derived from the number of ranks:
+With `trainer.global_batch_size` set (16 in trainer=olmoe|mixtral, the authors' one process with no
+accumulation) the global batch is fixed and the rest is derived from the number of ranks:
     per rank      = global_batch_size / world_size                     (must divide)
     micro batch   = trainer.per_device_train_batch_size, or per rank when null (no accumulation)
     accumulation  = per rank / micro batch                             (must divide)
-so the optimizer steps, and with them warmup and the eval/save points (counted in optimizer steps), are the same
-on 1, 2 or 8 ranks. Without it (trainer=tiny, debug) the global batch is what the per-device batch and
-`trainer.gradient_accumulation_steps` make on the ranks there are. The run's results keep the plan under `batch`.
+so the optimizer steps, and with them warmup and the eval/save points (counted in optimizer steps), are the
+same on 1, 2 or 8 ranks. Without it (trainer=tiny, debug) the global batch is what the per-device batch and
+`trainer.gradient_accumulation_steps` make on the ranks there are. The run's results keep the plan under
+`batch`.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def batch_plan(trainer: BatchKnobs, world_size: int) -> BatchPlan:
             "accumulation is derived from the global batch; set trainer.per_device_train_batch_size instead"
         )
     if total % world_size:
-        raise ConfigError(f"trainer.global_batch_size={total} cannot be split over {world_size} ranks; "
-                          f"use a world size that divides it")  # fmt: skip
+        raise ConfigError(
+            f"trainer.global_batch_size={total} cannot be split over {world_size} ranks; "
+            f"use a world size that divides it"
+        )
     per_rank = total // world_size
     micro = per_rank if micro is None else micro
     if micro < 1 or per_rank % micro:

@@ -24,7 +24,8 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """Rank 0, also before ensure_distributed_env() under a multi-task Slurm step (it holds the run directory)."""
+    """Rank 0, also before ensure_distributed_env() under a multi-task Slurm step (it holds the run
+    directory)."""
     if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return int(os.environ.get("SLURM_PROCID", "0")) == 0
     return int(os.environ.get("RANK", "0")) == 0
@@ -41,8 +42,9 @@ def ensure_distributed_env() -> None:
         # take ranks from Slurm. The rendezvous address must be shared by all tasks.
         if "MASTER_ADDR" not in os.environ:
             raise RuntimeError(
-                f"Slurm started {ntasks} tasks but MASTER_ADDR is not set: export MASTER_ADDR (the first node, "
-                "e.g. $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)) and MASTER_PORT in the job script"
+                f"Slurm started {ntasks} tasks but MASTER_ADDR is not set: export MASTER_ADDR "
+                "(the first node, e.g. $(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1)) "
+                "and MASTER_PORT in the job script"
             )
         os.environ.update(
             RANK=os.environ["SLURM_PROCID"],

@@ -4,7 +4,8 @@
 (TrainConfig, every value checked before anything loads), which every stage below reads, and the composed
 config itself, which only the run directory reads (its identity and saved config). `train` reads as the stages
 it runs, each a function below:
-  _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run returns
+  _prepare_run_dir  the run directory checked against the config (perft_exp/run_dir.py); a finished run
+                    returns
   _resume_point     the newest complete checkpoint (RunDir.latest_checkpoint), refused early if it is another
                     variant's or base model's
   data              the task's records (perft_exp/data/task.py)
@@ -115,7 +116,8 @@ def _distributed_info(trainer: PerftTrainer) -> dict:
 
 
 def _in_task_order(results: dict, test_sets) -> dict:
-    """The written results keep their keys sorted; list the test sets in the task's order again for the table."""
+    """The written results keep their keys sorted; list the test sets in the task's order again for the
+    table."""
     order = {canonical_test_set(name): i for i, name in enumerate(test_sets)}
     out = dict(results)
     for key in ("eval", "base_eval"):
@@ -129,8 +131,10 @@ def print_table(results: dict) -> None:
     print(f"\n{results['variant_name']} on {results['model']} / {results['task']}:")
     label = "frozen" if results.get("variant") == "none" else "tuned"
     print(metrics_table(results.get("eval") or {}, results.get("base_eval"), label))
-    print(f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
-          "common answer and its share)")  # fmt: skip
+    print(
+        f"(%; skill = {label} - majority, the best constant answer; top prediction: the {label} model's most "
+        "common answer and its share)"
+    )
     print(f"results: {RunDir(results['output_dir']).results}\n")
 
 
@@ -150,7 +154,8 @@ def run_mean_loss(log_history: list[dict]) -> float | None:
 
 
 def _prepare_run_dir(job: ComposedRun) -> tuple[RunDir, dict | None]:
-    """The run directory, checked against the config; the finished run's results when there is nothing to do."""
+    """The run directory, checked against the config; the finished run's results when there is nothing to
+    do."""
     spec = job.spec
     run = RunDir(spec.output_dir)
     run.check(job.config, record=is_main_process())
@@ -167,7 +172,8 @@ def _prepare_run_dir(job: ComposedRun) -> tuple[RunDir, dict | None]:
 
 
 def _resume_point(spec: TrainConfig, perft: PerftConfig, run: RunDir) -> str | None:
-    """The checkpoint to resume from, refused before anything loads if it is another variant's or base model's."""
+    """The checkpoint to resume from, refused before anything loads if it is another variant's or base
+    model's."""
     checkpoint = run.latest_checkpoint() if spec.resume else None
     if checkpoint:
         check_compatible(
@@ -182,7 +188,8 @@ def _resume_point(spec: TrainConfig, perft: PerftConfig, run: RunDir) -> str | N
 
 
 def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
-    """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved PerftConfig)."""
+    """The frozen base model with the adapters attached; returns (model, tokenizer, the resolved
+    PerftConfig)."""
     model, tokenizer = load_model(spec.model)
     set_seed(spec.trainer.seed)  # adapter init must not depend on whether loading just built a tiny model
     if checkpoint:
@@ -191,9 +198,10 @@ def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
     if spec.deepspeed.stage == 3:
         from deepspeed.utils import set_z3_leaf_modules
 
-        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a leaf). The
-        # rest of the block (its router, and the PERFT module that hooks add beside it) keeps ZeRO-3's own
-        # per-module gathering: PERFT's parameters live under the block but are not called by its forward.
+        # The fused experts run a data-dependent subset of their weights: ZeRO-3 gathers them whole (a
+        # leaf). The rest of the block (its router, and the PERFT module that hooks add beside it) keeps
+        # ZeRO-3's own per-module gathering: PERFT's parameters live under the block but are not called by
+        # its forward.
         arch = architecture_for(model)
         experts = {type(arch.experts(block)) for _, block in find_moe_blocks(model, arch)}
         set_z3_leaf_modules(model, list(experts))
@@ -206,18 +214,42 @@ def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
 
 def _tokenize(task: TaskConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
     """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
-    train_set, n_truncated = tokenize_dataset(tokenizer, data.train, cutoff_len=task.cutoff_len,
-                                              train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
-    val_set, _ = tokenize_dataset(tokenizer, data.val, cutoff_len=task.cutoff_len,
-                                  train_on_inputs=task.train_on_inputs, prompt=task.prompt)  # fmt: skip
+    train_set, n_truncated = tokenize_dataset(
+        tokenizer,
+        data.train,
+        cutoff_len=task.cutoff_len,
+        train_on_inputs=task.train_on_inputs,
+        prompt=task.prompt,
+    )
+    val_set, _ = tokenize_dataset(
+        tokenizer,
+        data.val,
+        cutoff_len=task.cutoff_len,
+        train_on_inputs=task.train_on_inputs,
+        prompt=task.prompt,
+    )
     if is_main_process():
-        log.info("train %d examples (%d truncated at %d tokens), val %d", len(train_set), n_truncated,
-                 task.cutoff_len, len(val_set))  # fmt: skip
+        log.info(
+            "train %d examples (%d truncated at %d tokens), val %d",
+            len(train_set),
+            n_truncated,
+            task.cutoff_len,
+            len(val_set),
+        )
     return train_set, val_set, n_truncated
 
 
-def _fit(spec: TrainConfig, run: RunDir, perft: PerftConfig, model, tokenizer, train_set, val_set,
-         checkpoint: str | None, plan: BatchPlan):  # fmt: skip
+def _fit(
+    spec: TrainConfig,
+    run: RunDir,
+    perft: PerftConfig,
+    model,
+    tokenizer,
+    train_set,
+    val_set,
+    checkpoint: str | None,
+    plan: BatchPlan,
+):
     """The HF Trainer's run, stopped cleanly by SIGTERM/SIGINT; returns (trainer, its TrainOutput)."""
     preemption = PreemptionCallback()
     trainer = PerftTrainer(
@@ -250,8 +282,10 @@ def _fit(spec: TrainConfig, run: RunDir, perft: PerftConfig, model, tokenizer, t
     finally:
         preemption.uninstall()
     if preemption.signal is not None:
-        raise Preempted(f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
-                        "the same command resumes from the checkpoint")  # fmt: skip
+        raise Preempted(
+            f"stopped by signal {preemption.signal} at step {trainer.state.global_step}; "
+            "the same command resumes from the checkpoint"
+        )
     return trainer, train_output
 
 
@@ -261,14 +295,28 @@ def _evaluate(
     main = is_main_process()
     with writing(out_dir or Path(".")):
         return evaluate(
-            model, tokenizer, tests, mode=ev.mode, batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens, out_dir=out_dir if main else None, progress=main,
-            synced_gpus=sharded, protocol=ev.protocol,
-        )  # fmt: skip
+            model,
+            tokenizer,
+            tests,
+            mode=ev.mode,
+            batch_size=ev.batch_size,
+            max_new_tokens=ev.max_new_tokens,
+            out_dir=out_dir if main else None,
+            progress=main,
+            synced_gpus=sharded,
+            protocol=ev.protocol,
+        )
 
 
-def _results(job: ComposedRun, perft: PerftConfig, run: RunDir, params: dict, train_file: str | None,
-             contaminated: list[str], train: dict | None) -> dict:  # fmt: skip
+def _results(
+    job: ComposedRun,
+    perft: PerftConfig,
+    run: RunDir,
+    params: dict,
+    train_file: str | None,
+    contaminated: list[str],
+    train: dict | None,
+) -> dict:
     """What a run's results record besides its evaluations, all derived from the run spec."""
     spec = job.spec
     return {
@@ -367,7 +415,8 @@ def _train(job: ComposedRun) -> dict:
     sharded = distributed["zero_stage"] == 3 and distributed["world_size"] > 1
     if spec.eval.enabled and data.tests and (is_main_process() or sharded):
         model.eval()
-        # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound K / N.
+        # The routing the test sets got (R, E): PEFT experts per token measured, beside counting's bound
+        # K / N.
         with track_routing(model.get_base_model()) as routing:
             results["eval"] = _evaluate(spec.eval, model, tokenizer, data.tests, run.records, sharded)
         if routing.layers:

@@ -52,9 +52,9 @@ def run_config(spec: TrainConfig, perft: PerftConfig, params: dict, plan: BatchP
 def init_wandb(
     spec: TrainConfig, perft: PerftConfig, output_dir: Path, resolved: dict, flat_config: dict
 ) -> bool:
-    """Start (or resume) the run's W&B run, named by the resolved PerftConfig's run_label, with the flat keys of
-    `run_config` beside the run's resolved config (`resolved`, the composed config as plain dicts; its `perft`
-    replaced by the resolved one); False when logging is off."""
+    """Start (or resume) the run's W&B run, named by the resolved PerftConfig's run_label, with the flat keys
+    of `run_config` beside the run's resolved config (`resolved`, the composed config as plain dicts; its
+    `perft` replaced by the resolved one); False when logging is off."""
     logger = spec.logger
     if logger.name != "wandb" or logger.mode == "disabled":
         os.environ["WANDB_DISABLED"] = "true"
@@ -118,8 +118,17 @@ def records_table_rows(records_dir: Path, per_set: int) -> list[list]:
     rows = []
     for name, path in record_files(records_dir).items() if records_dir.is_dir() else ():
         for r in read_records(path)[:per_set]:
-            rows.append([name, r["id"], r["prompt"], r["response"], str(r["extracted"]), str(r["label"]),
-                         bool(r["correct"])])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    r["id"],
+                    r["prompt"],
+                    r["response"],
+                    str(r["extracted"]),
+                    str(r["label"]),
+                    bool(r["correct"]),
+                ]
+            )
     return rows
 
 

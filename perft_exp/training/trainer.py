@@ -120,8 +120,9 @@ class PerftTrainer(Trainer):
     ) -> None:
         model = kwargs.get("model", args[0] if args else None)
         if getattr(model, "is_quantized", False) and any(p.requires_grad for p in model.parameters()):
-            # The HF Trainer refuses a quantized model unless HF-PEFT adapters are attached; PERFT's experts are
-            # trainable adapters of our own (full-precision, beside the quantized frozen weights), so say so.
+            # The HF Trainer refuses a quantized model unless HF-PEFT adapters are attached; PERFT's experts
+            # are trainable adapters of our own (full-precision, beside the quantized frozen weights), so say
+            # so.
             model._hf_peft_config_loaded = True
         super().__init__(*args, **kwargs)
         self.adapter_aux_coef = adapter_aux_coef
@@ -202,7 +203,8 @@ class PerftTrainer(Trainer):
             step = self.state.global_step + 1
             if self.nonfinite_loss == "stop":
                 raise NonFiniteLossError(
-                    f"non-finite training loss ({loss.item()}) at step {step}; the last good checkpoint is kept. "
+                    f"non-finite training loss ({loss.item()}) at step {step}; "
+                    "the last good checkpoint is kept. "
                     "Lower trainer.learning_rate, or set trainer.nonfinite_loss=skip to skip such steps."
                 )
             log.warning("non-finite loss at step %d: skipping the update", step)

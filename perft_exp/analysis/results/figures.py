@@ -106,8 +106,17 @@ def efficiency_figure(runs: list[Run], title: str = ""):
         label = REGISTRY[family].legend
         yerr = _yerr(members)
         if family in LORA_BASELINES:  # MoE-agnostic / -aware LoRA baselines: a line over their ranks
-            ax.errorbar(x, y, yerr=yerr, linestyle="-" if family == "qv_lora" else "--", linewidth=1.5,
-                        markersize=8, capsize=3, label=label, **style)  # fmt: skip
+            ax.errorbar(
+                x,
+                y,
+                yerr=yerr,
+                linestyle="-" if family == "qv_lora" else "--",
+                linewidth=1.5,
+                markersize=8,
+                capsize=3,
+                label=label,
+                **style,
+            )
         else:
             if yerr is not None:
                 ax.errorbar(
@@ -120,8 +129,11 @@ def efficiency_figure(runs: list[Run], title: str = ""):
         if len(runs) <= 30:
             for r, xi, yi in zip(members, x, y):
                 text = f"{r.config.split(' [')[0].split(' {')[0].replace(' (', '(')} r{r.bottleneck}"
-                labels.append(ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3),
-                                          fontsize=7, color="0.3"))  # fmt: skip
+                labels.append(
+                    ax.annotate(
+                        text, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7, color="0.3"
+                    )
+                )
     base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
     if base is not None:
         ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")
@@ -177,8 +189,16 @@ def plot_bottleneck(runs: list[Run], path: str | Path, title: str = "") -> Path:
             i = tuned.index(config)
             color, linestyle = palette[i % len(palette)], "-" if i < len(palette) else "-."
         x, y = [r.bottleneck * dodge for r in members], [100 * r.average for r in members]
-        ax.errorbar(x, y, yerr=_yerr(members), marker=style["marker"], linestyle=linestyle, color=color,
-                    capsize=3, label=config)  # fmt: skip
+        ax.errorbar(
+            x,
+            y,
+            yerr=_yerr(members),
+            marker=style["marker"],
+            linestyle=linestyle,
+            color=color,
+            capsize=3,
+            label=config,
+        )
     base = next((r for r in runs if r.variant == "none" and r.average is not None), None)
     if base is not None:
         ax.axhline(100 * base.average, color="black", linestyle=":", linewidth=1.2, label="base model")

@@ -190,12 +190,22 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
     records = results.get("base_eval_records")  # the shared cache's records, relative to the launch directory
     known = _knowledge(results["base_eval"], Path(records) if records else None)
     return Run(
-        model=results.get("model", "?"), task=results.get("task", "?"), variant="none", config="base model",
-        bottleneck=None, accuracy=acc, average=average, train_file=results.get("train_file") or "",
-        contaminated=list(results.get("contaminated_test_sets") or []), run_dir=str(run_dir),
-        name="(base_eval)", group="(base_eval)", metrics=known.metrics, averages=known.averages,
+        model=results.get("model", "?"),
+        task=results.get("task", "?"),
+        variant="none",
+        config="base model",
+        bottleneck=None,
+        accuracy=acc,
+        average=average,
+        train_file=results.get("train_file") or "",
+        contaminated=list(results.get("contaminated_test_sets") or []),
+        run_dir=str(run_dir),
+        name="(base_eval)",
+        group="(base_eval)",
+        metrics=known.metrics,
+        averages=known.averages,
         arrays=known.arrays,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -293,9 +303,16 @@ def _merge(members: list[Run]) -> Run:
     if sets and len(metrics) == len(sets) and all(m["skill"] is not None for m in metrics.values()):
         averages = average_metrics({s: {**metrics[s], "accuracy": accuracy[s]} for s in sets})
     return replace(
-        first, accuracy=accuracy, average=mean_or_none([m.average for m in members]), name=first.group,
-        seeds=[m.seed for m in members], metrics=metrics, averages=averages, arrays={}, ci=ci,
-    )  # fmt: skip
+        first,
+        accuracy=accuracy,
+        average=mean_or_none([m.average for m in members]),
+        name=first.group,
+        seeds=[m.seed for m in members],
+        metrics=metrics,
+        averages=averages,
+        arrays={},
+        ci=ci,
+    )
 
 
 def seed_groups(runs: list[Run]) -> list[list[Run]]:

@@ -26,9 +26,16 @@ from perft_exp.analysis.results.runs import (
 from perft_exp.evaluation.metrics import AVERAGE_KEYS
 
 SHORT_SET_NAMES = {
-    "boolq": "BoolQ", "piqa": "PIQA", "social_i_qa": "SIQA", "hellaswag": "HellaS.", "winogrande": "WinoG.",
-    "ARC-Easy": "ARC-e", "ARC-Challenge": "ARC-c", "openbookqa": "OBQA", "gsm8k": "GSM8K",
-}  # fmt: skip
+    "boolq": "BoolQ",
+    "piqa": "PIQA",
+    "social_i_qa": "SIQA",
+    "hellaswag": "HellaS.",
+    "winogrande": "WinoG.",
+    "ARC-Easy": "ARC-e",
+    "ARC-Challenge": "ARC-c",
+    "openbookqa": "OBQA",
+    "gsm8k": "GSM8K",
+}
 
 
 def _pct(x: float | None, digits: int = 2, signed: bool = False) -> str:
@@ -66,22 +73,40 @@ def csv_rows(collection: Collection) -> list[dict]:
     rows = []
     for run in sorted(collection.runs, key=lambda r: (r.model, r.task, r.sort_key())):
         p, avg = run.params, run.averages
-        rows.append({
-            "model": run.model, "task": run.task, "train_file": run.train_file, "config": run.config,
-            "variant": run.variant, "num_experts": run.num_experts, "top_k": run.top_k,
-            "bottleneck": run.bottleneck, "alpha": run.perft.get("alpha"), "form": run.perft.get("form"),
-            "init": run.perft.get("init"), "seed": run.seed, "trainable": p.get("trainable"),
-            "activated_trainable": p.get("activated_trainable"),
-            "base_total": p.get("base_total"), "base_active": p.get("base_active"),
-            "trainable_ratio": p.get("trainable_ratio"), "activated_ratio": p.get("activated_ratio"),
-            **{s: run.accuracy.get(s) for s in sets}, "average": run.average,
-            **{f"skill:{s}": run.metric("skill", s) for s in sets},
-            **{key: avg.get(key) for key in AVERAGE_KEYS},
-            "contaminated": ";".join(run.contaminated), "steps": run.train.get("steps"),
-            "final_loss": run.train.get("final_loss"), "best_eval_loss": run.train.get("best_eval_loss"),
-            "train_runtime_s": run.train.get("runtime_s"), "run": run.name, "group": run.group,
-            "run_dir": run.run_dir,
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": run.model,
+                "task": run.task,
+                "train_file": run.train_file,
+                "config": run.config,
+                "variant": run.variant,
+                "num_experts": run.num_experts,
+                "top_k": run.top_k,
+                "bottleneck": run.bottleneck,
+                "alpha": run.perft.get("alpha"),
+                "form": run.perft.get("form"),
+                "init": run.perft.get("init"),
+                "seed": run.seed,
+                "trainable": p.get("trainable"),
+                "activated_trainable": p.get("activated_trainable"),
+                "base_total": p.get("base_total"),
+                "base_active": p.get("base_active"),
+                "trainable_ratio": p.get("trainable_ratio"),
+                "activated_ratio": p.get("activated_ratio"),
+                **{s: run.accuracy.get(s) for s in sets},
+                "average": run.average,
+                **{f"skill:{s}": run.metric("skill", s) for s in sets},
+                **{key: avg.get(key) for key in AVERAGE_KEYS},
+                "contaminated": ";".join(run.contaminated),
+                "steps": run.train.get("steps"),
+                "final_loss": run.train.get("final_loss"),
+                "best_eval_loss": run.train.get("best_eval_loss"),
+                "train_runtime_s": run.train.get("runtime_s"),
+                "run": run.name,
+                "group": run.group,
+                "run_dir": run.run_dir,
+            }
+        )
     return rows
 
 
@@ -190,13 +215,17 @@ def skill_table(runs: list[Run]) -> str:
 
 
 def write_markdown(collection: Collection, path: str | Path) -> Path:
-    parts = ["# Results", "",
-             "Accuracy in %; ratios are trainable (activated trainable) parameters over the base model's "
-             "total (active) parameters, in %. Best value per column in bold. Runs that differ only by seed "
-             "are one row: the mean over the seeds listed, with a 95 % bootstrap interval [lo, hi] over "
-             "questions and seeds (over questions alone for one seed) where the per-question records are "
-             "there. *majority label*: the accuracy of always giving the test set's most common answer; "
-             "*chance*: of a uniform guess among each question's options.", ""]  # fmt: skip
+    parts = [
+        "# Results",
+        "",
+        "Accuracy in %; ratios are trainable (activated trainable) parameters over the base model's "
+        "total (active) parameters, in %. Best value per column in bold. Runs that differ only by seed "
+        "are one row: the mean over the seeds listed, with a 95 % bootstrap interval [lo, hi] over "
+        "questions and seeds (over questions alone for one seed) where the per-question records are "
+        "there. *majority label*: the accuracy of always giving the test set's most common answer; "
+        "*chance*: of a uniform guess among each question's options.",
+        "",
+    ]
     for (model, task), runs in collection.groups().items():
         train_files = sorted({r.train_file for r in runs if r.train_file})
         parts += [
@@ -208,14 +237,23 @@ def write_markdown(collection: Collection, path: str | Path) -> Path:
         parts.append(markdown_table(runs))
         tainted = sorted({s for r in runs for s in r.contaminated})
         if tainted:
-            parts += ["", f"† contaminated: the training file overlaps {', '.join(tainted)} (MAWPS problems "
-                          "in math_10k); `Avg. w/o †` leaves these sets out."]  # fmt: skip
+            parts += [
+                "",
+                f"† contaminated: the training file overlaps {', '.join(tainted)} (MAWPS problems "
+                "in math_10k); `Avg. w/o †` leaves these sets out.",
+            ]
         skill = skill_table(runs)
         if skill:
-            parts += ["", f"### Skill: {model} / {task}", "",
-                      "Accuracy minus the majority-label rate, in points: above 0 only when a model beats "
-                      "every constant answer. *Top share*: the largest share of one prediction over the test "
-                      "sets (100 = one answer for every question of some set).", "", skill]  # fmt: skip
+            parts += [
+                "",
+                f"### Skill: {model} / {task}",
+                "",
+                "Accuracy minus the majority-label rate, in points: above 0 only when a model beats "
+                "every constant answer. *Top share*: the largest share of one prediction over the test "
+                "sets (100 = one answer for every question of some set).",
+                "",
+                skill,
+            ]
         parts.append("")
     if collection.failed:
         parts += ["## Failed runs", ""] + [f"- `{d}`: {err}" for d, err in collection.failed] + [""]

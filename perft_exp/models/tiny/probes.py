@@ -61,8 +61,9 @@ def completion_accuracy(
         for start in range(0, len(probes), 128):
             chunk = probes[start : start + 128]
             enc = tokenizer([p for p, _ in chunk], return_tensors="pt", padding=True).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
             for row, (_, want) in zip(out[:, enc["input_ids"].shape[1] :], chunk):
                 found = re.match(r"\s*(\d+)", tokenizer.decode(row, skip_special_tokens=True))
                 hits += found is not None and int(found.group(1)) == want
