@@ -1,4 +1,4 @@
-"""Typed schemas for the Hydra config tree (`conf/`), their validation, and the typed run spec built from them.
+"""Typed schemas for the Hydra config tree (`conf/`), their validation, and the typed run spec built on them.
 
 Every config group has a dataclass here, registered in Hydra's ConfigStore as the group's schema, so a
 misspelled key or a wrong type fails at composition time with the key's name. The values are checked in one
@@ -191,7 +191,8 @@ class TrainerConfig:
     global_batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "examples per optimizer step over all ranks, split over them (null: per-device batch x accumulation x ranks); perft_exp/training/batch.py"
+            "help": "examples per optimizer step over all ranks, split over them (null: per-device batch "
+            "x accumulation x ranks); perft_exp/training/batch.py"
         },
     )
     per_device_train_batch_size: int | None = field(
@@ -232,7 +233,8 @@ class TrainerConfig:
     train_sampling_strategy: str = field(
         default="random",
         metadata={
-            "help": "random | group_by_length (batches of similar lengths, still shuffled: less padding) | sequential"
+            "help": "random | group_by_length (batches of similar lengths, still shuffled: less padding) "
+            "| sequential"
         },
     )
     logits_at_labels: bool = field(
@@ -258,7 +260,8 @@ class TrainerConfig:
             raise ValueError("trainer.num_train_epochs must be > 0 when trainer.max_steps is not set")
         if self.save_steps % self.eval_steps:
             raise ValueError(
-                f"trainer.save_steps={self.save_steps} must be a multiple of trainer.eval_steps={self.eval_steps} "
+                f"trainer.save_steps={self.save_steps} must be a multiple of "
+                f"trainer.eval_steps={self.eval_steps} "
                 "(the best checkpoint is chosen by validation loss)"
             )
 
@@ -310,7 +313,8 @@ class EvalConfig:
     mode: str = field(
         default="greedy",
         metadata={
-            "help": "greedy (default) | paper (4-beam search, the authors' protocol) | score (label likelihood)"
+            "help": "greedy (default) | paper (4-beam search, the authors' protocol) "
+            "| score (label likelihood)"
         },
     )
     batch_size: int = field(default=16, metadata={"help": "questions per generation batch"})
@@ -350,7 +354,8 @@ class TrainConfig:
     seed: int = field(
         default=DEFAULT_SEED,
         metadata={
-            "help": "adapter init and data order (trainer.seed follows it); another value ends the run name in -s<seed>"
+            "help": "adapter init and data order (trainer.seed follows it); another value ends the run "
+            "name in -s<seed>"
         },
     )
     name: str = field(
@@ -416,7 +421,8 @@ def validate(cfg: DictConfig) -> TrainConfig:
     """The typed run spec of a composed config, checked before any model loads (ConfigError naming the key).
 
     Every value is checked by its schema dataclass (see the module docstring); the file system last, so a
-    missing data directory is the only error left when it is reported (scripts/sweep.py treats it as a note)."""
+    missing data directory is the only error left when it is reported (scripts/sweep.py treats it as a
+    note)."""
     spec = to_spec(cfg)
     check_paths(spec)
     return spec
@@ -460,20 +466,28 @@ def prepare_run(cfg: DictConfig) -> ComposedRun:
 
 
 # Keys of a checkpoint's config.json that are bookkeeping, not architecture.
-_NOT_ARCHITECTURE = ("transformers_version", "architectures", "torch_dtype", "dtype", "_name_or_path", "auto_map",
-                     "model_type")  # fmt: skip
+_NOT_ARCHITECTURE = (
+    "transformers_version",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "_name_or_path",
+    "auto_map",
+    "model_type",
+)
 
 
 def checkpoint_architecture(model: DictConfig) -> dict | None:
-    """The architecture numbers in the config.json of the local checkpoint `model.pretrained` points at (None for
-    hub ids and tiny:<name>): what a run records instead of the YAML's numbers."""
+    """The architecture numbers in the config.json of the local checkpoint `model.pretrained` points at
+    (None for hub ids and tiny:<name>): what a run records instead of the YAML's numbers."""
     path = Path(str(model.pretrained)) / "config.json"
     if str(model.pretrained).startswith("tiny:") or not path.is_file():
         return None
     config = json.loads(path.read_text())
     if config.get("model_type") != model.model_type:
         raise ConfigError(
-            f"model.model_type={model.model_type!r} but {path.parent} holds a {config.get('model_type')!r} model"
+            f"model.model_type={model.model_type!r} but {path.parent} holds a "
+            f"{config.get('model_type')!r} model"
         )
     return {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
 
@@ -489,7 +503,7 @@ def record_checkpoint_architecture(cfg: DictConfig) -> None:
 
 
 def cache_root() -> Path:
-    """Where built tiny models and generated synthetic data live ($PERFT_CACHE, else <repo>/.cache/perft_exp)."""
+    """Where built tiny models and synthetic data live ($PERFT_CACHE, else <repo>/.cache/perft_exp)."""
     return default_cache_root()
 
 
