@@ -54,6 +54,8 @@ Prompt = StrEnum("Prompt", {"CLEAN": "clean", "AUTHORS": "authors"})  # data/pro
 
 @dataclass
 class ModelConfig:
+    """The `model` group: which base model, how it loads (dtype, kernels, quantisation)."""
+
     name: str = field(
         default=MISSING, metadata={"help": "the option's name: the YAML file under conf/model/"}
     )
@@ -106,6 +108,8 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
+    """The `task` group: the training file, the test sets and how examples become tokens."""
+
     name: str = field(default=MISSING, metadata={"help": "the option's name: the YAML file under conf/task/"})
     kind: str = field(
         default=MISSING,
@@ -180,6 +184,8 @@ class TaskConfig:
 
 @dataclass
 class TrainerConfig:
+    """The `trainer` group: the HF Trainer's schedule, batch plan and checkpointing."""
+
     name: str = field(
         default=MISSING, metadata={"help": "the option's name: the YAML file under conf/trainer/"}
     )
@@ -268,6 +274,8 @@ class TrainerConfig:
 
 @dataclass
 class DeepSpeedConfig:
+    """The `deepspeed` group: the ZeRO stage and offloading (stage 0: no DeepSpeed)."""
+
     name: str = field(
         default="none", metadata={"help": "the option's name: the YAML file under conf/deepspeed/"}
     )
@@ -285,6 +293,8 @@ class DeepSpeedConfig:
 
 @dataclass
 class LoggerConfig:
+    """The `logger` group: W&B's project, mode (offline by default) and grouping."""
+
     name: str = field(default="none", metadata={"help": "wandb | none"})
     project: str = field(default="perft-exp", metadata={"help": "the W&B project"})
     entity: str | None = field(
@@ -309,6 +319,8 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
+    """The `eval` group: how the test sets are answered and scored."""
+
     enabled: bool = field(default=True, metadata={"help": "evaluate the test sets after training"})
     mode: str = field(
         default="greedy",
@@ -340,6 +352,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    """The whole run config (`conf/train.yaml`): the groups, the PERFT knobs and the run's identity."""
+
     model: ModelConfig = field(default=MISSING, metadata={"help": "the model group"})
     perft: PerftConfig = field(
         default_factory=PerftConfig, metadata={"help": "the PERFT knobs (variant, N, K, r, ...)"}
@@ -387,6 +401,7 @@ class TrainConfig:
 
 
 def register_schemas() -> None:
+    """Store the schemas in Hydra's ConfigStore: the root and one per group."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     for group, node in (
@@ -600,6 +615,7 @@ def run_name(perft: DictConfig | dict, seed: int | None = None, *, _root_: DictC
 
 
 def register_resolvers() -> None:
+    """Register the config's resolvers: run_tag, run_name, perft_cache (idempotent)."""
     if not OmegaConf.has_resolver("run_tag"):
         OmegaConf.register_new_resolver("run_tag", run_tag)
     if not OmegaConf.has_resolver("run_name"):

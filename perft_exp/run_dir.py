@@ -104,6 +104,7 @@ def sweep_record(output_root: str | Path, sweep: str) -> Path:
 
 
 def write_sweep_overrides(output_root: str | Path, sweep: str, overrides: list[str]) -> None:
+    """Keep the overrides of a sweep's `run` (`status` and `show` without overrides read them back)."""
     atomic_write_json(sweep_record(output_root, sweep), {"overrides": list(overrides)})
 
 
@@ -138,6 +139,7 @@ class RunDir:
 
     @property
     def name(self) -> str:
+        """The run's name: the directory's."""
         return self.path.name
 
     # --- paths (each a `_Below` the directory) ---------------------------------------------------------
@@ -206,6 +208,7 @@ class RunDir:
         return torn
 
     def has_adapter(self) -> bool:
+        """Whether a trained adapter was saved here."""
         return (self.adapter / ADAPTER_CONFIG_NAME).is_file()
 
     def adapter_config(self) -> dict | None:
@@ -237,6 +240,7 @@ class RunDir:
         return next(iter(self.corrupt_files()), None)
 
     def state(self) -> str:
+        """corrupt | finished | running | failed | started (checkpoints, no results) | pending."""
         if self.corrupt() is not None:
             return "corrupt"
         if self.results.is_file():
@@ -289,6 +293,7 @@ class RunDir:
         self.failed.unlink(missing_ok=True)
 
     def read_failure(self) -> str:
+        """The recorded error of a failed attempt ("" without a readable record)."""
         try:
             return _read_json(self.failed).get("error", "")
         except (OSError, ValueError):

@@ -34,6 +34,8 @@ _AUTHORS_CHOICE = {name: re.compile("|".join(labels)) for name, labels in extrac
 
 @dataclass(frozen=True)
 class Protocol:
+    """Prompt strings and answer matching: `fixed` (ours) or `authors` (their evaluation code's)."""
+
     name: str = "fixed"
 
     def __post_init__(self) -> None:
@@ -63,6 +65,7 @@ class Protocol:
         return float(numbers[-1]) if numbers else None
 
     def is_correct(self, dataset: str, prediction: str | float | None, label: str) -> bool:
+        """Whether `prediction` matches `label` under this protocol's rules."""
         if self.name == "fixed":
             return extract.is_correct(dataset, prediction, label)
         if prediction is None:

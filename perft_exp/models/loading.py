@@ -21,6 +21,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    """The torch dtype of `model.dtype`; auto: bf16 on a GPU that has it, else float32."""
     if name != "auto":
         return _DTYPES[name]
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
@@ -124,6 +125,7 @@ def _go_offline_without_hub(path: str) -> bool:
 
 
 def load_tokenizer(cfg: ModelConfig, path: str | None = None):
+    """The model's tokenizer (pad token = EOS where it has none)."""
     path = path or resolve_pretrained(cfg)
     tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if tok.pad_token is None:
@@ -168,4 +170,5 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None):
 
 
 def is_local(path: str) -> bool:
+    """Whether `path` exists on this machine (a local checkpoint, not a hub id)."""
     return Path(path).exists()

@@ -29,12 +29,15 @@ class BatchKnobs(Protocol):
 
 @dataclass(frozen=True)
 class BatchPlan:
+    """How the global batch splits: micro batch x accumulation x ranks."""
+
     global_batch: int
     micro_batch: int  # per rank and forward pass (HF per_device_train_batch_size)
     accumulation: int  # micro batches per optimizer step on each rank
     world_size: int
 
     def to_dict(self) -> dict:
+        """The plan as plain values (the run's results record it)."""
         return asdict(self)
 
 

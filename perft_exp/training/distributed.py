@@ -20,6 +20,7 @@ def _free_port() -> int:
 
 
 def world_size() -> int:
+    """The number of ranks this process started with ($WORLD_SIZE, 1 without one)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

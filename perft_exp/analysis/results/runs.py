@@ -66,6 +66,7 @@ class Run:
 
     @property
     def family(self) -> str:
+        """The variant's name (the figures' marker and colour key)."""
         return self.variant
 
     def metric(self, key: str, test_set: str):
@@ -74,13 +75,16 @@ class Run:
 
     @property
     def trainable_ratio(self) -> float | None:
+        """Trainable over the base model's total parameters (a fraction; the tables show %)."""
         return self.params.get("trainable_ratio")
 
     @property
     def activated_ratio(self) -> float | None:
+        """Activated trainable over the base model's active parameters (a fraction; counting's bound)."""
         return self.params.get("activated_ratio")
 
     def sort_key(self) -> tuple:
+        """The tables' row order: variant family, N, K, config, bottleneck, name."""
         family = FIGURE_ORDER.index(self.variant) if self.variant in FIGURE_ORDER else len(FIGURE_ORDER)
         return (family, self.num_experts or 0, self.top_k or 0, self.config, self.bottleneck or 0, self.name)
 
@@ -148,6 +152,7 @@ def group_name(name: str, seed: int | None) -> str:
 
 
 def run_from_results(results: dict, run_dir: Path) -> Run:
+    """A table row from a run's results.json (and its per-question records, where present)."""
     perft = results.get("perft") or {"variant": results.get("variant", "none")}
     acc, average = _accuracies(results.get("eval"))
     known = _knowledge(results.get("eval"), RunDir(run_dir).records)
@@ -210,11 +215,14 @@ def base_run(results: dict, run_dir: Path) -> Run | None:
 
 @dataclass
 class Collection:
+    """What `collect` found below a directory: the runs, the failed ones and the corrupt ones."""
+
     runs: list[Run]  # finished runs, and one base-model row per (model, task) where any run has base_eval
     failed: list[tuple[str, str]]  # (run dir, error) of runs in state "failed" (a failure record, no results)
     corrupt: list[str] = field(default_factory=list)  # an unreadable file of a run, and the fix (CorruptFile)
 
     def groups(self) -> dict[tuple[str, str], list[Run]]:
+        """The runs by (model, task), each list in table order."""
         out: dict[tuple[str, str], list[Run]] = defaultdict(list)
         for run in sorted(self.runs, key=lambda r: (r.model, r.task, r.sort_key())):
             out[(run.model, run.task)].append(run)
@@ -246,6 +254,7 @@ def collect(root: str | Path, pattern: str = "*") -> Collection:
 
 
 def ordered_test_sets(runs: Iterable[Run]) -> list[str]:
+    """The test sets the runs have, in the paper's order (unknown ones last, sorted)."""
     names = {name for run in runs for name in run.accuracy}
     known = [s for s in ALL_TEST_SETS if s in names]
     return known + sorted(names - set(known))
