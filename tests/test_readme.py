@@ -139,7 +139,6 @@ COMMANDS = {
     "python scripts/count_params.py model=qwen3_moe_30b_a3b variant=E perft.bottleneck=8": ok(
         '"config": "E (Top8/128) r8"'
     ),
-    "python train.py perft.top_p=0.5": ok("R (Top2/4) [top-p=0.5, adapter] r16 on tiny_olmoe", shrink=True),
     "python scripts/count_params.py model=olmoe_1b_7b variant=R perft.top_p=0.5": ok(
         '"config": "R (Top2/4) [top-p=0.5] r16"'
     ),
