@@ -101,7 +101,8 @@ def one_line(exc: BaseException) -> str:
     for e in chain:
         for line in _message(e).splitlines():
             line = line.strip()
-            if line and not line.startswith(_HYDRA_HINTS) and line not in parts:
+            # a cause whose text its wrapper already quotes adds nothing
+            if line and not line.startswith(_HYDRA_HINTS) and not any(line in part for part in parts):
                 parts.append(line)
     message = "; ".join(parts)
     key = node.full_key if node is not None else None

@@ -78,3 +78,14 @@ def test_training_arguments_take_the_trainer_keys_they_share_by_name():
     }
     assert shared.isdisjoint(not_passed)
     assert len(shared) == len(TrainerConfig.__dataclass_fields__) - len(not_passed)
+
+
+def test_a_cause_the_message_already_quotes_is_said_once():
+    """`task.test_sets=[boolq,piqa2]`: the ConfigError quotes its cause's text; the line says it once."""
+    from perft_exp.cli import one_line
+
+    with pytest.raises(Exception) as caught:
+        validate(compose(["task.test_sets=[boolq,piqa2]"]))
+    line = one_line(caught.value)
+    assert line.startswith("task.test_sets: unknown test set 'piqa2'")
+    assert line.count("unknown test set 'piqa2'") == 1
