@@ -171,69 +171,30 @@ def _write(rows: list[dict], columns: list[str], stem: Path, title: str, note: s
     stem.with_suffix(".md").write_text(f"# {title}\n\n{note}\n\n{_md(rows, columns)}\n")
 
 
+# The columns of the two tables: which run, then the per-layer statistics, then the list column.
+RUN_COLUMNS = ("run", "config", "model", "task")
+ANGLE_MEANS = ("min_deg", "mean_deg", "max_deg", "random_mean_deg")  # averaged over layers in the "all" row
+STAT_KEYS = ("layer", "tokens", "load_entropy", "max_load_ratio", "router_entropy", "router_entropy_norm")
+ANGLE_KEYS = ("layer", "num_experts", "base_experts", *ANGLE_MEANS)
+
+
 def write_tables(results: list[dict], out: Path) -> None:
     stats, angles = [], []
     for r in results:
         head = {"run": r["run"], "config": r.get("config"), "model": r["model"], "task": r["task"]}
         for layer in r.get("layers", []):
-            stats.append(
-                {
-                    **head,
-                    **{
-                        k: layer[k]
-                        for k in (
-                            "layer",
-                            "tokens",
-                            "load_entropy",
-                            "max_load_ratio",
-                            "router_entropy",
-                            "router_entropy_norm",
-                        )
-                    },
-                    "load": " ".join(map(str, layer["load"])),
-                }
-            )
+            load = " ".join(map(str, layer["load"]))
+            stats.append({**head, **{k: layer[k] for k in STAT_KEYS}, "load": load})
         layer_angles = r.get("angles", [])
         for a in layer_angles:
-            angles.append(
-                {
-                    **head,
-                    **{
-                        k: a[k]
-                        for k in (
-                            "layer",
-                            "num_experts",
-                            "base_experts",
-                            "min_deg",
-                            "mean_deg",
-                            "max_deg",
-                            "random_mean_deg",
-                        )
-                    },
-                    "angles_deg": " ".join(f"{x:.1f}" for x in a["angles_deg"]),
-                }
-            )
+            degrees = " ".join(f"{x:.1f}" for x in a["angles_deg"])
+            angles.append({**head, **{k: a[k] for k in ANGLE_KEYS}, "angles_deg": degrees})
         if layer_angles:
-            mean = {
-                k: sum(a[k] for a in layer_angles) / len(layer_angles)
-                for k in ("min_deg", "mean_deg", "max_deg", "random_mean_deg")
-            }
+            mean = {k: sum(a[k] for a in layer_angles) / len(layer_angles) for k in ANGLE_MEANS}
             angles.append({**head, "layer": "all (mean)", **mean})
     _write(
         stats,
-        [
-            "run",
-            "config",
-            "model",
-            "task",
-            "layer",
-            "tokens",
-            "load_entropy",
-            "max_load_ratio",
-            "router_entropy",
-            "router_entropy_norm",
-            "load",
-        ],
+        [*RUN_COLUMNS, *STAT_KEYS, "load"],
         out / "routing_stats",
         "PEFT-expert routing per layer",
         "load_entropy: entropy of the load over the N PEFT experts / log N (1 = balanced); max_load_ratio: "
@@ -242,20 +203,7 @@ def write_tables(results: list[dict], out: Path) -> None:
     )
     _write(
         angles,
-        [
-            "run",
-            "config",
-            "model",
-            "task",
-            "layer",
-            "num_experts",
-            "base_experts",
-            "min_deg",
-            "mean_deg",
-            "max_deg",
-            "random_mean_deg",
-            "angles_deg",
-        ],
+        [*RUN_COLUMNS, *ANGLE_KEYS, "angles_deg"],
         out / "principal_angles",
         "R's learned router vs the frozen router",
         "Principal angles (degrees) between the row spaces of R's router W_r (N, D) and the frozen router "

@@ -39,7 +39,7 @@ def run(argv: list[str]) -> dict:
     hide_unused([cfg])
     from perft_exp.adapters.io import load_adapter
     from perft_exp.data.task import load_task_data
-    from perft_exp.evaluation import evaluate
+    from perft_exp.evaluation.configured import evaluate_with
     from perft_exp.evaluation.metrics import metrics_table
     from perft_exp.models.loading import load_model
 
@@ -54,16 +54,7 @@ def run(argv: list[str]) -> dict:
     protocol = "" if ev.protocol == "fixed" else f"-{ev.protocol}"  # never over the fixed one
     out = run_dir.evaluation(f"{task.name}-{ev.mode}{protocol}{'-base' if base_only else ''}")
     with writing(out):
-        result = evaluate(
-            model,
-            tokenizer,
-            tests,
-            mode=ev.mode,
-            batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens,
-            out_dir=out,
-            protocol=ev.protocol,
-        )
+        result = evaluate_with(ev, model, tokenizer, tests, out_dir=out)
     run_dir.write_evaluation(out.name, {"run_dir": str(run_dir), "overrides": overrides, "eval": result})
     print(metrics_table(result))
     print(f"written to {out}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from perft_exp.adapters.model import adapters_disabled
 from perft_exp.config import EvalConfig, ModelConfig, TaskConfig
-from perft_exp.evaluation.evaluator import evaluate
+from perft_exp.evaluation.configured import evaluate_with
 from perft_exp.evaluation.metrics import with_knowledge_metrics
 from perft_exp.files import atomic_write_json, writing
 from perft_exp.run_dir import base_eval_dir
@@ -58,17 +58,14 @@ def base_eval(
         # a cache written before the knowledge metrics existed gets them from its records
         return with_knowledge_metrics(json.loads(cache.read_text()), cache.with_suffix(""))
     with adapters_disabled(model), writing(cache.with_suffix("")):
-        result = evaluate(
+        result = evaluate_with(
+            ev,
             model,
             tokenizer,
             tests,
-            mode=ev.mode,
-            batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens,
             out_dir=cache.with_suffix("") if main else None,
             progress=main,
             synced_gpus=sharded,
-            protocol=ev.protocol,
         )
     if main:
         cache.parent.mkdir(parents=True, exist_ok=True)

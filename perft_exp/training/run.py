@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ from perft_exp.config import ComposedRun, EvalConfig, TaskConfig, TrainConfig, T
 from perft_exp.data.collate import CausalLMCollator, tokenize_dataset
 from perft_exp.data.formats import canonical_test_set, contaminated_test_sets
 from perft_exp.data.task import TaskData, load_task_data
-from perft_exp.evaluation import evaluate
 from perft_exp.evaluation.base_cache import base_eval, base_eval_cache
+from perft_exp.evaluation.configured import evaluate_with
 from perft_exp.evaluation.metrics import metrics_table
 from perft_exp.files import WriteError, writing
 from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
@@ -214,20 +215,15 @@ def _build_model(spec: TrainConfig, perft: PerftConfig, checkpoint: str | None):
 
 def _tokenize(task: TaskConfig, tokenizer, data: TaskData) -> tuple[list, list, int]:
     """(train set, validation set, how many training examples were truncated at task.cutoff_len)."""
-    train_set, n_truncated = tokenize_dataset(
+    tokenize = functools.partial(
+        tokenize_dataset,
         tokenizer,
-        data.train,
         cutoff_len=task.cutoff_len,
         train_on_inputs=task.train_on_inputs,
         prompt=task.prompt,
     )
-    val_set, _ = tokenize_dataset(
-        tokenizer,
-        data.val,
-        cutoff_len=task.cutoff_len,
-        train_on_inputs=task.train_on_inputs,
-        prompt=task.prompt,
-    )
+    train_set, n_truncated = tokenize(data.train)
+    val_set, _ = tokenize(data.val)
     if is_main_process():
         log.info(
             "train %d examples (%d truncated at %d tokens), val %d",
@@ -294,17 +290,8 @@ def _evaluate(
 ) -> dict:
     main = is_main_process()
     with writing(out_dir or Path(".")):
-        return evaluate(
-            model,
-            tokenizer,
-            tests,
-            mode=ev.mode,
-            batch_size=ev.batch_size,
-            max_new_tokens=ev.max_new_tokens,
-            out_dir=out_dir if main else None,
-            progress=main,
-            synced_gpus=sharded,
-            protocol=ev.protocol,
+        return evaluate_with(
+            ev, model, tokenizer, tests, out_dir=out_dir if main else None, progress=main, synced_gpus=sharded
         )
 
 
