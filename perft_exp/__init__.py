@@ -24,7 +24,7 @@ import importlib.abc
 import sys
 
 __version__ = "0.1.0"
-__all__ = ["PerftConfig"]
+__all__ = ["MoEBitsAndBytesConfig", "PerftConfig"]
 
 
 def _register() -> None:
@@ -74,4 +74,8 @@ def __getattr__(name: str):
         from perft_exp.adapters.tuner import PerftPeftConfig
 
         return PerftPeftConfig
+    if name == "MoEBitsAndBytesConfig":
+        from perft_exp.models.quantization import MoEBitsAndBytesConfig
+
+        return MoEBitsAndBytesConfig
     raise AttributeError(f"module 'perft_exp' has no attribute {name!r}")

@@ -31,3 +31,16 @@ def at_least(key: str, value, bound: float = 0, strict: bool = True) -> None:
     """`value > bound` (strict) or `value >= bound`, else ValueError."""
     if value is None or (value <= bound if strict else value < bound):
         raise ValueError(f"{key}={value!r} must be {'>' if strict else '>='} {bound}")
+
+
+# Why 8-bit is refused (model.quantization=8bit, MoEBitsAndBytesConfig(load_in_8bit=True)).
+EIGHT_BIT_REFUSAL = (
+    "bitsandbytes' 8-bit path covers nn.Linear layers only, so the fused MoE experts (over 90 % of the "
+    "weights) would stay in 16 bits; use 4bit, which quantises the experts too"
+)
+# Why LoRA on the fused experts is refused over a 4-bit base (config validation and apply_lora_baseline).
+EXPERT_LORA_4BIT = (
+    "LoRA on the fused experts needs them as plain tensors, and 4-bit experts are packed behind a "
+    "dequantising parametrization that HF PEFT's target_parameters cannot wrap; use quantization=none, or a "
+    "PERFT variant (R, E, D, S), which leaves the experts untouched"
+)

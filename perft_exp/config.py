@@ -31,7 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.variants import TAG_KNOBS, get_variant
-from perft_exp.checks import ConfigError, at_least, one_of
+from perft_exp.checks import EIGHT_BIT_REFUSAL, EXPERT_LORA_4BIT, ConfigError, at_least, one_of
 from perft_exp.models.tiny.cache import default_cache_root
 from perft_exp.run_dir import OUTPUT_ROOT
 from perft_exp.training.batch import batch_plan
@@ -44,6 +44,7 @@ DEFAULT_SEED = 42  # a run with another `seed` carries it in its name (`R-n4-k2-
 # The closed choices of the config (the typed spec holds their members, which equal their strings).
 Dtype = StrEnum("Dtype", {"AUTO": "auto", "FLOAT32": "float32", "BFLOAT16": "bfloat16", "FLOAT16": "float16"})
 Quantization = StrEnum("Quantization", {"NONE": "none", "BIT4": "4bit", "BIT8": "8bit"})
+QuantType = StrEnum("QuantType", {"NF4": "nf4", "FP4": "fp4"})
 TaskKind = StrEnum("TaskKind", {"COMMONSENSE": "commonsense", "MATH": "math"})
 NonfiniteLoss = StrEnum("NonfiniteLoss", {"STOP": "stop", "SKIP": "skip"})
 LoggerMode = StrEnum("LoggerMode", {"OFFLINE": "offline", "ONLINE": "online", "DISABLED": "disabled"})
@@ -93,17 +94,43 @@ class ModelConfig:
     quantization: str = field(
         default="none",
         metadata={
-            "help": "none | 4bit | 8bit (bitsandbytes; nn.Linear only, the fused experts stay unquantised)"
+            "help": "none | 4bit: the frozen base in bitsandbytes 4-bit, the nn.Linear layers and the fused "
+            "MoE experts alike (perft_exp/models/quantization.py). Unquantised: the routers (their "
+            "choices are what E copies), embeddings, lm_head, norms. 8bit is refused: bitsandbytes has no "
+            "8-bit form for the fused experts"
         },
     )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute activations in the backward pass (less memory, more time)"},
+    quant_type: str = field(
+        default="nf4", metadata={"help": "4-bit data type: nf4 (QLoRA's NormalFloat) | fp4"}
+    )
+    double_quant: bool = field(
+        default=True,
+        metadata={"help": "quantise the 4-bit blocks' scales too (about 0.4 bits per weight less)"},
+    )
+    compute_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "the dtype 4-bit weights are dequantised to for the matmuls: auto (= model.dtype "
+            "resolved) | float32 | bfloat16 | float16"
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "recompute activations in the backward pass (less memory, more time); null: on with "
+            "quantization=4bit (then only the block being recomputed holds its dequantised experts), else off"
+        },
     )
 
     def __post_init__(self) -> None:
         self.dtype = one_of("model.dtype", self.dtype, Dtype)
         self.quantization = one_of("model.quantization", self.quantization, Quantization)
+        if self.quantization == Quantization.BIT8:
+            raise ValueError(f"model.quantization=8bit is refused: {EIGHT_BIT_REFUSAL}")
+        self.quant_type = one_of("model.quant_type", self.quant_type, QuantType)
+        self.compute_dtype = one_of("model.compute_dtype", self.compute_dtype, Dtype)
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = self.quantization == Quantization.BIT4
 
 
 @dataclass
@@ -398,6 +425,10 @@ class TrainConfig:
             )
         if self.model.quantization != Quantization.NONE and self.deepspeed.stage == 3:
             raise ValueError("model.quantization with deepspeed.stage=3 is not supported; use stage 0 or 2")
+        if self.model.quantization == Quantization.BIT4 and "experts" in self.perft.spec.lora_targets:
+            raise ValueError(
+                f"perft.variant={self.perft.variant} with model.quantization=4bit: {EXPERT_LORA_4BIT}"
+            )
 
 
 def register_schemas() -> None:

@@ -61,8 +61,22 @@ def lora_config(cfg: PerftConfig, arch: MoEArchitecture) -> LoraConfig:
 
 
 def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
-    """`model` wrapped by HF PEFT's LoRA for `cfg`'s baseline: a PeftModel carrying `perft_config`."""
+    """`model` wrapped by HF PEFT's LoRA for `cfg`'s baseline: a PeftModel carrying `perft_config`.
+
+    LoRA on the experts over 4-bit experts is refused (NotApplicable): PEFT would skip them without a word."""
+    if "experts" in cfg.spec.lora_targets and _has_4bit_experts(model):
+        from perft_exp.checks import EXPERT_LORA_4BIT
+
+        raise NotApplicable(f"{cfg.variant} on a 4-bit base: {EXPERT_LORA_4BIT}")
     with quiet_peft():
         peft_model = get_peft_model(model, lora_config(cfg, architecture_for(model)))
     peft_model.perft_config = cfg
     return peft_model
+
+
+def _has_4bit_experts(model: nn.Module) -> bool:
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return False
+    from perft_exp.models.quantization import expert_tensors, is_quantized_expert
+
+    return any(is_quantized_expert(module, attr) for _, module, attr in expert_tensors(model))

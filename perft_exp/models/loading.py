@@ -76,19 +76,20 @@ def build_meta_model(cfg: ModelConfig) -> torch.nn.Module:
         return AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(cfg.dtype))
 
 
-def _quantization_config(cfg: ModelConfig):
+def quantization_config(cfg: ModelConfig):
+    """The `quantization_config` for from_pretrained: None, or 4-bit for the Linear layers and the fused
+    experts (perft_exp/models/quantization.py). 8-bit was refused when the config was validated."""
     if cfg.quantization == "none":
         return None
-    log.warning(
-        "bitsandbytes %s quantises nn.Linear layers only (attention, dense MLPs); the fused 3-D MoE experts "
-        "stay in %s, so memory savings on MoE models are much smaller than the bit width suggests",
-        cfg.quantization,
-        cfg.dtype,
+    assert cfg.quantization == "4bit", cfg.quantization
+    from perft_exp.models.quantization import MoEBitsAndBytesConfig
+
+    compute = resolve_dtype(cfg.dtype if cfg.compute_dtype == "auto" else cfg.compute_dtype)
+    return MoEBitsAndBytesConfig(
+        bnb_4bit_quant_type=str(cfg.quant_type),
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=compute,
     )
-    compute = resolve_dtype(cfg.dtype)
-    if cfg.quantization == "4bit":
-        return transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=compute)
-    return transformers.BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -145,9 +146,11 @@ def load_model(cfg: ModelConfig, device: str | torch.device | None = None):
         kwargs["experts_implementation"] = cfg.experts_implementation
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    quant = _quantization_config(cfg)
+    quant = quantization_config(cfg)
     if quant is not None:
         kwargs["quantization_config"] = quant
+        if device is not None:  # quantised while loading, on the device it will train on
+            kwargs["device_map"] = {"": device}
     offline = _go_offline_without_hub(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
