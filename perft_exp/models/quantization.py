@@ -17,8 +17,8 @@ checkpoint loads:
 default) under its own `quant_method`; `train.py model.quantization=4bit` loads with exactly this. An expert
 tensor is stored as bitsandbytes' packed 4-bit data and dequantised on access through a
 `torch.nn.utils.parametrize` parametrization (`bitsandbytes.nn.parametrize.replace_parameter_4bit`), so
-every experts kernel (eager loop, grouped_mm, batched_mm) of every family reads it unchanged, once per block forward (the
-parametrization's cache is on while the experts module runs).
+every experts kernel (eager loop, grouped_mm, batched_mm) of every family reads it unchanged, once per block
+forward (the parametrization's cache is on while the experts module runs).
 
 What stays unquantised, and why:
 - the routers: their logits pick the experts, and PERFT-E copies those choices and weights; a 4-bit router
