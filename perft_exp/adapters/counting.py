@@ -11,6 +11,7 @@ The paper's efficiency ratio is activated_trainable / base_active.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from torch import nn
@@ -47,8 +48,26 @@ class ParamCounts:
         }
 
 
-def _numel(p: nn.Parameter) -> int:
+def _numel(p: nn.Parameter, packed: dict[int, int]) -> int:
+    if id(p) in packed:  # a 4-bit tensor: count the weights it holds, not its packed bytes
+        return packed[id(p)]
     return int(getattr(p, "ds_numel", p.numel()))  # ZeRO-3 leaves a 0-size shard in p
+
+
+def _packed_numels(model: nn.Module) -> dict[int, int]:
+    """id(parameter) -> the weights it holds, for bitsandbytes' 4-bit tensors (packed two weights a byte): the
+    Linear4bit weights and the 4-bit experts' parametrization originals (perft_exp/models/quantization.py)."""
+    out = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            state = getattr(p, "quant_state", None)
+            if state is not None:
+                out[id(p)] = math.prod(state.shape)
+        for chain in (getattr(module, "parametrizations", None) or {}).values():
+            state = getattr(chain[0], "quant_state", None)
+            if state is not None:
+                out[id(chain.original)] = math.prod(state.shape)
+    return out
 
 
 def count_parameters(model: nn.Module) -> ParamCounts:
@@ -62,9 +81,10 @@ def count_parameters(model: nn.Module) -> ParamCounts:
     expert_marker = f".{arch.experts_attr}." if arch else None
 
     perft_prefixes = {name + ".": m for name, m in model.named_modules() if isinstance(m, PerftLayer)}
+    packed = _packed_numels(model)
     trainable = activated = base_total = base_active = 0
     for name, p in model.named_parameters():
-        n = _numel(p)
+        n = _numel(p, packed)
         layer = next((m for prefix, m in perft_prefixes.items() if name.startswith(prefix)), None)
         if layer is not None:
             fraction = 1.0 if ".router." in name else layer.activated_fraction()

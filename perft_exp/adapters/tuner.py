@@ -84,6 +84,23 @@ def base_signature(config) -> dict:
     return {k: getattr(config, k) for k in SIGNATURE_KEYS if getattr(config, k, None) is not None}
 
 
+def quantization_record(config) -> dict | None:
+    """How a transformers config's model was quantised: method, bits, 4-bit type, double quantisation, compute
+    dtype; None when it was not."""
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
+        return None
+    d = quant if isinstance(quant, dict) else quant.to_dict()
+    four = bool(d.get("load_in_4bit"))
+    return {
+        "quant_method": str(d.get("quant_method")),
+        "bits": 4 if four else 8 if d.get("load_in_8bit") else None,
+        "quant_type": d.get("bnb_4bit_quant_type") if four else None,
+        "double_quant": d.get("bnb_4bit_use_double_quant") if four else None,
+        "compute_dtype": str(d.get("bnb_4bit_compute_dtype")) if four else None,
+    }
+
+
 def check_signature(saved: dict, config, where: str = "") -> None:
     """AdapterError naming the first base-model fact in which `config` differs from
     the adapter's `saved` ones."""
@@ -107,6 +124,13 @@ class PerftPeftConfig(PeftConfig, knobs.PerftConfig):
 
     base_signature: dict | None = field(
         default=None, metadata={"help": "the base model's facts (filled when attached; checked when loading)"}
+    )
+    base_quantization: dict | None = field(
+        default=None,
+        metadata={
+            "help": "how the base it was attached to was quantised (None: not at all); a record only: an "
+            "adapter loads on the base in any precision"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -361,6 +385,7 @@ class PerftModel(BaseTuner):
         arch = architecture_for(model)
         cfg = cfg.resolve(arch, config)
         cfg.base_signature = base_signature(config)
+        cfg.base_quantization = quantization_record(config)
         blocks = find_moe_blocks(model, arch)
         if not blocks:
             raise ValueError(

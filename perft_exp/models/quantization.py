@@ -215,18 +215,19 @@ def _quant_state_bytes(state) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def weight_bytes(model: nn.Module) -> int:
+def weight_bytes(model: nn.Module, frozen_only: bool = False) -> int:
     """The bytes the model's parameters and buffers hold as loaded, 4-bit ones with their scales
-    (bitsandbytes keeps those in the quantisation state, not in the module's parameters)."""
-    import bitsandbytes as bnb
-
+    (bitsandbytes keeps those in the quantisation state, not in the module's parameters). `frozen_only`:
+    leave out parameters that train (an attached adapter's), so the frozen base is what is counted."""
     total, seen = 0, set()
     for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.data_ptr() in seen and tensor.device.type != "meta":
+        if (tensor.data_ptr() in seen and tensor.device.type != "meta") or (
+            frozen_only and tensor.requires_grad
+        ):
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
-        if isinstance(tensor, bnb.nn.Params4bit) and tensor.quant_state is not None:
+        if getattr(tensor, "quant_state", None) is not None:  # a bitsandbytes Params4bit
             total += _quant_state_bytes(tensor.quant_state)
     for module in model.modules():
         for attr in getattr(module, "parametrizations", {}) or {}:

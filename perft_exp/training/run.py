@@ -48,6 +48,7 @@ from perft_exp.evaluation.metrics import metrics_table
 from perft_exp.files import WriteError, writing
 from perft_exp.models.arch import NotApplicable, architecture_for, find_moe_blocks
 from perft_exp.models.loading import load_model, resolve_pretrained
+from perft_exp.models.quantization import weight_bytes
 from perft_exp.run_dir import RunDir
 from perft_exp.training.batch import BatchPlan, batch_plan
 from perft_exp.training.distributed import (
@@ -367,7 +368,7 @@ def _train(job: ComposedRun) -> dict:
 
     data = load_task_data(spec.task)
     model, tokenizer, perft = _build_model(spec, perft, checkpoint)
-    params = count_parameters(model).to_dict()
+    params = {**count_parameters(model).to_dict(), "base_weight_bytes": weight_bytes(model, frozen_only=True)}
     train_set, val_set, n_truncated = _tokenize(spec.task, tokenizer, data)
     plan = batch_plan(spec.trainer, world_size())
     flat = run_config(spec, perft, params, plan)
