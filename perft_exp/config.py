@@ -110,8 +110,8 @@ class ModelConfig:
     compute_dtype: str = field(
         default="auto",
         metadata={
-            "help": "the dtype 4-bit weights are dequantised to for the matmuls: auto (= model.dtype "
-            "resolved) | float32 | bfloat16 | float16"
+            "help": "the 4-bit Linear layers' compute dtype: auto (= model.dtype resolved) | float32 | "
+            "bfloat16 | float16 (the experts dequantise to model.dtype, the dtype of the hidden states)"
         },
     )
     gradient_checkpointing: bool | None = field(

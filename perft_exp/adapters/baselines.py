@@ -75,8 +75,6 @@ def apply_lora_baseline(model: nn.Module, cfg: PerftConfig) -> nn.Module:
 
 
 def _has_4bit_experts(model: nn.Module) -> bool:
-    if not getattr(model, "is_loaded_in_4bit", False):
-        return False
     from perft_exp.models.quantization import expert_tensors, is_quantized_expert
 
     return any(is_quantized_expert(module, attr) for _, module, attr in expert_tensors(model))

@@ -68,8 +68,8 @@ def expert_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     for block_name, block in find_moe_blocks(model, arch):
         experts = arch.experts(block)
         for attr in arch.expert_params:
-            tensor = _stored(experts, attr)
-            if tensor is not None and tensor.ndim >= 3:
+            tensor = experts._parameters.get(attr)
+            if is_quantized_expert(experts, attr) or (tensor is not None and tensor.ndim >= 3):
                 yield f"{block_name}.{arch.experts_attr}.{attr}", experts, attr
 
 
@@ -80,13 +80,6 @@ def router_modules(model: nn.Module) -> list[str]:
     except UnsupportedModel:
         return []
     return [f"{name}.{arch.router_attr}" for name, _ in find_moe_blocks(model, arch)]
-
-
-def _stored(module: nn.Module, attr: str) -> torch.Tensor | None:
-    """The parameter as stored: the packed original of a parametrized one, else the parameter itself."""
-    if nn.utils.parametrize.is_parametrized(module, attr):
-        return module.parametrizations[attr].original
-    return module._parameters.get(attr)
 
 
 def is_quantized_expert(module: nn.Module, attr: str) -> bool:
@@ -107,9 +100,19 @@ def quantize_expert_(module: nn.Module, attr: str, value: torch.Tensor, config: 
         compress_statistics=config.bnb_4bit_use_double_quant,
         quant_type=config.bnb_4bit_quant_type,
     )
-    # The dequantised tensor comes out in the dtype it went in; the compute dtype is what the kernels use.
-    quant_state = module.parametrizations[attr][0].quant_state
-    quant_state.dtype = config.bnb_4bit_compute_dtype or value.dtype
+    # It dequantises to the dtype it came in (the model's): the family's experts kernel multiplies it with
+    # hidden states of that dtype. (bnb_4bit_compute_dtype is the Linear4bit layers' compute dtype.)
+
+
+def quantize_experts_(model: nn.Module, config: BitsAndBytesConfig | None = None) -> nn.Module:
+    """Quantise an in-memory model's fused expert tensors to 4 bits in place (its nn.Linear layers stay as
+    they are); returns the model. For a model built with `from_config` (tests, benchmarks); a checkpoint
+    loads quantised with `from_pretrained(..., quantization_config=MoEBitsAndBytesConfig())`."""
+    config = config or MoEBitsAndBytesConfig()
+    for _, module, attr in list(expert_tensors(model)):
+        if not is_quantized_expert(module, attr):
+            quantize_expert_(module, attr, getattr(module, attr).detach(), config)
+    return model
 
 
 @register_quantization_config(QUANT_METHOD)
