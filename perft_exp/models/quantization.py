@@ -36,6 +36,7 @@ experts in 16 bits (a 2 % saving); it is refused, with the reason (perft_exp.che
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 
 import torch
@@ -53,6 +54,8 @@ from perft_exp.checks import EIGHT_BIT_REFUSAL
 from perft_exp.models.arch import UnsupportedModel, architecture_for, find_moe_blocks
 
 QUANT_METHOD = "perft_moe_bnb"
+BLOCKSIZE = 64  # bitsandbytes' 4-bit block (weights per absmax scale)
+_NESTED_BLOCKSIZE = 256  # double quantisation: absmax scales per second-level scale
 
 
 def expert_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
@@ -88,20 +91,52 @@ def is_quantized_expert(module: nn.Module, attr: str) -> bool:
 
 
 def quantize_expert_(module: nn.Module, attr: str, value: torch.Tensor, config: BitsAndBytesConfig) -> None:
-    """Store `value` as `module.<attr>` in 4 bits (NF4/FP4 per `config`), dequantised on access."""
-    from bitsandbytes.nn.parametrize import replace_parameter_4bit
+    """Store `value` as `module.<attr>` in 4 bits (NF4/FP4 per `config`), dequantised on access to the dtype
+    it came in (the family's experts kernel multiplies it with hidden states of that dtype;
+    bnb_4bit_compute_dtype is the Linear4bit layers')."""
+    from bitsandbytes.nn.parametrize import replace_parameter_4bit_prequantized
 
     if is_quantized_expert(module, attr):
         nn.utils.parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-    setattr(module, attr, nn.Parameter(value, requires_grad=False))
-    replace_parameter_4bit(
-        module,
-        attr,
-        compress_statistics=config.bnb_4bit_use_double_quant,
-        quant_type=config.bnb_4bit_quant_type,
+    packed, state = quantize_4bit(
+        value, quant_type=config.bnb_4bit_quant_type, double_quant=config.bnb_4bit_use_double_quant
     )
-    # It dequantises to the dtype it came in (the model's): the family's experts kernel multiplies it with
-    # hidden states of that dtype. (bnb_4bit_compute_dtype is the Linear4bit layers' compute dtype.)
+    setattr(module, attr, nn.Parameter(packed, requires_grad=False))
+    replace_parameter_4bit_prequantized(module, attr, state.as_dict(packed=True), packed.device)
+
+
+CHUNK = 1 << 20  # weights quantised at a time (a multiple of every block size)
+
+
+def quantize_4bit(
+    tensor: torch.Tensor, quant_type: str = "nf4", double_quant: bool = True, chunk: int = CHUNK
+):
+    """bitsandbytes' `functional.quantize_4bit`, bit for bit, a `chunk` of weights at a time.
+
+    bitsandbytes' CPU kernel holds about seven float32-sized copies of its input at once (800 MB for a 112 MB
+    bf16 expert tensor); the blocks are independent, so quantising them a chunk at a time gives the same
+    packed data and scales with a transient of one chunk. The scales' own (double) quantisation then runs
+    on all of them, as in bitsandbytes. Returns (packed (ceil(n/2), 1) uint8, QuantState)."""
+    import bitsandbytes.functional as F
+
+    flat = tensor.reshape(-1)
+    packed, absmax = [], []
+    for start in range(0, flat.numel(), chunk):
+        p, a = torch.ops.bitsandbytes.quantize_4bit.default(
+            flat[start : start + chunk], BLOCKSIZE, quant_type, torch.uint8
+        )
+        packed.append(p)
+        absmax.append(a)
+    packed, absmax = torch.cat(packed), torch.cat(absmax)
+    code = F.get_4bit_type(quant_type, device=tensor.device)
+    kwargs = dict(
+        shape=tensor.shape, dtype=tensor.dtype, blocksize=BLOCKSIZE, code=code, quant_type=quant_type
+    )
+    if not double_quant:
+        return packed, F.QuantState(absmax=absmax, **kwargs)
+    offset = absmax.mean()
+    qabsmax, state2 = F.quantize_blockwise(absmax - offset, blocksize=_NESTED_BLOCKSIZE)
+    return packed, F.QuantState(absmax=qabsmax, offset=offset, state2=state2, **kwargs)
 
 
 def quantize_experts_(model: nn.Module, config: BitsAndBytesConfig | None = None) -> nn.Module:
@@ -134,6 +169,16 @@ class MoEBitsAndBytesConfig(BitsAndBytesConfig):
         self.quant_method = QUANT_METHOD
 
 
+def _release_freed_memory() -> None:
+    """Hand the freed full-precision tensors' pages back to the OS (glibc's malloc_trim). Without it glibc
+    keeps them in its heap between the smaller 4-bit tensors allocated meanwhile, and a CPU load's resident
+    memory grows by about twice the 4-bit model. A no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _QuantizeOnLoad:
     """transformers' conversion op for quantised parameters: experts through the parametrization, the
     Linear layers' weights through transformers' own bitsandbytes op."""
@@ -146,17 +191,23 @@ class _QuantizeOnLoad:
 
     def convert(self, input_dict, model=None, missing_keys=None, **kwargs):
         out = {}
-        for name, value in input_dict.items():
+        for name in list(input_dict):
+            value = input_dict.pop(name)  # the caller's dict: it holds no full-precision copy after this
             value = value[0] if isinstance(value, list) else value
-            if name in self.quantizer.expert_names:
-                module_name, _, attr = name.rpartition(".")
-                quantize_expert_(
-                    model.get_submodule(module_name), attr, value, self.quantizer.quantization_config
-                )
-                if missing_keys is not None:
-                    missing_keys.discard(name)
-            else:
+            if name not in self.quantizer.expert_names:
                 out.update(self.linear.convert({name: value}, model=model, **kwargs))
+                continue
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name)
+            quantize_expert_(module, attr, value, self.quantizer.quantization_config)
+            # Loaded: transformers' weight initialisation would otherwise dequantise the tensor to re-draw
+            # it (as transformers' own op marks a Linear4bit).
+            module._is_hf_initialized = True
+            if missing_keys is not None:
+                missing_keys.discard(name)
+            if value.device.type == "cpu":
+                del value
+                _release_freed_memory()
         return out
 
 
@@ -195,9 +246,6 @@ def registered() -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Bytes: what the frozen base holds, measured on a loaded model or predicted on `meta`
-
-BLOCKSIZE = 64  # bitsandbytes' 4-bit block (weights per absmax scale)
-_NESTED_BLOCKSIZE = 256  # double quantisation: absmax scales per second-level scale
 
 
 def four_bit_bytes(numel: int, double_quant: bool, blocksize: int = BLOCKSIZE) -> int:
