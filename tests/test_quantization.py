@@ -130,8 +130,9 @@ def test_the_experts_take_under_a_third_of_their_16_bit_bytes(loaded):
     ids=["R", "E", "D", "S", "top-p"],
 )
 def test_perft_trains_on_the_4bit_base_through_get_peft_model(olmoe_dir, spec):
-    import perft_exp
     from peft import get_peft_model
+
+    import perft_exp
 
     model = get_peft_model(_load(olmoe_dir), perft_exp.PerftConfig(bottleneck=4, **spec))
     _train_steps(model)
@@ -171,8 +172,9 @@ def _train_steps(model, steps: int = 3) -> None:
 
 
 def test_an_adapter_moves_between_the_4bit_and_the_full_precision_base(olmoe_dir, tmp_path):
-    import perft_exp
     from peft import PeftModel, get_peft_model
+
+    import perft_exp
 
     inputs = _inputs()
     trained = get_peft_model(_load(olmoe_dir), perft_exp.PerftConfig(variant="E", bottleneck=4))
@@ -274,7 +276,9 @@ def watch():
         peak[0] = max(peak[0], anon_kb()); time.sleep(0.002)
 threading.Thread(target=watch, daemon=True).start()
 quant = MoEBitsAndBytesConfig(bnb_4bit_compute_dtype=torch.bfloat16) if sys.argv[2] == "4bit" else None
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16, quantization_config=quant)
+model = transformers.AutoModelForCausalLM.from_pretrained(
+    sys.argv[1], dtype=torch.bfloat16, quantization_config=quant
+)
 done.set()
 peak[0] = max(peak[0], anon_kb())
 vmhwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
