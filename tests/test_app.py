@@ -152,17 +152,21 @@ def test_deepspeed_single_process(stage, micro_model_dir, ds_env, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero2", "zero3", "zero2-4bit"])
 def test_deepspeed_torchrun_two_processes(stage, micro_model_dir, ds_env, tmp_path):
+    """Two ranks on CPU (gloo); ZeRO-2 also over the 4-bit base (each rank holds it whole: ZeRO-2 shards
+    optimizer state and gradients, which are the adapters' alone)."""
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    stage, _, quant = stage.partition("-")
     cmd = [
         torchrun,
         "--nproc_per_node",
         "2",
         "--master_port",
-        str(29500 + int(stage[-1])),
+        str(29500 + int(stage[-1]) + 10 * bool(quant)),
         str(REPO / "train.py"),
         *_ds_args(micro_model_dir, tmp_path, stage),
+        *([f"model.quantization={quant}"] if quant else []),
     ]
     if stage == "zero3":  # sharded weights: evaluation and the final adapter save need both ranks
         cmd = [a for a in cmd if a != "eval.enabled=false"] + ["task.max_test_examples=3"]
@@ -254,6 +258,13 @@ def test_perft_trains_on_a_4bit_model(micro_model_dir, app_env, tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["train"]["steps"] == 8 and results["variant_name"] == "R (Top2/4) [adapter] r16"
     assert "model.quantization=4bit" in results["config_changes"]
+    # the loaded 4-bit base's bytes (its fp32 embeddings, norms and routers included), and the record of
+    # how the base was quantised in each file that describes the run
+    assert 0 < results["params"]["base_weight_bytes"] < 0.45 * 4 * results["params"]["base_total"]
+    run_config = json.loads((tmp_path / "run_config.json").read_text())
+    assert run_config["model"]["quantization"] == "4bit" and run_config["model"]["quant_type"] == "nf4"
+    adapter = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter["base_quantization"]["bits"] == 4
 
 
 def test_run_names_separate_what_the_command_line_changes():
