@@ -195,6 +195,8 @@ def test_the_base_eval_cache_is_keyed_by_what_the_result_depends_on(tmp_path):
     others = [
         cache(weights="/cache/tiny_olmoe-def456"),  # a rebuilt tiny model
         cache(model=dataclasses.replace(spec.model, dtype="bfloat16")),
+        cache(model=dataclasses.replace(spec.model, quantization="4bit")),  # a 4-bit base answers otherwise
+        cache(model=dataclasses.replace(spec.model, quantization="4bit", quant_type="fp4")),
         cache(ev=dataclasses.replace(spec.eval, max_new_tokens=8)),
         cache(ev=dataclasses.replace(spec.eval, protocol="authors")),
         cache(records={**tests, "boolq": [{"instruction": "q2", "answer": "true"}]}),  # edited data

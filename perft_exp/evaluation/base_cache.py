@@ -30,8 +30,8 @@ def base_eval_cache(
 
     The cache key covers everything the result depends on: the resolved weights (`weights`, the loaded model's
     name_or_path: a tiny model's directory name carries its build hash; model.pretrained when empty), dtype,
-    decoding settings and the exact test records (so `task.max_test_examples` or edited data never reuse a
-    stale score).
+    the 4-bit quantisation, decoding settings and the exact test records (so `task.max_test_examples` or
+    edited data never reuse a stale score).
     """
     key_src = {
         "weights": str(weights or model.pretrained),
@@ -45,6 +45,8 @@ def base_eval_cache(
             for name, recs in sorted(tests.items())
         },
     }
+    if model.quantization != "none":  # a 4-bit base answers differently (unquantised keys stay as they were)
+        key_src["quantization"] = [str(model.quantization), str(model.quant_type), model.double_quant]
     key = hashlib.sha1(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:10]
     return base_eval_dir(output_root, task.name, model.name) / f"{ev.mode}-{key}.json"
 
