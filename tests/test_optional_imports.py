@@ -54,7 +54,7 @@ def test_only_a_package_no_job_uses_is_hidden():
     default = compose_spec([])
     assert unused([default]) == ["bitsandbytes", "deepspeed"]
     # a multirun in which one job quantises
-    assert unused([default, compose_spec(["model.quantization=8bit"])]) == ["deepspeed"]
+    assert unused([default, compose_spec(["model.quantization=4bit"])]) == ["deepspeed"]
     assert unused([compose_spec(["deepspeed=zero2"])]) == ["bitsandbytes"]
 
 

@@ -320,3 +320,25 @@ def test_loading_in_4bit_peaks_under_half_the_memory_of_bf16(tmp_path):
         peaks[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     print(peaks)
     assert peaks["4bit"]["anon_peak_mb"] <= 0.5 * peaks["bf16"]["anon_peak_mb"], peaks
+
+
+def _count(*overrides: str) -> dict:
+    from conftest import REPO
+
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "count_params.py"), *overrides],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_count_params_says_mixtral_8x7b_fits_one_gpu_in_4bit():
+    """On meta: the frozen base's bytes under model.quantization, what a user sizes a GPU by."""
+    args = ("model=mixtral_8x7b", "model.dtype=bfloat16", "variant=none")
+    bf16, four = _count(*args), _count(*args, "model.quantization=4bit")
+    assert bf16["base_weight_bytes"] == pytest.approx(2 * bf16["base_total"], rel=1e-6)  # 93.4 GB + buffers
+    assert four["base_weight_bytes"] <= 30e9 and four["base_total"] == bf16["base_total"]
+    assert four["quantization"] == "4bit"
