@@ -34,6 +34,7 @@ import contextlib
 import copy
 import ctypes
 import json
+import math
 import random
 import statistics
 import subprocess
@@ -119,6 +120,54 @@ def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
     return base.train()
 
 
+def build_4bit_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
+    """`build_base`'s model (the same random weights), saved and loaded back in 4 bits through
+    `from_pretrained`, as train.py loads `model.quantization=4bit`: NF4 with double quantisation for the
+    Linear layers and the fused experts (perft_exp/models/quantization.py), dequantised to the model's
+    dtype."""
+    import tempfile
+
+    from perft_exp.models.quantization import MoEBitsAndBytesConfig
+
+    base = build_base(model, "cpu", seed)
+    dtype = getattr(torch, model.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        base.save_pretrained(tmp)
+        del base
+        quantized = transformers.AutoModelForCausalLM.from_pretrained(
+            tmp,
+            dtype=dtype,
+            quantization_config=MoEBitsAndBytesConfig(bnb_4bit_compute_dtype=dtype),
+            experts_implementation="grouped_mm",
+            device_map={"": device},
+        )
+    return quantized.train()
+
+
+def expert_bytes(model: nn.Module) -> dict[str, float]:
+    """The fused experts' bytes as held (4-bit: packed data and scales) against the same tensors in bf16."""
+    from perft_exp.models.quantization import expert_tensors, is_quantized_expert
+
+    held = bf16 = 0
+    for _, module, attr in expert_tensors(model):
+        if is_quantized_expert(module, attr):
+            state = module.parametrizations[attr][0].quant_state
+            numel = math.prod(state.shape)
+            held += module.parametrizations[attr].original.numel() + _quant_state_nbytes(state)
+        else:
+            numel = getattr(module, attr).numel()
+            held += numel * getattr(module, attr).element_size()
+        bf16 += 2 * numel
+    return {"experts_mb": held / 2**20, "experts_bf16_mb": bf16 / 2**20, "experts_vs_bf16": held / bf16}
+
+
+def _quant_state_nbytes(state) -> int:
+    tensors = [state.absmax, state.code, state.offset]
+    if state.nested:
+        tensors += [state.state2.absmax, state.state2.code]
+    return _tensor_bytes(tensors)
+
+
 def make_batch(model: BenchModel, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(model.config().vocab_size, (model.batch_size, model.seq_len), generator=g)
@@ -133,8 +182,10 @@ def _share_weights(base: nn.Module) -> nn.Module:
 class Case:
     """One adapter configuration on (a weight-sharing copy of) the base model, ready to train."""
 
-    def __init__(self, name: str, base: nn.Module, adapter_dtype: str = "float32") -> None:
-        self.name, spec = name, CASES[name]
+    def __init__(
+        self, name: str, base: nn.Module, adapter_dtype: str = "float32", spec: str | None = None
+    ) -> None:
+        self.name, spec = name, CASES[spec or name]
         model = _share_weights(base)
         if spec is None:
             freeze(model)
@@ -294,11 +345,16 @@ def _step_peak_bytes(step: Callable[[], None]) -> int:
     return peak
 
 
-def memory_of_case(model: BenchModel, case: str, device: str, adapter_dtype: str) -> dict:
-    """Runs in the subprocess: build the base, train two steps (CPU: and a profiled third); MB."""
-    base = build_base(model, device)
+def memory_of_case(
+    model: BenchModel, case: str, device: str, adapter_dtype: str, quantization: str = "none"
+) -> dict:
+    """Runs in the subprocess: build the base (4bit: loaded back in 4 bits), train two steps (CPU: and a
+    profiled third); MB."""
+    from perft_exp.models.quantization import weight_bytes
+
+    base = build_4bit_base(model, device) if quantization == "4bit" else build_base(model, device)
     batch = make_batch(model, device)
-    weights = _tensor_bytes(base.parameters()) / 2**20
+    weights = weight_bytes(base) / 2**20
     if device.startswith("cuda"):
         built = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -319,7 +375,9 @@ def memory_of_case(model: BenchModel, case: str, device: str, adapter_dtype: str
     return result if rss is None else {**result, "rss_peak_mb": rss}
 
 
-def measure_memory(model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str) -> dict:
+def measure_memory(
+    model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str, quantization: str = "none"
+) -> dict:
     """`memory_of_case` in a fresh Python process, so that no other case's memory is in the peak."""
     cmd = [
         sys.executable,
@@ -335,6 +393,8 @@ def measure_memory(model: BenchModel, case: str, device: str, threads: int, adap
         str(threads),
         "--adapter-dtype",
         adapter_dtype,
+        "--quantization",
+        quantization,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -394,13 +454,15 @@ def _memory_main() -> None:
 
     parser = argparse.ArgumentParser(description="one case's peak memory (used by scripts/bench.py)")
     parser.add_argument("--model", required=True, choices=sorted(BENCH_MODELS))
-    parser.add_argument("--case", required=True, choices=list(CASES))
+    parser.add_argument("--case", required=True, choices=list(CASES))  # on the full or the 4-bit base
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--adapter-dtype", default="float32")
+    parser.add_argument("--quantization", default="none", choices=["none", "4bit"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = memory_of_case(BENCH_MODELS[args.model], args.case, args.device, args.adapter_dtype)
+    model = BENCH_MODELS[args.model]
+    result = memory_of_case(model, args.case, args.device, args.adapter_dtype, args.quantization)
     print(json.dumps(result))
 
 

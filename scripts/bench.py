@@ -4,6 +4,7 @@
     python scripts/bench.py --quick                      # smoke run: 2 rounds, no memory subprocesses
     python scripts/bench.py --eval --json outputs/bench/cpu.json   # + evaluation throughput, write JSON
     python scripts/bench.py --device cuda                # OLMoE-1B-7B architecture, bf16, random weights
+    python scripts/bench.py --base 4bit                  # the cases over the base loaded in 4 bits
 
 Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (median [quartiles]),
 and peak memory; then the performance targets, PASS or FAIL. How cases are timed and how memory is
@@ -24,16 +25,23 @@ import platform
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from perft_exp.optional_imports import hide_unused
 
-# The bench never quantises nor runs DeepSpeed: hidden before transformers loads, their import-time warnings
-# stay out of the output (perft_exp/optional_imports.py).
-hide_unused()
+# The bench never runs DeepSpeed and quantises only with --base 4bit: what it does not use is hidden before
+# transformers loads, so their import-time warnings stay out of the output (perft_exp/optional_imports.py).
+_QUANTIZES = "4bit" in sys.argv[sys.argv.index("--base") + 1 :][:1] if "--base" in sys.argv else False
+hide_unused([SimpleNamespace(model=SimpleNamespace(quantization="4bit" if _QUANTIZES else "none"))])
 from perft_exp import bench  # noqa: E402
 
+# --base 4bit: the frozen base loaded in 4 bits; the cases train on it, `frozen` is the 4-bit frozen step and
+# `frozen_full` the full-precision one (the same weights before quantisation).
+QUANT_CASES = ("qv_lora", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16")
+QUANT_TARGETS = {"R_top2of4_r16": 1.10}  # on the 4-bit base, against the 4-bit frozen step
+EXPERT_BYTES_TARGET = 0.30  # the experts' bytes in 4 bits against bf16
 # The performance targets (CPU, all read from one run).
 STEP_TARGETS = {"R_top2of4_r16": 1.05, "E_r16": 1.10, "D4_r16": 1.05, "S_r16": 1.05}
 LOOP_SHARE = 1 / 3  # batched E adds at most this share of what E_loop adds over frozen
@@ -51,9 +59,30 @@ def machine(device: str, threads: int) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {threads} torch thread(s), torch {torch.__version__}"
 
 
-def check_targets(cases: dict[str, dict]) -> list[dict]:
-    """Each target whose cases were run: what it asks, the measured value, and whether it passes."""
+def check_targets(cases: dict[str, dict], experts: dict | None = None) -> list[dict]:
+    """Each target whose cases were run: what it asks, the measured value, and whether it passes.
+    `experts` (--base 4bit): the experts' bytes; the step targets are then the 4-bit base's."""
     checks = []
+    if experts is not None:
+        ratio = experts["experts_vs_bf16"]
+        checks.append(
+            {
+                "target": f"4-bit experts' bytes <= {EXPERT_BYTES_TARGET:.2f}x bf16",
+                "value": f"{ratio:.3f}x",
+                "pass": ratio <= EXPERT_BYTES_TARGET,
+            }
+        )
+        for name, limit in QUANT_TARGETS.items():
+            if name in cases:
+                ratio = cases[name]["ratio_vs_frozen"]
+                checks.append(
+                    {
+                        "target": f"{name} on the 4-bit base <= {limit:.2f}x the 4-bit frozen step",
+                        "value": f"{ratio:.3f}x",
+                        "pass": ratio <= limit,
+                    }
+                )
+        return checks
     for name, limit in STEP_TARGETS.items():
         if name in cases:
             ratio = cases[name]["ratio_vs_frozen"]
@@ -143,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the per-case memory subprocesses")
     parser.add_argument("--eval", action="store_true", help="add evaluation throughput at batch size 1/8/16")
     parser.add_argument("--eval-mode", default="paper", choices=["paper", "greedy", "score"])
+    parser.add_argument(
+        "--base",
+        default="full",
+        choices=["full", "4bit"],
+        help="4bit: the cases train on the base loaded in 4 bits; frozen_full: the full-precision frozen one",
+    )
     args = parser.parse_args(argv)
+    quant = args.base == "4bit"
 
     if args.device == "cuda" and not torch.cuda.is_available():  # nothing measured is a failure, not a pass
         print("error: --device cuda: no CUDA device here; nothing was benchmarked", file=sys.stderr)
@@ -155,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     model = bench.BENCH_MODELS[args.model or bench.DEFAULT_MODEL[args.device]]
     # grouped_mm on CUDA takes bf16 operands only: the adapters there run in the model's dtype.
     adapter_dtype = "float32" if args.device == "cpu" else "model"
-    names = ["frozen", *[c for c in (args.cases or bench.CASES) if c != "frozen"]]
+    names = ["frozen", *[c for c in (args.cases or (QUANT_CASES if quant else bench.CASES)) if c != "frozen"]]
     cfg = model.config()
     print(
         f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
@@ -172,13 +208,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("peak memory, one subprocess per case:", flush=True)
         for name in names:
-            mem[name] = bench.measure_memory(model, name, args.device, args.threads, adapter_dtype)
+            mem[name] = bench.measure_memory(
+                model, name, args.device, args.threads, adapter_dtype, "4bit" if quant else "none"
+            )
             print(f"  {name:14s} {mem[name]['peak_mem_mb']:8.1f} MB above the base weights", flush=True)
+        if quant:
+            mem["frozen_full"] = bench.measure_memory(
+                model, "frozen", args.device, args.threads, adapter_dtype
+            )
+            print(f"  {'frozen_full':14s} {mem['frozen_full']['peak_mem_mb']:8.1f} MB", flush=True)
 
     start = time.perf_counter()
-    base = bench.build_base(model, args.device)
+    base = bench.build_4bit_base(model, args.device) if quant else bench.build_base(model, args.device)
     batch = bench.make_batch(model, args.device)
     cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
+    experts = None
+    if quant:
+        experts = bench.expert_bytes(base)
+        full = bench.build_base(model, args.device)
+        cases["frozen_full"] = bench.Case("frozen_full", full, adapter_dtype, spec="frozen")
+        names.append("frozen_full")
+        print(
+            f"4-bit base: experts {experts['experts_mb']:.1f} MB, {experts['experts_vs_bf16']:.3f}x their "
+            f"{experts['experts_bf16_mb']:.1f} MB in bf16",
+            flush=True,
+        )
     print(
         f"timing {len(cases)} cases: {args.warmup} warm-up steps each, then {args.rounds} rounds", flush=True
     )
@@ -213,11 +267,20 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"perft_exp.evaluation or the tiny model is not usable: {type(e).__name__}: {e}"
             result["eval_throughput"] = {"skipped": reason}
             print(f"  skipped: {reason}")
-    result["targets"] = check_targets(result["cases"])
+    if quant:
+        # frozen_full's ratio is the full-precision frozen step over the 4-bit one
+        dequant = 1 / result["cases"]["frozen_full"]["ratio_vs_frozen"]
+        result.update(base="4bit", experts=experts, frozen_4bit_vs_full=dequant)
+    result["targets"] = check_targets(result["cases"], experts)
 
     print()
     print(format_table(result))
     print()
+    if quant:
+        print(
+            f"the 4-bit frozen step takes {result['frozen_4bit_vs_full']:.3f}x the full-precision "
+            f"({model.dtype}) frozen step: the cost of dequantising the weights at every forward and backward"
+        )
     for check in result["targets"]:
         print(f"{'PASS' if check['pass'] else 'FAIL'}  {check['target']}: {check['value']}")
     if args.json:
