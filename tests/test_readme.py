@@ -87,7 +87,7 @@ COMMANDS = {
     "deepspeed --num_gpus 8 train.py model=mixtral_8x7b trainer=mixtral deepspeed=zero2": error(
         "model.pretrained='mistralai/Mixtral-8x7B-v0.1' is not in the local Hugging Face cache"
     ),
-    "python train.py model=olmoe_1b_7b task=commonsense trainer=olmoe model.quantization=4bit "
+    "python train.py model=mixtral_8x7b task=commonsense trainer=mixtral model.quantization=4bit "
     "variant=R": error(NO_DATA),
     # Sweeps
     "python scripts/sweep.py list": ok("olmoe_commonsense       100 jobs"),
