@@ -53,6 +53,11 @@ EvalProtocol = StrEnum("EvalProtocol", {"FIXED": "fixed", "AUTHORS": "authors"})
 Prompt = StrEnum("Prompt", {"CLEAN": "clean", "AUTHORS": "authors"})  # data/prompts.py
 
 
+# model.gradient_checkpointing's default follows model.quantization (resolved when the config is composed, so
+# a run's saved config holds the boolean it ran with).
+GRADIENT_CHECKPOINTING_DEFAULT = "${is_4bit:${.quantization}}"
+
+
 @dataclass
 class ModelConfig:
     """The `model` group: which base model, how it loads (dtype, kernels, quantisation)."""
@@ -114,10 +119,10 @@ class ModelConfig:
             "bfloat16 | float16 (the experts dequantise to model.dtype, the dtype of the hidden states)"
         },
     )
-    gradient_checkpointing: bool | None = field(
-        default=None,
+    gradient_checkpointing: bool = field(
+        default=GRADIENT_CHECKPOINTING_DEFAULT,  # true with quantization=4bit, else false
         metadata={
-            "help": "recompute activations in the backward pass (less memory, more time); null: on with "
+            "help": "recompute activations in the backward pass (less memory, more time); default: on with "
             "quantization=4bit (then only the block being recomputed holds its dequantised experts), else off"
         },
     )
@@ -129,7 +134,7 @@ class ModelConfig:
             raise ValueError(f"model.quantization=8bit is refused: {EIGHT_BIT_REFUSAL}")
         self.quant_type = one_of("model.quant_type", self.quant_type, QuantType)
         self.compute_dtype = one_of("model.compute_dtype", self.compute_dtype, Dtype)
-        if self.gradient_checkpointing is None:
+        if self.gradient_checkpointing == GRADIENT_CHECKPOINTING_DEFAULT:  # built in Python, not composed
             self.gradient_checkpointing = self.quantization == Quantization.BIT4
 
 
@@ -646,11 +651,13 @@ def run_name(perft: DictConfig | dict, seed: int | None = None, *, _root_: DictC
 
 
 def register_resolvers() -> None:
-    """Register the config's resolvers: run_tag, run_name, perft_cache (idempotent)."""
+    """Register the config's resolvers: run_tag, run_name, is_4bit, perft_cache (idempotent)."""
     if not OmegaConf.has_resolver("run_tag"):
         OmegaConf.register_new_resolver("run_tag", run_tag)
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("is_4bit"):
+        OmegaConf.register_new_resolver("is_4bit", lambda quantization: str(quantization) == "4bit")
     if not OmegaConf.has_resolver("perft_cache"):
         OmegaConf.register_new_resolver("perft_cache", lambda: str(cache_root()))
 
@@ -682,6 +689,7 @@ def compose_spec(overrides: list[str] | None = None) -> TrainConfig:
 
 def model_config(name: str) -> ModelConfig:
     """One option of the model group on its own, typed: conf/model/<name>.yaml over ModelConfig (bench.py)."""
+    register_resolvers()
     node = OmegaConf.merge(
         OmegaConf.structured(ModelConfig), OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
     )
