@@ -104,7 +104,8 @@ def _loglik(resp) -> float:
 
 @pytest.mark.slow
 def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
-    """The documented command (docs/peft.md) on a local task made from the synthetic suite."""
+    """The documented command (docs/peft.md) on a local task made from the synthetic suite: lm-eval's own
+    console script, in a process that never imports perft_exp (the start-up line registers PERFT)."""
     pytest.importorskip("lm_eval")
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,9 +125,7 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "adapter")
     cmd = [
-        sys.executable,
-        "-c",
-        "import perft_exp; from lm_eval.__main__ import cli_evaluate; cli_evaluate()",
+        str(Path(sys.executable).parent / "lm_eval"),
         "--model",
         "hf",
         "--model_args",

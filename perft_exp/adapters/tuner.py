@@ -22,6 +22,8 @@ transformers' `load_adapter` inserts it after the `perft_` prefix).
 
 Registration: peft's `register_peft_method` accepts only names of its own `PeftType` enum, so PERFT adds
 itself to peft.mapping's three tables under a `str` enum member of its own (`PerftType.PERFT == "PERFT"`).
+It does so as this module's last statement, as PEFT's own methods register when their module is imported;
+`_perft_exp.py` (the repository root) only arranges for this module to be imported once peft is.
 """
 
 from __future__ import annotations
@@ -452,3 +454,6 @@ def register() -> None:
     peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[PerftType.PERFT] = PerftPeftConfig
     peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING[PerftType.PERFT] = PerftModel
     peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING[PerftType.PERFT] = PREFIX
+
+
+register()
