@@ -234,10 +234,13 @@ def test_a_tensor_of_the_wrong_shape_leaves_nothing_attached(tmp_path):
     _assert_untouched(base)
 
 
-def test_without_import_perft_exp_peft_names_the_missing_method(tmp_path):
-    """peft alone does not know PERFT: its error names the type (docs/peft.md: add `import perft_exp`)."""
+def test_without_the_startup_line_peft_names_the_missing_method(tmp_path):
+    """Where perft-exp is importable but not installed (no `_perft_exp.pth`: its finder is taken off here) and
+    nothing imports perft_exp, peft does not know PERFT, and its error names the type (docs/peft.md)."""
+    from test_registration import NO_STARTUP_HOOK
+
     get_peft_model(tiny_moe("olmoe"), perft_config("S")).save_pretrained(tmp_path)
-    code = f"from peft import PeftConfig; PeftConfig.from_pretrained({str(tmp_path)!r})"
+    code = f"{NO_STARTUP_HOOK}\nfrom peft import PeftConfig; PeftConfig.from_pretrained({str(tmp_path)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "KeyError: 'PERFT'"
