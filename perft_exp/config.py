@@ -254,11 +254,11 @@ class TrainerConfig:
         metadata={"help": "the trainer's seed (data order); conf/train.yaml sets it to the top-level seed"},
     )
     cpu_threads: int | None = field(
-        default=None,
+        default=2,
         metadata={
             "help": "torch's CPU threads for a run without a GPU (null: torch's default, one per core); the "
-            "thread count sets how float sums are split, so a pinned count keeps the digits independent of "
-            "the core count and OMP_NUM_THREADS (trainer=tiny pins 2)"
+            "thread count sets how float sums are split, so a pinned count keeps the miniature's digits "
+            "independent of the core count and OMP_NUM_THREADS"
         },
     )
 
