@@ -5,8 +5,9 @@ PEFT config, for `peft.get_peft_model(model, perft_exp.PerftConfig(variant="R", 
 (docs/peft.md).
 
 The import itself stays light: torch-free modules (the run directory, the sweep grids, the configs) never load
-torch or peft through it. Registration happens when peft is imported, now or later, by anyone: if peft is
-already loaded it runs at once, otherwise a one-shot import hook runs it right after peft's own import.
+torch or peft through it. Registration happens when peft is imported, now or later, by anyone, in any order
+(`_perft_exp.py` at the repository root says how and why that is safe): installed, the package arms it at
+Python's start-up (`_perft_exp.pth`), so tools that never import perft_exp load PERFT adapters too.
 
 Subpackages:
   adapters/    PEFT experts, the R/E/D/S variants, the PEFT tuner, the HF-PEFT LoRA baselines,
@@ -20,53 +21,12 @@ Subpackages:
 
 from __future__ import annotations
 
-import importlib.abc
-import sys
+import _perft_exp
 
 __version__ = "0.1.0"
 __all__ = ["MoEBitsAndBytesConfig", "PerftConfig"]
 
-
-def _register() -> None:
-    from perft_exp.adapters.tuner import register
-
-    register()
-
-
-class _RegisterAfterPeft(importlib.abc.MetaPathFinder):
-    """Finds nothing of its own: it hands out peft's spec with a loader that registers PERFT as soon as peft's
-    `__init__` has run, then leaves sys.meta_path. (transformers probes peft with `find_spec` before importing
-    it, so every spec handed out carries the hook.)"""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "peft":
-            return None
-        for finder in sys.meta_path:
-            spec = (
-                None
-                if finder is self
-                else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
-            )
-            if spec is not None:
-                break
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_then_register(module) -> None:
-            exec_module(module)
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
-            _register()
-
-        spec.loader.exec_module = exec_then_register
-        return spec
-
-
-if "peft" in sys.modules:
-    _register()
-elif not any(isinstance(f, _RegisterAfterPeft) for f in sys.meta_path):
-    sys.meta_path.insert(0, _RegisterAfterPeft())
+_perft_exp.install()
 
 
 def __getattr__(name: str):

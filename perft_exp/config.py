@@ -285,8 +285,18 @@ class TrainerConfig:
         default=DEFAULT_SEED,
         metadata={"help": "the trainer's seed (data order); conf/train.yaml sets it to the top-level seed"},
     )
+    cpu_threads: int | None = field(
+        default=2,
+        metadata={
+            "help": "torch's CPU threads for a run without a GPU (null: torch's default, one per core); the "
+            "thread count sets how float sums are split, so a pinned count keeps the miniature's digits "
+            "independent of the core count and OMP_NUM_THREADS"
+        },
+    )
 
     def __post_init__(self) -> None:
+        if self.cpu_threads is not None:
+            at_least("trainer.cpu_threads", self.cpu_threads)
         self.nonfinite_loss = one_of("trainer.nonfinite_loss", self.nonfinite_loss, NonfiniteLoss)
         at_least("trainer.learning_rate", self.learning_rate, strict=False)
         # splits on the ranks this process started with

@@ -1,4 +1,4 @@
-"""Atomic file writes and write failures (torch-free).
+"""Atomic file writes and write failures, and whether a saved file reads back (torch-free).
 
 A reader never sees half a file and a failed or killed writer leaves no partial one (its temporary file is
 removed when the write fails). A write that fails for a reason of the disk (no space, quota, read-only,
@@ -12,6 +12,8 @@ import errno
 import json
 import os
 import re
+import struct
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -120,3 +122,45 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Write `obj` as indented, key-sorted JSON, atomically (atomic_write_bytes)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format (optimizer.pt, scheduler.pt, rng_state.pth) is a zip archive
+
+
+def _safetensors_problem(f, size: int) -> str | None:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors' bytes: the header's
+    last `data_offsets` end must be the file's end."""
+    head = f.read(8)
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else size
+    if 8 + n > size:
+        return f"truncated: a {size}-byte file with a {n}-byte header"
+    header = json.loads(f.read(n))
+    ends = [t["data_offsets"][1] for key, t in header.items() if key != "__metadata__"]
+    end = 8 + n + max(ends, default=0)
+    return None if end == size else f"truncated: its tensors end at byte {end}, the file at byte {size}"
+
+
+def unreadable(path: str | os.PathLike) -> str | None:
+    """Why a saved file does not read back, judged by its kind without loading it (None when it reads):
+    JSON parses; a safetensors file's header parses and its tensors end where the file ends; a zip archive
+    (torch.save's format) is complete and every member passes its CRC check. Other files are not judged."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "empty"
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+            return None
+        with open(path, "rb") as f:
+            if path.suffix == ".safetensors":
+                return _safetensors_problem(f, size)
+            if f.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                return None
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+        return f"corrupted: {bad} fails its CRC check" if bad else None
+    except (OSError, ValueError, LookupError, TypeError, zipfile.BadZipFile, EOFError) as e:
+        # ValueError: JSON and UTF-8 errors; BadZipFile: a zip archive cut short (no central directory)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return f"truncated or corrupted ({reason})"

@@ -5,7 +5,8 @@
       .hold.json          the process working in it      -> state "running" (perft_exp/run_lock.py)
       failed.json         a run that raised              -> state "failed" (error: the first error line)
       checkpoints/        an interrupted run             -> state "started"; else "pending"
-        checkpoint-<step>/  complete once trainer_state.json is written (RunDir.latest_checkpoint resumes it)
+        checkpoint-<step>/  complete once trainer_state.json is written; RunDir.latest_checkpoint resumes the
+                            newest one whose files all read back
       run_config.json     the config that owns the directory (checked by train.py and by every sweep)
       config.yaml         the resolved config, written beside results.json (what `load_spec` reads back)
       .hydra/overrides.yaml  the command line's overrides (replayed by scripts/evaluate.py)
@@ -38,7 +39,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from perft_exp.files import atomic_write_bytes, atomic_write_json
+from perft_exp.files import atomic_write_bytes, atomic_write_json, unreadable
 from perft_exp.run_lock import Holder, RunLock, read_holder
 
 RESULTS_NAME = "results.json"
@@ -172,11 +173,26 @@ class RunDir:
 
     # --- checkpoints (the HF Trainer's, below checkpoints/) ----------------------------------------------
 
-    def latest_checkpoint(self) -> str | None:
-        """The newest checkpoint that was fully written (HF writes trainer_state.json last), with its adapter
-        config: the one to resume from (None when there is none).
+    def checkpoint_problem(self, ckpt: Path) -> str | None:
+        """Why a complete checkpoint does not load (None when it does): its adapter config is missing, or one
+        of its files (adapter tensors, optimizer, scheduler, RNG state, trainer state, ...) does not read
+        back (perft_exp/files.py: unreadable)."""
+        if not (ckpt / ADAPTER_CONFIG_NAME).is_file():
+            return f"no {ADAPTER_CONFIG_NAME}"
+        for path in sorted(p for p in ckpt.rglob("*") if p.is_file()):
+            reason = unreadable(path)
+            if reason:
+                return f"{path.relative_to(ckpt)} is {reason}"
+        return None
 
-        A run killed while saving leaves a partial checkpoint-N behind; resuming skips it.
+    def latest_checkpoint(self) -> str | None:
+        """The newest checkpoint that loads: the one to resume from (None when the run has none).
+
+        A directory without trainer_state.json (which the HF Trainer writes last) is a save that was cut
+        off, not a checkpoint: it is skipped. A complete checkpoint with a file that does not read back (a
+        node lost while it was copied, a disk that filled, a truncated transfer) is skipped too, with one
+        warning line naming each and why, and the next older one is tried. RunDirCorrupt when there are
+        checkpoints but none loads: starting over would drop the run's progress, so only `resume=false` does.
         """
         if not self.checkpoints.is_dir():
             return None
@@ -185,14 +201,26 @@ class RunDir:
             key=lambda p: int(p.name.split("-")[-1]),
             reverse=True,
         )
+        torn: list[str] = []
         for ckpt in found:
-            try:
-                json.loads((ckpt / "trainer_state.json").read_text())
-            except (OSError, json.JSONDecodeError):
+            if not (ckpt / "trainer_state.json").exists():
                 log.warning("skipping incomplete checkpoint %s (the run was stopped while saving it)", ckpt)
                 continue
-            if (ckpt / ADAPTER_CONFIG_NAME).is_file():
+            problem = self.checkpoint_problem(ckpt)
+            if problem is None:
+                if torn:
+                    log.warning(
+                        "skipping checkpoints that do not load: %s; resuming from %s",
+                        "; ".join(torn),
+                        ckpt.name,
+                    )
                 return str(ckpt)
+            torn.append(f"{ckpt.name} ({problem})")
+        if torn:
+            raise RunDirCorrupt(
+                f"no checkpoint in {self.checkpoints} loads: {'; '.join(torn)}; "
+                "relaunch with resume=false to start the run over"
+            )
         return None
 
     def remove_torn_checkpoints(self) -> list[Path]:

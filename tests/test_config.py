@@ -65,14 +65,15 @@ def test_training_arguments_take_the_trainer_keys_they_share_by_name():
         "seed",
         "per_device_eval_batch_size",
     } <= shared
-    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels),
-    # or set from the batch plan (the micro batch and the accumulation, perft_exp/training/batch.py).
+    # Not TrainingArguments' own (name, base_aux_loss, nonfinite_loss, global_batch_size, logits_at_labels,
+    # cpu_threads), or set from the batch plan (the micro batch and the accumulation, training/batch.py).
     not_passed = {
         "name",
         "base_aux_loss",
         "nonfinite_loss",
         "global_batch_size",
         "logits_at_labels",
+        "cpu_threads",
         "per_device_train_batch_size",
         "gradient_accumulation_steps",
     }

@@ -104,7 +104,8 @@ def _loglik(resp) -> float:
 
 @pytest.mark.slow
 def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
-    """The documented command (docs/peft.md) on a local task made from the synthetic suite."""
+    """The documented command (docs/peft.md) on a local task made from the synthetic suite: lm-eval's own
+    console script, in a process that never imports perft_exp (the start-up line registers PERFT)."""
     pytest.importorskip("lm_eval")
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -124,9 +125,7 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
                 p.normal_(0, 0.5)
     model.save_pretrained(tmp_path / "adapter")
     cmd = [
-        sys.executable,
-        "-c",
-        "import perft_exp; from lm_eval.__main__ import cli_evaluate; cli_evaluate()",
+        str(Path(sys.executable).parent / "lm_eval"),
         "--model",
         "hf",
         "--model_args",
@@ -163,3 +162,136 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
     assert not torch.allclose(torch.tensor(scored), torch.tensor(base_scores), atol=1e-2)
     right = sum(max(range(len(s)), key=s.__getitem__) == d["label"] for s, d in zip(tuned, docs))
     assert result["results"][name]["acc,none"] == pytest.approx(right / len(docs))
+
+
+# --- post-training beyond SFT: TRL's GRPO and DPO train PERFT adapters ------------------------------------
+
+PROMPTS = ["the glim is", "eve likes to", "the blorp is", "is the glim heavy?"]
+
+
+def _grpo(micro_model_dir, tmp_path, aux_loss_coef: float, reward):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path / f"grpo-{aux_loss_coef}"),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=6,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(micro_model_dir),
+        reward_funcs=reward,
+        args=args,
+        train_dataset=_dataset({"prompt": PROMPTS}),
+        processing_class=AutoTokenizer.from_pretrained(micro_model_dir, padding_side="left"),
+        # B = 0 at the start: the output does not depend on R's router yet, so only R's own load-balancing
+        # term gives the router a gradient in the first step
+        peft_config=perft_exp.PerftConfig(
+            variant="R",
+            num_experts=4,
+            top_k=2,
+            bottleneck=4,
+            dropout=0.0,
+            init="zero_b",
+            aux_loss_coef=aux_loss_coef,
+        ),
+    )
+    params = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trainer.train()
+    moved = {n for n, p in params.items() if not torch.equal(p, before[n])}
+    return trainer, any(".router." in n for n in moved), bool(moved)
+
+
+def _dataset(columns: dict):
+    from datasets import Dataset
+
+    return Dataset.from_dict(columns)
+
+
+def test_trl_grpo_trains_R_and_its_router_loss_reaches_the_loss(micro_model_dir, tmp_path, monkeypatch):
+    """A constant reward gives every completion advantage 0, so the policy loss has no gradient: R's router
+    moves only if its load-balancing term is in GRPO's loss (folded into `aux_loss`, which GRPO adds)."""
+    pytest.importorskip("trl")
+    _one_process(monkeypatch)
+
+    def constant(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    trainer, router_moved, _ = _grpo(micro_model_dir, tmp_path, 0.05, constant)
+    assert router_moved, "R's router did not train from its load-balancing loss"
+    logged = [h for h in trainer.state.log_history if "aux_loss" in h]
+    assert logged and logged[0]["aux_loss"] > 0
+    _, router_moved, _ = _grpo(micro_model_dir, tmp_path, 0.0, constant)  # the control: no router loss
+    assert not router_moved
+
+    def longer(completions, **kwargs):  # a reward that differs between completions: the policy loss trains
+        return [float(len(c)) for c in completions]
+
+    assert _grpo(micro_model_dir, tmp_path, 0.0, longer)[2], "GRPO trained nothing"
+
+
+def test_trl_dpo_trains_a_perft_adapter_against_the_base_model(micro_model_dir, tmp_path, monkeypatch):
+    """DPO with `peft_config`: no reference copy; the reference log-probs are the frozen base model's, through
+    PERFT's `disable_adapter()` (checked against a separately loaded base model)."""
+    pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    _one_process(monkeypatch)
+    data = _dataset(
+        {"prompt": PROMPTS, "chosen": [" heavy", " swim", " small", " yes"], "rejected": [" red"] * 4}
+    )
+    args = DPOConfig(
+        output_dir=str(tmp_path / "dpo"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        beta=0.1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        max_length=32,
+    )
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(micro_model_dir),
+        args=args,
+        train_dataset=data,
+        processing_class=AutoTokenizer.from_pretrained(micro_model_dir),
+        peft_config=perft_exp.PerftConfig(variant="E", bottleneck=4, dropout=0.0),
+    )
+    assert trainer.ref_model is None
+    model = trainer.model
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an adapter that visibly changes the policy, so policy and base differ
+        for p in (p for layer in perft_layers(model) for p in layer.parameters()):
+            p.copy_(torch.randn(p.shape, generator=g))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.compute_loss(model, batch)
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    ref_chosen = metrics["logps/chosen"] - metrics["rewards/chosen"] / args.beta
+
+    base = AutoModelForCausalLM.from_pretrained(micro_model_dir).eval()
+    with torch.no_grad():
+        logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+    base_chosen = (logps * batch["completion_mask"][:, 1:]).sum(1).chunk(2)[0].mean().item()
+    assert ref_chosen == pytest.approx(base_chosen, abs=1e-3)
+    assert abs(metrics["logps/chosen"] - base_chosen) > 2e-2  # the policy is not the base
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainer.train()
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(after[n], p) for n, p in before.items()), "DPO trained nothing"
+    assert all(".perft." in n for n in before)  # only the PEFT experts train

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,3 +266,43 @@ def test_corrupt_files_among_good_runs(micro_model_dir, app_env, tmp_path):
     )
     assert over.returncode == 0, over.stderr[-3000:]
     assert json.loads((results / "results.json").read_text())["variant"]
+
+
+def test_a_torn_newest_checkpoint_falls_back_and_none_left_is_one_line(micro_model_dir, app_env, tmp_path):
+    """The issue's case: checkpoint-8's adapter tensors truncated, checkpoint-4 fine. The relaunch says so in
+    one warning line and resumes checkpoint-4; with both torn it stops in one line until resume=false."""
+    run_dir = tmp_path / "run"
+    first = run_train(_base(micro_model_dir, run_dir), app_env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for unfinished in ("results.json", "adapter"):  # as if the run had died after its last checkpoint
+        path = run_dir / unfinished
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    ckpts = run_dir / "checkpoints"
+
+    def tear(step: int, name: str) -> None:
+        f = ckpts / f"checkpoint-{step}" / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+    tear(8, "adapter_model.safetensors")
+    again = run_train(_base(micro_model_dir, run_dir), app_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    out = again.stdout + again.stderr
+    (line,) = [ln for ln in out.splitlines() if "do not load" in ln]
+    assert "checkpoint-8 (adapter_model.safetensors is truncated" in line, line
+    assert line.endswith("resuming from checkpoint-4")
+    assert f"resuming from {ckpts / 'checkpoint-4'}" in out
+    assert json.loads((run_dir / "results.json").read_text())["train"]["steps"] == 8
+
+    (run_dir / "results.json").unlink()
+    tear(8, "optimizer.pt")
+    tear(4, "trainer_state.json")
+    stuck = run_train(_base(micro_model_dir, run_dir), app_env)
+    assert stuck.returncode == 1, stuck.stderr[-3000:]
+    (line,) = _error_lines(stuck.stderr)
+    assert line.startswith(f"error: no checkpoint in {ckpts} loads: checkpoint-8 (optimizer.pt is ")
+    assert "checkpoint-4 (trainer_state.json is truncated or corrupted" in line
+    assert line.endswith("relaunch with resume=false to start the run over")
+    assert "Traceback" not in stuck.stderr
+    over = run_train(_base(micro_model_dir, run_dir, "resume=false"), app_env)
+    assert over.returncode == 0, over.stderr[-3000:]
+    assert "resuming from" not in over.stdout + over.stderr

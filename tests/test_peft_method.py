@@ -164,6 +164,22 @@ def test_R_router_loss_is_in_the_models_training_loss():
     assert torch.autograd.grad(out.loss, router)[0].abs().sum() > 0
 
 
+def test_R_router_loss_is_folded_into_aux_loss_for_trainers_that_add_it_themselves():
+    """TRL's GRPO and DPO add `router_aux_loss_coef x out.aux_loss` to a loss of their own: the tuner folds
+    R's term in, scaled so that the sum carries exactly aux_loss_coef x R's term."""
+    model = get_peft_model(tiny_moe("olmoe"), perft_config("R", aux_loss_coef=0.05)).train()
+    out = model(**batch(), output_router_logits=True)  # no labels: the caller computes its own loss
+    base_coef = model.get_base_model().config.router_aux_loss_coef
+    assert out.perft_aux_loss > 0 and out.base_aux_loss > 0
+    torch.testing.assert_close(
+        base_coef * out.aux_loss, base_coef * out.base_aux_loss + 0.05 * out.perft_aux_loss
+    )
+    router = next(perft_layers(model)).router.weight
+    assert torch.autograd.grad(out.aux_loss, router)[0].abs().sum() > 0
+    plain = model(**batch())  # no router logits asked for: nothing to fold into, nothing changed
+    assert "perft_aux_loss" not in plain and "aux_loss" not in plain
+
+
 def test_the_same_loss_through_perft_trainer_and_the_model(tmp_path, monkeypatch):
     """perft-exp's trainer (loss at label positions, aux added once) and a plain
     `model(**batch).loss` agree."""
@@ -234,10 +250,13 @@ def test_a_tensor_of_the_wrong_shape_leaves_nothing_attached(tmp_path):
     _assert_untouched(base)
 
 
-def test_without_import_perft_exp_peft_names_the_missing_method(tmp_path):
-    """peft alone does not know PERFT: its error names the type (docs/peft.md: add `import perft_exp`)."""
+def test_without_the_startup_line_peft_names_the_missing_method(tmp_path):
+    """Where perft-exp is importable but not installed (no `_perft_exp.pth`: its finder is taken off here) and
+    nothing imports perft_exp, peft does not know PERFT, and its error names the type (docs/peft.md)."""
+    from test_registration import NO_STARTUP_HOOK
+
     get_peft_model(tiny_moe("olmoe"), perft_config("S")).save_pretrained(tmp_path)
-    code = f"from peft import PeftConfig; PeftConfig.from_pretrained({str(tmp_path)!r})"
+    code = f"{NO_STARTUP_HOOK}\nfrom peft import PeftConfig; PeftConfig.from_pretrained({str(tmp_path)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1] == "KeyError: 'PERFT'"

@@ -4,6 +4,8 @@ state and failure record; finding runs below a root."""
 from __future__ import annotations
 
 import json
+import struct
+import zipfile
 
 import pytest
 from omegaconf import OmegaConf
@@ -138,3 +140,94 @@ def test_torn_checkpoints_are_removed(tmp_path):
     (run.checkpoints / "checkpoint-4" / "trainer_state.json").write_text("{}")
     assert run.remove_torn_checkpoints() == [run.checkpoints / "checkpoint-8"]
     assert [p.name for p in run.checkpoints.iterdir()] == ["checkpoint-4"]
+
+
+# --- torn checkpoints: the newest that loads is resumed ---------------------------------------------------
+
+# The files of a checkpoint as the HF Trainer and PerftTrainer write them, each read back by its own loader.
+CHECKPOINT_FILES = {
+    "adapter_model.safetensors": "safetensors",
+    "adapter_config.json": "json",
+    "optimizer.pt": "torch",
+    "scheduler.pt": "torch",
+    "rng_state.pth": "torch",
+    "trainer_state.json": "json",
+}
+
+
+def _write_checkpoint(path):
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    save_file({"a.A": torch.randn(8, 16, generator=g), "a.B": torch.randn(16, 8, generator=g)}, path / "x")
+    (path / "x").rename(path / "adapter_model.safetensors")
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "PERFT", "variant": "R"}))
+    torch.save({"state": {0: {"exp_avg": torch.randn(64, generator=g)}}}, path / "optimizer.pt")
+    torch.save({"last_epoch": 4, "_last_lr": [0.003]}, path / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state()}, path / "rng_state.pth")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": int(path.name.split("-")[1])}))
+
+
+def _loads(path, kind) -> bool:
+    """Whether the file's own loader reads it."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        if kind == "json":
+            json.loads(path.read_text())
+        elif kind == "torch":
+            torch.load(path, weights_only=False)
+        else:
+            with safe_open(str(path), framework="pt") as f:
+                [f.get_tensor(k) for k in f.keys()]
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINT_FILES))
+def test_a_torn_file_makes_the_relaunch_resume_the_newest_checkpoint_that_loads(name, tmp_path, caplog):
+    run = RunDir(tmp_path)
+    for step in (4, 8, 12):
+        _write_checkpoint(run.checkpoints / f"checkpoint-{step}")
+    for step in (8, 12):  # two torn ones, cut in half: a copy or a disk that stopped mid-file
+        f = run.checkpoints / f"checkpoint-{step}" / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        assert not _loads(f, CHECKPOINT_FILES[name])  # the checker agrees with the real loader
+    with caplog.at_level("WARNING", logger="perft_exp.run_dir"):
+        assert run.latest_checkpoint() == str(run.checkpoints / "checkpoint-4")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("skipping checkpoints that do not load: checkpoint-12 (" + name + " is ")
+    assert f"checkpoint-8 ({name} is " in line and line.endswith("resuming from checkpoint-4")
+    assert "\n" not in line
+
+
+def test_a_flipped_byte_in_an_optimizer_state_fails_its_crc(tmp_path):
+    run = RunDir(tmp_path)
+    _write_checkpoint(run.checkpoints / "checkpoint-4")
+    f = run.checkpoints / "checkpoint-4" / "optimizer.pt"
+    with zipfile.ZipFile(f) as z:  # the tensor's bytes: the largest member, stored after its local header
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(f.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    assert "CRC" in run.checkpoint_problem(run.checkpoints / "checkpoint-4")
+
+
+def test_no_checkpoint_that_loads_is_one_line_and_resume_false_is_the_way_out(tmp_path):
+    from perft_exp.run_dir import RunDirCorrupt
+
+    run = RunDir(tmp_path)
+    for step in (4, 8):
+        _write_checkpoint(run.checkpoints / f"checkpoint-{step}")
+        (run.checkpoints / f"checkpoint-{step}" / "scheduler.pt").write_bytes(b"")
+    with pytest.raises(RunDirCorrupt) as err:
+        run.latest_checkpoint()
+    message = str(err.value)
+    assert "\n" not in message and "checkpoint-8 (scheduler.pt is empty); checkpoint-4 (" in message
+    assert message.endswith("relaunch with resume=false to start the run over")
+    assert (run.checkpoints / "checkpoint-4").is_dir()  # nothing is deleted: the files are there to inspect

@@ -203,3 +203,27 @@ def test_knowledge_table_reports_every_relation_with_its_chance_and_sets(built):
     assert rows["weight"].endswith("boolq, piqa") and rows["color"].endswith("openbookqa")
     for line in lines[1:]:
         assert all(0.0 <= float(v) <= 100.0 for v in line.split()[1:5]), line
+
+
+def test_the_demos_model_ships_and_is_used_without_building(tmp_path, monkeypatch):
+    """tiny_olmoe's build of the current spec ships with the code (perft_exp/models/tiny/shipped/): an empty
+    cache does not build it, so every machine starts from the same weights. A changed spec would miss it."""
+    import hashlib
+
+    from perft_exp.models.tiny.cache import SHIPPED_ROOT
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built a model that ships")
+
+    monkeypatch.setattr(tiny_build, "build_tiny_model", no_build)
+    monkeypatch.setenv("PERFT_CACHE", str(tmp_path / "cold"))
+    spec = TINY_SPECS["tiny_olmoe"]
+    path = ensure_tiny_model("tiny_olmoe")
+    assert path == SHIPPED_ROOT / f"tiny_olmoe-{spec.key()}" and not (tmp_path / "cold").exists()
+    record = json.loads((path / "perft_build.json").read_text())
+    assert record["key"] == spec.key() and record["spec"] == dataclasses.asdict(spec)
+    # the bits the README's base column was measured on
+    digest = hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()
+    assert digest == "7c47f7e84da3d0e08d469e676e195181eeeacd67abed32eedefc10260919c7f4"
+    with pytest.raises(AssertionError, match="built a model that ships"):
+        ensure_tiny_model("tiny_olmoe", build_locally=True)  # asked to: the build code still runs

@@ -22,6 +22,8 @@ transformers' `load_adapter` inserts it after the `perft_` prefix).
 
 Registration: peft's `register_peft_method` accepts only names of its own `PeftType` enum, so PERFT adds
 itself to peft.mapping's three tables under a `str` enum member of its own (`PerftType.PERFT == "PERFT"`).
+It does so as this module's last statement, as PEFT's own methods register when their module is imported;
+`_perft_exp.py` (the repository root) only arranges for this module to be imported once peft is.
 """
 
 from __future__ import annotations
@@ -331,26 +333,38 @@ class PerftModel(BaseTuner):
     target_module_mapping: dict = {}
 
     def forward(self, *args, **kwargs):
-        """The model's forward; in training with labels its loss also gets aux_loss_coef x R's router
-        load-balancing loss (exposed as `perft_aux_loss`), so any trainer that reads `model(**batch).loss`
-        (TRL) trains R as perft-exp's own trainer does."""
+        """The model's forward. In training, R's router load-balancing loss (`perft_aux_loss`) joins whichever
+        loss the caller reads, weighted by the adapter's `aux_loss_coef`:
+
+        - `out.loss`, when the model computed one (labels given): trainers that read `model(**batch).loss`
+          (transformers' Trainer, TRL's SFTTrainer) train R as perft-exp's own trainer does;
+        - `out.aux_loss`, the MoE load-balancing loss a model returns when asked for its router logits: TRL's
+          GRPOTrainer and DPOTrainer build their loss from log-probs and add `router_aux_loss_coef x
+          out.aux_loss` themselves (the model config's coefficient, TRL's default), so R's term is folded in
+          as (aux_loss_coef / router_aux_loss_coef) x perft_aux_loss. The base routers' term alone stays in
+          `out.base_aux_loss`. A config without a coefficient (0) leaves nothing to fold into.
+        """
         out = self.model(*args, **kwargs)
         coefs = [
             c.aux_loss_coef
             for a in self.active_adapters
             if (c := self.peft_config.get(a)) is not None and c.spec.routing is Routing.OWN
         ]
-        if not (
-            self.model.training
-            and coefs
-            and kwargs.get("labels") is not None
-            and getattr(out, "loss", None) is not None
-        ):
+        if not (self.model.training and coefs):
             return out
-        aux = adapter_aux_loss(self.model, kwargs.get("attention_mask"))
-        if aux is not None:
+        in_loss = kwargs.get("labels") is not None and getattr(out, "loss", None) is not None
+        base_aux = getattr(out, "aux_loss", None)
+        base_coef = getattr(self.model.config, "router_aux_loss_coef", 0.0) or 0.0
+        in_aux = base_aux is not None and base_coef != 0.0
+        aux = adapter_aux_loss(self.model, kwargs.get("attention_mask")) if in_loss or in_aux else None
+        if aux is None:
+            return out
+        out["perft_aux_loss"] = aux
+        if in_loss:
             out.loss = out.loss + coefs[0] * aux.to(out.loss.device)
-            out["perft_aux_loss"] = aux
+        if in_aux:
+            out["base_aux_loss"] = base_aux
+            out.aux_loss = base_aux + (coefs[0] / base_coef) * aux.to(base_aux.device)
         return out
 
     # --- injection ------------------------------------------------------------------------------------------
@@ -477,3 +491,6 @@ def register() -> None:
     peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING[PerftType.PERFT] = PerftPeftConfig
     peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING[PerftType.PERFT] = PerftModel
     peft.mapping.PEFT_TYPE_TO_PREFIX_MAPPING[PerftType.PERFT] = PREFIX
+
+
+register()

@@ -360,6 +360,8 @@ def _train(job: ComposedRun) -> dict:
     if finished is not None:
         return finished
     t0 = time.perf_counter()
+    if spec.trainer.cpu_threads and not torch.cuda.is_available():
+        torch.set_num_threads(spec.trainer.cpu_threads)  # fixes the order of float sums (docs/miniature.md)
     if perft.variant == "none":
         return _evaluate_base_only(job, perft, run, t0)
     ensure_distributed_env() if spec.deepspeed.stage else None

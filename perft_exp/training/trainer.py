@@ -107,6 +107,13 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def _base_aux_loss(outputs) -> torch.Tensor | None:
+    """The base routers' load-balancing loss of a forward (the PERFT tuner keeps it apart when it folds R's
+    term into `aux_loss` for TRL's trainers: perft_exp/adapters/tuner.py, PerftModel.forward)."""
+    base = getattr(outputs, "base_aux_loss", None)
+    return base if base is not None else getattr(outputs, "aux_loss", None)
+
+
 class PerftTrainer(Trainer):
     def __init__(
         self,
@@ -145,10 +152,11 @@ class PerftTrainer(Trainer):
     # ---- loss ---------------------------------------------------------------------------------
     def _loss_at_label_positions(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
         """LM loss from the logits at `label_positions` (the model ran with them as `logits_to_keep`),
-        plus the base router aux loss as transformers adds it when it computes the loss itself."""
+        plus the base router aux loss as transformers adds it when it computes the loss itself (R's term is
+        added by compute_loss)."""
         loss = next_token_loss(outputs.logits, labels, label_positions(labels), num_items_in_batch)
         self._lm_loss = loss.detach()
-        base_aux = getattr(outputs, "aux_loss", None)
+        base_aux = _base_aux_loss(outputs)
         if base_aux is not None:
             loss = loss + self._base_aux_coef() * base_aux.to(loss.device)
         return loss
@@ -159,20 +167,22 @@ class PerftTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.base_aux_loss:
             inputs = {**inputs, "output_router_logits": True}
-        if self.compute_loss_func == self._loss_at_label_positions and "labels" in inputs:
+        at_label_positions = self.compute_loss_func == self._loss_at_label_positions and "labels" in inputs
+        if at_label_positions:
             inputs = {**inputs, "logits_to_keep": label_positions(inputs["labels"])}
         self._lm_loss = None
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
         terms = {}
-        base_aux = getattr(outputs, "aux_loss", None)
+        base_aux = _base_aux_loss(outputs)
         if base_aux is not None:
             terms[schema.BASE_AUX_LOSS] = float(base_aux.detach())
         # With labels in training the PERFT tuner has added R's aux loss to the model's loss (and exposes it);
-        # otherwise (labels taken out for the loss at label positions, evaluation) it is added here, once.
+        # otherwise (the loss at label positions is built here from the LM and base terms; evaluation) it is
+        # added here, once.
         aux = getattr(outputs, "perft_aux_loss", None)
-        model_added = aux is not None
+        model_added = aux is not None and not at_label_positions
         if aux is None:
             aux = adapter_aux_loss(model, inputs.get("attention_mask"))
         if aux is not None:

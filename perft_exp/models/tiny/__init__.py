@@ -9,15 +9,17 @@ hub checkpoint.
 
 Usage:
     from perft_exp.models.tiny import ensure_tiny_model
-    path = ensure_tiny_model("tiny_olmoe")   # built once (about 4.5 min on 2 cores), cached after
+    path = ensure_tiny_model("tiny_olmoe")   # the shipped build (tiny/shipped/); other specs: built once
+                                             # (about 4.5 min on 2 cores), cached after
 
     python -m perft_exp.models.tiny tiny_olmoe [--cache-root DIR]   # build (or find) and print the path
     python -m perft_exp.models.tiny tiny_olmoe --report   # ... and what it knows of the held-out facts
 
 One job per module:
     perft_exp/models/tiny_spec.py   the specs and their build key (torch-free: the run directory keys on it)
-    cache.py      the cache: its root, a model's directory `<name>-<build key>`, find or build on a miss
-                  (torch-free until it builds)
+    cache.py      the shipped build of the demo's model, the cache: its root, a model's directory
+                  `<name>-<build key>`, find or build on a miss (torch-free until it builds)
+    shipped/      tiny_olmoe's build, committed: every machine starts from the same weights
     build.py      tokenizer, model config, pre-training, the saved model and its build record
     probes.py     what a model knows of the synthetic world's facts (recorded by a build, reported by the CLI)
     __main__.py   the command line above
