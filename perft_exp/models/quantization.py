@@ -59,7 +59,9 @@ _NESTED_BLOCKSIZE = 256  # double quantisation: absmax scales per second-level s
 
 
 def expert_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
-    """(qualified name, experts module, attribute) of every fused expert tensor (3-D or more) of `model`.
+    """(qualified name, owning module, attribute) of every expert weight tensor of `model` that is not an
+    nn.Linear layer's: the fused 3-D tensors of transformers 5 (`experts.gate_up_proj` (E, 2I, D)) and 2-D
+    stacks such as DBRX's (`experts.mlp.w1` (E*I, D)). Biases stay out (small, and added as they are).
 
     Asks the family's facts (perft_exp/models/arch) where the experts live; a model with no MoE block has
     none. Works on a `meta` model and on one already quantised (the tensor is then a parametrization's
@@ -69,11 +71,20 @@ def expert_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
     except UnsupportedModel:
         return
     for block_name, block in find_moe_blocks(model, arch):
-        experts = arch.experts(block)
-        for attr in arch.expert_params:
-            tensor = experts._parameters.get(attr)
-            if is_quantized_expert(experts, attr) or (tensor is not None and tensor.ndim >= 3):
-                yield f"{block_name}.{arch.experts_attr}.{attr}", experts, attr
+        for sub_name, module in arch.experts(block).named_modules():
+            if isinstance(module, nn.Linear):  # quantised as a Linear layer
+                continue
+            prefix = ".".join(p for p in (block_name, arch.experts_attr, sub_name) if p)
+            quantized = list(getattr(module, "parametrizations", None) or {})
+            plain = [
+                attr
+                for attr, p in module._parameters.items()
+                if p is not None and p.ndim >= 2 and "bias" not in attr and p.is_floating_point()
+            ]
+            for attr in [*quantized, *plain]:
+                if attr in quantized and not is_quantized_expert(module, attr):
+                    continue  # another parametrization (not ours): left alone
+                yield f"{prefix}.{attr}", module, attr
 
 
 def router_modules(model: nn.Module) -> list[str]:
@@ -87,7 +98,9 @@ def router_modules(model: nn.Module) -> list[str]:
 
 def is_quantized_expert(module: nn.Module, attr: str) -> bool:
     """Whether `module.<attr>` is held in 4 bits (a bitsandbytes parametrization)."""
-    return nn.utils.parametrize.is_parametrized(module, attr)
+    return nn.utils.parametrize.is_parametrized(module, attr) and any(
+        hasattr(p, "quant_state") for p in module.parametrizations[attr]
+    )
 
 
 def quantize_expert_(module: nn.Module, attr: str, value: torch.Tensor, config: BitsAndBytesConfig) -> None:
