@@ -144,6 +144,12 @@ def build_4bit_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
     return quantized.train()
 
 
+def checkpoint(base: nn.Module) -> nn.Module:
+    """Gradient checkpointing on every decoder layer, as train.py turns it on (non-reentrant)."""
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return base
+
+
 def expert_bytes(model: nn.Module) -> dict[str, float]:
     """The fused experts' bytes as held (4-bit: packed data and scales) against the same tensors in bf16."""
     from perft_exp.models.quantization import expert_tensors, is_quantized_expert
@@ -346,13 +352,20 @@ def _step_peak_bytes(step: Callable[[], None]) -> int:
 
 
 def memory_of_case(
-    model: BenchModel, case: str, device: str, adapter_dtype: str, quantization: str = "none"
+    model: BenchModel,
+    case: str,
+    device: str,
+    adapter_dtype: str,
+    quantization: str = "none",
+    checkpointing: bool = False,
 ) -> dict:
-    """Runs in the subprocess: build the base (4bit: loaded back in 4 bits), train two steps (CPU: and a
-    profiled third); MB."""
+    """Runs in the subprocess: build the base (4bit: loaded back in 4 bits; `checkpointing`: with gradient
+    checkpointing), train two steps (CPU: and a profiled third); MB."""
     from perft_exp.models.quantization import weight_bytes
 
     base = build_4bit_base(model, device) if quantization == "4bit" else build_base(model, device)
+    if checkpointing:
+        checkpoint(base)
     batch = make_batch(model, device)
     weights = weight_bytes(base) / 2**20
     if device.startswith("cuda"):
@@ -376,7 +389,13 @@ def memory_of_case(
 
 
 def measure_memory(
-    model: BenchModel, case: str, device: str, threads: int, adapter_dtype: str, quantization: str = "none"
+    model: BenchModel,
+    case: str,
+    device: str,
+    threads: int,
+    adapter_dtype: str,
+    quantization: str = "none",
+    checkpointing: bool = False,
 ) -> dict:
     """`memory_of_case` in a fresh Python process, so that no other case's memory is in the peak."""
     cmd = [
@@ -395,6 +414,7 @@ def measure_memory(
         adapter_dtype,
         "--quantization",
         quantization,
+        *(["--gradient-checkpointing"] if checkpointing else []),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -459,10 +479,13 @@ def _memory_main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--adapter-dtype", default="float32")
     parser.add_argument("--quantization", default="none", choices=["none", "4bit"])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = BENCH_MODELS[args.model]
-    result = memory_of_case(model, args.case, args.device, args.adapter_dtype, args.quantization)
+    result = memory_of_case(
+        model, args.case, args.device, args.adapter_dtype, args.quantization, args.gradient_checkpointing
+    )
     print(json.dumps(result))
 
 

@@ -178,8 +178,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=["full", "4bit"],
         help="4bit: the cases train on the base loaded in 4 bits; frozen_full: the full-precision frozen one",
     )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="every case with gradient checkpointing (train.py's default with model.quantization=4bit)",
+    )
     args = parser.parse_args(argv)
-    quant = args.base == "4bit"
+    quant, ckpt = args.base == "4bit", args.gradient_checkpointing
 
     if args.device == "cuda" and not torch.cuda.is_available():  # nothing measured is a failure, not a pass
         print("error: --device cuda: no CUDA device here; nothing was benchmarked", file=sys.stderr)
@@ -209,23 +214,27 @@ def main(argv: list[str] | None = None) -> int:
         print("peak memory, one subprocess per case:", flush=True)
         for name in names:
             mem[name] = bench.measure_memory(
-                model, name, args.device, args.threads, adapter_dtype, "4bit" if quant else "none"
+                model, name, args.device, args.threads, adapter_dtype, "4bit" if quant else "none", ckpt
             )
             print(f"  {name:14s} {mem[name]['peak_mem_mb']:8.1f} MB above the base weights", flush=True)
         if quant:
             mem["frozen_full"] = bench.measure_memory(
-                model, "frozen", args.device, args.threads, adapter_dtype
+                model, "frozen", args.device, args.threads, adapter_dtype, "none", ckpt
             )
             print(f"  {'frozen_full':14s} {mem['frozen_full']['peak_mem_mb']:8.1f} MB", flush=True)
 
     start = time.perf_counter()
     base = bench.build_4bit_base(model, args.device) if quant else bench.build_base(model, args.device)
+    if ckpt:
+        bench.checkpoint(base)
     batch = bench.make_batch(model, args.device)
     cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
     experts = None
     if quant:
         experts = bench.expert_bytes(base)
         full = bench.build_base(model, args.device)
+        if ckpt:
+            bench.checkpoint(full)
         cases["frozen_full"] = bench.Case("frozen_full", full, adapter_dtype, spec="frozen")
         names.append("frozen_full")
         print(
@@ -254,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch": [model.batch_size, model.seq_len],
         "clock": clock,
         "threads": args.threads,
+        "gradient_checkpointing": ckpt,
         "rounds": args.rounds,
         "command": " ".join(["python", *sys.argv]),
         "timing_seconds": time.perf_counter() - start,
