@@ -22,8 +22,8 @@ starts empty), with these shrinks, and no others:
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
 - `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
-- `scripts/bench.py --eval` runs as `--quick --cases R_top2of4_r16` (the frozen model and one case, two
-  rounds).
+- `scripts/bench.py --eval` and `scripts/bench.py --base 4bit ...` run as `--quick --cases R_top2of4_r16` (the
+  frozen model and one case, two rounds; `--cases`/`--rounds` of the page are dropped).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
 
@@ -132,6 +132,11 @@ COMMANDS = {
     # Use PERFT in your own code
     "python scripts/peft_example.py": ok("reloaded with equal logits"),
     # docs/benchmarks.md
+    "python scripts/bench.py --base 4bit --json outputs/bench/cpu_olmoe_mini_4bit.json": ok(
+        "the 4-bit frozen step takes"
+    ),
+    "python scripts/bench.py --base 4bit --gradient-checkpointing --cases R_top2of4_r16 E_r16 --rounds 7 "
+    "--json outputs/bench/cpu_olmoe_mini_4bit_gc.json": ok("PASS  4-bit experts' bytes"),
     "python scripts/bench.py --eval --json outputs/bench/cpu_olmoe_mini.json": ok(
         "wrote outputs/bench/cpu_olmoe_mini.json"
     ),
@@ -238,6 +243,10 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv += ["--base-url", CLOSED + "/{ref}/"]
     if argv[:2] == ["python", "scripts/bench.py"] and "--eval" in argv:
         argv = [a for a in argv if a != "--eval"] + ["--quick", "--cases", "R_top2of4_r16"]
+    if argv[:2] == ["python", "scripts/bench.py"] and "--base" in argv:
+        cut = [i for i, a in enumerate(argv) if a in ("--cases", "--rounds")]
+        keep = argv[: min(cut)] + argv[argv.index("--json") :] if cut else argv
+        argv = keep + ["--quick", "--cases", "R_top2of4_r16"]
     if any("<run>" in a for a in argv):
         runs = (workdir / "outputs/runs/synthetic_commonsense/tiny_olmoe").iterdir()
         # the shrunk default
