@@ -100,6 +100,13 @@ class ModelConfig:
         default=False,
         metadata={"help": "recompute activations in the backward pass (less memory, more time)"},
     )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the training forward and backward (the HF Trainer's torch_compile); "
+            "PERFT adds no graph break to the base model's"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.dtype = one_of("model.dtype", self.dtype, Dtype)
