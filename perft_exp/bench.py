@@ -185,28 +185,45 @@ def _share_weights(base: nn.Module) -> nn.Module:
     return copy.deepcopy(base, memo={id(p): p for p in base.parameters()})
 
 
+def attach(base: nn.Module, name: str, adapter_dtype: str = "float32") -> nn.Module:
+    """Case `name` on a weight-sharing copy of `base`: a PEFT model, or (frozen) the copy with every
+    parameter frozen."""
+    spec = CASES[name]
+    model = _share_weights(base)
+    if spec is None:
+        freeze(model)
+        return model
+    return apply_adapters(model, PerftConfig(bottleneck=16, dropout=0.0, adapter_dtype=adapter_dtype, **spec))
+
+
 class Case:
     """One adapter configuration on (a weight-sharing copy of) the base model, ready to train."""
 
     def __init__(
         self, name: str, base: nn.Module, adapter_dtype: str = "float32", spec: str | None = None
     ) -> None:
-        self.name, spec = name, CASES[spec or name]
-        model = _share_weights(base)
-        if spec is None:
-            freeze(model)
+        """`spec`: the CASES entry to build when it is not `name` (frozen_full: the frozen case on the
+        full-precision base)."""
+        self.name, key = name, spec or name
+        model = attach(base, key, adapter_dtype)
+        if CASES[key] is None:
             model.enable_input_require_grads()  # backward through every layer, no parameter gradient
             self.aux_coef = 0.0
         else:
-            cfg = PerftConfig(bottleneck=16, dropout=0.0, adapter_dtype=adapter_dtype, **spec)
-            model = apply_adapters(model, cfg)
             self.aux_coef = model.perft_config.aux_loss_coef  # resolved: the architecture's unless set
         self.model = model.train()
+        self.forward = self.model
         params = list(trainable_parameters(model).values())
         self.optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0) if params else None
 
+    def compile(self, batch: dict[str, torch.Tensor]) -> None:
+        """From now on the forward (and so the backward) runs through torch.compile. One eager step first:
+        transformers installs its output-capturing hooks on the first forward, outside compiled code."""
+        self.step(batch)
+        self.forward = torch.compile(self.model)
+
     def step(self, batch: dict[str, torch.Tensor]) -> None:
-        out = self.model(**batch, labels=batch["input_ids"], output_router_logits=True)
+        out = self.forward(**batch, labels=batch["input_ids"], output_router_logits=True)
         loss = out.loss  # LM loss + the base router's aux loss
         aux = adapter_aux_loss(self.model, batch["attention_mask"])
         if aux is not None:
@@ -307,6 +324,108 @@ def time_cases(
             "ratio_max": max(ratios.get(name, [1.0])),
             "timed_steps": len(times[name]),
         }
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation: prefill and decode with the KV cache, against the frozen model
+
+GENERATION_CASES = ("frozen", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16")
+
+
+@dataclass(frozen=True)
+class GenerationShape:
+    """Greedy `generate()`: `prompt_len` prompt tokens, then `new_tokens` more, at each batch size."""
+
+    prompt_len: int = 32
+    new_tokens: int = 32
+    batch_sizes: tuple[int, ...] = (1, 16)
+
+
+def _generate_seconds(model: nn.Module, ids: torch.Tensor, new_tokens: int, device: str, clock: str) -> float:
+    """Seconds (clock: "cpu" process time or "wall") of one greedy generate of exactly `new_tokens` tokens."""
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    _sync(device)
+    start = timer()
+    with torch.no_grad():
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,  # no early end on a random model's EOS: every case decodes as many
+            do_sample=False,
+            pad_token_id=model.config.pad_token_id,
+        )
+    _sync(device)
+    return timer() - start
+
+
+def _generation_visit(model, ids, shape: GenerationShape, device: str, clock: str) -> tuple[float, float]:
+    """(prefill seconds, decode seconds per step): a generate of one token is the prefill (and one
+    sampling); one of 1 + new_tokens adds new_tokens decode steps."""
+    prefill = _generate_seconds(model, ids, 1, device, clock)
+    full = _generate_seconds(model, ids, 1 + shape.new_tokens, device, clock)
+    return prefill, (full - prefill) / shape.new_tokens
+
+
+def time_generation(
+    models: dict[str, nn.Module],
+    vocab_size: int,
+    device: str,
+    shape: GenerationShape,
+    *,
+    rounds: int,
+    clock: str,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Per batch size and case: prefill ms, decode ms per step, decode tokens/s, and the per-round ratio of
+    the decode step (and of the prefill) to `frozen`'s, median and quartiles.
+
+    Rounds interleave as the training steps do (time_cases): F c1 F c2 ... F cn F in a shuffled order, each
+    case against the mean of the frozen visits on either side."""
+    assert "frozen" in models, "the ratios need the frozen model"
+    rng = random.Random(seed)
+    others = [name for name in models if name != "frozen"]
+    results: dict[str, dict] = {}
+    for batch_size in shape.batch_sizes:
+        g = torch.Generator().manual_seed(seed + batch_size)
+        ids = torch.randint(vocab_size, (batch_size, shape.prompt_len), generator=g).to(device)
+        for model in models.values():  # warm-up: allocator, thread pool, first-call hooks
+            _generate_seconds(model, ids, 2, device, clock)
+        visits: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+        ratios: dict[str, dict[str, list[float]]] = {n: {"decode": [], "prefill": []} for n in others}
+        for r in range(rounds):
+            rng.shuffle(others)
+            before = _generation_visit(models["frozen"], ids, shape, device, clock)
+            visits["frozen"].append(before)
+            for name in others:
+                visit = _generation_visit(models[name], ids, shape, device, clock)
+                after = _generation_visit(models["frozen"], ids, shape, device, clock)
+                visits[name].append(visit)
+                visits["frozen"].append(after)
+                for i, part in enumerate(("prefill", "decode")):
+                    ratios[name][part].append(visit[i] / ((before[i] + after[i]) / 2))
+                before = after
+            worst = max(others, key=lambda n: ratios[n]["decode"][-1])
+            log(
+                f"  batch {batch_size:3d} round {r + 1:2d}/{rounds}: frozen decode "
+                f"{visits['frozen'][-1][1] * 1e3:6.2f} ms/step, slowest {worst} "
+                f"{ratios[worst]['decode'][-1]:.3f}x"
+            )
+        for name in models:
+            prefill = statistics.median(v[0] for v in visits[name])
+            decode = statistics.median(v[1] for v in visits[name])
+            row = {
+                "batch_size": batch_size,
+                "prefill_ms": prefill * 1e3,
+                "decode_ms_per_step": decode * 1e3,
+                "decode_tokens_per_s": batch_size / decode,
+            }
+            for part in ("decode", "prefill"):
+                q1, med, q3 = _quartiles(ratios[name][part]) if name != "frozen" else (1.0, 1.0, 1.0)
+                row |= {f"{part}_vs_frozen": med, f"{part}_q1": q1, f"{part}_q3": q3}
+            results[f"{name}@{batch_size}"] = row
     return results
 
 

@@ -126,6 +126,13 @@ class ModelConfig:
             "quantization=4bit (then only the block being recomputed holds its dequantised experts), else off"
         },
     )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the training forward and backward (the HF Trainer's torch_compile); "
+            "PERFT adds no graph break to the base model's"
+        },
+    )
 
     def __post_init__(self) -> None:
         self.dtype = one_of("model.dtype", self.dtype, Dtype)

@@ -22,8 +22,9 @@ starts empty), with these shrinks, and no others:
   `--base-url` of a closed local port; the Hugging Face endpoint is a closed local port too, so no command
   can reach a network even where there is one.
 - `scripts/peft_example.py` gets `--model=<the micro OLMoE>`.
-- `scripts/bench.py --eval` and `scripts/bench.py --base 4bit ...` run as `--quick --cases R_top2of4_r16` (the
-  frozen model and one case, two rounds; `--cases`/`--rounds` of the page are dropped).
+- `scripts/bench.py --eval`, `--generate` and `--base 4bit ...` run as `--quick --cases R_top2of4_r16` (the
+  frozen model and one case, two rounds; `--compile` stays; for `--base`, the page's `--cases`/`--rounds` are
+  dropped).
 - `make test` is this suite: only its Makefile recipe is checked.
 """
 
@@ -140,6 +141,9 @@ COMMANDS = {
     "python scripts/bench.py --eval --json outputs/bench/cpu_olmoe_mini.json": ok(
         "wrote outputs/bench/cpu_olmoe_mini.json"
     ),
+    "python scripts/bench.py --generate --compile --no-memory --json outputs/bench/cpu_generate.json": ok(
+        "wrote outputs/bench/cpu_generate.json"
+    ),
     # docs/extending.md
     "python scripts/count_params.py model=qwen3_moe_30b_a3b variant=E perft.bottleneck=8": ok(
         '"config": "E (Top8/128) r8"'
@@ -241,7 +245,7 @@ def _argv(command: str, workdir: Path, micro: Path) -> list[str]:
         argv += [f"--model={micro}"]
     if argv[:2] == ["python", "scripts/fetch_data.py"]:
         argv += ["--base-url", CLOSED + "/{ref}/"]
-    if argv[:2] == ["python", "scripts/bench.py"] and "--eval" in argv:
+    if argv[:2] == ["python", "scripts/bench.py"] and ("--eval" in argv or "--generate" in argv):
         argv = [a for a in argv if a != "--eval"] + ["--quick", "--cases", "R_top2of4_r16"]
     if argv[:2] == ["python", "scripts/bench.py"] and "--base" in argv:
         cut = [i for i, a in enumerate(argv) if a in ("--cases", "--rounds")]

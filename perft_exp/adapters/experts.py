@@ -3,7 +3,7 @@
 Expert j maps x (D,) to  s * f(x A_j) B_j  with A_j (D, r), B_j (r, D):
   LoRA form:    f = identity, s = alpha / r
   adapter form: f = activation, s = 1
-Three ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
+Four ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
 which a routing kind may mask some (weight 0: a variable number of experts per token,
 perft_exp.adapters.routing):
   dense:   all N experts for all tokens in two matmuls, unchosen experts masked by a zero weight.
@@ -13,6 +13,13 @@ perft_exp.adapters.routing):
            Masked slots are left out of the pairs.
            Custom autograd functions keep only (S, r) activations: the (S, D) gathered inputs and
            per-pair outputs are recomputed or summed away, never saved.
+  gather:  for few tokens (decoding: one to a few dozen per call), each pair's rows of A and B read in
+           place by two weighted row sums (torch.nn.functional.embedding_bag):
+             h_p = sum_d x_{t,d} A[e_p, d, :]                  bag of D rows of A as (N*D, r), per pair
+             y_t = sum_{p of t} sum_j s w_p f(h_p)_j B[e_p, j, :]   bag of K*r rows of B (N*r, D), per token
+           No sort, no per-expert loop, no copy of the chosen experts' weights: what grouped costs per expert
+           (a kernel call for each of the N groups, chosen or not) is what dominates one token's cost.
+           Masked slots are computed at weight 0.
   loop:    a Python loop over experts (perft_exp.adapters.reference); the oracle and the benchmark's strawman.
 
 Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
@@ -40,7 +47,35 @@ from perft_exp.adapters import reference
 # What moving one routed pair's D-vector in and out costs in the grouped path, in units of dense columns
 # (choose_impl): grouped beats dense once N*r > K*(r + 32) (CPU, fp32; docs/benchmarks.md).
 _GATHER_COLUMNS = 32
+# Up to this many (token, expert) pairs per call the gather path beats grouped (CPU, fp32, E on OLMoE's
+# 64 experts top-8 at r=16: 1 token 50 us against 240, 64 tokens 420 against 570; docs/benchmarks.md).
+_GATHER_PAIRS = 512
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
+
+
+@torch.library.custom_op("perft::grouped_mm", mutates_args=())
+def _grouped_mm_op(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return F.grouped_mm(a, b, offs=offs)
+
+
+@_grouped_mm_op.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    if b.dim() == 3:  # (S, K) @ (G, K, M) -> (S, M)
+        return a.new_empty(a.shape[0], b.shape[-1])
+    return a.new_empty(offs.shape[0], a.shape[0], b.shape[-1])  # (K, S) @ (S, M) -> (G, K, M)
+
+
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """F.grouped_mm; under torch.compile an opaque op of the same shapes, since the compiler's own
+    grouped_mm takes only CUDA bf16 operands."""
+    if torch.compiler.is_compiling():
+        return _grouped_mm_op(a, b, offs)
+    return F.grouped_mm(a, b, offs=offs)
+
+
+def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` in `dtype`; `t` itself when it already is (no call into torch: a decoding step makes dozens)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _masked(xs: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -60,7 +95,7 @@ class _GatherGroupedMM(torch.autograd.Function):
     def forward(ctx, x, w, token, offsets, keep=None, scale: float = 1.0):
         ctx.save_for_backward(x, w, token, offsets, keep)
         ctx.scale = scale
-        return F.grouped_mm(_masked(x.index_select(0, token), keep, scale), w, offs=offsets)
+        return _grouped_mm(_masked(x.index_select(0, token), keep, scale), w, offsets)
 
     @staticmethod
     def backward(ctx, grad):
@@ -69,11 +104,11 @@ class _GatherGroupedMM(torch.autograd.Function):
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             # (S, D)
-            grad_xs = _masked(F.grouped_mm(grad, w.transpose(-2, -1), offs=offsets), keep, ctx.scale)
+            grad_xs = _masked(_grouped_mm(grad, w.transpose(-2, -1), offsets), keep, ctx.scale)
             grad_x = torch.zeros_like(x).index_add_(0, token, grad_xs)
         if ctx.needs_input_grad[1]:
             xs = _masked(x.index_select(0, token), keep, ctx.scale)
-            grad_w = F.grouped_mm(xs.t(), grad, offs=offsets)  # (N, D, r)
+            grad_w = _grouped_mm(xs.t(), grad, offsets)  # (N, D, r)
         return grad_x, grad_w, None, None, None, None
 
 
@@ -86,7 +121,7 @@ class _GroupedMMScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, token, offsets, num_tokens: int):
         ctx.save_for_backward(h, w, token, offsets)
-        ys = F.grouped_mm(h, w, offs=offsets)  # (S, D)
+        ys = _grouped_mm(h, w, offsets)  # (S, D)
         return ys.new_zeros(num_tokens, ys.shape[-1]).index_add_(0, token, ys)
 
     @staticmethod
@@ -95,9 +130,9 @@ class _GroupedMMScatter(torch.autograd.Function):
         grad_s = grad.index_select(0, token)  # (S, D): each pair's share of its token's gradient
         grad_h = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_h = F.grouped_mm(grad_s, w.transpose(-2, -1), offs=offsets)  # (S, r)
+            grad_h = _grouped_mm(grad_s, w.transpose(-2, -1), offsets)  # (S, r)
         if ctx.needs_input_grad[1]:
-            grad_w = F.grouped_mm(h.t(), grad_s, offs=offsets)  # (N, r, D)
+            grad_w = _grouped_mm(h.t(), grad_s, offsets)  # (N, r, D)
         return grad_h, grad_w, None, None, None
 
 
@@ -141,6 +176,7 @@ class PeftExperts(nn.Module):
         factory = {"dtype": dtype, "device": device}
         self.A = nn.Parameter(torch.empty(num_experts, hidden_size, bottleneck, **factory))  # (N, D, r) down
         self.B = nn.Parameter(torch.empty(num_experts, bottleneck, hidden_size, **factory))  # (N, r, D) up
+        self._rows: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # _row_tables
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -203,33 +239,39 @@ class PeftExperts(nn.Module):
         """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) (T, D) for x (T, D), weights and indices (T, K).
         `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
         given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
-        all.
+        all. `impl="auto"` picks by `choose_impl` for this call's number of tokens.
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
-            impl = self.choose_impl(indices.shape[-1])
+            impl = self.choose_impl(indices.shape[-1], x.shape[0])
         if impl == "grouped" and not grouped_mm_supported(x, self.A):
             impl = "dense"
         if impl == "dense":
             return self._dense(x, weights, indices, keep)
         if impl == "grouped":
             return self._grouped(x, weights, indices, keep, taken)
+        if impl == "gather":
+            return self._gather(x, weights, indices, keep)
         if impl == "loop":
             return reference.routed_loop(
                 x, weights, indices, self.A, self.B, self._f, self.scaling, keep, self._scale, self.form
             )
         raise ValueError(f"unknown impl {impl!r}")
 
-    def choose_impl(self, top_k: int) -> str:
+    def choose_impl(self, top_k: int, num_tokens: int | None = None) -> str:
         """The cheaper path by a cost model measured on CPU (fp32, D=256, r=16, fwd+bwd).
 
         Dense does N*r columns of work per token; grouped does K*r per token plus, per chosen pair,
         sorting and moving a D-vector five times (gathers and scatters), which cost about as much as
         32 more columns. At r=16 grouped wins for N > 3K: E (64 experts, top-8), R with 8 experts top-2.
+        Where grouped wins, a call of at most _GATHER_PAIRS (token, expert) pairs (`num_tokens` x K:
+        decoding) takes the gather path instead: grouped pays a kernel call per expert, chosen or not.
         """
-        if self.num_experts * self.bottleneck > top_k * (self.bottleneck + _GATHER_COLUMNS):
-            return "grouped"
-        return "dense"
+        if self.num_experts * self.bottleneck <= top_k * (self.bottleneck + _GATHER_COLUMNS):
+            return "dense"
+        if num_tokens is not None and num_tokens * top_k <= _GATHER_PAIRS:
+            return "gather"
+        return "grouped"
 
     def _dense(
         self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
@@ -239,7 +281,9 @@ class PeftExperts(nn.Module):
         a = self.A.permute(1, 0, 2).reshape(D, N * r)
         if keep is None:
             h = self._f(x @ a)  # (T, N*r)
-            gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(1, indices, weights.to(h.dtype))
+            gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(
+                1, indices, cast(weights, h.dtype)
+            )
             h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
             return (h @ self.B.reshape(N * r, D)) * self.scaling
         # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or
@@ -266,14 +310,17 @@ class PeftExperts(nn.Module):
         taken: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T, K = indices.shape
-        flat = indices.reshape(-1)  # (S,) with S = T*K
         # Unstable sort: a token meets an expert at most once, so any order within a group sums the same.
-        order = torch.sort(flat).indices
-        if taken is not None:  # the pairs in use, still expert-sorted
-            order = order[taken.reshape(-1).index_select(0, order)]
-            flat = flat.index_select(0, order)
+        expert, order = torch.sort(indices.reshape(-1))  # (S,) with S = T*K
+        # The pairs in use, still expert-sorted. Under torch.compile the masked pairs stay (at weight 0), so
+        # that no shape depends on the routing.
+        if taken is not None and not torch.compiler.is_compiling():
+            used = taken.reshape(-1).index_select(0, order)
+            order, expert = order[used], expert[used]
         token = order // K  # token of each expert-sorted (token, expert) pair
-        offsets = torch.cumsum(torch.bincount(flat, minlength=self.num_experts), 0).to(torch.int32)
+        # offsets[e]: the pairs of experts <= e; a search, not a bincount, so the shape is N whatever the data
+        ids = torch.arange(self.num_experts, device=expert.device, dtype=expert.dtype)
+        offsets = torch.searchsorted(expert, ids, right=True).to(torch.int32)
         keep = None if keep is None else keep.reshape(T * K, -1).index_select(0, order)  # (S, D or r)
         if self.form == "lora":
             h = _GatherGroupedMM.apply(x, self.A, token, offsets, keep, self._scale)  # (S, r)
@@ -283,3 +330,36 @@ class PeftExperts(nn.Module):
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
         return _GroupedMMScatter.apply(h, self.B, token, offsets, T)  # (T, D)
+
+    def _gather(
+        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        N, D, r = self.A.shape
+        T, K = indices.shape
+        expert = indices.reshape(-1)  # (S,), S = T*K pairs
+        rows_a, rows_b = self._row_tables(x.device)
+        xs = x.unsqueeze(1).expand(T, K, D).reshape(T * K, D)  # each pair's input
+        if keep is not None and self.form == "lora":
+            xs = _masked(xs, keep.reshape(T * K, D), self._scale)
+        # h_p = sum_d x_d A[e_p, d, :]: pair p's bag is rows e_p*D .. e_p*D + D-1 of A as an (N*D, r) table
+        bags = rows_a.index_select(0, expert)  # (S, D)
+        h = F.embedding_bag(bags, self.A.reshape(N * D, r), per_sample_weights=xs, mode="sum")  # (S, r)
+        if keep is not None and self.form != "lora":
+            h = _masked(h, keep.reshape(T * K, r), self._scale)
+        h = self._f(h) * (cast(weights.reshape(-1, 1), h.dtype) * self.scaling)
+        # y_t = sum over t's pairs p and j of h_pj B[e_p, j, :]: token t's bag is K*r rows of B as (N*r, D)
+        bags = rows_b.index_select(0, expert).view(T, K * r)
+        return F.embedding_bag(
+            bags, self.B.reshape(N * r, D), per_sample_weights=h.view(T, K * r), mode="sum"
+        )
+
+    def _row_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gather path's bags: row e of the first table lists expert e's rows of A as (N*D, r), of the
+        second its rows of B as (N*r, D). Constants, built once per device (not buffers: a buffer would be
+        saved, broadcast by DDP and gathered by ZeRO-3)."""
+        tables = self._rows.get(device)
+        if tables is None:
+            N, D, r = self.A.shape
+            ids = torch.arange(N * max(D, r), device=device)
+            tables = self._rows[device] = (ids[: N * D].view(N, D), ids[: N * r].view(N, r))
+        return tables

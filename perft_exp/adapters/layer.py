@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
-from perft_exp.adapters.experts import PeftExperts
+from perft_exp.adapters.experts import PeftExperts, cast
 from perft_exp.adapters.routing import routing_kind
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -50,7 +50,7 @@ class PerftLayer(nn.Module):
                 f"got {cfg.top_k}"
             )
         shared = cfg.dropout_scope == "shared" and cfg.dropout > 0
-        self.dropout = nn.Dropout(cfg.dropout) if shared else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout) if shared else None
         self.experts = PeftExperts(
             num_experts,
             hidden_size,
@@ -92,15 +92,18 @@ class PerftLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
         """x (T, D) -> y (T, D) in x's dtype. `base_routing` is the frozen router's output (E, defect)."""
-        h = self.dropout(x.to(self.experts.A.dtype))
+        experts = self.experts
+        h = cast(x, experts.A.dtype)
+        if self.dropout is not None:
+            h = self.dropout(h)
         routed = self.routing.route(x, self.router, base_routing)
         if routed.indices is None:
-            return self.experts.forward_all(h).to(x.dtype)
+            return cast(experts.forward_all(h), x.dtype)
         if routed.logits is not None:
             self.router_logits = routed.logits
         self.routing_indices, self.routing_taken = routed.indices, routed.taken
-        y = self.experts.forward_routed(h, routed.weights, routed.indices, self.impl, taken=routed.taken)
-        return y.to(x.dtype)
+        y = experts.forward_routed(h, routed.weights, routed.indices, self.impl, taken=routed.taken)
+        return cast(y, x.dtype)
 
 
 def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:

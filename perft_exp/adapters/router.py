@@ -52,7 +52,8 @@ class PeftRouter(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x (T, D) -> W_r x (T, N) in the router's dtype."""
-        return F.linear(x.to(self.weight.dtype), self.weight)
+        weight = self.weight
+        return F.linear(x if x.dtype == weight.dtype else x.to(weight.dtype), weight)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, D) -> logits (T, N), renormalised top-K weights (T, K) fp32, indices (T, K)."""

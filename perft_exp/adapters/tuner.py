@@ -230,7 +230,7 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self._active_adapter: str | list[str] = "default"
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        self._base_routing: tuple | None = None
+        self._router_output = None  # the block's router's last output, until the block's hook reads it
         self._hooks = [
             block.register_forward_hook(self._add, with_kwargs=True),
             router.register_forward_hook(self._capture_routing),
@@ -258,25 +258,33 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self._hooks = []
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
-        self._base_routing = self._routing(output)
+        self._router_output = output  # read (and dropped) by the block's hook below
 
     def _active_layers(self) -> list[PerftLayer]:
-        if self.disable_adapters:
+        # The module dict and the flags read directly, not through PEFT's properties: this runs once per block
+        # per forward, and decoding a token is a forward.
+        if self._disable_adapters:
             return []
-        return [self.perft_layer[a] for a in self.active_adapters if a in self.perft_layer]
+        active = self._active_adapter
+        layers = self.perft_layer._modules
+        return [layers[a] for a in ((active,) if isinstance(active, str) else active) if a in layers]
 
     def _add(self, block: nn.Module, args, kwargs, output):
-        routing, self._base_routing = self._base_routing, None
+        router_output, self._router_output = self._router_output, None
         layers = self._active_layers()
         if not layers:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         x = hidden.reshape(-1, hidden.shape[-1])  # (T, D)
-        if routing is None and any(layer.needs_base_routing for layer in layers):
-            raise RuntimeError(
-                "the base router did not run in this block's forward; cannot route the E experts"
-            )
-        y = sum(layer(x, routing) for layer in layers)
+        routing = None if router_output is None else self._routing(router_output)
+        y = None
+        for layer in layers:
+            if routing is None and layer.needs_base_routing:
+                raise RuntimeError(
+                    "the base router did not run in this block's forward; cannot route the E experts"
+                )
+            out = layer(x, routing)
+            y = out if y is None else y + out
         if isinstance(output, tuple):  # blocks that also return their router logits
             return (output[0] + y.view_as(output[0]), *output[1:])
         return output + y.view_as(output)
@@ -345,12 +353,10 @@ class PerftModel(BaseTuner):
           `out.base_aux_loss`. A config without a coefficient (0) leaves nothing to fold into.
         """
         out = self.model(*args, **kwargs)
-        coefs = [
-            c.aux_loss_coef
-            for a in self.active_adapters
-            if (c := self.peft_config.get(a)) is not None and c.spec.routing is Routing.OWN
-        ]
-        if not (self.model.training and coefs):
+        if not self.model.training:
+            return out
+        coef = self._own_router_coef()
+        if coef is None:
             return out
         in_loss = kwargs.get("labels") is not None and getattr(out, "loss", None) is not None
         base_aux = getattr(out, "aux_loss", None)
@@ -361,11 +367,22 @@ class PerftModel(BaseTuner):
             return out
         out["perft_aux_loss"] = aux
         if in_loss:
-            out.loss = out.loss + coefs[0] * aux.to(out.loss.device)
+            out.loss = out.loss + coef * aux.to(out.loss.device)
         if in_aux:
             out["base_aux_loss"] = base_aux
-            out.aux_loss = base_aux + (coefs[0] / base_coef) * aux.to(base_aux.device)
+            out.aux_loss = base_aux + (coef / base_coef) * aux.to(base_aux.device)
         return out
+
+    def _own_router_coef(self) -> float | None:
+        """The aux-loss coefficient of the first active adapter with a learned router (R), or None.
+
+        A plain loop: a comprehension with an assignment expression reads a closure cell, which
+        torch.compile cannot trace (a graph break in every training forward)."""
+        for name in self.active_adapters:
+            cfg = self.peft_config.get(name)
+            if cfg is not None and cfg.spec.routing is Routing.OWN:
+                return cfg.aux_loss_coef
+        return None
 
     # --- injection ------------------------------------------------------------------------------------------
     def _prepare_adapter_config(self, peft_config, model_config):

@@ -102,6 +102,7 @@ def _training_arguments(
         deepspeed=deepspeed_config(spec.deepspeed),
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False,
+        torch_compile=spec.model.compile,
     )
 
 

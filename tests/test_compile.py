@@ -1,0 +1,94 @@
+"""torch.compile with PERFT attached: a training forward and backward has the frozen model's graph breaks and
+no more (torch._dynamo.explain), the compiled step computes the eager step's loss and gradients, and
+`model.compile=true` trains through train.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import run_train
+from moe_models import tiny_moe
+
+from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.model import apply_adapters, trainable_parameters
+
+CASES = {
+    "R": dict(variant="R", num_experts=4, top_k=2),
+    "R_top_p_grouped": dict(variant="R", num_experts=16, top_k=4, top_p=0.5, impl="grouped"),
+    "E": dict(variant="E", num_experts=None, top_k=None),  # few tokens: the gather path
+    "E_grouped": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
+    "D": dict(variant="D", num_experts=3),
+    "S": dict(variant="S", num_experts=None),
+}
+
+
+def _model(case: str | None) -> torch.nn.Module:
+    model = tiny_moe("olmoe")
+    if case is not None:
+        model = apply_adapters(model, PerftConfig(bottleneck=8, dropout=0.0, **CASES[case]))
+    return model.train()
+
+
+def _step(model, ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids, labels=ids, output_router_logits=True)
+    out.loss.backward()
+    return out.loss
+
+
+def _graph_breaks(model, ids: torch.Tensor) -> int:
+    _step(model, ids)  # eager first: transformers installs its output-capturing hooks on the first call
+    torch._dynamo.reset()
+    return torch._dynamo.explain(_step)(model, ids).graph_break_count
+
+
+@pytest.fixture(scope="module")
+def base_breaks() -> int:
+    ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    return _graph_breaks(_model(None), ids)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_perft_adds_no_graph_break(case, base_breaks):
+    ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    assert _graph_breaks(_model(case), ids) == base_breaks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["R", "E_grouped", "D"])
+def test_compiled_step_matches_eager(case):
+    """Inductor compiles forward and backward (E's grouped matmuls through their opaque op); the loss and
+    the adapters' gradients are the eager step's."""
+    torch._dynamo.reset()
+    ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
+    model = _model(case)
+    params = trainable_parameters(model)
+    loss = _step(model, ids)
+    eager = {name: p.grad.clone() for name, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    compiled_loss = _step(torch.compile(model), ids)
+    torch.testing.assert_close(compiled_loss, loss, atol=1e-5, rtol=1e-5)
+    for name, p in params.items():
+        torch.testing.assert_close(p.grad, eager[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_model_compile_trains_through_train_py(micro_model_dir, app_env, tmp_path):
+    r = run_train(
+        [
+            "trainer=debug",
+            "trainer.max_steps=2",
+            "logger=none",
+            "eval.enabled=false",
+            "model.compile=true",
+            f"model.pretrained={micro_model_dir}",
+            "task.max_train_examples=16",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        app_env,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["train"]["steps"] == 2 and "model.compile=true" in results["config_changes"]
