@@ -116,6 +116,11 @@ COMMANDS = {
     "python scripts/collect_results.py outputs/compare/runs --out outputs/compare/report": ok(
         "outputs/compare/report/paired.md"
     ),
+    # docs/miniature.md: the miniature on a 4-bit base
+    "python train.py -m model.quantization=none,4bit seed=0,1,2 output_root=outputs/q4": ok(shrink=True),
+    "python scripts/collect_results.py outputs/q4/runs --out outputs/q4/report": ok(
+        "outputs/q4/report/paired.md"
+    ),
     # From finished runs to tables and figures
     "python scripts/collect_results.py outputs/runs --out outputs/report": ok("outputs/report/results.md"),
     "python scripts/collect_results.py outputs/runs/synthetic_commonsense/tiny_olmoe --runs 'toy-*' "
