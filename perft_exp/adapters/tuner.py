@@ -339,6 +339,10 @@ class PerftModel(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = PerftTunerLayer
     target_module_mapping: dict = {}
+    # Fold R's term into `out.aux_loss` (for TRL's GRPO/DPO, see forward). perft-exp's own trainer adds it
+    # itself and turns this off: the extra output keys would also break DDP, which rebuilds the output type
+    # from its keys.
+    fold_aux_loss: bool = True
 
     def forward(self, *args, **kwargs):
         """The model's forward. In training, R's router load-balancing loss (`perft_aux_loss`) joins whichever
@@ -361,7 +365,7 @@ class PerftModel(BaseTuner):
         in_loss = kwargs.get("labels") is not None and getattr(out, "loss", None) is not None
         base_aux = getattr(out, "aux_loss", None)
         base_coef = getattr(self.model.config, "router_aux_loss_coef", 0.0) or 0.0
-        in_aux = base_aux is not None and base_coef != 0.0
+        in_aux = self.fold_aux_loss and base_aux is not None and base_coef != 0.0
         aux = adapter_aux_loss(self.model, kwargs.get("attention_mask")) if in_loss or in_aux else None
         if aux is None:
             return out

@@ -148,6 +148,9 @@ class PerftTrainer(Trainer):
             # then this (and scales the result for gradient accumulation and devices as it would the model's).
             self.compute_loss_func = self._loss_at_label_positions
         self.add_callback(RoutingStatsCallback(self.log))  # R, E: PEFT-expert loads of every evaluation
+        tuner = getattr(self._unwrapped(), "base_model", None)
+        if hasattr(tuner, "fold_aux_loss"):  # this trainer adds R's term itself (compute_loss)
+            tuner.fold_aux_loss = False
 
     # ---- loss ---------------------------------------------------------------------------------
     def _loss_at_label_positions(self, outputs, labels, num_items_in_batch=None) -> torch.Tensor:
