@@ -152,26 +152,19 @@ def checkpoint(base: nn.Module) -> nn.Module:
 
 def expert_bytes(model: nn.Module) -> dict[str, float]:
     """The fused experts' bytes as held (4-bit: packed data and scales) against the same tensors in bf16."""
-    from perft_exp.models.quantization import expert_tensors, is_quantized_expert
+    from perft_exp.models.quantization import expert_tensors, is_quantized_expert, quant_state_bytes
 
     held = bf16 = 0
     for _, module, attr in expert_tensors(model):
         if is_quantized_expert(module, attr):
-            state = module.parametrizations[attr][0].quant_state
-            numel = math.prod(state.shape)
-            held += module.parametrizations[attr].original.numel() + _quant_state_nbytes(state)
+            chain = module.parametrizations[attr]
+            numel = math.prod(chain[0].quant_state.shape)
+            held += chain.original.numel() + quant_state_bytes(chain[0].quant_state)
         else:
             numel = getattr(module, attr).numel()
             held += numel * getattr(module, attr).element_size()
         bf16 += 2 * numel
     return {"experts_mb": held / 2**20, "experts_bf16_mb": bf16 / 2**20, "experts_vs_bf16": held / bf16}
-
-
-def _quant_state_nbytes(state) -> int:
-    tensors = [state.absmax, state.code, state.offset]
-    if state.nested:
-        tensors += [state.state2.absmax, state.state2.code]
-    return _tensor_bytes(tensors)
 
 
 def make_batch(model: BenchModel, device: str, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -64,6 +64,11 @@ def machine(device: str, threads: int) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {threads} torch thread(s), torch {torch.__version__}"
 
 
+def _at_most(target: str, ratio: float, limit: float) -> dict:
+    """A target of the form `ratio <= limit`: what it asks, the measured ratio, whether it passes."""
+    return {"target": target, "value": f"{ratio:.3f}x", "pass": ratio <= limit}
+
+
 def check_targets(
     cases: dict[str, dict], generation: dict[str, dict] | None = None, experts: dict | None = None
 ) -> list[dict]:
@@ -73,43 +78,23 @@ def check_targets(
     for key, row in (generation or {}).items():
         limit = DECODE_TARGETS.get(row["batch_size"])
         if not key.startswith("frozen@") and limit is not None:
-            ratio = row["decode_vs_frozen"]
             checks.append(
-                {
-                    "target": f"{key} decode step <= {limit:.2f}x frozen",
-                    "value": f"{ratio:.3f}x",
-                    "pass": ratio <= limit,
-                }
+                _at_most(f"{key} decode step <= {limit:.2f}x frozen", row["decode_vs_frozen"], limit)
             )
     if experts is not None:
-        ratio = experts["experts_vs_bf16"]
+        limit = EXPERT_BYTES_TARGET
         checks.append(
-            {
-                "target": f"4-bit experts' bytes <= {EXPERT_BYTES_TARGET:.2f}x bf16",
-                "value": f"{ratio:.3f}x",
-                "pass": ratio <= EXPERT_BYTES_TARGET,
-            }
+            _at_most(f"4-bit experts' bytes <= {limit:.2f}x bf16", experts["experts_vs_bf16"], limit)
         )
         for name, limit in QUANT_TARGETS.items():
             if name in cases:
-                ratio = cases[name]["ratio_vs_frozen"]
-                checks.append(
-                    {
-                        "target": f"{name} on the 4-bit base <= {limit:.2f}x the 4-bit frozen step",
-                        "value": f"{ratio:.3f}x",
-                        "pass": ratio <= limit,
-                    }
-                )
+                target = f"{name} on the 4-bit base <= {limit:.2f}x the 4-bit frozen step"
+                checks.append(_at_most(target, cases[name]["ratio_vs_frozen"], limit))
         return checks
     for name, limit in STEP_TARGETS.items():
         if name in cases:
-            ratio = cases[name]["ratio_vs_frozen"]
             checks.append(
-                {
-                    "target": f"{name} step <= {limit:.2f}x frozen",
-                    "value": f"{ratio:.3f}x",
-                    "pass": ratio <= limit,
-                }
+                _at_most(f"{name} step <= {limit:.2f}x frozen", cases[name]["ratio_vs_frozen"], limit)
             )
     if "E_r16" in cases and "E_loop" in cases:
         added, loop_added = cases["E_r16"]["ratio_vs_frozen"] - 1, cases["E_loop"]["ratio_vs_frozen"] - 1

@@ -166,6 +166,8 @@ def test_lm_eval_scores_a_perft_adapter(micro_model_dir, tmp_path):
 
 # --- post-training beyond SFT: TRL's GRPO and DPO train PERFT adapters ------------------------------------
 
+# TRL trainer arguments for a few CPU steps that log every step and write nothing but the test's files.
+QUIET_CPU = dict(logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False)
 PROMPTS = ["the glim is", "eve likes to", "the blorp is", "is the glim heavy?"]
 
 
@@ -180,11 +182,7 @@ def _grpo(micro_model_dir, tmp_path, aux_loss_coef: float, reward):
         num_generations=2,
         max_completion_length=6,
         learning_rate=1e-2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
+        **QUIET_CPU,
         seed=0,
     )
     trainer = GRPOTrainer(
@@ -257,11 +255,7 @@ def test_trl_dpo_trains_a_perft_adapter_against_the_base_model(micro_model_dir, 
         per_device_train_batch_size=2,
         learning_rate=1e-2,
         beta=0.1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        bf16=False,
+        **QUIET_CPU,
         max_length=32,
     )
     trainer = DPOTrainer(

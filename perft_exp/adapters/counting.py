@@ -55,19 +55,10 @@ def _numel(p: nn.Parameter, packed: dict[int, int]) -> int:
 
 
 def _packed_numels(model: nn.Module) -> dict[int, int]:
-    """id(parameter) -> the weights it holds, for bitsandbytes' 4-bit tensors (packed two weights a byte): the
-    Linear4bit weights and the 4-bit experts' parametrization originals (perft_exp/models/quantization.py)."""
-    out = {}
-    for module in model.modules():
-        for p in module.parameters(recurse=False):
-            state = getattr(p, "quant_state", None)
-            if state is not None:
-                out[id(p)] = math.prod(state.shape)
-        for chain in (getattr(module, "parametrizations", None) or {}).values():
-            state = getattr(chain[0], "quant_state", None)
-            if state is not None:
-                out[id(chain.original)] = math.prod(state.shape)
-    return out
+    """id(parameter) -> the weights it holds, for bitsandbytes' 4-bit tensors (packed two weights a byte)."""
+    from perft_exp.models.quantization import quant_states
+
+    return {id(tensor): math.prod(state.shape) for tensor, state in quant_states(model)}
 
 
 def count_parameters(model: nn.Module) -> ParamCounts:

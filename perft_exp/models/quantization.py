@@ -42,12 +42,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 from transformers import BitsAndBytesConfig
-from transformers.quantizers.auto import (
-    AUTO_QUANTIZATION_CONFIG_MAPPING,
-    AUTO_QUANTIZER_MAPPING,
-    register_quantization_config,
-    register_quantizer,
-)
+from transformers.quantizers.auto import register_quantization_config, register_quantizer
 from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
 
 from perft_exp.checks import EIGHT_BIT_REFUSAL
@@ -109,8 +104,6 @@ def quantize_expert_(module: nn.Module, attr: str, value: torch.Tensor, config: 
     bnb_4bit_compute_dtype is the Linear4bit layers')."""
     from bitsandbytes.nn.parametrize import replace_parameter_4bit_prequantized
 
-    if is_quantized_expert(module, attr):
-        nn.utils.parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
     packed, state = quantize_4bit(
         value, quant_type=config.bnb_4bit_quant_type, double_quant=config.bnb_4bit_use_double_quant
     )
@@ -250,13 +243,6 @@ class MoEBnb4BitQuantizer(Bnb4BitHfQuantizer):
         return False
 
 
-def registered() -> bool:
-    """Whether transformers knows the quantizer (it does once this module is imported)."""
-    return AUTO_QUANTIZER_MAPPING.get(QUANT_METHOD) is MoEBnb4BitQuantizer and (
-        AUTO_QUANTIZATION_CONFIG_MAPPING.get(QUANT_METHOD) is MoEBitsAndBytesConfig
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # Bytes: what the frozen base holds, measured on a loaded model or predicted on `meta`
 
@@ -272,7 +258,22 @@ def four_bit_bytes(numel: int, double_quant: bool, blocksize: int = BLOCKSIZE) -
     return packed + code + blocks + 4 * -(-blocks // _NESTED_BLOCKSIZE) + 256 * 4 + 4
 
 
-def _quant_state_bytes(state) -> int:
+def quant_states(model: nn.Module) -> Iterator[tuple[torch.Tensor, object]]:
+    """(stored tensor, its bitsandbytes QuantState) of every 4-bit tensor of `model`: the Linear4bit weights
+    (Params4bit carry their state) and the experts' parametrization originals (the parametrization does)."""
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if getattr(p, "quant_state", None) is not None:
+                yield p, p.quant_state
+        for chain in (getattr(module, "parametrizations", None) or {}).values():
+            state = next((getattr(q, "quant_state", None) for q in chain if hasattr(q, "quant_state")), None)
+            if state is not None:
+                yield chain.original, state
+
+
+def quant_state_bytes(state) -> int:
+    """Bytes of a QuantState's tensors: the scales, the code table, and with double quantisation the offset
+    and the second-level scales and code table."""
     tensors = [state.absmax, state.code, getattr(state, "offset", None)]
     if getattr(state, "nested", False):
         tensors += [state.state2.absmax, state.state2.code]
@@ -291,14 +292,7 @@ def weight_bytes(model: nn.Module, frozen_only: bool = False) -> int:
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
-        if getattr(tensor, "quant_state", None) is not None:  # a bitsandbytes Params4bit
-            total += _quant_state_bytes(tensor.quant_state)
-    for module in model.modules():
-        for attr in getattr(module, "parametrizations", {}) or {}:
-            for parametrization in module.parametrizations[attr]:
-                if hasattr(parametrization, "quant_state"):
-                    total += _quant_state_bytes(parametrization.quant_state)
-    return total
+    return total + sum(quant_state_bytes(state) for _, state in quant_states(model))
 
 
 def predicted_weight_bytes(meta_model: nn.Module, config: BitsAndBytesConfig | None) -> int:
