@@ -170,4 +170,4 @@ assert "torch" not in [m for m, v in sys.modules.items() if v is not None], "tor
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == ["ok"], r.stderr[-3000:]
