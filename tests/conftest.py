@@ -139,3 +139,19 @@ def run_train(args: list[str], env: dict, timeout: float = 600, **popen) -> subp
         timeout=timeout,
         **popen,
     )
+
+
+# The longest test files first: `make test` hands whole files to its worker processes in collection order, and
+# a long file collected last would run alone at the end (the README's chained blocks, the demo's three
+# 600-step runs).
+_LONGEST_FIRST = ("test_readme.py", "test_demo.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Collect the longest files first (stable otherwise)."""
+
+    def rank(item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)

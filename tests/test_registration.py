@@ -71,7 +71,7 @@ FAST = {"from_perft_exp_import_PerftConfig", "peft_alone_with_the_startup_line"}
 def test_every_import_order_registers_perft(order):
     code, strip = ORDERS[order]
     out, err = _python(f"{NO_STARTUP_HOOK}\n{code}\n{CHECK}" if strip else f"{code}\n{CHECK}", cwd="/")
-    # the last line: libraries may print their own first (transformers' wandb integration announces WANDB_MODE)
+    # the last line: a library may print first (transformers' wandb integration announces WANDB_MODE)
     assert out.strip().splitlines()[-1:] == ["ok"], err[-3000:]
 
 
