@@ -24,11 +24,12 @@ install: $(STAMP) ## create .venv and install the project with its pinned depend
 demo: $(STAMP) ## the embedded default: tiny OLMoE-architecture model, PERFT-R, synthetic task, CPU
 	$(BIN)/python train.py
 
-# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a process: most of a test's time is
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file to a process, the longest files first
+# (tests/conftest.py; xdist's own reordering would put the most numerous first): most of a test's time is
 # one core's (starting Python and torch, Hydra, tiny models). OpenMP threads that wait for a core sleep
 # instead of spinning, so a 2-thread run beside another test is not stalled by it.
 TEST_WORKERS ?= 2
-PYTEST := OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP) ## the whole test suite (CPU; includes the end-to-end runs through train.py)
 	$(PYTEST)

@@ -252,6 +252,37 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, q2, q3
 
 
+def _interleaved_rounds(
+    names: list[str],
+    visit: Callable[[str], tuple[float, ...]],
+    rounds: int,
+    seed: int,
+    on_round: Callable[[int, dict[str, list[tuple[float, ...]]]], None] | None = None,
+) -> tuple[dict[str, list[tuple[float, ...]]], dict[str, list[tuple[float, ...]]]]:
+    """Rounds of visits F c1 F c2 ... F cn F: `frozen` before, between and after the other cases, which come
+    in a shuffled order each round. `visit(name)` measures a case once (a tuple of seconds: a step; a prefill
+    and a decode step). Returns every visit per case and, per other case and round, each measurement over the
+    mean of the two frozen visits around it: a drift in the machine's speed cancels. `on_round(r, ratios)`
+    after each round (progress lines)."""
+    rng = random.Random(seed)
+    others = [name for name in names if name != "frozen"]
+    visits: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
+    ratios: dict[str, list[tuple[float, ...]]] = {name: [] for name in others}
+    for r in range(rounds):
+        rng.shuffle(others)
+        before = visit("frozen")
+        visits["frozen"].append(before)
+        for name in others:
+            seconds, after = visit(name), visit("frozen")
+            visits[name].append(seconds)
+            visits["frozen"].append(after)
+            ratios[name].append(tuple(x / ((b + a) / 2) for x, b, a in zip(seconds, before, after)))
+            before = after
+        if on_round is not None:
+            on_round(r, ratios)
+    return visits, ratios
+
+
 def time_cases(
     cases: dict[str, Case],
     batch: dict[str, torch.Tensor],
@@ -276,29 +307,23 @@ def time_cases(
         for _ in range(warmup):
             case.step(batch)
         log(f"  warm-up {name:14s} {(time.perf_counter() - start) / max(warmup, 1) * 1e3:8.1f} ms/step")
-    rng = random.Random(seed)
-    others = [name for name in cases if name != "frozen"]
     times: dict[str, list[dict[str, float]]] = {name: [] for name in cases}  # every timed step
-    ratios: dict[str, list[float]] = {name: [] for name in others}  # one per round
-    for r in range(rounds):
-        rng.shuffle(others)
-        before = _timed_step(cases["frozen"], batch, device)
-        times["frozen"].append(before)
-        for name in others:
-            visit = [_timed_step(cases[name], batch, device) for _ in range(steps)]
-            after = _timed_step(cases["frozen"], batch, device)
-            times[name] += visit
-            times["frozen"].append(after)
-            ratios[name].append(
-                statistics.median(t[clock] for t in visit) / ((before[clock] + after[clock]) / 2)
-            )
-            before = after
-        worst = max(others, key=lambda n: ratios[n][-1])
-        frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(others) - 1 :]) * 1e3
+
+    def visit(name: str) -> tuple[float]:
+        timed = [_timed_step(cases[name], batch, device) for _ in range(1 if name == "frozen" else steps)]
+        times[name] += timed
+        return (statistics.median(t[clock] for t in timed),)
+
+    def on_round(r: int, ratios: dict[str, list[tuple[float, ...]]]) -> None:
+        worst = max(ratios, key=lambda n: ratios[n][-1][0])
+        frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(ratios) - 1 :]) * 1e3
         log(
             f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, "
-            f"slowest {worst} {ratios[worst][-1]:.2f}x"
+            f"slowest {worst} {ratios[worst][-1][0]:.2f}x"
         )
+
+    _, per_round = _interleaved_rounds(list(cases), visit, rounds, seed, on_round)
+    ratios = {name: [r[0] for r in rs] for name, rs in per_round.items()}
     tokens = batch["input_ids"].numel()
     results = {}
     for name in cases:
@@ -378,34 +403,30 @@ def time_generation(
     Rounds interleave as the training steps do (time_cases): F c1 F c2 ... F cn F in a shuffled order, each
     case against the mean of the frozen visits on either side."""
     assert "frozen" in models, "the ratios need the frozen model"
-    rng = random.Random(seed)
-    others = [name for name in models if name != "frozen"]
     results: dict[str, dict] = {}
     for batch_size in shape.batch_sizes:
         g = torch.Generator().manual_seed(seed + batch_size)
         ids = torch.randint(vocab_size, (batch_size, shape.prompt_len), generator=g).to(device)
         for model in models.values():  # warm-up: allocator, thread pool, first-call hooks
             _generate_seconds(model, ids, 2, device, clock)
-        visits: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
-        ratios: dict[str, dict[str, list[float]]] = {n: {"decode": [], "prefill": []} for n in others}
-        for r in range(rounds):
-            rng.shuffle(others)
-            before = _generation_visit(models["frozen"], ids, shape, device, clock)
-            visits["frozen"].append(before)
-            for name in others:
-                visit = _generation_visit(models[name], ids, shape, device, clock)
-                after = _generation_visit(models["frozen"], ids, shape, device, clock)
-                visits[name].append(visit)
-                visits["frozen"].append(after)
-                for i, part in enumerate(("prefill", "decode")):
-                    ratios[name][part].append(visit[i] / ((before[i] + after[i]) / 2))
-                before = after
-            worst = max(others, key=lambda n: ratios[n]["decode"][-1])
+
+        def visit(name: str, ids: torch.Tensor = ids) -> tuple[float, float]:
+            return _generation_visit(models[name], ids, shape, device, clock)
+
+        def on_round(
+            r: int, per_round: dict[str, list[tuple[float, ...]]], batch_size: int = batch_size
+        ) -> None:
+            worst = max(per_round, key=lambda n: per_round[n][-1][1])
             log(
-                f"  batch {batch_size:3d} round {r + 1:2d}/{rounds}: frozen decode "
-                f"{visits['frozen'][-1][1] * 1e3:6.2f} ms/step, slowest {worst} "
-                f"{ratios[worst]['decode'][-1]:.3f}x"
+                f"  batch {batch_size:3d} round {r + 1:2d}/{rounds}: slowest decode {worst} "
+                f"{per_round[worst][-1][1]:.3f}x"
             )
+
+        visits, per_round = _interleaved_rounds(list(models), visit, rounds, seed, on_round)
+        ratios = {
+            name: {"prefill": [r[0] for r in rs], "decode": [r[1] for r in rs]}
+            for name, rs in per_round.items()
+        }
         for name in models:
             prefill = statistics.median(v[0] for v in visits[name])
             decode = statistics.median(v[1] for v in visits[name])

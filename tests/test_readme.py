@@ -220,7 +220,7 @@ def test_make_targets_named_in_the_readme_run_what_they_say():
     assert re.search(r"^demo:.*\n\t\$\(BIN\)/python train\.py\n", makefile, flags=re.M)
     assert re.search(r"^test:.*\n\t\$\(PYTEST\)\n", makefile, flags=re.M)
     # the whole suite, in processes that each take whole test files (a file's tests may build on each other)
-    pytest = r"^PYTEST := .*\$\(BIN\)/python -m pytest -q -n \S+ --dist loadfile$"
+    pytest = r"^PYTEST := .*\$\(BIN\)/python -m pytest -q -n \S+ --dist loadfile --no-loadscope-reorder$"
     assert re.search(pytest, makefile, flags=re.M)
     assert re.search(r'pip install --quiet -e "\.\[dev\]"', makefile)
 
