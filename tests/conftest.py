@@ -71,10 +71,16 @@ def _restore_environment():
     later test's subprocess (or accelerate) would take itself for one rank of a distributed job.
 
     A script's main() run in-process may hide optional packages (perft_exp/optional_imports.py marks them
-    None in sys.modules): they are visible again for the next test."""
+    None in sys.modules): they are visible again for the next test.
+
+    A run in-process sets torch's thread count (trainer.cpu_threads): the next test gets the one from before,
+    so no result depends on which tests ran before it in the same worker."""
     saved = dict(os.environ)
     hidden_before = {name for name, module in sys.modules.items() if module is None}
+    threads = torch.get_num_threads()
     yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
     os.environ.clear()
     os.environ.update(saved)
     for name in [name for name, module in sys.modules.items() if module is None]:

@@ -125,6 +125,7 @@ def test_a_tool_that_never_imports_perft_exp_loads_a_perft_adapter(micro_model_d
 import sys
 assert "perft_exp" not in sys.modules
 import torch
+torch.set_num_threads({torch.get_num_threads()})  # the reference's: threads set the order of float sums
 from peft import AutoPeftModelForCausalLM
 model = AutoPeftModelForCausalLM.from_pretrained({str(tmp_path / "adapter")!r}).eval()
 with torch.no_grad():
