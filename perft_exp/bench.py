@@ -257,13 +257,14 @@ def _interleaved_rounds(
     visit: Callable[[str], tuple[float, ...]],
     rounds: int,
     seed: int,
-    on_round: Callable[[int, dict[str, list[tuple[float, ...]]]], None] | None = None,
+    on_round: Callable[[int, dict[str, list[tuple[float, ...]]], dict[str, list[tuple[float, ...]]]], None]
+    | None = None,
 ) -> tuple[dict[str, list[tuple[float, ...]]], dict[str, list[tuple[float, ...]]]]:
     """Rounds of visits F c1 F c2 ... F cn F: `frozen` before, between and after the other cases, which come
     in a shuffled order each round. `visit(name)` measures a case once (a tuple of seconds: a step; a prefill
     and a decode step). Returns every visit per case and, per other case and round, each measurement over the
-    mean of the two frozen visits around it: a drift in the machine's speed cancels. `on_round(r, ratios)`
-    after each round (progress lines)."""
+    mean of the two frozen visits around it: a drift in the machine's speed cancels. `on_round(r, visits,
+    ratios)` after each round (progress lines)."""
     rng = random.Random(seed)
     others = [name for name in names if name != "frozen"]
     visits: dict[str, list[tuple[float, ...]]] = {name: [] for name in names}
@@ -279,7 +280,7 @@ def _interleaved_rounds(
             ratios[name].append(tuple(x / ((b + a) / 2) for x, b, a in zip(seconds, before, after)))
             before = after
         if on_round is not None:
-            on_round(r, ratios)
+            on_round(r, visits, ratios)
     return visits, ratios
 
 
@@ -314,9 +315,9 @@ def time_cases(
         times[name] += timed
         return (statistics.median(t[clock] for t in timed),)
 
-    def on_round(r: int, ratios: dict[str, list[tuple[float, ...]]]) -> None:
+    def on_round(r: int, visits: dict, ratios: dict[str, list[tuple[float, ...]]]) -> None:
         worst = max(ratios, key=lambda n: ratios[n][-1][0])
-        frozen_ms = statistics.median(t[clock] for t in times["frozen"][-len(ratios) - 1 :]) * 1e3
+        frozen_ms = statistics.median(v[0] for v in visits["frozen"][-len(ratios) - 1 :]) * 1e3
         log(
             f"  round {r + 1:2d}/{rounds}: frozen {frozen_ms:7.1f} ms, "
             f"slowest {worst} {ratios[worst][-1][0]:.2f}x"
@@ -413,12 +414,11 @@ def time_generation(
         def visit(name: str, ids: torch.Tensor = ids) -> tuple[float, float]:
             return _generation_visit(models[name], ids, shape, device, clock)
 
-        def on_round(
-            r: int, per_round: dict[str, list[tuple[float, ...]]], batch_size: int = batch_size
-        ) -> None:
+        def on_round(r: int, visits: dict, per_round: dict, batch_size: int = batch_size) -> None:
             worst = max(per_round, key=lambda n: per_round[n][-1][1])
             log(
-                f"  batch {batch_size:3d} round {r + 1:2d}/{rounds}: slowest decode {worst} "
+                f"  batch {batch_size:3d} round {r + 1:2d}/{rounds}: frozen decode "
+                f"{visits['frozen'][-1][1] * 1e3:6.2f} ms/step, slowest {worst} "
                 f"{per_round[worst][-1][1]:.3f}x"
             )
 
