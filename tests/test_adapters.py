@@ -11,6 +11,7 @@ from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.io import AdapterError, load_adapter, save_adapter
 from perft_exp.adapters.model import adapter_aux_loss, adapters_disabled, apply_adapters, perft_layers
 from perft_exp.adapters.routing_stats import perft_blocks
+from perft_exp.adapters.tuner import PerftPeftConfig
 from perft_exp.models.arch import get_architecture
 
 VARIANTS = {
@@ -88,7 +89,10 @@ def _perft_model(arch: str, variant: str, dtype: str = "float32", impl: str = "a
 
 
 ROUTED_IMPLS = [
-    (v, i) for v in sorted(VARIANTS) for i in ("auto", "dense", "grouped") if v[0] in "RE" or i == "auto"
+    (v, i)
+    for v in sorted(VARIANTS)
+    for i in ("auto", "dense", "grouped", "gather", "select")
+    if v[0] in "RE" or i == "auto"
 ]
 
 
@@ -328,3 +332,61 @@ def test_grouped_falls_back_when_kernel_cannot_take_the_shape():
     block, _ = first_block(model)
     x = torch.randn(1, 4, 32)
     _close(block(x), oracle(block, x, model.config), "bfloat16")
+
+
+@pytest.mark.parametrize("variant", ["R", "R_many", "R_top_p", "E"])
+def test_decoding_with_the_kv_cache_gives_the_loop_oracles_tokens(variant):
+    """Greedy generation at batch 1 (the select path) and 3 (dense, row sums) equals the per-expert loop's
+    tokens, with B large enough that PERFT changes the frozen model's tokens."""
+    inputs = batch()
+    frozen = tiny_moe("olmoe").eval()
+    model = _perft_model("olmoe", variant).eval()
+    with torch.no_grad():
+        for layer in perft_layers(model):
+            layer.experts.B.normal_(0, 2.0)
+
+    def generate(m, impl=None, **kw):
+        for layer in perft_layers(m):
+            layer.impl = impl
+        with torch.no_grad():
+            return m.generate(**kw, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)
+
+    for rows in (slice(1, 2), slice(0, 3)):
+        kw = {k: v[rows] for k, v in inputs.items()}
+        fast, slow = generate(model, "auto", **kw), generate(model, "loop", **kw)
+        assert torch.equal(fast, slow), (fast, slow)
+        assert not torch.equal(fast, generate(frozen, **kw))
+
+
+def test_only_adapters_that_route_by_the_frozen_router_hook_it():
+    """R, D, S never read the frozen router's output: its forward hook goes on with E's adapter only."""
+    model = _perft_model("olmoe", "R")
+    block, _ = first_block(model)
+    router = get_architecture(model.config.model_type).router(block)
+    assert not router._forward_hooks
+    model.add_adapter("e", PerftPeftConfig.from_knobs(PerftConfig(bottleneck=4, **VARIANTS["E"])))
+    assert len(router._forward_hooks) == 1
+    model.add_adapter("e2", PerftPeftConfig.from_knobs(PerftConfig(bottleneck=4, **VARIANTS["E"])))
+    assert len(router._forward_hooks) == 1
+    model.set_adapter("e")
+    with torch.no_grad():
+        model(**batch())
+    assert block.perft._router_output is None  # read and dropped by the block's hook
+
+
+def test_two_active_adapters_each_add_their_sum_to_the_block():
+    model = _perft_model("olmoe", "R")
+    model.add_adapter(
+        "d", PerftPeftConfig.from_knobs(PerftConfig(bottleneck=4, dropout=0.0, **VARIANTS["D"]))
+    )
+    block, _ = first_block(model)
+    for layer in block.perft.perft_layer.values():
+        with torch.no_grad():
+            layer.experts.B.normal_(0, 0.1)
+    x = torch.randn(2, 5, model.config.hidden_size)
+    block.perft.set_adapter(["default", "d"])
+    with torch.no_grad():
+        both = block(x)
+        parts = [layer(x.reshape(10, -1)) for layer in block.perft.perft_layer.values()]
+        ref = base_block(block, x)
+    torch.testing.assert_close(both, ref + (parts[0] + parts[1]).view_as(ref), atol=1e-5, rtol=1e-5)

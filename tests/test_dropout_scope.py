@@ -41,7 +41,7 @@ def _grads(y, inputs, g):
 
 
 @pytest.mark.parametrize("form", ["lora", "adapter"])
-@pytest.mark.parametrize("impl", ["dense", "grouped", "loop"])
+@pytest.mark.parametrize("impl", ["dense", "grouped", "gather", "select", "loop"])
 def test_routed_paths_match_the_pair_oracle_under_the_same_masks(form, impl):
     experts = _experts(form).train()
     x = torch.randn(T, D, requires_grad=True)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
-IMPLS = ("auto", "dense", "grouped", "loop")
+IMPLS = ("auto", "dense", "grouped", "gather", "select", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
 DROPOUT_SCOPES = ("expert", "shared")
 ROUTER_INITS = ("linear", "authors")
@@ -108,7 +108,10 @@ class PerftConfig:
     )
     impl: str = field(
         default="auto",
-        metadata={"help": "the routed experts' compute: auto, dense (masked), grouped (matmul), loop"},
+        metadata={
+            "help": "the routed experts' compute: auto (by the pairs per call), dense (masked), grouped "
+            "(matmul), gather (row sums), select (copied pairs), loop"
+        },
     )
     adapter_dtype: str = field(
         default="float32",

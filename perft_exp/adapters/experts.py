@@ -3,7 +3,7 @@
 Expert j maps x (D,) to  s * f(x A_j) B_j  with A_j (D, r), B_j (r, D):
   LoRA form:    f = identity, s = alpha / r
   adapter form: f = activation, s = 1
-Four ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
+Five ways to compute a routed mixture  y_t = sum_{j in J_t} w_tj * expert_j(x_t), over K slots per token of
 which a routing kind may mask some (weight 0: a variable number of experts per token,
 perft_exp.adapters.routing):
   dense:   all N experts for all tokens in two matmuls, unchosen experts masked by a zero weight.
@@ -20,6 +20,12 @@ perft_exp.adapters.routing):
            No sort, no per-expert loop, no copy of the chosen experts' weights: what grouped costs per expert
            (a kernel call for each of the N groups, chosen or not) is what dominates one token's cost.
            Masked slots are computed at weight 0.
+  select:  for a handful of pairs (decoding at batch 1 or 2: at most _SELECT_PAIRS), each pair's A and B
+           copied out of the stacks (index_select) and the pairs computed by two batched matmuls, the
+           second summing each token's K pairs:
+             h_p = x_{t_p} A[e_p]  (one bmm over the pairs)     y_t = [h_t1 .. h_tK] [B[e_t1]; ..; B[e_tK]]
+           Five kernels whatever N and K; the copies (2 D r values per pair) outgrow the row sums' reads
+           past a few dozen pairs. Masked slots are computed at weight 0.
   loop:    a Python loop over experts (perft_exp.adapters.reference); the oracle and the benchmark's strawman.
 
 Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
@@ -50,6 +56,9 @@ _GATHER_COLUMNS = 32
 # Up to this many (token, expert) pairs per call the gather path beats grouped (CPU, fp32, E on OLMoE's
 # 64 experts top-8 at r=16: 1 token 50 us against 240, 64 tokens 420 against 570; docs/benchmarks.md).
 _GATHER_PAIRS = 512
+# Up to this many pairs per call the select path beats the row sums and dense (CPU, fp32, D=256, r=16, in the
+# model: one token's decode step; docs/benchmarks.md): it runs a fixed five kernels.
+_SELECT_PAIRS = 16
 _ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
 
 
@@ -76,6 +85,16 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.T
 def cast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`t` in `dtype`; `t` itself when it already is (no call into torch: a decoding step makes dozens)."""
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def plus(y: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """residual + y in the residual's dtype; y when there is no residual."""
+    return y if residual is None else residual + cast(y, residual.dtype)
+
+
+def _fusable(residual: torch.Tensor | None, h: torch.Tensor) -> bool:
+    """Whether the last matmul can add `residual` itself (addmm, baddbmm): same dtype as the adapter's."""
+    return residual is not None and residual.dtype == h.dtype
 
 
 def _masked(xs: torch.Tensor, keep: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -212,9 +231,12 @@ class PeftExperts(nn.Module):
         width = self.hidden_size if self.form == "lora" else self.bottleneck
         return torch.rand(x.shape[0], pairs, width, device=x.device) >= self.dropout
 
-    def forward_all(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_all(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """sum_j expert_j(x) (T, D) for x (T, D): all experts always on (D and S) is one rank-N*r LoRA.
-        `keep` (T, N, D or r): expert-scope dropout masks (drawn here in training unless given)."""
+        `keep` (T, N, D or r): expert-scope dropout masks (drawn here in training unless given). `residual`
+        (T, D): returned plus the sum, in its dtype (the last matmul adds it when the dtypes match)."""
         N, D, r = self.A.shape
         keep = self.draw_keep(x, N) if keep is None else keep
         a = self.A.permute(1, 0, 2).reshape(D, N * r)  # (D, N*r)
@@ -225,7 +247,10 @@ class PeftExperts(nn.Module):
             h = x @ a  # (T, N*r)
             if keep is not None:  # adapter form: after W_down
                 h = _masked(h, keep.reshape(h.shape), self._scale)
-        return (self._f(h) @ self.B.reshape(N * r, D)) * self.scaling  # (T, D)
+        h, b = self._f(h), self.B.reshape(N * r, D)
+        if _fusable(residual, h):
+            return torch.addmm(residual, h, b, alpha=self.scaling)
+        return plus((h @ b) * self.scaling, residual)  # (T, D)
 
     def forward_routed(
         self,
@@ -235,11 +260,14 @@ class PeftExperts(nn.Module):
         impl: str = "auto",
         keep: torch.Tensor | None = None,
         taken: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sum_k weights[t, k] * expert_{indices[t, k]}(x_t) (T, D) for x (T, D), weights and indices (T, K).
         `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
         given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
-        all. `impl="auto"` picks by `choose_impl` for this call's number of tokens.
+        all. `impl="auto"` picks by `choose_impl` for this call's number of tokens. `residual` (T, D):
+        returned plus the sum, in its dtype (dense and select add it in their last matmul when the dtypes
+        match).
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
@@ -247,16 +275,20 @@ class PeftExperts(nn.Module):
         if impl == "grouped" and not grouped_mm_supported(x, self.A):
             impl = "dense"
         if impl == "dense":
-            return self._dense(x, weights, indices, keep)
+            return self._dense(x, weights, indices, keep, residual)
+        if impl == "select":
+            return self._select(x, weights, indices, keep, residual)
         if impl == "grouped":
-            return self._grouped(x, weights, indices, keep, taken)
-        if impl == "gather":
-            return self._gather(x, weights, indices, keep)
-        if impl == "loop":
-            return reference.routed_loop(
+            y = self._grouped(x, weights, indices, keep, taken)
+        elif impl == "gather":
+            y = self._gather(x, weights, indices, keep)
+        elif impl == "loop":
+            y = reference.routed_loop(
                 x, weights, indices, self.A, self.B, self._f, self.scaling, keep, self._scale, self.form
             )
-        raise ValueError(f"unknown impl {impl!r}")
+        else:
+            raise ValueError(f"unknown impl {impl!r}")
+        return plus(y, residual)
 
     def choose_impl(self, top_k: int, num_tokens: int | None = None) -> str:
         """The cheaper path by a cost model measured on CPU (fp32, D=256, r=16, fwd+bwd).
@@ -266,7 +298,11 @@ class PeftExperts(nn.Module):
         32 more columns. At r=16 grouped wins for N > 3K: E (64 experts, top-8), R with 8 experts top-2.
         Where grouped wins, a call of at most _GATHER_PAIRS (token, expert) pairs (`num_tokens` x K:
         decoding) takes the gather path instead: grouped pays a kernel call per expert, chosen or not.
+        At most _SELECT_PAIRS pairs (a decode step at batch 1 or 2) take the select path whatever N: its
+        fixed five kernels cost less than dense's masking or the row sums' bookkeeping.
         """
+        if num_tokens is not None and num_tokens * top_k <= _SELECT_PAIRS:
+            return "select"
         if self.num_experts * self.bottleneck <= top_k * (self.bottleneck + _GATHER_COLUMNS):
             return "dense"
         if num_tokens is not None and num_tokens * top_k <= _GATHER_PAIRS:
@@ -274,18 +310,35 @@ class PeftExperts(nn.Module):
         return "grouped"
 
     def _dense(
-        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        indices: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         N, D, r = self.A.shape
-        T, K = indices.shape
-        a = self.A.permute(1, 0, 2).reshape(D, N * r)
+        T = indices.shape[0]
         if keep is None:
-            h = self._f(x @ a)  # (T, N*r)
+            h = self._f(x @ self.A.permute(1, 0, 2).reshape(D, N * r))  # (T, N*r)
             gate = torch.zeros(T, N, dtype=h.dtype, device=h.device).scatter(
                 1, indices, cast(weights, h.dtype)
             )
             h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
-            return (h @ self.B.reshape(N * r, D)) * self.scaling
+        else:
+            h = self._dense_dropout(x, weights, indices, keep)
+        b = self.B.reshape(N * r, D)
+        if _fusable(residual, h):
+            return torch.addmm(residual, h, b, alpha=self.scaling)
+        return plus((h @ b) * self.scaling, residual)
+
+    def _dense_dropout(
+        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """The dense path's (T, N*r) gated activations under expert-scope dropout masks `keep`."""
+        N, D, r = self.A.shape
+        T, K = indices.shape
+        a = self.A.permute(1, 0, 2).reshape(D, N * r)
         # Expert-scope dropout: the k-th routed pair of a token reads its own masked input (LoRA form) or
         # masks its own W_down output (adapter form); every expert is computed for each of the K inputs,
         # the chosen kept.
@@ -299,7 +352,7 @@ class PeftExperts(nn.Module):
         hk = self._f(hk) * weights.to(hk.dtype).unsqueeze(-1)
         # A token meets an expert at most once: scattering the K pairs into their expert slots sums nothing.
         h = hk.new_zeros(T, N, r).scatter(1, indices.unsqueeze(-1).expand(T, K, r), hk)
-        return (h.view(T, N * r) @ self.B.reshape(N * r, D)) * self.scaling
+        return h.view(T, N * r)
 
     def _grouped(
         self,
@@ -330,6 +383,30 @@ class PeftExperts(nn.Module):
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
         return _GroupedMMScatter.apply(h, self.B, token, offsets, T)  # (T, D)
+
+    def _select(
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        indices: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        N, D, r = self.A.shape
+        T, K = indices.shape
+        expert = indices.reshape(-1)  # (S,), S = T*K pairs
+        xs = x.unsqueeze(1).expand(T, K, D).reshape(T * K, 1, D)  # each pair's input
+        if keep is not None and self.form == "lora":
+            xs = _masked(xs, keep.reshape(T * K, 1, D), self._scale)
+        h = torch.bmm(xs, self.A.index_select(0, expert)).view(T, K, r)  # (T, K, r)
+        if keep is not None and self.form != "lora":
+            h = _masked(h, keep, self._scale)
+        h = self._f(h) * cast(weights.unsqueeze(-1), h.dtype)
+        # y_t = [h_t1 .. h_tK] (1, K*r) @ the K chosen B stacked (K*r, D)
+        h, b = h.view(T, 1, K * r), self.B.index_select(0, expert).view(T, K * r, D)
+        if _fusable(residual, h):
+            return torch.baddbmm(residual.view(T, 1, D), h, b, alpha=self.scaling).view(T, D)
+        return plus(torch.bmm(h, b).view(T, D) * self.scaling, residual)
 
     def _gather(
         self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None

@@ -90,20 +90,30 @@ class PerftLayer(nn.Module):
         """The routing kind, for the module's repr."""
         return f"routing={self.routing.extra_repr()}"
 
-    def forward(self, x: torch.Tensor, base_routing: tuple | None = None) -> torch.Tensor:
-        """x (T, D) -> y (T, D) in x's dtype. `base_routing` is the frozen router's output (E, defect)."""
+    def forward(
+        self, x: torch.Tensor, base_routing: tuple | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (T, D) -> y (T, D) in x's dtype; with `residual` (T, D), residual + y in the residual's dtype
+        (the block's output: the experts' last matmul adds it where it can, one kernel less per layer).
+        `base_routing` is the frozen router's output (E, defect)."""
         experts = self.experts
         h = cast(x, experts.A.dtype)
         if self.dropout is not None:
             h = self.dropout(h)
         routed = self.routing.route(x, self.router, base_routing)
         if routed.indices is None:
-            return cast(experts.forward_all(h), x.dtype)
-        if routed.logits is not None:
-            self.router_logits = routed.logits
-        self.routing_indices, self.routing_taken = routed.indices, routed.taken
-        y = experts.forward_routed(h, routed.weights, routed.indices, self.impl, taken=routed.taken)
-        return cast(y, x.dtype)
+            y = experts.forward_all(h, residual=residual)
+        else:
+            # Plain tensors set in the instance dict: nn.Module.__setattr__'s checks for parameters, buffers
+            # and submodules cost more than the rest of a decode step's bookkeeping.
+            state = self.__dict__
+            if routed.logits is not None:
+                state["router_logits"] = routed.logits
+            state["routing_indices"], state["routing_taken"] = routed.indices, routed.taken
+            y = experts.forward_routed(
+                h, routed.weights, routed.indices, self.impl, taken=routed.taken, residual=residual
+            )
+        return cast(y, x.dtype) if residual is None else y
 
 
 def perft_layers(model: nn.Module) -> Iterator[PerftLayer]:

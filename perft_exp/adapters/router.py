@@ -1,6 +1,8 @@
 """`PeftRouter`: variant R's own learned router over its N PEFT experts.
 
-q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J). W_r is (N, D), no bias.
+q = softmax_fp32(W_r x), J = topk(q, K), v = q_J / sum(q_J). W_r is (N, D), no bias. Computed as
+J = topk(W_r x, K) (softmax keeps the order) and v = softmax_fp32((W_r x)_J): the same weights, up to
+rounding.
 
 Init (`perft.router_init`): "linear", nn.Linear's U(-1/sqrt(D), 1/sqrt(D)); "authors", N(0, 0.02): the
 authors' router was a missing key of `from_pretrained`, so it got the model's `_init_weights` (std =
@@ -58,6 +60,6 @@ class PeftRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (T, D) -> logits (T, N), renormalised top-K weights (T, K) fp32, indices (T, K)."""
         logits = self.logits(x)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        top, indices = torch.topk(probs, self.top_k, dim=-1)
-        return logits, top / top.sum(dim=-1, keepdim=True), indices
+        # softmax over the K largest logits: the top-K probabilities renormalised, in two kernels, not four
+        top, indices = torch.topk(logits, self.top_k, dim=-1)
+        return logits, torch.softmax(top, dim=-1, dtype=torch.float32), indices

@@ -231,10 +231,12 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._router_output = None  # the block's router's last output, until the block's hook reads it
-        self._hooks = [
-            block.register_forward_hook(self._add, with_kwargs=True),
-            router.register_forward_hook(self._capture_routing),
-        ]
+        # The router's hook goes on with the first adapter that routes by it (E, R's authors' defect): the
+        # others never pay for a hook call per block per forward. A partial, not the router: a module
+        # attribute would be registered as a submodule.
+        self._hook_router = functools.partial(router.register_forward_hook, self._capture_routing)
+        self._hooks = [block.register_forward_hook(self._add, with_kwargs=True)]
+        self._router_hooked = False
 
     def update_layer(
         self,
@@ -246,9 +248,11 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         device: torch.device,
     ) -> None:
         """Add (or replace) adapter `adapter_name`'s PerftLayer on this block."""
-        self.perft_layer[adapter_name] = PerftLayer(
-            cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device
-        )
+        layer = PerftLayer(cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device)
+        self.perft_layer[adapter_name] = layer
+        if layer.needs_base_routing and not self._router_hooked and self._hooks:
+            self._hooks.append(self._hook_router())
+            self._router_hooked = True
         self.set_adapter(self.active_adapters)
 
     def remove_hooks(self) -> None:
@@ -256,9 +260,12 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._router_hooked = False
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
-        self._router_output = output  # read (and dropped) by the block's hook below
+        # Read (and dropped) by the block's hook below. Set in the instance dict: nn.Module.__setattr__ checks
+        # parameters, buffers and submodules on every assignment, per block per forward.
+        self.__dict__["_router_output"] = output
 
     def _active_layers(self) -> list[PerftLayer]:
         # The module dict and the flags read directly, not through PEFT's properties: this runs once per block
@@ -270,24 +277,25 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         return [layers[a] for a in ((active,) if isinstance(active, str) else active) if a in layers]
 
     def _add(self, block: nn.Module, args, kwargs, output):
-        router_output, self._router_output = self._router_output, None
+        router_output = self._router_output
+        if router_output is not None:
+            self.__dict__["_router_output"] = None
         layers = self._active_layers()
         if not layers:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         x = hidden.reshape(-1, hidden.shape[-1])  # (T, D)
         routing = None if router_output is None else self._routing(router_output)
-        y = None
-        for layer in layers:
+        base = output[0] if isinstance(output, tuple) else output  # tuple: blocks that return router logits
+        y = base.reshape(x.shape)
+        for layer in layers:  # each adds its experts' sum to the block's output
             if routing is None and layer.needs_base_routing:
                 raise RuntimeError(
                     "the base router did not run in this block's forward; cannot route the E experts"
                 )
-            out = layer(x, routing)
-            y = out if y is None else y + out
-        if isinstance(output, tuple):  # blocks that also return their router logits
-            return (output[0] + y.view_as(output[0]), *output[1:])
-        return output + y.view_as(output)
+            y = layer(x, routing, residual=y)
+        y = y.view_as(base)
+        return (y, *output[1:]) if isinstance(output, tuple) else y
 
     def enable_adapters(self, enabled: bool) -> None:
         """Switch this block's PEFT experts on or off, for every adapter."""
