@@ -132,16 +132,18 @@ class _GatherGroupedMM(torch.autograd.Function):
 
 
 class _GroupedMMScatter(torch.autograd.Function):
-    """y_t = sum over the pairs p of token t of h_p @ W[e_p]: h (S, r), W (N, r, D) -> y (T, D).
+    """y_t = sum over the pairs p of token t of h_p @ W[e_p]: h (S, r), W (N, r, D) -> y (T, D), plus
+    `residual` (T, D) when given (the sums land on a copy of it: no zeros, no separate add).
 
     The (S, D) per-pair outputs are summed into their tokens at once and never kept.
     """
 
     @staticmethod
-    def forward(ctx, h, w, token, offsets, num_tokens: int):
+    def forward(ctx, h, w, token, offsets, num_tokens: int, residual=None):
         ctx.save_for_backward(h, w, token, offsets)
         ys = _grouped_mm(h, w, offsets)  # (S, D)
-        return ys.new_zeros(num_tokens, ys.shape[-1]).index_add_(0, token, ys)
+        out = ys.new_zeros(num_tokens, ys.shape[-1]) if residual is None else residual.clone()
+        return out.index_add_(0, token, ys)
 
     @staticmethod
     def backward(ctx, grad):
@@ -152,7 +154,7 @@ class _GroupedMMScatter(torch.autograd.Function):
             grad_h = _grouped_mm(grad_s, w.transpose(-2, -1), offsets)  # (S, r)
         if ctx.needs_input_grad[1]:
             grad_w = _grouped_mm(h.t(), grad_s, offsets)  # (N, r, D)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, grad if ctx.needs_input_grad[5] else None
 
 
 def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
@@ -279,6 +281,8 @@ class PeftExperts(nn.Module):
         if impl == "select":
             return self._select(x, weights, indices, keep, residual)
         if impl == "grouped":
+            if _fusable(residual, x):
+                return self._grouped(x, weights, indices, keep, taken, residual)
             y = self._grouped(x, weights, indices, keep, taken)
         elif impl == "gather":
             y = self._gather(x, weights, indices, keep)
@@ -361,6 +365,7 @@ class PeftExperts(nn.Module):
         indices: torch.Tensor,
         keep: torch.Tensor | None = None,
         taken: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T, K = indices.shape
         # Unstable sort: a token meets an expert at most once, so any order within a group sums the same.
@@ -382,7 +387,7 @@ class PeftExperts(nn.Module):
         h = self._f(h)
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
-        return _GroupedMMScatter.apply(h, self.B, token, offsets, T)  # (T, D)
+        return _GroupedMMScatter.apply(h, self.B, token, offsets, T, residual)  # (T, D)
 
     def _select(
         self,
