@@ -18,7 +18,9 @@ from perft_exp.adapters.model import apply_adapters, trainable_parameters
 CASES = {
     "R": dict(variant="R", num_experts=4, top_k=2),
     "R_top_p_grouped": dict(variant="R", num_experts=16, top_k=4, top_p=0.5, impl="grouped"),
-    "E": dict(variant="E", num_experts=None, top_k=None),  # few tokens: the gather path
+    "E": dict(variant="E", num_experts=None, top_k=None),  # the path auto picks for 16 tokens
+    "E_gather": dict(variant="E", num_experts=None, top_k=None, impl="gather"),  # decoding's paths
+    "E_select": dict(variant="E", num_experts=None, top_k=None, impl="select"),
     "E_grouped": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
     "D": dict(variant="D", num_experts=3),
     "S": dict(variant="S", num_experts=None),
