@@ -249,10 +249,7 @@ class PeftExperts(nn.Module):
             h = x @ a  # (T, N*r)
             if keep is not None:  # adapter form: after W_down
                 h = _masked(h, keep.reshape(h.shape), self._scale)
-        h, b = self._f(h), self.B.reshape(N * r, D)
-        if _fusable(residual, h):
-            return torch.addmm(residual, h, b, alpha=self.scaling)
-        return plus((h @ b) * self.scaling, residual)  # (T, D)
+        return self._up(self._f(h), self.B.reshape(N * r, D), residual)  # (T, D)
 
     def forward_routed(
         self,
@@ -268,8 +265,8 @@ class PeftExperts(nn.Module):
         `keep` (T, K, D or r): expert-scope dropout masks, one per routed pair (drawn here in training unless
         given). `taken` (T, K) bool: the slots in use (masked ones carry weight 0; grouped skips them); None:
         all. `impl="auto"` picks by `choose_impl` for this call's number of tokens. `residual` (T, D):
-        returned plus the sum, in its dtype (dense and select add it in their last matmul when the dtypes
-        match).
+        returned plus the sum, in its dtype (dense, select and grouped add it in their last step when the
+        dtypes match).
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
@@ -281,10 +278,8 @@ class PeftExperts(nn.Module):
         if impl == "select":
             return self._select(x, weights, indices, keep, residual)
         if impl == "grouped":
-            if _fusable(residual, x):
-                return self._grouped(x, weights, indices, keep, taken, residual)
-            y = self._grouped(x, weights, indices, keep, taken)
-        elif impl == "gather":
+            return self._grouped(x, weights, indices, keep, taken, residual)
+        if impl == "gather":
             y = self._gather(x, weights, indices, keep)
         elif impl == "loop":
             y = reference.routed_loop(
@@ -331,9 +326,13 @@ class PeftExperts(nn.Module):
             h = (h.view(T, N, r) * gate.unsqueeze(-1)).view(T, N * r)  # unchosen experts weigh 0
         else:
             h = self._dense_dropout(x, weights, indices, keep)
-        b = self.B.reshape(N * r, D)
+        return self._up(h, self.B.reshape(N * r, D), residual)
+
+    def _up(self, h: torch.Tensor, b: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """s * h @ b, plus `residual` when given: added by the matmul itself (addmm, or baddbmm for a batch of
+        products) when the dtypes match, else after it in the residual's dtype."""
         if _fusable(residual, h):
-            return torch.addmm(residual, h, b, alpha=self.scaling)
+            return (torch.baddbmm if h.dim() == 3 else torch.addmm)(residual, h, b, alpha=self.scaling)
         return plus((h @ b) * self.scaling, residual)
 
     def _dense_dropout(
@@ -387,7 +386,9 @@ class PeftExperts(nn.Module):
         h = self._f(h)
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
-        return _GroupedMMScatter.apply(h, self.B, token, offsets, T, residual)  # (T, D)
+        fused = _fusable(residual, h)  # else the sums land on zeros, the residual added in its own dtype
+        y = _GroupedMMScatter.apply(h, self.B, token, offsets, T, residual if fused else None)  # (T, D)
+        return y if fused else plus(y, residual)
 
     def _select(
         self,
@@ -408,10 +409,9 @@ class PeftExperts(nn.Module):
             h = _masked(h, keep, self._scale)
         h = self._f(h) * cast(weights.unsqueeze(-1), h.dtype)
         # y_t = [h_t1 .. h_tK] (1, K*r) @ the K chosen B stacked (K*r, D)
-        h, b = h.view(T, 1, K * r), self.B.index_select(0, expert).view(T, K * r, D)
-        if _fusable(residual, h):
-            return torch.baddbmm(residual.view(T, 1, D), h, b, alpha=self.scaling).view(T, D)
-        return plus(torch.bmm(h, b).view(T, D) * self.scaling, residual)
+        b = self.B.index_select(0, expert).view(T, K * r, D)
+        residual = None if residual is None else residual.view(T, 1, D)
+        return self._up(h.view(T, 1, K * r), b, residual).view(T, D)
 
     def _gather(
         self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor, keep: torch.Tensor | None = None

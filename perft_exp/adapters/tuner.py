@@ -235,8 +235,7 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         # others never pay for a hook call per block per forward. A partial, not the router: a module
         # attribute would be registered as a submodule.
         self._hook_router = functools.partial(router.register_forward_hook, self._capture_routing)
-        self._hooks = [block.register_forward_hook(self._add, with_kwargs=True)]
-        self._router_hooked = False
+        self._hooks = [block.register_forward_hook(self._add, with_kwargs=True)]  # then the router's, if any
 
     def update_layer(
         self,
@@ -250,9 +249,8 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         """Add (or replace) adapter `adapter_name`'s PerftLayer on this block."""
         layer = PerftLayer(cfg, hidden_size, base_top_k, model_dtype=model_dtype, device=device)
         self.perft_layer[adapter_name] = layer
-        if layer.needs_base_routing and not self._router_hooked and self._hooks:
+        if layer.needs_base_routing and len(self._hooks) == 1:  # attached, the router not yet hooked
             self._hooks.append(self._hook_router())
-            self._router_hooked = True
         self.set_adapter(self.active_adapters)
 
     def remove_hooks(self) -> None:
@@ -260,7 +258,6 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        self._router_hooked = False
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
         # Read (and dropped) by the block's hook below. Set in the instance dict: nn.Module.__setattr__ checks
