@@ -91,8 +91,8 @@ def _perft_model(arch: str, variant: str, dtype: str = "float32", impl: str = "a
 ROUTED_IMPLS = [
     (v, i)
     for v in sorted(VARIANTS)
-    for i in ("auto", "dense", "grouped", "gather", "select")
-    if v[0] in "RE" or i == "auto"
+    for i in ("auto", "dense", "grouped", "fused", "gather", "select")
+    if (v[0] in "RE" or i == "auto") and (i != "fused" or v == "E")
 ]
 
 

@@ -22,6 +22,7 @@ CASES = {
     "E_gather": dict(variant="E", num_experts=None, top_k=None, impl="gather"),  # decoding's paths
     "E_select": dict(variant="E", num_experts=None, top_k=None, impl="select"),
     "E_grouped": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
+    "E_fused": dict(variant="E", num_experts=None, top_k=None, impl="fused"),  # inside the frozen experts
     "D": dict(variant="D", num_experts=3),
     "S": dict(variant="S", num_experts=None),
 }
@@ -59,7 +60,7 @@ def test_perft_adds_no_graph_break(case, base_breaks):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["R", "E_grouped", "D"])
+@pytest.mark.parametrize("case", ["R", "E_grouped", "E_fused", "D"])
 def test_compiled_step_matches_eager(case):
     """Inductor compiles forward and backward (E's grouped matmuls through their opaque op); the loss and
     the adapters' gradients are the eager step's."""

@@ -123,11 +123,12 @@ def test_the_experts_take_under_a_third_of_their_16_bit_bytes(loaded):
     [
         dict(variant="R", num_experts=4, top_k=2),
         dict(variant="E"),
+        dict(variant="E", impl="fused"),
         dict(variant="D", num_experts=2),
         dict(variant="S"),
         dict(variant="R", num_experts=4, top_k=2, top_p=0.5),
     ],
-    ids=["R", "E", "D", "S", "top-p"],
+    ids=["R", "E", "E-fused", "D", "S", "top-p"],
 )
 def test_perft_trains_on_the_4bit_base_through_get_peft_model(olmoe_dir, spec):
     from peft import get_peft_model

@@ -23,6 +23,7 @@ from perft_exp.adapters.variants import (
     KNOBS,
     REGISTRY,
     Family,
+    Routing,
     Variant,
     get_variant,
     run_label,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 FORMS = ("lora", "adapter")
 INITS = ("paper", "zero_b")
-IMPLS = ("auto", "dense", "grouped", "gather", "select", "loop")
+IMPLS = ("auto", "dense", "grouped", "fused", "gather", "select", "loop")
 ADAPTER_DTYPES = ("float32", "bfloat16", "model")
 DROPOUT_SCOPES = ("expert", "shared")
 ROUTER_INITS = ("linear", "authors")
@@ -110,7 +111,8 @@ class PerftConfig:
         default="auto",
         metadata={
             "help": "the routed experts' compute: auto (by the pairs per call), dense (masked), grouped "
-            "(matmul), gather (row sums), select (copied pairs), loop"
+            "(matmul), fused (E: grouped inside the frozen experts' computation), gather (row sums), select "
+            "(copied pairs), loop"
         },
     )
     adapter_dtype: str = field(
@@ -145,6 +147,11 @@ class PerftConfig:
             raise ValueError(f"perft.alpha={self.alpha!r} must be > 0")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"perft.top_p={self.top_p!r} must be in (0, 1] (or null: top-K)")
+        if self.impl == "fused" and spec.routing is not Routing.BASE:
+            raise ValueError(
+                f"perft.impl=fused runs E's PEFT experts inside the frozen experts' computation; variant "
+                f"{self.variant} has experts of its own (use grouped)"
+            )
         if self.top_p is not None and self.authors_weighting_defect:
             raise ValueError("perft.top_p and perft.authors_weighting_defect do not combine")
         if self.aux_loss_coef is not None and self.aux_loss_coef < 0:

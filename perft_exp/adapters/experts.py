@@ -27,6 +27,8 @@ perft_exp.adapters.routing):
            Five kernels whatever N and K; the copies (2 D r values per pair) outgrow the row sums' reads
            past a few dozen pairs. Masked slots are computed at weight 0.
   loop:    a Python loop over experts (perft_exp.adapters.reference); the oracle and the benchmark's strawman.
+E has a sixth, `fused` (perft_exp.adapters.fused): grouped, inside the frozen experts' own grouped
+computation, whose sort, gathered inputs and sum over each token's pairs it shares (`sorted_pairs` below).
 
 Dropout with `dropout_scope=expert` (the authors': each PEFT expert is a module with its own nn.Dropout), in
 training only: every (token, expert) pair draws its own keep mask m ~ Bernoulli(1 - p), scaled by 1 / (1 - p),
@@ -129,6 +131,47 @@ class _GatherGroupedMM(torch.autograd.Function):
             xs = _masked(x.index_select(0, token), keep, ctx.scale)
             grad_w = _grouped_mm(xs.t(), grad, offsets)  # (N, D, r)
         return grad_x, grad_w, None, None, None, None
+
+
+class _RegatheredGroupedMM(torch.autograd.Function):
+    """h_p = (keep_p * xs_p) @ W[e_p] for expert-sorted pairs p whose inputs xs (S, D) = x[token] were already
+    gathered (by the frozen experts' own computation, perft_exp.adapters.fused): like _GatherGroupedMM, the
+    (S, D) copy is not kept for backward but gathered again from x (T, D), the layer input."""
+
+    @staticmethod
+    def forward(ctx, xs, x, w, token, offsets, keep=None, scale: float = 1.0):
+        ctx.save_for_backward(x, w, token, offsets, keep)
+        ctx.scale = scale
+        return _grouped_mm(_masked(xs, keep, scale), w, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, token, offsets, keep = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_xs = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_xs = _masked(_grouped_mm(grad, w.transpose(-2, -1), offsets), keep, ctx.scale)  # (S, D)
+        if ctx.needs_input_grad[2]:
+            grad_w = _grouped_mm(_masked(x.index_select(0, token), keep, ctx.scale).t(), grad, offsets)
+        return grad_xs, None, grad_w, None, None, None, None
+
+
+class _GroupedMM(torch.autograd.Function):
+    """ys_p = h_p @ W[e_p] for expert-sorted pairs: h (S, r), W (N, r, D) -> (S, D), each pair's output
+    (summed into the tokens by the caller); keeps only h and W."""
+
+    @staticmethod
+    def forward(ctx, h, w, offsets):
+        ctx.save_for_backward(h, w, offsets)
+        return _grouped_mm(h, w, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, w, offsets = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_h = _grouped_mm(grad, w.transpose(-2, -1), offsets) if ctx.needs_input_grad[0] else None
+        grad_w = _grouped_mm(h.t(), grad, offsets) if ctx.needs_input_grad[1] else None
+        return grad_h, grad_w, None
 
 
 class _GroupedMMScatter(torch.autograd.Function):
@@ -271,6 +314,8 @@ class PeftExperts(nn.Module):
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
             impl = self.choose_impl(indices.shape[-1], x.shape[0])
+        if impl == "fused":  # beside the block: the frozen experts' computation did not take E in
+            impl = "grouped"
         if impl == "grouped" and not grouped_mm_supported(x, self.A):
             impl = "dense"
         if impl == "dense":
@@ -389,6 +434,31 @@ class PeftExperts(nn.Module):
         fused = _fusable(residual, h)  # else the sums land on zeros, the residual added in its own dtype
         y = _GroupedMMScatter.apply(h, self.B, token, offsets, T, residual if fused else None)  # (T, D)
         return y if fused else plus(y, residual)
+
+    def sorted_pairs(
+        self,
+        xs: torch.Tensor | None,
+        x: torch.Tensor,
+        token: torch.Tensor,
+        offsets: torch.Tensor,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Each expert-sorted pair's output, unweighted: s f(x_t A[e]) B[e] (S, D) for the pairs (token t, its
+        expert e) sorted by expert, `offsets` (N,) int32 ending each expert's run, `keep` (S, D or r) their
+        expert-scope dropout masks in the same order. `xs` (S, D): the pairs' inputs x[token] already
+        gathered in A's dtype (regathered for backward, not kept), or None: gathered here from x (T, D).
+        The routing weights and the sum over each token's pairs are the caller's (the frozen experts' grouped
+        computation, perft_exp.adapters.fused)."""
+        lora = self.form == "lora"
+        if xs is None:
+            args = (keep, self._scale) if lora else ()
+            h = _GatherGroupedMM.apply(x, self.A, token, offsets, *args)  # (S, r)
+        else:
+            args = (keep, self._scale) if lora else (None, 1.0)
+            h = _RegatheredGroupedMM.apply(xs, x, self.A, token, offsets, *args)
+        if not lora:
+            h = _masked(h, keep, self._scale)
+        return _GroupedMM.apply(self._f(h) * self.scaling, self.B, offsets)  # (S, D)
 
     def _select(
         self,

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
-from perft_exp.adapters.experts import PeftExperts, cast
+from perft_exp.adapters.experts import PeftExperts, cast, grouped_mm_supported
 from perft_exp.adapters.routing import routing_kind
+from perft_exp.adapters.variants import Routing
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -64,6 +65,12 @@ class PerftLayer(nn.Module):
             device=device,
         )
         self.routing = routing_kind(cfg.to_dict(), num_experts, self.top_k)
+        # E's experts may run inside the frozen experts' grouped computation (perft_exp.adapters.fused): one
+        # PEFT expert per FFN expert, routed by the frozen router, reading the block's input as it is (a
+        # shared dropout mask would change it).
+        self.fits_base_experts = (
+            cfg.spec.routing is Routing.BASE and self.dropout is None and cfg.impl in ("auto", "fused")
+        )
         router_dtype = model_dtype if cfg.router_dtype == "model" else torch.float32
         # Its own child `router` (None when the kind learns nothing): the adapter files' tensor keys name it.
         self.router = self.routing.learned_router(hidden_size, dtype=router_dtype, device=device)
@@ -81,6 +88,15 @@ class PerftLayer(nn.Module):
     def num_experts(self) -> int:
         """N, the PEFT experts of this layer."""
         return self.experts.num_experts
+
+    def runs_in_base_experts(self, num_tokens: int, x: torch.Tensor) -> bool:
+        """Whether this call of `num_tokens` tokens runs inside the frozen experts' grouped computation: an E
+        layer (`fits_base_experts`) on a call that takes the grouped path (`impl=fused`: any call)."""
+        if not self.fits_base_experts:
+            return False
+        experts = self.experts
+        impl = self.impl if self.impl == "fused" else experts.choose_impl(self.top_k, num_tokens)
+        return impl in ("grouped", "fused") and grouped_mm_supported(x, experts.A)
 
     def activated_fraction(self) -> float:
         """Fraction of the PEFT experts' parameters that one token activates (at most)."""

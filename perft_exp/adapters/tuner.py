@@ -14,7 +14,10 @@ modules all still find them). A `PerftTunerLayer` is added as the child `perft` 
 `PerftLayer` per named adapter in the ModuleDict `perft_layer`; a forward hook on the block adds the active
 adapters' output, and for the variants that reuse the frozen routing (E, R's authors-defect ablation) a
 forward hook on the block's router hands its (logits, top-k weights, top-k indices) over, so the routing is
-computed once and is exactly the base model's.
+computed once and is exactly the base model's. E's PEFT experts, one per FFN expert, can instead run
+inside the frozen experts' grouped computation (perft_exp.adapters.fused): on the families where that is the
+same, the experts module's forward is replaced on that instance (its parameters, paths and state dict
+unchanged), and the block's hook skips what already ran there.
 
 Tensor keys follow PEFT's convention: in the model `...mlp.perft.perft_layer.<adapter>.experts.A`, in the file
 `base_model.model....mlp.perft.perft_layer.experts.A` (the adapter name removed, so it loads under any name;
@@ -43,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from perft_exp.adapters import config as knobs
+from perft_exp.adapters.fused import fusable_experts, grouped_experts_forward, runs_grouped_mm
 from perft_exp.adapters.layer import PerftLayer, adapter_aux_loss
 from perft_exp.adapters.variants import Routing
 from perft_exp.models.arch import MoEArchitecture, architecture_for, find_moe_blocks
@@ -231,6 +235,13 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
         self._router_output = None  # the block's router's last output, until the block's hook reads it
+        self._router_input = None  # and its input
+        # E inside the frozen experts' grouped computation (perft_exp.adapters.fused): the experts module, a
+        # plain entry (a module attribute would register it twice), and this forward's (layers, input) that
+        # ran there, which the block's hook then skips.
+        experts = getattr(block, arch.experts_attr, None)
+        self.__dict__["_base_experts"] = experts if fusable_experts(arch.model_type, experts) else None
+        self._fused: tuple = ()
         # The router's hook goes on with the first adapter that routes by it (E, R's authors' defect): the
         # others never pay for a hook call per block per forward. A partial, not the router: a module
         # attribute would be registered as a submodule.
@@ -251,6 +262,10 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         self.perft_layer[adapter_name] = layer
         if layer.needs_base_routing and len(self._hooks) == 1:  # attached, the router not yet hooked
             self._hooks.append(self._hook_router())
+        experts = self._base_experts
+        if layer.fits_base_experts and experts is not None and "forward" not in experts.__dict__:
+            # The experts' forward, on this instance only: E's pairs join the frozen ones where it can.
+            experts.forward = functools.partial(self._run_experts, experts.forward)
         self.set_adapter(self.active_adapters)
 
     def remove_hooks(self) -> None:
@@ -258,11 +273,15 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        if self._base_experts is not None:
+            self._base_experts.__dict__.pop("forward", None)
 
     def _capture_routing(self, module: nn.Module, args, output) -> None:
         # Read (and dropped) by the block's hook below. Set in the instance dict: nn.Module.__setattr__ checks
         # parameters, buffers and submodules on every assignment, per block per forward.
-        self.__dict__["_router_output"] = output
+        state = self.__dict__
+        state["_router_output"], state["_router_input"] = output, args[0] if args else None
+        state["_fused"] = ()
 
     def _active_layers(self) -> list[PerftLayer]:
         # The module dict and the flags read directly, not through PEFT's properties: this runs once per block
@@ -273,19 +292,53 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         layers = self.perft_layer._modules
         return [layers[a] for a in ((active,) if isinstance(active, str) else active) if a in layers]
 
+    def _run_experts(self, forward, *args, **kwargs):
+        """The block's experts module's forward (installed with the first E adapter): the frozen experts with
+        the active E layers' pairs added in one grouped computation (perft_exp.adapters.fused), when the call
+        is the block's own (the router's input and exact top-k output) on the grouped_mm kernel and large
+        enough for the grouped path; else the experts' own forward, E then runs beside the block."""
+        router_output = self._router_output
+        if router_output is None or kwargs or len(args) != 3:
+            return forward(*args, **kwargs)
+        hidden, index, weights = args
+        layers = [m for m in self._active_layers() if m.runs_in_base_experts(hidden.shape[0], hidden)]
+        if not layers:
+            return forward(*args)
+        _, top_weights, top_index = self._routing(router_output)
+        experts = self._base_experts
+        if not (
+            _same_tensor(hidden, self._router_input)
+            and index is top_index
+            and weights is top_weights
+            and runs_grouped_mm(experts)
+        ):
+            return forward(*args)
+        self.__dict__["_fused"] = (layers, hidden)
+        return grouped_experts_forward(experts, hidden, index, weights, layers)
+
     def _add(self, block: nn.Module, args, kwargs, output):
         router_output = self._router_output
         if router_output is not None:
-            self.__dict__["_router_output"] = None
+            self.__dict__["_router_output"] = self.__dict__["_router_input"] = None
+        fused, fused_input = self._fused or ((), None)
+        if fused:
+            self.__dict__["_fused"] = ()
         layers = self._active_layers()
         if not layers:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         x = hidden.reshape(-1, hidden.shape[-1])  # (T, D)
+        if fused and not torch.compiler.is_compiling() and fused_input.data_ptr() != x.data_ptr():
+            raise RuntimeError(
+                f"{type(block).__name__}: its experts read another input than the block's, so E's PEFT "
+                "experts cannot run inside them; set perft.impl=grouped"
+            )
         routing = None if router_output is None else self._routing(router_output)
         base = output[0] if isinstance(output, tuple) else output  # tuple: blocks that return router logits
         y = base.reshape(x.shape)
         for layer in layers:  # each adds its experts' sum to the block's output
+            if layer in fused:  # already in the block's output
+                continue
             if routing is None and layer.needs_base_routing:
                 raise RuntimeError(
                     "the base router did not run in this block's forward; cannot route the E experts"
@@ -308,6 +361,22 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
     def unmerge(self) -> None:
         """Nothing to undo: PERFT is never merged."""
         pass
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    """Whether `a` is `b`, or (eager) a contiguous view of all of it (the block's (T, D) view of the (B, L, D)
+    input its router read)."""
+    if a is b:
+        return True
+    if b is None or torch.compiler.is_compiling():
+        return False
+    return (
+        a.data_ptr() == b.data_ptr()
+        and a.numel() == b.numel()
+        and a.dtype == b.dtype
+        and a.is_contiguous()
+        and b.is_contiguous()
+    )
 
 
 def perft_tuner_layers(model: nn.Module) -> list[tuple[str, nn.Module, PerftTunerLayer]]:
