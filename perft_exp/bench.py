@@ -104,7 +104,11 @@ CASES: dict[str, dict | None] = {
     "S_r16": dict(variant="S", num_experts=None),
     "R_loop": dict(variant="R", num_experts=4, top_k=2, impl="loop"),
     "E_loop": dict(variant="E", num_experts=None, top_k=None, impl="loop"),
+    # E beside the block (its own sort, gathers and sums), against E_r16 inside the frozen experts.
+    "E_beside_r16": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
 }
+# Run only when named with --cases: comparisons of one variant's compute paths, not a variant.
+OPT_IN_CASES = ("E_beside_r16",)
 
 
 def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:

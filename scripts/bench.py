@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     model = bench.BENCH_MODELS[args.model or bench.DEFAULT_MODEL[args.device]]
     # grouped_mm on CUDA takes bf16 operands only: the adapters there run in the model's dtype.
     adapter_dtype = "float32" if args.device == "cpu" else "model"
-    names = ["frozen", *[c for c in (args.cases or (QUANT_CASES if quant else bench.CASES)) if c != "frozen"]]
+    default = QUANT_CASES if quant else [c for c in bench.CASES if c not in bench.OPT_IN_CASES]
+    names = ["frozen", *[c for c in (args.cases or default) if c != "frozen"]]
     cfg = model.config()
     print(
         f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
