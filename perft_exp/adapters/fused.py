@@ -17,8 +17,9 @@ output is the experts' output plus terms that do not depend on it (FAMILIES), wh
 transformers' fused experts (`use_experts_implementation`: the gate/up and down tensors, the flags that
 say their layout) running the `grouped_mm` kernel, and receive the frozen router's very own top-k output
 and input, so that E's routing and input are what the hook path would use. Otherwise the PEFT experts run
-beside the block as before (perft_exp.adapters.tuner). The frozen part is transformers' own code path;
-`tests/test_fused.py` holds the two paths equal on every tiny architecture.
+beside the block as before (perft_exp.adapters.tuner). The frozen part follows transformers' grouped_mm
+experts forward step for step, with its grouped-linear helper; `tests/test_fused.py` holds the two paths
+equal on every tiny architecture.
 """
 
 from __future__ import annotations
