@@ -110,50 +110,31 @@ class _GatherGroupedMM(torch.autograd.Function):
     The gathered (S, D) copy of x is not kept for backward: W's gradient gathers it again, which costs
     one (S, D) copy instead of holding S * D activations per layer (S = T * K, 8x the layer input).
     An expert-scope dropout mask `keep` (S, D) is kept as bool (a quarter of the fp32 copy).
+    `xs`: that copy when it was already gathered (by the frozen experts' own computation,
+    perft_exp.adapters.fused); the input's gradient then goes to it rather than to x.
     """
 
     @staticmethod
-    def forward(ctx, x, w, token, offsets, keep=None, scale: float = 1.0):
+    def forward(ctx, x, w, token, offsets, keep=None, scale: float = 1.0, xs=None):
         ctx.save_for_backward(x, w, token, offsets, keep)
-        ctx.scale = scale
-        return _grouped_mm(_masked(x.index_select(0, token), keep, scale), w, offsets)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w, token, offsets, keep = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # (S, D)
-            grad_xs = _masked(_grouped_mm(grad, w.transpose(-2, -1), offsets), keep, ctx.scale)
-            grad_x = torch.zeros_like(x).index_add_(0, token, grad_xs)
-        if ctx.needs_input_grad[1]:
-            xs = _masked(x.index_select(0, token), keep, ctx.scale)
-            grad_w = _grouped_mm(xs.t(), grad, offsets)  # (N, D, r)
-        return grad_x, grad_w, None, None, None, None
-
-
-class _RegatheredGroupedMM(torch.autograd.Function):
-    """h_p = (keep_p * xs_p) @ W[e_p] for expert-sorted pairs p whose inputs xs (S, D) = x[token] were already
-    gathered (by the frozen experts' own computation, perft_exp.adapters.fused): like _GatherGroupedMM, the
-    (S, D) copy is not kept for backward but gathered again from x (T, D), the layer input."""
-
-    @staticmethod
-    def forward(ctx, xs, x, w, token, offsets, keep=None, scale: float = 1.0):
-        ctx.save_for_backward(x, w, token, offsets, keep)
-        ctx.scale = scale
+        ctx.scale, ctx.gathered = scale, xs is not None
+        xs = x.index_select(0, token) if xs is None else xs
         return _grouped_mm(_masked(xs, keep, scale), w, offsets)
 
     @staticmethod
     def backward(ctx, grad):
         x, w, token, offsets, keep = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_xs = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_xs = _masked(_grouped_mm(grad, w.transpose(-2, -1), offsets), keep, ctx.scale)  # (S, D)
-        if ctx.needs_input_grad[2]:
-            grad_w = _grouped_mm(_masked(x.index_select(0, token), keep, ctx.scale).t(), grad, offsets)
-        return grad_xs, None, grad_w, None, None, None, None
+        grad_x = grad_w = grad_xs = None
+        if ctx.needs_input_grad[6 if ctx.gathered else 0]:
+            # (S, D)
+            grad_xs = _masked(_grouped_mm(grad, w.transpose(-2, -1), offsets), keep, ctx.scale)
+            if not ctx.gathered:
+                grad_x, grad_xs = torch.zeros_like(x).index_add_(0, token, grad_xs), None
+        if ctx.needs_input_grad[1]:
+            xs = _masked(x.index_select(0, token), keep, ctx.scale)
+            grad_w = _grouped_mm(xs.t(), grad, offsets)  # (N, D, r)
+        return grad_x, grad_w, None, None, None, None, grad_xs
 
 
 class _GroupedMM(torch.autograd.Function):
@@ -424,16 +405,27 @@ class PeftExperts(nn.Module):
         ids = torch.arange(self.num_experts, device=expert.device, dtype=expert.dtype)
         offsets = torch.searchsorted(expert, ids, right=True).to(torch.int32)
         keep = None if keep is None else keep.reshape(T * K, -1).index_select(0, order)  # (S, D or r)
-        if self.form == "lora":
-            h = _GatherGroupedMM.apply(x, self.A, token, offsets, keep, self._scale)  # (S, r)
-        else:
-            h = _masked(_GatherGroupedMM.apply(x, self.A, token, offsets), keep, self._scale)
-        h = self._f(h)
+        h = self._sorted_down(x, token, offsets, keep)
         w = weights.reshape(-1).index_select(0, order).to(h.dtype) * self.scaling  # (S,)
         h = h * w.unsqueeze(-1)
         fused = _fusable(residual, h)  # else the sums land on zeros, the residual added in its own dtype
         y = _GroupedMMScatter.apply(h, self.B, token, offsets, T, residual if fused else None)  # (T, D)
         return y if fused else plus(y, residual)
+
+    def _sorted_down(
+        self,
+        x: torch.Tensor,
+        token: torch.Tensor,
+        offsets: torch.Tensor,
+        keep: torch.Tensor | None,
+        xs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """f(x_t A[e]) (S, r) for the expert-sorted pairs (token t, expert e), with each form's dropout mask
+        where the authors apply it (module docstring); `xs` (S, D): the pairs' inputs if already gathered."""
+        if self.form == "lora":
+            return self._f(_GatherGroupedMM.apply(x, self.A, token, offsets, keep, self._scale, xs))
+        h = _GatherGroupedMM.apply(x, self.A, token, offsets, None, 1.0, xs)
+        return self._f(_masked(h, keep, self._scale))
 
     def sorted_pairs(
         self,
@@ -449,16 +441,8 @@ class PeftExperts(nn.Module):
         gathered in A's dtype (regathered for backward, not kept), or None: gathered here from x (T, D).
         The routing weights and the sum over each token's pairs are the caller's (the frozen experts' grouped
         computation, perft_exp.adapters.fused)."""
-        lora = self.form == "lora"
-        if xs is None:
-            args = (keep, self._scale) if lora else ()
-            h = _GatherGroupedMM.apply(x, self.A, token, offsets, *args)  # (S, r)
-        else:
-            args = (keep, self._scale) if lora else (None, 1.0)
-            h = _RegatheredGroupedMM.apply(xs, x, self.A, token, offsets, *args)
-        if not lora:
-            h = _masked(h, keep, self._scale)
-        return _GroupedMM.apply(self._f(h) * self.scaling, self.B, offsets)  # (S, D)
+        h = self._sorted_down(x, token, offsets, keep, xs)
+        return _GroupedMM.apply(h * self.scaling, self.B, offsets)  # (S, D)
 
     def _select(
         self,
