@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
 import json
 import math
 import random
@@ -89,6 +90,15 @@ BENCH_MODELS = {
     ),
     "olmoe_1b_7b": BenchModel("olmoe_1b_7b", batch_size=16, seq_len=256, dtype="bfloat16"),
 }
+# The same miniature with OLMoE-1B-7B's expert width to hidden size (1024 / 2048): olmoe_mini's experts are
+# half as wide, which doubles the share of a rank-r PEFT expert in the block's arithmetic (E's most of all).
+BENCH_MODELS["olmoe_mini_wide"] = BenchModel(
+    "olmoe_mini_wide",
+    batch_size=8,
+    seq_len=128,
+    dtype="float32",
+    overrides={**BENCH_MODELS["olmoe_mini"].overrides, "intermediate_size": 128},
+)
 DEFAULT_MODEL = {"cpu": "olmoe_mini", "cuda": "olmoe_1b_7b"}
 
 # PerftConfig fields per case (None: the frozen floor). Rank 16 throughout, dropout 0 so that the
@@ -444,6 +454,61 @@ def time_generation(
                 q1, med, q3 = _quartiles(ratios[name][part]) if name != "frozen" else (1.0, 1.0, 1.0)
                 row |= {f"{part}_vs_frozen": med, f"{part}_q1": q1, f"{part}_q3": q3}
             results[f"{name}@{batch_size}"] = row
+    return results
+
+
+def decode_parts(
+    model: BenchModel, device: str, token_counts: tuple[int, ...] = (1, 16), reps: int = 40, seed: int = 0
+) -> dict[str, dict]:
+    """One MoE block at a decode step: what E adds against what it sits beside. The frozen experts' forward
+    (`experts(x, top_k_index, top_k_weights)`) and E's PEFT experts on the same routed pairs
+    (`forward_routed`, the path `auto` takes for that many tokens), each timed alone, median of `reps`, no
+    grad: warm (the call repeated, everything it touches in cache) and cold (after reading a buffer larger
+    than the CPU's caches, as a decode step finds a layer after the other layers ran: its weights, and the
+    state of every op it calls, come from memory). With the weights each touches (the experts the step
+    routes to)."""
+    from perft_exp.adapters.experts import PeftExperts
+
+    base = build_base(model, device, seed).eval()
+    peft = attach(base, "E_r16")
+    block = base.model.layers[0].mlp
+    experts = block.experts
+    adapters = next(m for m in peft.modules() if isinstance(m, PeftExperts))
+    cfg = model.config()
+    flush = torch.ones(32 * 2**20, device=device)  # 128 MB, past any last-level cache here; read, not written
+    g = torch.Generator().manual_seed(seed)
+    results: dict[str, dict] = {}
+    for tokens in token_counts:
+        x = torch.randn(tokens, cfg.hidden_size, generator=g).to(device, getattr(torch, model.dtype))
+        with torch.no_grad():
+            _, weights, index = block.gate(x)
+        touched = index.unique().numel()
+        calls = {
+            "frozen_experts": functools.partial(experts, x, index, weights),
+            "E_adapters": functools.partial(adapters.forward_routed, x.to(adapters.A.dtype), weights, index),
+        }
+        row: dict[str, float] = {"tokens": tokens, "pairs": index.numel(), "experts_touched": touched}
+        for name, call in calls.items():
+            for cold in (False, True):
+                times = []
+                with torch.no_grad():
+                    call()
+                    for _ in range(reps):
+                        if cold:
+                            flush.sum()
+                        _sync(device)
+                        start = time.perf_counter()
+                        call()
+                        _sync(device)
+                        times.append(time.perf_counter() - start)
+                row[f"{name}_{'cold' if cold else 'warm'}_us"] = statistics.median(times) * 1e6
+        per_expert = sum(getattr(experts, a)[0].nbytes for a in ("gate_up_proj", "down_proj"))
+        row["frozen_experts_mb"] = touched * per_expert / 2**20
+        row["E_adapters_mb"] = touched * (adapters.A[0].nbytes + adapters.B[0].nbytes) / 2**20
+        for clock in ("warm", "cold"):
+            row[f"{clock}_ratio"] = row[f"E_adapters_{clock}_us"] / row[f"frozen_experts_{clock}_us"]
+        row["bytes_ratio"] = row["E_adapters_mb"] / row["frozen_experts_mb"]
+        results[str(tokens)] = row
     return results
 
 

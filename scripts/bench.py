@@ -5,12 +5,14 @@
     python scripts/bench.py --eval --json outputs/bench/cpu.json   # + evaluation throughput, write JSON
     python scripts/bench.py --generate --no-memory       # + generation: prefill and decode at batch 1 and 16
     python scripts/bench.py --compile --no-memory        # + the torch.compile'd steps against compiled frozen
+    python scripts/bench.py --model olmoe_mini_wide      # the miniature with OLMoE's expert width / hidden size
     python scripts/bench.py --device cuda                # OLMoE-1B-7B architecture, bf16, random weights
     python scripts/bench.py --base 4bit                  # the cases over the base loaded in 4 bits
 
 Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (median [quartiles]),
 and peak memory; with --generate a second one: greedy generate() with the KV cache (32 prompt tokens, 32
-new), prefill and per-step decode time and their ratios to the frozen model; with --compile a third: every
+new), prefill and per-step decode time and their ratios to the frozen model, then (with E among the cases)
+one MoE block's frozen experts against E's PEFT experts at a decode step, warm and cold; with --compile: every
 case's step under torch.compile against the compiled frozen step. Then the performance targets, PASS or
 FAIL. How cases are timed and how memory is measured: perft_exp/bench.py.
 
@@ -133,6 +135,23 @@ def format_generation(rows: dict[str, dict], clock: str) -> str:
             f"| {key.split('@')[0]} | {g['batch_size']} | {g['prefill_ms']:.1f} | "
             f"{g['decode_ms_per_step']:.2f} | {g['decode_tokens_per_s']:.0f} | {ratio} | "
             f"{g['prefill_vs_frozen']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def format_decode_parts(rows: dict[str, dict]) -> str:
+    """The decode-parts table: one MoE block's frozen experts against E's PEFT experts, warm and cold."""
+    lines = [
+        "| tokens | (token, expert) pairs | experts touched | frozen experts warm / cold us "
+        "| E's PEFT experts warm / cold us | E / frozen warm | E / frozen cold | E / frozen weight bytes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows.values():
+        lines.append(
+            f"| {r['tokens']} | {r['pairs']} | {r['experts_touched']} | "
+            f"{r['frozen_experts_warm_us']:.0f} / {r['frozen_experts_cold_us']:.0f} | "
+            f"{r['E_adapters_warm_us']:.0f} / {r['E_adapters_cold_us']:.0f} | {r['warm_ratio']:.3f} | "
+            f"{r['cold_ratio']:.3f} | {r['bytes_ratio']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -294,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda s: print(s, flush=True),
     )
     del cases
-    generation = compiled = None
+    generation = compiled = decode_parts = None
     if args.generate:
         names_gen = [n for n in bench.GENERATION_CASES if n in names]
         shape = bench.GenerationShape()
@@ -314,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
             log=lambda s: print(s, flush=True),
         )
         del models
+        if "E_r16" in names_gen:
+            print("decode parts: one MoE block's frozen experts and E's PEFT experts, warm, cold", flush=True)
+            decode_parts = bench.decode_parts(model, args.device, reps=5 if args.quick else 40)
     if args.compile:
         print("torch.compile: every case again, compiled (its first steps compile)", flush=True)
         compiled_cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
@@ -346,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if generation is not None:
         result["generation"] = generation
+    if decode_parts is not None:
+        result["decode_parts"] = decode_parts
     if compiled is not None:
         result["compiled"] = compiled
     if args.eval:
@@ -376,6 +400,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         print(format_generation(generation, clock))
+        print()
+    if decode_parts is not None:
+        print(
+            "Decode parts (one MoE block at a decode step, each part alone, wall clock; cold: after reading "
+            "a buffer larger than the caches, as a layer finds them in a decode step):"
+        )
+        print()
+        print(format_decode_parts(decode_parts))
         print()
     if compiled is not None:
         print("torch.compile'd training step:")

@@ -149,6 +149,8 @@ COMMANDS = {
     "python scripts/bench.py --generate --compile --no-memory --json outputs/bench/cpu_generate.json": ok(
         "wrote outputs/bench/cpu_generate.json"
     ),
+    "python scripts/bench.py --model olmoe_mini_wide --generate "
+    "--json outputs/bench/cpu_olmoe_mini_wide.json": ok("wrote outputs/bench/cpu_olmoe_mini_wide.json"),
     # docs/extending.md
     "python scripts/count_params.py model=qwen3_moe_30b_a3b variant=E perft.bottleneck=8": ok(
         '"config": "E (Top8/128) r8"'

@@ -45,3 +45,34 @@ def test_bench_on_cuda_without_a_gpu_fails(capsys):
         capsys.readouterr().err.strip()
         == "error: --device cuda: no CUDA device here; nothing was benchmarked"
     )
+
+
+def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
+    """`scripts/bench.py --generate`'s decode-parts table on a small OLMoE: every time measured, the weights
+    each part touches in the proportion of their shapes (E's A and B against gate_up and down: 2r / 3I)."""
+    from perft_exp import bench
+
+    small = bench.BenchModel(
+        "small",
+        batch_size=1,
+        seq_len=8,
+        dtype="float32",
+        overrides=dict(
+            hidden_size=64,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            num_experts=8,
+            num_experts_per_tok=2,
+            vocab_size=128,
+        ),
+    )
+    rows = bench.decode_parts(small, "cpu", token_counts=(1, 4), reps=2)
+    assert list(rows) == ["1", "4"]
+    for tokens, row in zip((1, 4), rows.values(), strict=True):
+        assert row["tokens"] == tokens and row["pairs"] == 2 * tokens
+        assert 2 <= row["experts_touched"] <= min(8, 2 * tokens)
+        assert all(row[k] > 0 for k in row if k.endswith("_us"))
+        assert row["bytes_ratio"] == pytest.approx(2 * 16 / (3 * 32))
+        assert row["cold_ratio"] == pytest.approx(row["E_adapters_cold_us"] / row["frozen_experts_cold_us"])
