@@ -458,7 +458,12 @@ def time_generation(
 
 
 def decode_parts(
-    model: BenchModel, device: str, token_counts: tuple[int, ...] = (1, 16), reps: int = 40, seed: int = 0
+    model: BenchModel,
+    device: str,
+    adapter_dtype: str = "float32",
+    token_counts: tuple[int, ...] = (1, 16),
+    reps: int = 40,
+    seed: int = 0,
 ) -> dict[str, dict]:
     """One MoE block at a decode step: what E adds against what it sits beside. The frozen experts' forward
     (`experts(x, top_k_index, top_k_weights)`) and E's PEFT experts on the same routed pairs
@@ -470,7 +475,7 @@ def decode_parts(
     from perft_exp.adapters.experts import PeftExperts
 
     base = build_base(model, device, seed).eval()
-    peft = attach(base, "E_r16")
+    peft = attach(base, "E_r16", adapter_dtype)
     block = base.model.layers[0].mlp
     experts = block.experts
     adapters = next(m for m in peft.modules() if isinstance(m, PeftExperts))

@@ -5,7 +5,7 @@
     python scripts/bench.py --eval --json outputs/bench/cpu.json   # + evaluation throughput, write JSON
     python scripts/bench.py --generate --no-memory       # + generation: prefill and decode at batch 1 and 16
     python scripts/bench.py --compile --no-memory        # + the torch.compile'd steps against compiled frozen
-    python scripts/bench.py --model olmoe_mini_wide      # the miniature with OLMoE's expert width / hidden size
+    python scripts/bench.py --model olmoe_mini_wide      # the miniature, OLMoE's expert width to hidden size
     python scripts/bench.py --device cuda                # OLMoE-1B-7B architecture, bf16, random weights
     python scripts/bench.py --base 4bit                  # the cases over the base loaded in 4 bits
 
@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         del models
         if "E_r16" in names_gen:
             print("decode parts: one MoE block's frozen experts and E's PEFT experts, warm, cold", flush=True)
-            decode_parts = bench.decode_parts(model, args.device, reps=5 if args.quick else 40)
+            reps = 5 if args.quick else 40
+            decode_parts = bench.decode_parts(model, args.device, adapter_dtype, reps=reps)
     if args.compile:
         print("torch.compile: every case again, compiled (its first steps compile)", flush=True)
         compiled_cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
