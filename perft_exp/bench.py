@@ -364,6 +364,9 @@ def time_cases(
 # Generation: prefill and decode with the KV cache, against the frozen model
 
 GENERATION_CASES = ("frozen", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16")
+# Batch sizes per device: one sequence, and a batch sized to the device (on a GPU a batch of 16 leaves most of
+# the chip idle).
+GENERATION_BATCH_SIZES = {"cpu": (1, 16), "cuda": (1, 64)}
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         help="every case with gradient checkpointing (train.py's default with model.quantization=4bit)",
     )
     parser.add_argument(
-        "--generate", action="store_true", help="add generation: prefill and decode at batch 1 and 16"
+        "--generate",
+        action="store_true",
+        help="add generation: prefill and decode at batch 1 and 16 (CUDA: 1 and 64)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="add every case's torch.compile'd step vs compiled frozen"
@@ -316,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     generation = compiled = decode_parts = None
     if args.generate:
         names_gen = [n for n in bench.GENERATION_CASES if n in names]
-        shape = bench.GenerationShape()
+        shape = bench.GenerationShape(batch_sizes=bench.GENERATION_BATCH_SIZES[args.device])
         print(
             f"generation: {', '.join(names_gen)}; greedy, {shape.prompt_len} prompt + {shape.new_tokens} new "
             f"tokens, batch {', '.join(map(str, shape.batch_sizes))}; {args.rounds} rounds",
@@ -336,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if "E_r16" in names_gen:
             print("decode parts: one MoE block's frozen experts and E's PEFT experts, warm, cold", flush=True)
             reps = 5 if args.quick else 40
-            decode_parts = bench.decode_parts(model, args.device, adapter_dtype, reps=reps)
+            decode_parts = bench.decode_parts(
+                model, args.device, adapter_dtype, token_counts=shape.batch_sizes, reps=reps
+            )
     if args.compile:
         print("torch.compile: every case again, compiled (its first steps compile)", flush=True)
         compiled_cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
