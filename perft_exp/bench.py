@@ -461,7 +461,7 @@ def time_generation(
 
 
 def decode_parts(
-    model: BenchModel,
+    base: nn.Module,
     device: str,
     adapter_dtype: str = "float32",
     token_counts: tuple[int, ...] = (1, 16),
@@ -474,20 +474,18 @@ def decode_parts(
     grad: warm (the call repeated, everything it touches in cache) and cold (after reading a buffer larger
     than the CPU's caches, as a decode step finds a layer after the other layers ran: its weights, and the
     state of every op it calls, come from memory). With the weights each touches (the experts the step
-    routes to)."""
+    routes to). `base`: a model `build_base` built (its first MoE block is timed; E attaches to a copy)."""
     from perft_exp.adapters.experts import PeftExperts
 
-    base = build_base(model, device, seed).eval()
-    peft = attach(base, "E_r16", adapter_dtype)
+    peft = attach(base, "E_r16", adapter_dtype).eval()
     block = base.model.layers[0].mlp
     experts = block.experts
     adapters = next(m for m in peft.modules() if isinstance(m, PeftExperts))
-    cfg = model.config()
     flush = torch.ones(32 * 2**20, device=device)  # 128 MB, past any last-level cache here; read, not written
     g = torch.Generator().manual_seed(seed)
     results: dict[str, dict] = {}
     for tokens in token_counts:
-        x = torch.randn(tokens, cfg.hidden_size, generator=g).to(device, getattr(torch, model.dtype))
+        x = torch.randn(tokens, base.config.hidden_size, generator=g).to(device, base.dtype)
         with torch.no_grad():
             _, weights, index = block.gate(x)
         touched = index.unique().numel()

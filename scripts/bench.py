@@ -338,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
         if "E_r16" in names_gen:
             print("decode parts: one MoE block's frozen experts and E's PEFT experts, warm, cold", flush=True)
             reps = 5 if args.quick else 40
+            # on the full-precision base (with --base 4bit, frozen_full's), whose expert tensors are plain
             decode_parts = bench.decode_parts(
-                model, args.device, adapter_dtype, token_counts=shape.batch_sizes, reps=reps
+                full if quant else base, args.device, adapter_dtype, token_counts=shape.batch_sizes, reps=reps
             )
     if args.compile:
         print("torch.compile: every case again, compiled (its first steps compile)", flush=True)

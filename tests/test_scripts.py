@@ -68,7 +68,7 @@ def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
             vocab_size=128,
         ),
     )
-    rows = bench.decode_parts(small, "cpu", token_counts=(1, 4), reps=2)
+    rows = bench.decode_parts(bench.build_base(small, "cpu"), "cpu", token_counts=(1, 4), reps=2)
     assert list(rows) == ["1", "4"]
     for tokens, row in zip((1, 4), rows.values(), strict=True):
         assert row["tokens"] == tokens and row["pairs"] == 2 * tokens
