@@ -371,16 +371,35 @@ GENERATION_BATCH_SIZES = {"cpu": (1, 16), "cuda": (1, 64)}
 
 @dataclass(frozen=True)
 class GenerationShape:
-    """Greedy `generate()`: `prompt_len` prompt tokens, then `new_tokens` more, at each batch size."""
+    """Greedy `generate()`: `prompt_len` prompt tokens, then `new_tokens` more, at each batch size.
+    `compiled`: with a static KV cache, whose decode steps generate() runs compiled (`compile_kwargs`)."""
 
     prompt_len: int = 32
     new_tokens: int = 32
     batch_sizes: tuple[int, ...] = (1, 16)
+    compiled: bool = False
 
 
-def _generate_seconds(model: nn.Module, ids: torch.Tensor, new_tokens: int, device: str, clock: str) -> float:
-    """Seconds (clock: "cpu" process time or "wall") of one greedy generate of exactly `new_tokens` tokens."""
+def compile_kwargs(device: str) -> dict:
+    """`generate()` arguments for compiled decoding: a static KV cache, which transformers' generate compiles
+    the decode step over. On a GPU its default, mode "reduce-overhead" (CUDA graphs: one launch a step);
+    elsewhere generate compiles only when asked to (`_compile_all_devices`), mode "default"."""
+    from transformers.generation import CompileConfig
+
+    if device.startswith("cuda"):
+        return {"cache_implementation": "static", "compile_config": CompileConfig()}
+    config = CompileConfig(mode="default")
+    config._compile_all_devices = True  # transformers' switch for compiling off GPUs
+    return {"cache_implementation": "static", "compile_config": config}
+
+
+def _generate_seconds(
+    model: nn.Module, ids: torch.Tensor, new_tokens: int, device: str, clock: str, compiled: bool = False
+) -> float:
+    """Seconds (clock: "cpu" process time or "wall") of one greedy generate of exactly `new_tokens` tokens;
+    `compiled`: with `compile_kwargs`."""
     timer = time.process_time if clock == "cpu" else time.perf_counter
+    extra = compile_kwargs(device) if compiled else {}
     _sync(device)
     start = timer()
     with torch.no_grad():
@@ -391,6 +410,7 @@ def _generate_seconds(model: nn.Module, ids: torch.Tensor, new_tokens: int, devi
             min_new_tokens=new_tokens,  # no early end on a random model's EOS: every case decodes as many
             do_sample=False,
             pad_token_id=model.config.pad_token_id,
+            **extra,
         )
     _sync(device)
     return timer() - start
@@ -399,8 +419,8 @@ def _generate_seconds(model: nn.Module, ids: torch.Tensor, new_tokens: int, devi
 def _generation_visit(model, ids, shape: GenerationShape, device: str, clock: str) -> tuple[float, float]:
     """(prefill seconds, decode seconds per step): a generate of one token is the prefill (and one
     sampling); one of 1 + new_tokens adds new_tokens decode steps."""
-    prefill = _generate_seconds(model, ids, 1, device, clock)
-    full = _generate_seconds(model, ids, 1 + shape.new_tokens, device, clock)
+    prefill = _generate_seconds(model, ids, 1, device, clock, shape.compiled)
+    full = _generate_seconds(model, ids, 1 + shape.new_tokens, device, clock, shape.compiled)
     return prefill, (full - prefill) / shape.new_tokens
 
 
@@ -425,8 +445,13 @@ def time_generation(
     for batch_size in shape.batch_sizes:
         g = torch.Generator().manual_seed(seed + batch_size)
         ids = torch.randint(vocab_size, (batch_size, shape.prompt_len), generator=g).to(device)
-        for model in models.values():  # warm-up: allocator, thread pool, first-call hooks
-            _generate_seconds(model, ids, 2, device, clock)
+        if shape.compiled:  # each batch size compiles afresh, every case at static shapes (the models share
+            # one code object, and dynamo's recompile limit counts per code object)
+            torch._dynamo.reset()
+        for model in models.values():  # warm-up: allocator, thread pool, first-call hooks; compiled: the
+            # compile, at the timed runs' cache length
+            warm = 1 + shape.new_tokens if shape.compiled else 2
+            _generate_seconds(model, ids, warm, device, clock, shape.compiled)
 
         def visit(name: str, ids: torch.Tensor = ids) -> tuple[float, float]:
             return _generation_visit(models[name], ids, shape, device, clock)

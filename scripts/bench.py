@@ -13,7 +13,8 @@ Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (m
 and peak memory; with --generate a second one: greedy generate() with the KV cache (32 prompt tokens, 32
 new), prefill and per-step decode time and their ratios to the frozen model, then (with E among the cases)
 one MoE block's frozen experts against E's PEFT experts at a decode step, warm and cold; with --compile: every
-case's step under torch.compile against the compiled frozen step. Then the performance targets, PASS or
+case's step under torch.compile against the compiled frozen step (and with --generate, generation again with a
+static KV cache and compiled decode steps: CUDA graphs on a GPU). Then the performance targets, PASS or
 FAIL. How cases are timed and how memory is measured: perft_exp/bench.py.
 
 On CPU the default clock is process CPU time with one torch thread: on a shared machine a 2-thread
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -239,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         help="add generation: prefill and decode at batch 1 and 16 (CUDA: 1 and 64)",
     )
     parser.add_argument(
-        "--compile", action="store_true", help="add every case's torch.compile'd step vs compiled frozen"
+        "--compile",
+        action="store_true",
+        help="add every case's torch.compile'd step vs compiled frozen (with --generate: compiled decoding)",
     )
     args = parser.parse_args(argv)
     quant, ckpt = args.base == "4bit", args.gradient_checkpointing
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         log=lambda s: print(s, flush=True),
     )
     del cases
-    generation = compiled = decode_parts = None
+    generation = generation_compiled = compiled = decode_parts = None
     if args.generate:
         names_gen = [n for n in bench.GENERATION_CASES if n in names]
         shape = bench.GenerationShape(batch_sizes=bench.GENERATION_BATCH_SIZES[args.device])
@@ -334,6 +338,17 @@ def main(argv: list[str] | None = None) -> int:
             clock=clock,
             log=lambda s: print(s, flush=True),
         )
+        if args.compile:
+            print("generation, compiled: a static KV cache, decode steps through torch.compile", flush=True)
+            generation_compiled = bench.time_generation(
+                models,
+                cfg.vocab_size,
+                args.device,
+                dataclasses.replace(shape, compiled=True),
+                rounds=args.rounds,
+                clock=clock,
+                log=lambda s: print(s, flush=True),
+            )
         del models
         if "E_r16" in names_gen:
             print("decode parts: one MoE block's frozen experts and E's PEFT experts, warm, cold", flush=True)
@@ -374,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if generation is not None:
         result["generation"] = generation
+    if generation_compiled is not None:
+        result["generation_compiled"] = generation_compiled
     if decode_parts is not None:
         result["decode_parts"] = decode_parts
     if compiled is not None:
@@ -406,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         print(format_generation(generation, clock))
+        print()
+    if generation_compiled is not None:
+        print(
+            "Generation, compiled (static KV cache; generate() runs the decode steps through torch.compile, "
+            "against the compiled frozen model):"
+        )
+        print()
+        print(format_generation(generation_compiled, clock))
         print()
     if decode_parts is not None:
         print(

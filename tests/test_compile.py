@@ -1,9 +1,11 @@
-"""torch.compile with PERFT attached: a training forward and backward has the frozen model's graph breaks and
-no more (torch._dynamo.explain), the compiled step computes the eager step's loss and gradients, and
+"""torch.compile with PERFT attached: a training forward and backward, and a decode step over a static KV
+cache, have the frozen model's graph breaks and no more (torch._dynamo.explain), the compiled step computes
+the eager step's loss and gradients, compiled greedy decoding generates the eager tokens, and
 `model.compile=true` trains through train.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -11,9 +13,11 @@ import torch
 import torch._dynamo
 from conftest import run_train
 from moe_models import tiny_moe
+from transformers import StaticCache
 
 from perft_exp.adapters.config import PerftConfig
 from perft_exp.adapters.model import apply_adapters, trainable_parameters
+from perft_exp.bench import compile_kwargs
 
 CASES = {
     "R": dict(variant="R", num_experts=4, top_k=2),
@@ -57,6 +61,66 @@ def base_breaks() -> int:
 def test_perft_adds_no_graph_break(case, base_breaks):
     ids = torch.randint(3, 97, (2, 8), generator=torch.Generator().manual_seed(0))
     assert _graph_breaks(_model(case), ids) == base_breaks
+
+
+def _decode_breaks(model, batch: int) -> int:
+    """Graph breaks of one decode step (one new token per sequence over a static KV cache), as compiled
+    generation runs it; the prompt's prefill runs eagerly first."""
+    model.eval()
+    ids = torch.randint(3, 97, (batch, 6), generator=torch.Generator().manual_seed(0))
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    with torch.no_grad():
+        nxt = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
+        torch._dynamo.reset()
+        step = torch._dynamo.explain(model)
+        out = step(input_ids=nxt, past_key_values=cache, use_cache=True, cache_position=torch.tensor([6]))
+    return out.graph_break_count
+
+
+@pytest.mark.parametrize(
+    "case, batch",
+    [
+        ("R", 1),
+        ("E", 1),  # the select path
+        pytest.param("E", 3, marks=pytest.mark.slow),  # dense, at this model's 8 experts
+        pytest.param("E_gather", 3, marks=pytest.mark.slow),
+        pytest.param("R_top_p_grouped", 1, marks=pytest.mark.slow),
+        pytest.param("D", 1, marks=pytest.mark.slow),
+        pytest.param("S", 1, marks=pytest.mark.slow),
+    ],
+)
+def test_decode_step_adds_no_graph_break(case, batch):
+    assert _decode_breaks(_model(case), batch) == _frozen_decode_breaks(batch)
+
+
+@functools.cache
+def _frozen_decode_breaks(batch: int) -> int:
+    return _decode_breaks(_model(None), batch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["R", "E"])
+def test_compiled_generation_matches_eager(case):
+    """generate() over a static KV cache with its decode steps compiled (the bench's compiled generation,
+    `compile_kwargs`) gives the eager greedy tokens, with B drawn large enough to move them off the frozen
+    model's."""
+    torch._dynamo.reset()
+    model = _model(case).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "perft" in name and name.endswith(".B"):
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        eager = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        frozen = model.get_base_model()
+        with model.disable_adapter():
+            base = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        compiled = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs, **compile_kwargs("cpu"))
+    assert frozen._compiled_call is not None  # generate() did compile its decode step
+    assert not torch.equal(eager, base)
+    assert torch.equal(compiled, eager)
 
 
 @pytest.mark.slow
