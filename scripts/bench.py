@@ -74,17 +74,21 @@ def _at_most(target: str, ratio: float, limit: float) -> dict:
 
 
 def check_targets(
-    cases: dict[str, dict], generation: dict[str, dict] | None = None, experts: dict | None = None
+    cases: dict[str, dict],
+    generation: dict[str, dict] | None = None,
+    experts: dict | None = None,
+    generation_compiled: dict[str, dict] | None = None,
 ) -> list[dict]:
     """Each target whose cases were run: what it asks, the measured value, and whether it passes.
-    `experts` (--base 4bit): the experts' bytes; the step targets are then the 4-bit base's."""
+    `experts` (--base 4bit): the experts' bytes; the step targets are then the 4-bit base's. The decode
+    targets hold eager against the frozen model and compiled against the compiled frozen model."""
     checks = []
-    for key, row in (generation or {}).items():
-        limit = DECODE_TARGETS.get(row["batch_size"])
-        if not key.startswith("frozen@") and limit is not None:
-            checks.append(
-                _at_most(f"{key} decode step <= {limit:.2f}x frozen", row["decode_vs_frozen"], limit)
-            )
+    for rows, kind in ((generation, ""), (generation_compiled, "compiled ")):
+        for key, row in (rows or {}).items():
+            limit = DECODE_TARGETS.get(row["batch_size"])
+            if not key.startswith("frozen@") and limit is not None:
+                target = f"{key} {kind}decode step <= {limit:.2f}x {kind}frozen"
+                checks.append(_at_most(target, row["decode_vs_frozen"], limit))
     if experts is not None:
         limit = EXPERT_BYTES_TARGET
         checks.append(
@@ -407,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         # frozen_full's ratio is the full-precision frozen step over the 4-bit one
         dequant = 1 / result["cases"]["frozen_full"]["ratio_vs_frozen"]
         result.update(base="4bit", experts=experts, frozen_4bit_vs_full=dequant)
-    result["targets"] = check_targets(result["cases"], generation, experts)
+    result["targets"] = check_targets(result["cases"], generation, experts, generation_compiled)
 
     print()
     print(format_table(result))

@@ -76,3 +76,18 @@ def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
         assert all(row[k] > 0 for k in row if k.endswith("_us"))
         assert row["bytes_ratio"] == pytest.approx(2 * 16 / (3 * 32))
         assert row["cold_ratio"] == pytest.approx(row["E_adapters_cold_us"] / row["frozen_experts_cold_us"])
+
+
+def test_bench_targets_hold_decoding_eager_and_compiled_each_against_its_own_frozen():
+    check_targets = _script("bench")["check_targets"]
+    row = {"frozen@1": {"batch_size": 1, "decode_vs_frozen": 1.0}}
+    eager = {**row, "E_r16@1": {"batch_size": 1, "decode_vs_frozen": 1.12}}
+    compiled = {**row, "E_r16@1": {"batch_size": 1, "decode_vs_frozen": 1.06}}
+    checks = {c["target"]: c for c in check_targets({}, eager, None, compiled)}
+    assert set(checks) == {
+        "E_r16@1 decode step <= 1.10x frozen",
+        "E_r16@1 compiled decode step <= 1.10x compiled frozen",
+    }
+    assert not checks["E_r16@1 decode step <= 1.10x frozen"]["pass"]
+    assert checks["E_r16@1 compiled decode step <= 1.10x compiled frozen"]["value"] == "1.060x"
+    assert checks["E_r16@1 compiled decode step <= 1.10x compiled frozen"]["pass"]
