@@ -171,7 +171,8 @@ QUIET_CPU = dict(logging_steps=1, save_strategy="no", report_to=[], use_cpu=True
 PROMPTS = ["the glim is", "eve likes to", "the blorp is", "is the glim heavy?"]
 
 
-def _grpo(micro_model_dir, tmp_path, aux_loss_coef: float, reward):
+def _grpo(micro_model_dir, tmp_path, aux_loss_coef: float, reward, **config):
+    """GRPO for one step with R attached; `config`: more GRPOConfig arguments."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
@@ -184,6 +185,7 @@ def _grpo(micro_model_dir, tmp_path, aux_loss_coef: float, reward):
         learning_rate=1e-2,
         **QUIET_CPU,
         seed=0,
+        **config,
     )
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(micro_model_dir),
@@ -232,10 +234,24 @@ def test_trl_grpo_trains_R_and_its_router_loss_reaches_the_loss(micro_model_dir,
     _, router_moved, _ = _grpo(micro_model_dir, tmp_path, 0.0, constant)  # the control: no router loss
     assert not router_moved
 
-    def longer(completions, **kwargs):  # a reward that differs between completions: the policy loss trains
-        return [float(len(c)) for c in completions]
+    assert _grpo(micro_model_dir, tmp_path, 0.0, _longer)[2], "GRPO trained nothing"
 
-    assert _grpo(micro_model_dir, tmp_path, 0.0, longer)[2], "GRPO trained nothing"
+
+def _longer(completions, **kwargs):  # a reward that differs between completions: the policy loss trains
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.slow
+def test_trl_grpo_rolls_out_over_a_static_cache(micro_model_dir, tmp_path, monkeypatch):
+    """`GRPOConfig(cache_implementation="static")`: the rollouts decode with R attached over a static KV
+    cache and GRPO trains. TRL switches generate()'s own compile off (`disable_compile`), so the rollouts
+    run eagerly (docs/peft.md)."""
+    pytest.importorskip("trl")
+    _one_process(monkeypatch)
+    trainer, _, moved = _grpo(micro_model_dir, tmp_path, 0.0, _longer, cache_implementation="static")
+    assert moved, "GRPO trained nothing"
+    assert trainer.generation_config.cache_implementation == "static"
+    assert trainer.generation_config.disable_compile
 
 
 def test_trl_dpo_trains_a_perft_adapter_against_the_base_model(micro_model_dir, tmp_path, monkeypatch):
