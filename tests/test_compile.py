@@ -16,6 +16,7 @@ from moe_models import tiny_moe
 from transformers import StaticCache
 
 from perft_exp.adapters.config import PerftConfig
+from perft_exp.adapters.layer import perft_layers
 from perft_exp.adapters.model import apply_adapters, trainable_parameters
 from perft_exp.bench import compile_kwargs
 
@@ -108,9 +109,8 @@ def test_compiled_generation_matches_eager(case):
     torch.manual_seed(1)
     model = _model(case).eval()
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "perft" in name and name.endswith(".B"):
-                p.normal_(0, 0.5)
+        for layer in perft_layers(model):
+            layer.experts.B.normal_(0, 0.5)
     ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(0))
     kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
     with torch.no_grad():
