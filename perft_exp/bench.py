@@ -230,7 +230,7 @@ class Case:
         self.forward = torch.compile(self.model)
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
-        out = self.forward(**batch, labels=batch["input_ids"], output_router_logits=True)
+        out = self.forward(**batch, labels=batch["input_ids"], output_router_logits=True, use_cache=False)
         loss = out.loss  # LM loss + the base router's aux loss
         aux = adapter_aux_loss(self.model, batch["attention_mask"])
         if aux is not None:
@@ -485,6 +485,10 @@ def time_generation(
     return results
 
 
+# E's paths that decode_parts times one by one (grouped where grouped_mm takes the inputs).
+E_DECODE_PATHS = ("select", "gather", "grouped", "dense")
+
+
 def decode_parts(
     base: nn.Module,
     device: str,
@@ -495,12 +499,13 @@ def decode_parts(
 ) -> dict[str, dict]:
     """One MoE block at a decode step: what E adds against what it sits beside. The frozen experts' forward
     (`experts(x, top_k_index, top_k_weights)`) and E's PEFT experts on the same routed pairs
-    (`forward_routed`, the path `auto` takes for that many tokens), each timed alone, median of `reps`, no
-    grad: warm (the call repeated, everything it touches in cache) and cold (after reading a buffer larger
-    than the CPU's caches, as a decode step finds a layer after the other layers ran: its weights, and the
-    state of every op it calls, come from memory). With the weights each touches (the experts the step
-    routes to). `base`: a model `build_base` built (its first MoE block is timed; E attaches to a copy)."""
-    from perft_exp.adapters.experts import PeftExperts
+    (`forward_routed`, the path `auto` takes for that many tokens, and each of E_DECODE_PATHS forced:
+    `E_<path>` rows), each timed alone, median of `reps`, no grad: warm (the call repeated, everything it
+    touches in cache) and cold (after reading a buffer larger than the CPU's caches, as a decode step finds a
+    layer after the other layers ran: its weights, and the state of every op it calls, come from memory). With
+    the weights each touches (the experts the step routes to). `base`: a model `build_base` built (its first
+    MoE block is timed; E attaches to a copy)."""
+    from perft_exp.adapters.experts import PeftExperts, grouped_mm_supported
 
     peft = attach(base, "E_r16", adapter_dtype).eval()
     block = base.model.layers[0].mlp
@@ -514,11 +519,22 @@ def decode_parts(
         with torch.no_grad():
             _, weights, index = block.gate(x)
         touched = index.unique().numel()
+        xa = x.to(adapters.A.dtype)
         calls = {
             "frozen_experts": functools.partial(experts, x, index, weights),
-            "E_adapters": functools.partial(adapters.forward_routed, x.to(adapters.A.dtype), weights, index),
+            "E_adapters": functools.partial(adapters.forward_routed, xa, weights, index),
         }
-        row: dict[str, float] = {"tokens": tokens, "pairs": index.numel(), "experts_touched": touched}
+        # Every path E can take, forced, beside the one auto picks: the cost model behind auto was measured
+        # on CPU, and these rows are what a device's own thresholds would be set from.
+        paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped_mm_supported(xa, adapters.A)]
+        for path in paths:
+            calls[f"E_{path}"] = functools.partial(adapters.forward_routed, xa, weights, index, impl=path)
+        row: dict = {
+            "tokens": tokens,
+            "pairs": index.numel(),
+            "experts_touched": touched,
+            "E_auto_path": adapters.choose_impl(index.shape[-1], tokens),
+        }
         for name, call in calls.items():
             for cold in (False, True):
                 times = []

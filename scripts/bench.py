@@ -159,6 +159,23 @@ def format_decode_parts(rows: dict[str, dict]) -> str:
             f"{r['E_adapters_warm_us']:.0f} / {r['E_adapters_cold_us']:.0f} | {r['warm_ratio']:.3f} | "
             f"{r['cold_ratio']:.3f} | {r['bytes_ratio']:.3f} |"
         )
+    paths = [p for p in bench.E_DECODE_PATHS if any(f"E_{p}_warm_us" in r for r in rows.values())]
+    if paths:
+        lines += [
+            "",
+            "E's PEFT experts by path, forced (warm / cold us; * the path auto takes):",
+            "",
+            "| tokens | " + " | ".join(paths) + " |",
+            "|---:|" + "---:|" * len(paths),
+        ]
+        for r in rows.values():
+            cells = [
+                f"{r[f'E_{p}_warm_us']:.0f} / {r[f'E_{p}_cold_us']:.0f}{' *' * (r['E_auto_path'] == p)}"
+                if f"E_{p}_warm_us" in r
+                else "-"
+                for p in paths
+            ]
+            lines.append(f"| {r['tokens']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -246,8 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--compile",
-        action="store_true",
-        help="add every case's torch.compile'd step vs compiled frozen (with --generate: compiled decoding)",
+        nargs="?",
+        const="all",
+        choices=["all", "steps", "generation"],
+        help="add every case's torch.compile'd step vs compiled frozen (with --generate: compiled decoding); "
+        "`--compile steps` or `--compile generation` compiles only that part (a GPU's compiles take minutes)",
     )
     args = parser.parse_args(argv)
     quant, ckpt = args.base == "4bit", args.gradient_checkpointing
@@ -342,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             clock=clock,
             log=lambda s: print(s, flush=True),
         )
-        if args.compile:
+        if args.compile in ("all", "generation"):
             print("generation, compiled: a static KV cache, decode steps through torch.compile", flush=True)
             generation_compiled = bench.time_generation(
                 models,
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             decode_parts = bench.decode_parts(
                 full if quant else base, args.device, adapter_dtype, token_counts=shape.batch_sizes, reps=reps
             )
-    if args.compile:
+    if args.compile in ("all", "steps"):
         print("torch.compile: every case again, compiled (its first steps compile)", flush=True)
         compiled_cases = {name: bench.Case(name, base, adapter_dtype) for name in names}
         for case in compiled_cases.values():

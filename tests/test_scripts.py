@@ -68,14 +68,20 @@ def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
             vocab_size=128,
         ),
     )
-    rows = bench.decode_parts(bench.build_base(small, "cpu"), "cpu", token_counts=(1, 4), reps=2)
-    assert list(rows) == ["1", "4"]
-    for tokens, row in zip((1, 4), rows.values(), strict=True):
+    rows = bench.decode_parts(bench.build_base(small, "cpu"), "cpu", token_counts=(1, 16), reps=2)
+    assert list(rows) == ["1", "16"]
+    for tokens, row in zip((1, 16), rows.values(), strict=True):
         assert row["tokens"] == tokens and row["pairs"] == 2 * tokens
         assert 2 <= row["experts_touched"] <= min(8, 2 * tokens)
         assert all(row[k] > 0 for k in row if k.endswith("_us"))
         assert row["bytes_ratio"] == pytest.approx(2 * 16 / (3 * 32))
         assert row["cold_ratio"] == pytest.approx(row["E_adapters_cold_us"] / row["frozen_experts_cold_us"])
+        # each of E's paths forced, beside auto's pick (select for 2 pairs, the row sums for 32)
+        assert {"E_select_warm_us", "E_gather_cold_us", "E_dense_warm_us"} <= set(row)
+    assert [row["E_auto_path"] for row in rows.values()] == ["select", "gather"]
+    table = _script("bench")["format_decode_parts"](rows)
+    assert "E's PEFT experts by path" in table
+    assert f"{rows['16']['E_gather_cold_us']:.0f} *" in table.splitlines()[-1]
 
 
 def test_bench_targets_hold_decoding_eager_and_compiled_each_against_its_own_frozen():

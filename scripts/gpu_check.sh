@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU check in one script: OLMoE-1B-7B shapes, bf16, random weights; R, E, D and S against the frozen
+# model. Stages in order of worth, each with its own time limit, each writing its own JSON and appending to
+# one log, so a stage cut off by its limit loses only itself:
+#   train      the training step (batch 16 x 256) and each case's peak memory
+#   generate   eager generate() at batch 1 and 64, prefill and decode, and one block's decode parts
+#   compiled_generate   E against the frozen model, decode steps compiled over a static cache (CUDA graphs)
+#   compiled_steps      E against the frozen model, the torch.compile'd training step
+#
+#   bash scripts/gpu_check.sh [OUT_DIR] [SECONDS]     # default outputs/bench/cuda, 570 s in all
+#
+# On one H200 (2026-12-04) the stages took 123, 115, 170 and about 100 s; the results, with the commands,
+# are in docs/benchmarks.md ("CUDA") and docs/results/cuda_h200_2026-12-04/.
+#
+# Needs a CUDA build of torch and this project's Python dependencies (docs/benchmarks.md, "CUDA", says which
+# wheels a bare GPU image lacks); runs from the repository root without installing the project.
+set -u
+out=${1:-outputs/bench/cuda}
+budget=${2:-570}
+mkdir -p "$out"
+log="$out/gpu_check.log"
+deadline=$((SECONDS + budget))
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}   # DEVICE=cpu: a dry run of the script on the CPU miniature
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+    "$py" -c "import torch, transformers, peft; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'transformers', transformers.__version__, 'peft', peft.__version__)"
+} 2>&1 | tee -a "$log"
+
+stage() {  # stage NAME CAP_SECONDS bench-arguments...
+    local name=$1 cap=$2 left=$((deadline - SECONDS))
+    shift 2
+    local limit=$((cap < left ? cap : left))
+    if ((limit < 30)); then
+        echo "== $name: skipped, $left s left" | tee -a "$log"
+        return
+    fi
+    echo "== $name (limit $limit s): scripts/bench.py --device $device $*" | tee -a "$log"
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$py" scripts/bench.py --device "$device" "$@" --json "$out/$name.json" 2>&1 \
+        | tee -a "$log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$log"
+}
+
+all=(R_top2of4_r16 E_r16 D4_r16 S_r16)
+stage train 150 --cases "${all[@]}" --rounds 8 --warmup 2
+stage generate 130 --cases "${all[@]}" --generate --no-memory --rounds 3 --warmup 1
+stage compiled_generate 190 --cases E_r16 --generate --compile generation --no-memory --rounds 2 --warmup 1
+stage compiled_steps 150 --cases E_r16 --compile steps --no-memory --rounds 5 --warmup 1
