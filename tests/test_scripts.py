@@ -47,6 +47,23 @@ def test_bench_on_cuda_without_a_gpu_fails(capsys):
     )
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit")
+def test_every_gpu_check_stage_is_a_bench_command_line(capsys):
+    """scripts/gpu_check.sh's stages pass bench's argument parser (an argparse error would exit before the
+    no-GPU message): the script is only ever run on a lent GPU, with no time to rerun a typo."""
+    import shlex
+
+    main = _script("bench")["main"]
+    text = (REPO_ROOT / "scripts" / "gpu_check.sh").read_text()
+    cases = shlex.split(text.split("all=(", 1)[1].split(")", 1)[0])
+    stages = [shlex.split(line)[3:] for line in text.splitlines() if line.startswith("stage ")]
+    assert len(stages) == 4
+    for args in stages:
+        args = [a for arg in args for a in (cases if arg == "${all[@]}" else [arg])]
+        assert main(["--device", "cuda", *args, "--json", "unused.json"]) == 2
+        assert capsys.readouterr().err.strip().startswith("error: --device cuda: no CUDA device here")
+
+
 def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
     """`scripts/bench.py --generate`'s decode-parts table on a small OLMoE: every time measured, the weights
     each part touches in the proportion of their shapes (E's A and B against gate_up and down: 2r / 3I)."""
