@@ -116,9 +116,11 @@ CASES: dict[str, dict | None] = {
     "E_loop": dict(variant="E", num_experts=None, top_k=None, impl="loop"),
     # E beside the block (its own sort, gathers and sums), against E_r16 inside the frozen experts.
     "E_beside_r16": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
+    # E inside the frozen experts at every call, decode steps included (auto runs it beside them there).
+    "E_fused_r16": dict(variant="E", num_experts=None, top_k=None, impl="fused"),
 }
 # Run only when named with --cases: comparisons of one variant's compute paths, not a variant.
-OPT_IN_CASES = ("E_beside_r16",)
+OPT_IN_CASES = ("E_beside_r16", "E_fused_r16")
 
 
 def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
@@ -363,7 +365,7 @@ def time_cases(
 # ---------------------------------------------------------------------------------------------
 # Generation: prefill and decode with the KV cache, against the frozen model
 
-GENERATION_CASES = ("frozen", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16")
+GENERATION_CASES = ("frozen", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16", "E_fused_r16")
 # Batch sizes per device: one sequence, and a batch sized to the device (on a GPU a batch of 16 leaves most of
 # the chip idle).
 GENERATION_BATCH_SIZES = {"cpu": (1, 16), "cuda": (1, 64)}

@@ -3,13 +3,15 @@
 # model. Stages in order of worth, each with its own time limit, each writing its own JSON and appending to
 # one log, so a stage cut off by its limit loses only itself:
 #   train      the training step (batch 16 x 256) and each case's peak memory
-#   generate   eager generate() at batch 1 and 64, prefill and decode, and one block's decode parts
+#   generate   eager generate() at batch 1 and 64, prefill and decode, and one block's decode parts, each
+#              of E's paths forced; E_fused_r16 decodes with E inside the frozen experts (slower on CPU)
 #   compiled_generate   E against the frozen model, decode steps compiled over a static cache (CUDA graphs)
 #   compiled_steps      E against the frozen model, the torch.compile'd training step
 #
 #   bash scripts/gpu_check.sh [OUT_DIR] [SECONDS]     # default outputs/bench/cuda, 570 s in all
 #
-# On one H200 (2026-12-04) the stages took 123, 115, 170 and about 100 s; the results, with the commands,
+# On one H200 (2026-12-04) the stages took 123, 115, 170 and about 100 s (8 training rounds, no
+# E_fused_r16 then); the results, with the commands,
 # are in docs/benchmarks.md ("CUDA") and docs/results/cuda_h200_2026-12-04/.
 #
 # Needs a CUDA build of torch and this project's Python dependencies (docs/benchmarks.md, "CUDA", says which
@@ -47,7 +49,7 @@ stage() {  # stage NAME CAP_SECONDS bench-arguments...
 }
 
 all=(R_top2of4_r16 E_r16 D4_r16 S_r16)
-stage train 150 --cases "${all[@]}" --rounds 8 --warmup 2
-stage generate 130 --cases "${all[@]}" --generate --no-memory --rounds 3 --warmup 1
+stage train 140 --cases "${all[@]}" --rounds 6 --warmup 2
+stage generate 150 --cases "${all[@]}" E_fused_r16 --generate --no-memory --rounds 3 --warmup 1
 stage compiled_generate 190 --cases E_r16 --generate --compile generation --no-memory --rounds 2 --warmup 1
 stage compiled_steps 150 --cases E_r16 --compile steps --no-memory --rounds 5 --warmup 1

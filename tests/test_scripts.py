@@ -64,12 +64,10 @@ def test_every_gpu_check_stage_is_a_bench_command_line(capsys):
         assert capsys.readouterr().err.strip().startswith("error: --device cuda: no CUDA device here")
 
 
-def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
-    """`scripts/bench.py --generate`'s decode-parts table on a small OLMoE: every time measured, the weights
-    each part touches in the proportion of their shapes (E's A and B against gate_up and down: 2r / 3I)."""
+def _small_bench_model():
     from perft_exp import bench
 
-    small = bench.BenchModel(
+    return bench.BenchModel(
         "small",
         batch_size=1,
         seq_len=8,
@@ -85,6 +83,28 @@ def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
             vocab_size=128,
         ),
     )
+
+
+def test_every_bench_case_attaches_and_generates():
+    """Each case of scripts/bench.py --cases (the opt-in ones too) builds on a small OLMoE and decodes."""
+    from perft_exp import bench
+
+    base = bench.build_base(_small_bench_model(), "cpu")
+    ids = torch.randint(3, 128, (2, 4), generator=torch.Generator().manual_seed(0))
+    for name in bench.CASES:
+        model = bench.attach(base, name).eval()
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False
+        )
+        assert out.shape == (2, 7), name
+
+
+def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
+    """`scripts/bench.py --generate`'s decode-parts table on a small OLMoE: every time measured, the weights
+    each part touches in the proportion of their shapes (E's A and B against gate_up and down: 2r / 3I)."""
+    from perft_exp import bench
+
+    small = _small_bench_model()
     rows = bench.decode_parts(bench.build_base(small, "cpu"), "cpu", token_counts=(1, 16), reps=2)
     assert list(rows) == ["1", "16"]
     for tokens, row in zip((1, 16), rows.values(), strict=True):
