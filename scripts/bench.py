@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         "`--compile steps` or `--compile generation` compiles only that part (a GPU's compiles take minutes)",
     )
     args = parser.parse_args(argv)
+    if args.compile == "generation" and not args.generate:
+        parser.error("--compile generation compiles the decode steps of --generate: add --generate")
     quant, ckpt = args.base == "4bit", args.gradient_checkpointing
 
     if args.device == "cuda" and not torch.cuda.is_available():  # nothing measured is a failure, not a pass

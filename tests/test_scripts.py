@@ -99,6 +99,18 @@ def test_every_bench_case_attaches_and_generates():
         assert out.shape == (2, 7), name
 
 
+def test_bench_compile_generation_without_generate_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script("bench")["main"](["--compile", "generation"])
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("--compile generation compiles the decode steps of --generate: add --generate")
+    )
+
+
 def test_bench_decode_parts_times_both_parts_and_counts_their_weights():
     """`scripts/bench.py --generate`'s decode-parts table on a small OLMoE: every time measured, the weights
     each part touches in the proportion of their shapes (E's A and B against gate_up and down: 2r / 3I)."""
