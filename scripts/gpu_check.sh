@@ -7,18 +7,24 @@
 #              of E's paths forced; E_fused_r16 decodes with E inside the frozen experts (slower on CPU)
 #   compiled_generate   E against the frozen model, decode steps compiled over a static cache (CUDA graphs)
 #   compiled_steps      E against the frozen model, the torch.compile'd training step
+#   train_4bit (only when named) R and E on the base loaded in 4 bits (the fused experts too), against the
+#              4-bit frozen step and the bf16 one, with peak memory; needs bitsandbytes, and each of its
+#              processes saves and reloads the 7B model, so give it a lease of its own
 #
-#   bash scripts/gpu_check.sh [OUT_DIR] [SECONDS]     # default outputs/bench/cuda, 570 s in all
+#   bash scripts/gpu_check.sh [OUT_DIR] [SECONDS] [STAGE ...]   # default outputs/bench/cuda, 570 s, the four
 #
 # On one H200 (2026-12-04) the stages took 123, 115, 170 and about 100 s (8 training rounds, no
 # E_fused_r16 then); the results, with the commands,
 # are in docs/benchmarks.md ("CUDA") and docs/results/cuda_h200_2026-12-04/.
 #
 # Needs a CUDA build of torch and this project's Python dependencies (docs/benchmarks.md, "CUDA", says which
-# wheels a bare GPU image lacks); runs from the repository root without installing the project.
+# wheels a bare GPU image lacks, bitsandbytes for train_4bit among them); runs from the repository root
+# without installing the project.
 set -u
 out=${1:-outputs/bench/cuda}
 budget=${2:-570}
+shift $(($# < 2 ? $# : 2))
+stages=" ${*:-train generate compiled_generate compiled_steps} "
 mkdir -p "$out"
 log="$out/gpu_check.log"
 deadline=$((SECONDS + budget))
@@ -37,6 +43,7 @@ stage() {  # stage NAME CAP_SECONDS bench-arguments...
     local name=$1 cap=$2 left=$((deadline - SECONDS))
     shift 2
     local limit=$((cap < left ? cap : left))
+    [[ $stages == *" $name "* ]] || return 0
     if ((limit < 30)); then
         echo "== $name: skipped, $left s left" | tee -a "$log"
         return
@@ -53,3 +60,4 @@ stage train 140 --cases "${all[@]}" --rounds 6 --warmup 2
 stage generate 150 --cases "${all[@]}" E_fused_r16 --generate --no-memory --rounds 3 --warmup 1
 stage compiled_generate 190 --cases E_r16 --generate --compile generation --no-memory --rounds 2 --warmup 1
 stage compiled_steps 150 --cases E_r16 --compile steps --no-memory --rounds 5 --warmup 1
+stage train_4bit 560 --base 4bit --cases R_top2of4_r16 E_r16 --rounds 4 --warmup 1
