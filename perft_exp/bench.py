@@ -501,8 +501,8 @@ def decode_parts(
 ) -> dict[str, dict]:
     """One MoE block at a decode step: what E adds against what it sits beside. The frozen experts' forward
     (`experts(x, top_k_index, top_k_weights)`) and E's PEFT experts on the same routed pairs
-    (`forward_routed`, the path `auto` takes for that many tokens, and each of E_DECODE_PATHS forced:
-    `E_<path>` rows), each timed alone, median of `reps`, no grad: warm (the call repeated, everything it
+    (`forward_routed` on each of E_DECODE_PATHS forced: `E_<path>` rows; `E_adapters`: the path `auto` takes
+    for that many tokens), each timed alone, median of `reps`, no grad: warm (the call repeated, everything it
     touches in cache) and cold (after reading a buffer larger than the CPU's caches, as a decode step finds a
     layer after the other layers ran: its weights, and the state of every op it calls, come from memory). With
     the weights each touches (the experts the step routes to). `base`: a model `build_base` built (its first
@@ -522,20 +522,21 @@ def decode_parts(
             _, weights, index = block.gate(x)
         touched = index.unique().numel()
         xa = x.to(adapters.A.dtype)
-        calls = {
-            "frozen_experts": functools.partial(experts, x, index, weights),
-            "E_adapters": functools.partial(adapters.forward_routed, xa, weights, index),
-        }
-        # Every path E can take, forced, beside the one auto picks: the cost model behind auto was measured
-        # on CPU, and these rows are what a device's own thresholds would be set from.
-        paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped_mm_supported(xa, adapters.A)]
+        calls = {"frozen_experts": functools.partial(experts, x, index, weights)}
+        # Every path E can take, forced: the cost model behind auto was measured on CPU, and these rows are
+        # what a device's own thresholds would be set from. Auto's pick is one of them (forward_routed runs
+        # grouped as dense where grouped_mm does not take the inputs), timed once.
+        grouped = grouped_mm_supported(xa, adapters.A)
+        paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped]
         for path in paths:
             calls[f"E_{path}"] = functools.partial(adapters.forward_routed, xa, weights, index, impl=path)
+        auto = adapters.choose_impl(index.shape[-1], tokens)
+        auto = "dense" if auto == "grouped" and not grouped else auto
         row: dict = {
             "tokens": tokens,
             "pairs": index.numel(),
             "experts_touched": touched,
-            "E_auto_path": adapters.choose_impl(index.shape[-1], tokens),
+            "E_auto_path": auto,
         }
         for name, call in calls.items():
             for cold in (False, True):
@@ -551,6 +552,8 @@ def decode_parts(
                         _sync(device)
                         times.append(time.perf_counter() - start)
                 row[f"{name}_{'cold' if cold else 'warm'}_us"] = statistics.median(times) * 1e6
+        for clock in ("warm", "cold"):  # E's PEFT experts as the model runs them: auto's path
+            row[f"E_adapters_{clock}_us"] = row[f"E_{auto}_{clock}_us"]
         per_expert = sum(getattr(experts, a)[0].nbytes for a in ("gate_up_proj", "down_proj"))
         row["frozen_experts_mb"] = touched * per_expert / 2**20
         row["E_adapters_mb"] = touched * (adapters.A[0].nbytes + adapters.B[0].nbytes) / 2**20
