@@ -93,6 +93,12 @@ def test_trainer_options(trainer, tmp_path):
     args = _training_arguments(validate(cfg), RunDir(tmp_path), has_eval=True)
     assert args.learning_rate == cfg.trainer.learning_rate
     assert args.eval_steps == cfg.trainer.eval_steps and args.metric_for_best_model == "eval_loss"
+    assert args.optim == "adamw_torch"  # what every documented number used
+
+
+def test_the_optimizer_is_the_trainer_groups_to_choose(tmp_path):
+    cfg = compose(["trainer.optim=adamw_torch_fused"])
+    assert _training_arguments(validate(cfg), RunDir(tmp_path), has_eval=True).optim == "adamw_torch_fused"
 
 
 @pytest.mark.parametrize("ds", options("deepspeed"))

@@ -88,7 +88,6 @@ def _training_arguments(
         output_dir=str(run.checkpoints),
         per_device_train_batch_size=plan.micro_batch,
         gradient_accumulation_steps=plan.accumulation,
-        optim="adamw_torch",
         eval_strategy="steps" if has_eval else "no",
         save_strategy="steps",
         load_best_model_at_end=has_eval,
