@@ -530,7 +530,7 @@ def decode_parts(
         paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped]
         for path in paths:
             calls[f"E_{path}"] = functools.partial(adapters.forward_routed, xa, weights, index, impl=path)
-        auto = adapters.choose_impl(index.shape[-1], tokens)
+        auto = adapters.choose_impl(index.shape[-1], tokens, xa.device.type)
         auto = "dense" if auto == "grouped" and not grouped else auto
         row: dict = {
             "tokens": tokens,

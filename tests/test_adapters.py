@@ -334,6 +334,20 @@ def test_grouped_falls_back_when_kernel_cannot_take_the_shape():
     _close(block(x), oracle(block, x, model.config), "bfloat16")
 
 
+def test_auto_picks_each_path_by_the_pairs_and_the_device():
+    """E's shape on OLMoE (64 experts, top-8, r16): select for a decode step at batch 1, the row sums for a
+    few dozen tokens on CPU but dense on a GPU (where the row sums cost what the frozen experts do), grouped
+    beyond; R with 4 experts is dense past select whatever the device."""
+    from perft_exp.adapters.experts import PeftExperts
+
+    e, r = PeftExperts(64, 32, 16, device="meta"), PeftExperts(4, 32, 16, device="meta")
+    assert [e.choose_impl(8, t) for t in (1, 16, 64, 65)] == ["select", "gather", "gather", "grouped"]
+    assert [e.choose_impl(8, t, "cuda") for t in (1, 16, 64, 65)] == ["select", "dense", "dense", "grouped"]
+    assert [r.choose_impl(2, t, d) for t in (8, 16, 1024) for d in ("cpu", "cuda")] == ["select"] * 2 + [
+        "dense"
+    ] * 4
+
+
 @pytest.mark.parametrize("variant", ["R", "R_many", "R_top_p", "E"])
 def test_decoding_with_the_kv_cache_gives_the_loop_oracles_tokens(variant):
     """Greedy generation at batch 1 (the select path) and 3 (dense, row sums) equals the per-expert loop's

@@ -294,7 +294,7 @@ class PeftExperts(nn.Module):
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
         if impl == "auto":
-            impl = self.choose_impl(indices.shape[-1], x.shape[0])
+            impl = self.choose_impl(indices.shape[-1], x.shape[0], x.device.type)
         if impl == "fused":  # beside the block: the frozen experts' computation did not take E in
             impl = "grouped"
         if impl == "grouped" and not grouped_mm_supported(x, self.A):
@@ -315,7 +315,7 @@ class PeftExperts(nn.Module):
             raise ValueError(f"unknown impl {impl!r}")
         return plus(y, residual)
 
-    def choose_impl(self, top_k: int, num_tokens: int | None = None) -> str:
+    def choose_impl(self, top_k: int, num_tokens: int | None = None, device_type: str = "cpu") -> str:
         """The cheaper path by a cost model measured on CPU (fp32, D=256, r=16, fwd+bwd).
 
         Dense does N*r columns of work per token; grouped does K*r per token plus, per chosen pair,
@@ -325,13 +325,17 @@ class PeftExperts(nn.Module):
         decoding) takes the gather path instead: grouped pays a kernel call per expert, chosen or not.
         At most _SELECT_PAIRS pairs (a decode step at batch 1 or 2) take the select path whatever N: its
         fixed five kernels cost less than dense's masking or the row sums' bookkeeping.
+        On a GPU (`device_type` not "cpu") the gather band runs dense: there a decode step's PEFT experts are
+        bound by kernel launches, not by arithmetic or bytes (E's weights on OLMoE-1B-7B: 8 MB a layer), and
+        the row sums were measured as slow as the frozen experts themselves (H200, 64 tokens: 615 us against
+        571; docs/benchmarks.md), while dense is two matmuls and three small kernels.
         """
         if num_tokens is not None and num_tokens * top_k <= _SELECT_PAIRS:
             return "select"
         if self.num_experts * self.bottleneck <= top_k * (self.bottleneck + _GATHER_COLUMNS):
             return "dense"
         if num_tokens is not None and num_tokens * top_k <= _GATHER_PAIRS:
-            return "gather"
+            return "gather" if device_type == "cpu" else "dense"
         return "grouped"
 
     def _dense(

@@ -95,7 +95,9 @@ class PerftLayer(nn.Module):
         if not self.fits_base_experts:
             return False
         experts = self.experts
-        impl = self.impl if self.impl == "fused" else experts.choose_impl(self.top_k, num_tokens)
+        impl = self.impl
+        if impl != "fused":
+            impl = experts.choose_impl(self.top_k, num_tokens, x.device.type)
         return impl in ("grouped", "fused") and grouped_mm_supported(x, experts.A)
 
     def activated_fraction(self) -> float:
