@@ -13,8 +13,8 @@ perft_exp.adapters.routing):
            Masked slots are left out of the pairs.
            Custom autograd functions keep only (S, r) activations: the (S, D) gathered inputs and
            per-pair outputs are recomputed or summed away, never saved.
-  gather:  for few tokens (decoding: one to a few dozen per call), each pair's rows of A and B read in
-           place by two weighted row sums (torch.nn.functional.embedding_bag):
+  gather:  for few tokens on CPU (decoding: one to a few dozen per call; a GPU runs them dense, choose_impl),
+           each pair's rows of A and B read in place by two weighted row sums (F.embedding_bag):
              h_p = sum_d x_{t,d} A[e_p, d, :]                  bag of D rows of A as (N*D, r), per pair
              y_t = sum_{p of t} sum_j s w_p f(h_p)_j B[e_p, j, :]   bag of K*r rows of B (N*r, D), per token
            No sort, no per-expert loop, no copy of the chosen experts' weights: what grouped costs per expert
