@@ -524,14 +524,11 @@ def decode_parts(
         xa = x.to(adapters.A.dtype)
         calls = {"frozen_experts": functools.partial(experts, x, index, weights)}
         # Every path E can take, forced: the cost model behind auto was measured on CPU, and these rows are
-        # what a device's own thresholds would be set from. Auto's pick is one of them (forward_routed runs
-        # grouped as dense where grouped_mm does not take the inputs), timed once.
-        grouped = grouped_mm_supported(xa, adapters.A)
-        paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped]
+        # what a device's own thresholds would be set from. Auto's pick is one of them, timed once.
+        paths = [p for p in E_DECODE_PATHS if p != "grouped" or grouped_mm_supported(xa, adapters.A)]
         for path in paths:
             calls[f"E_{path}"] = functools.partial(adapters.forward_routed, xa, weights, index, impl=path)
-        auto = adapters.choose_impl(index.shape[-1], tokens, xa.device.type)
-        auto = "dense" if auto == "grouped" and not grouped else auto
+        auto = adapters.path("auto", xa, index.shape[-1])
         row: dict = {
             "tokens": tokens,
             "pairs": index.numel(),

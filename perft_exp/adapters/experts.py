@@ -293,12 +293,7 @@ class PeftExperts(nn.Module):
         dtypes match).
         """
         keep = self.draw_keep(x, indices.shape[-1]) if keep is None else keep
-        if impl == "auto":
-            impl = self.choose_impl(indices.shape[-1], x.shape[0], x.device.type)
-        if impl == "fused":  # beside the block: the frozen experts' computation did not take E in
-            impl = "grouped"
-        if impl == "grouped" and not grouped_mm_supported(x, self.A):
-            impl = "dense"
+        impl = self.path(impl, x, indices.shape[-1])
         if impl == "dense":
             return self._dense(x, weights, indices, keep, residual)
         if impl == "select":
@@ -314,6 +309,18 @@ class PeftExperts(nn.Module):
         else:
             raise ValueError(f"unknown impl {impl!r}")
         return plus(y, residual)
+
+    def path(self, impl: str, x: torch.Tensor, top_k: int) -> str:
+        """The path `forward_routed(x, ..., impl)` runs for x (T, D) and K = `top_k`: auto's pick
+        (`choose_impl`); fused as grouped (here E runs beside the block: the frozen experts' computation did
+        not take it in); grouped as dense where grouped_mm does not take the inputs."""
+        if impl == "auto":
+            impl = self.choose_impl(top_k, x.shape[0], x.device.type)
+        if impl == "fused":
+            impl = "grouped"
+        if impl == "grouped" and not grouped_mm_supported(x, self.A):
+            impl = "dense"
+        return impl
 
     def choose_impl(self, top_k: int, num_tokens: int | None = None, device_type: str = "cpu") -> str:
         """The cheaper path by a cost model measured on CPU (fp32, D=256, r=16, fwd+bwd).
