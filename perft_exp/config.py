@@ -259,8 +259,8 @@ class TrainerConfig:
         default="adamw_torch",
         metadata={
             "help": "the HF Trainer's optimizer (its `optim` names): adamw_torch, the one every documented "
-            "number used; adamw_torch_fused, one kernel over all adapter weights (E's 2.1M on the bench: "
-            "1.8 ms against 4.8 on one CPU thread); paged_adamw_8bit and other bitsandbytes ones"
+            "number used; adamw_torch_fused, one kernel over all adapter weights (a faster optimizer step: "
+            "docs/benchmarks.md); paged_adamw_8bit and other bitsandbytes ones"
         },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW's weight decay"})
