@@ -101,8 +101,8 @@ BENCH_MODELS["olmoe_mini_wide"] = BenchModel(
 )
 DEFAULT_MODEL = {"cpu": "olmoe_mini", "cuda": "olmoe_1b_7b"}
 
-# PerftConfig fields per case (None: the frozen floor). Rank 16 throughout, dropout 0 so that the
-# timings are the adapters' compute, not dropout's.
+# PerftConfig fields per case (None: the frozen floor). Rank 16 unless the case sets a bottleneck, dropout 0
+# so that the timings are the adapters' compute, not dropout's.
 CASES: dict[str, dict | None] = {
     "frozen": None,
     "qv_lora": dict(variant="qv_lora"),
@@ -118,9 +118,14 @@ CASES: dict[str, dict | None] = {
     "E_beside_r16": dict(variant="E", num_experts=None, top_k=None, impl="grouped"),
     # E inside the frozen experts at every call, decode steps included (auto runs it beside them there).
     "E_fused_r16": dict(variant="E", num_experts=None, top_k=None, impl="fused"),
+    # Rank 1, auto's path: the adapters' arithmetic and weights all but gone, so what such a case costs over
+    # frozen is the part of its variant's cost that no rank removes (hooks, routing, kernel calls).
+    "R_top2of4_r1": dict(variant="R", num_experts=4, top_k=2, bottleneck=1),
+    "E_r1": dict(variant="E", num_experts=None, top_k=None, bottleneck=1),
+    "S_r1": dict(variant="S", num_experts=None, bottleneck=1),
 }
-# Run only when named with --cases: comparisons of one variant's compute paths, not a variant.
-OPT_IN_CASES = ("E_beside_r16", "E_fused_r16")
+# Run only when named with --cases: comparisons of one variant's compute paths or ranks, not a variant.
+OPT_IN_CASES = ("E_beside_r16", "E_fused_r16", "R_top2of4_r1", "E_r1", "S_r1")
 
 
 def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
@@ -202,7 +207,9 @@ def attach(base: nn.Module, name: str, adapter_dtype: str = "float32") -> nn.Mod
     if spec is None:
         freeze(model)
         return model
-    return apply_adapters(model, PerftConfig(bottleneck=16, dropout=0.0, adapter_dtype=adapter_dtype, **spec))
+    return apply_adapters(
+        model, PerftConfig(**{"bottleneck": 16, "dropout": 0.0, "adapter_dtype": adapter_dtype, **spec})
+    )
 
 
 class Case:
@@ -365,7 +372,17 @@ def time_cases(
 # ---------------------------------------------------------------------------------------------
 # Generation: prefill and decode with the KV cache, against the frozen model
 
-GENERATION_CASES = ("frozen", "R_top2of4_r16", "E_r16", "D4_r16", "S_r16", "E_fused_r16")
+GENERATION_CASES = (
+    "frozen",
+    "R_top2of4_r16",
+    "E_r16",
+    "D4_r16",
+    "S_r16",
+    "E_fused_r16",
+    "R_top2of4_r1",
+    "E_r1",
+    "S_r1",
+)
 # Batch sizes per device: one sequence, and a batch sized to the device (on a GPU a batch of 16 leaves most of
 # the chip idle).
 GENERATION_BATCH_SIZES = {"cpu": (1, 16), "cuda": (1, 64)}

@@ -56,6 +56,8 @@ DECODE_TARGETS = {1: 1.10, 16: 1.05}  # batch size -> a decode step's time at mo
 LOOP_SHARE = 1 / 3  # batched E adds at most this share of what E_loop adds over frozen
 MEMORY_SLACK = 0.10  # every PERFT case's peak memory within 10% of frozen
 PERFT_CASES = ("R_top2of4_r16", "R_top2of8_r16", "E_r16", "D4_r16", "S_r16")
+# A variant at rank 16 and the same variant at rank 1 (opt-in cases): their difference is what the rank costs.
+RANK_PAIRS = {"R_top2of4_r16": "R_top2of4_r1", "E_r16": "E_r1", "S_r16": "S_r1"}
 
 
 def machine(device: str, threads: int) -> str:
@@ -86,7 +88,7 @@ def check_targets(
     for rows, kind in ((generation, ""), (generation_compiled, "compiled ")):
         for key, row in (rows or {}).items():
             limit = DECODE_TARGETS.get(row["batch_size"])
-            if not key.startswith("frozen@") and limit is not None:
+            if key.split("@")[0] not in ("frozen", *RANK_PAIRS.values()) and limit is not None:
                 target = f"{key} {kind}decode step <= {limit:.2f}x {kind}frozen"
                 checks.append(_at_most(target, row["decode_vs_frozen"], limit))
     if experts is not None:
@@ -176,6 +178,40 @@ def format_decode_parts(rows: dict[str, dict]) -> str:
                 for p in paths
             ]
             lines.append(f"| {r['tokens']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def rank_split(cases: dict[str, dict], generation: dict[str, dict] | None) -> list[dict]:
+    """Per RANK_PAIRS pair run, for the training step and each decode batch size: both ratios to frozen and
+    their difference, what the rank costs in frozen steps. Rank 1's own ratio is the part of the variant's
+    cost that no rank removes (hooks, routing, kernel calls)."""
+    rows = []
+    for r16, r1 in RANK_PAIRS.items():
+        where = []
+        if r16 in cases and r1 in cases:
+            where.append(("training step", cases[r16]["ratio_vs_frozen"], cases[r1]["ratio_vs_frozen"]))
+        for key, row in (generation or {}).items():
+            name, _, batch = key.partition("@")
+            if name == r16 and f"{r1}@{batch}" in generation:
+                ratio_r1 = generation[f"{r1}@{batch}"]["decode_vs_frozen"]
+                where.append((f"decode, batch {batch}", row["decode_vs_frozen"], ratio_r1))
+        rows += [
+            {"case": r16, "where": label, "r16": ratio, "r1": ratio_r1, "rank_cost": ratio - ratio_r1}
+            for label, ratio, ratio_r1 in where
+        ]
+    return rows
+
+
+def format_rank_split(rows: list[dict]) -> str:
+    """The rank-split table (rank_split)."""
+    lines = [
+        "| case | where | rank 16 vs frozen | rank 1 vs frozen | rank 16 - rank 1 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['where']} | {r['r16']:.3f} | {r['r1']:.3f} | {r['rank_cost']:+.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -434,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         dequant = 1 / result["cases"]["frozen_full"]["ratio_vs_frozen"]
         result.update(base="4bit", experts=experts, frozen_4bit_vs_full=dequant)
     result["targets"] = check_targets(result["cases"], generation, experts, generation_compiled)
+    split = rank_split(result["cases"], generation)
+    if split:
+        result["rank_split"] = split
 
     print()
     print(format_table(result))
@@ -465,6 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         print(format_decode_parts(decode_parts))
+        print()
+    if split:
+        print(
+            "What the rank costs (each variant at rank 16 and at rank 1, auto's path; rank 1's ratio is what "
+            "no rank removes: hooks, routing, kernel calls):"
+        )
+        print()
+        print(format_rank_split(split))
         print()
     if compiled is not None:
         print("torch.compile'd training step:")

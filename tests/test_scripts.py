@@ -146,3 +146,30 @@ def test_bench_targets_hold_decoding_eager_and_compiled_each_against_its_own_fro
     assert not checks["E_r16@1 decode step <= 1.10x frozen"]["pass"]
     assert checks["E_r16@1 compiled decode step <= 1.10x compiled frozen"]["value"] == "1.060x"
     assert checks["E_r16@1 compiled decode step <= 1.10x compiled frozen"]["pass"]
+
+
+def test_bench_rank_split_is_what_the_rank_costs():
+    split = _script("bench")["rank_split"]
+    cases = {
+        "E_r16": {"ratio_vs_frozen": 1.08},
+        "E_r1": {"ratio_vs_frozen": 1.02},
+        "S_r16": {"ratio_vs_frozen": 0.95},
+    }
+    generation = {
+        "E_r16@16": {"decode_vs_frozen": 1.10},
+        "E_r1@16": {"decode_vs_frozen": 1.05},
+        "R_top2of4_r16@1": {"decode_vs_frozen": 1.10},  # no rank-1 row: left out
+    }
+    rows = split(cases, generation)
+    assert [(r["case"], r["where"]) for r in rows] == [
+        ("E_r16", "training step"),
+        ("E_r16", "decode, batch 16"),
+    ]
+    assert [r["rank_cost"] for r in rows] == [pytest.approx(0.06), pytest.approx(0.05)]
+    table = _script("bench")["format_rank_split"](rows)
+    assert "| E_r16 | decode, batch 16 | 1.100 | 1.050 | +0.050 |" in table
+    # the rank-1 cases are diagnostics: no decode target of their own
+    checks = _script("bench")["check_targets"](
+        {}, {k: {**v, "batch_size": 16} for k, v in generation.items()}
+    )
+    assert [c["target"].split()[0] for c in checks] == ["E_r16@16", "R_top2of4_r16@1"]
