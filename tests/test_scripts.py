@@ -57,7 +57,7 @@ def test_every_gpu_check_stage_is_a_bench_command_line(capsys):
     text = (REPO_ROOT / "scripts" / "gpu_check.sh").read_text()
     cases = shlex.split(text.split("all=(", 1)[1].split(")", 1)[0])
     stages = [shlex.split(line)[3:] for line in text.splitlines() if line.startswith("stage ")]
-    assert len(stages) == 5
+    assert len(stages) == 6
     for args in stages:
         args = [a for arg in args for a in (cases if arg == "${all[@]}" else [arg])]
         assert main(["--device", "cuda", *args, "--json", "unused.json"]) == 2
