@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from perft_exp.adapters.config import PerftConfig
-from perft_exp.adapters.experts import PeftExperts, cast, grouped_mm_supported
+from perft_exp.adapters.experts import PeftExperts, cast
 from perft_exp.adapters.routing import routing_kind
 from perft_exp.adapters.variants import Routing
 
@@ -89,16 +89,10 @@ class PerftLayer(nn.Module):
         """N, the PEFT experts of this layer."""
         return self.experts.num_experts
 
-    def runs_in_base_experts(self, num_tokens: int, x: torch.Tensor) -> bool:
-        """Whether this call of `num_tokens` tokens runs inside the frozen experts' grouped computation: an E
-        layer (`fits_base_experts`) on a call that takes the grouped path (`impl=fused`: any call)."""
-        if not self.fits_base_experts:
-            return False
-        experts = self.experts
-        impl = self.impl
-        if impl != "fused":
-            impl = experts.choose_impl(self.top_k, num_tokens, x.device.type)
-        return impl in ("grouped", "fused") and grouped_mm_supported(x, experts.A)
+    def runs_in_base_experts(self, x: torch.Tensor) -> bool:
+        """Whether a call on x (T, D) runs inside the frozen experts' grouped computation: an E layer
+        (`fits_base_experts`) on a call whose path is grouped (`impl=fused`: any call grouped_mm takes)."""
+        return self.fits_base_experts and self.experts.path(self.impl, x, self.top_k) == "grouped"
 
     def activated_fraction(self) -> float:
         """Fraction of the PEFT experts' parameters that one token activates (at most)."""

@@ -301,7 +301,7 @@ class PerftTunerLayer(nn.Module, BaseTunerLayer):
         if router_output is None or kwargs or len(args) != 3:
             return forward(*args, **kwargs)
         hidden, index, weights = args
-        layers = [m for m in self._active_layers() if m.runs_in_base_experts(hidden.shape[0], hidden)]
+        layers = [m for m in self._active_layers() if m.runs_in_base_experts(hidden)]
         if not layers:
             return forward(*args)
         _, top_weights, top_index = self._routing(router_output)
