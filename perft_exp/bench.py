@@ -370,6 +370,83 @@ def time_cases(
 
 
 # ---------------------------------------------------------------------------------------------
+# Where a case's extra time goes: its training step under torch.profiler, op by op, against a baseline
+
+# The ops that multiply matrices (self time only, so a matmul's dispatch to mm is not counted twice).
+MATMUL_OPS = frozenset(
+    {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm", "aten::addbmm"}
+)
+
+
+def profile_steps(
+    cases: dict[str, Case],
+    batch: dict[str, torch.Tensor],
+    device: str,
+    *,
+    visits: int = 3,
+    steps: int = 3,
+) -> dict[str, dict[str, float]]:
+    """Each case's training step as self time per op, ms a step: {case: {op: ms}} (CPU time on CPU; on CUDA
+    the device time of the kernels each op launched). The cases are visited `visits` times in turn (the order
+    reversed every other visit), `steps` steps under `torch.profiler` a visit, and each keeps its quietest
+    visit (the least total): a slow stretch of a shared machine then falls on one visit, not into the
+    comparison."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    names = list(cases)
+    best: dict[str, dict[str, float]] = {}
+    for visit in range(visits):
+        for name in names if visit % 2 == 0 else names[::-1]:
+            _sync(device)
+            with profile(activities=activities) as prof:
+                for _ in range(steps):
+                    cases[name].step(batch)
+                _sync(device)
+            ops: dict[str, float] = {}
+            for event in prof.key_averages():
+                # On CUDA an op's self device time is the kernels it launched, which are listed again as
+                # events of their own: only the ops are counted.
+                if cuda and event.device_type != torch.autograd.DeviceType.CPU:
+                    continue
+                us = event.self_device_time_total if cuda else event.self_cpu_time_total
+                if us > 0:
+                    ops[event.key] = us / steps / 1e3
+            if name not in best or sum(ops.values()) < sum(best[name].values()):
+                best[name] = ops
+    return best
+
+
+def profile_difference(
+    profiles: dict[str, dict[str, float]], case: str, baseline: str, top: int = 12
+) -> dict:
+    """What `case`'s step spends over `baseline`'s, by op (`profile_steps`' output): the totals, the part in
+    matrix multiplies (MATMUL_OPS) and the `top` ops by the size of their difference, either sign."""
+    a, b = profiles[case], profiles[baseline]
+    rows = [
+        {
+            "op": op,
+            "case_ms": a.get(op, 0.0),
+            "baseline_ms": b.get(op, 0.0),
+            "extra_ms": a.get(op, 0.0) - b.get(op, 0.0),
+        }
+        for op in sorted(set(a) | set(b))
+    ]
+    rows.sort(key=lambda row: -abs(row["extra_ms"]))
+    case_ms, baseline_ms = sum(a.values()), sum(b.values())
+    return {
+        "case": case,
+        "baseline": baseline,
+        "case_ms": case_ms,
+        "baseline_ms": baseline_ms,
+        "extra_ms": case_ms - baseline_ms,
+        "matmul_extra_ms": sum(row["extra_ms"] for row in rows if row["op"] in MATMUL_OPS),
+        "ops": rows[:top],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Generation: prefill and decode with the KV cache, against the frozen model
 
 GENERATION_CASES = (

@@ -8,14 +8,17 @@
     python scripts/bench.py --model olmoe_mini_wide      # the miniature, OLMoE's expert width to hidden size
     python scripts/bench.py --device cuda                # OLMoE-1B-7B architecture, bf16, random weights
     python scripts/bench.py --base 4bit                  # the cases over the base loaded in 4 bits
+    python scripts/bench.py --cases E_r16 S_r16 --profile S_r16 --no-memory   # where E's extra time goes
 
 Prints a markdown table: step time, tokens/s, the per-round ratio to `frozen` (median [quartiles]),
 and peak memory; with --generate a second one: greedy generate() with the KV cache (32 prompt tokens, 32
 new), prefill and per-step decode time and their ratios to the frozen model, then (with E among the cases)
 one MoE block's frozen experts against E's PEFT experts at a decode step, warm and cold; with --compile: every
 case's step under torch.compile against the compiled frozen step (and with --generate, generation again with a
-static KV cache and compiled decode steps: CUDA graphs on a GPU). Then the performance targets, PASS or
-FAIL. How cases are timed and how memory is measured: perft_exp/bench.py.
+static KV cache and compiled decode steps: CUDA graphs on a GPU); with --profile [BASELINE]: each case's
+training step under torch.profiler, the ops it spends more (or less) time on than BASELINE's (default frozen)
+and how much of that is matrix multiplies. Then the performance targets, PASS or FAIL. How cases are timed
+and how memory is measured: perft_exp/bench.py.
 
 On CPU the default clock is process CPU time with one torch thread: on a shared machine a 2-thread
 OpenMP region stalls whenever either core is taken (single steps ran 10-30x slower), while one
@@ -215,6 +218,23 @@ def format_rank_split(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_profile(diff: dict) -> str:
+    """One case's profile against its baseline (bench.profile_difference): a summary line, then its ops."""
+    lines = [
+        f"{diff['case']} over {diff['baseline']}: {diff['extra_ms']:+.1f} ms a step under the profiler "
+        f"({diff['case_ms']:.1f} against {diff['baseline_ms']:.1f}), of which matrix multiplies "
+        f"{diff['matmul_extra_ms']:+.1f} ms",
+        "",
+        f"| op | {diff['case']} ms | {diff['baseline']} ms | difference ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in diff["ops"]:
+        lines.append(
+            f"| {row['op']} | {row['case_ms']:.2f} | {row['baseline_ms']:.2f} | {row['extra_ms']:+.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def format_compiled(rows: dict[str, dict], clock: str) -> str:
     """The compiled-step table: each case's compiled step against the compiled frozen step."""
     lines = [f"| case (compiled) | step ms ({clock}) | ratio vs compiled frozen [IQR] |", "|---|---:|---|"]
@@ -305,6 +325,15 @@ def main(argv: list[str] | None = None) -> int:
         help="add every case's torch.compile'd step vs compiled frozen (with --generate: compiled decoding); "
         "`--compile steps` or `--compile generation` compiles only that part (a GPU's compiles take minutes)",
     )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="frozen",
+        choices=list(bench.CASES),
+        metavar="BASELINE",
+        help="add each case's training step under torch.profiler: the ops of its extra time over BASELINE "
+        "(default frozen; S_r16 skips the layer-0 backward as every adapter does: E's extra over it is E's)",
+    )
     args = parser.parse_args(argv)
     if args.compile == "generation" and not args.generate:
         parser.error("--compile generation compiles the decode steps of --generate: add --generate")
@@ -322,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     adapter_dtype = "float32" if args.device == "cpu" else "model"
     default = QUANT_CASES if quant else [c for c in bench.CASES if c not in bench.OPT_IN_CASES]
     names = ["frozen", *[c for c in (args.cases or default) if c != "frozen"]]
+    if args.profile and args.profile not in names:
+        names.append(args.profile)
     cfg = model.config()
     print(
         f"model {model.name}: hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
@@ -380,6 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         clock=clock,
         log=lambda s: print(s, flush=True),
     )
+    profile = None
+    if args.profile:
+        visits = 1 if args.quick else 3
+        print(
+            f"profile: every case's training step under torch.profiler, {visits} visit(s) of 3 steps, "
+            f"against {args.profile}",
+            flush=True,
+        )
+        profiles = bench.profile_steps(cases, batch, args.device, visits=visits)
+        profile = [
+            bench.profile_difference(profiles, name, args.profile) for name in names if name != args.profile
+        ]
     del cases
     generation = generation_compiled = compiled = decode_parts = None
     if args.generate:
@@ -457,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         result["decode_parts"] = decode_parts
     if compiled is not None:
         result["compiled"] = compiled
+    if profile is not None:
+        result["profile"] = profile
     if args.eval:
         print("evaluation throughput:", flush=True)
         try:
@@ -512,6 +557,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         print(format_rank_split(split))
+        print()
+    if profile is not None:
+        print(
+            "Profile (torch.profiler, self time per op, ms a training step, each case's quietest visit; the "
+            f"profiler's own cost is in both columns; {'device' if args.device == 'cuda' else 'CPU'} time):"
+        )
+        for diff in profile:
+            print()
+            print(format_profile(diff))
         print()
     if compiled is not None:
         print("torch.compile'd training step:")

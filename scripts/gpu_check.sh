@@ -11,7 +11,8 @@
 #              4-bit frozen step and the bf16 one, with peak memory; needs bitsandbytes, and each of its
 #              processes saves and reloads the 7B model, so give it a lease of its own
 #   rank_split (only when named) R and E at rank 16 and at rank 1, eager decoding and the training step:
-#              how much of each one's cost is its rank and how much is per call (kernel launches)
+#              how much of each one's cost is its rank and how much is per call (kernel launches); and
+#              each one's training step under torch.profiler against S's: the kernels its extra time is in
 #
 #   bash scripts/gpu_check.sh [OUT_DIR] [SECONDS] [STAGE ...]   # default outputs/bench/cuda, 570 s, the four
 #
@@ -63,4 +64,4 @@ stage generate 150 --cases "${all[@]}" E_fused_r16 --generate --no-memory --roun
 stage compiled_generate 190 --cases E_r16 --generate --compile generation --no-memory --rounds 2 --warmup 1
 stage compiled_steps 150 --cases E_r16 --compile steps --no-memory --rounds 5 --warmup 1
 stage train_4bit 560 --base 4bit --cases R_top2of4_r16 E_r16 --rounds 4 --warmup 1
-stage rank_split 200 --cases R_top2of4_r16 R_top2of4_r1 E_r16 E_r1 --generate --no-memory --rounds 3 --warmup 1
+stage rank_split 230 --cases R_top2of4_r16 R_top2of4_r1 E_r16 E_r1 --generate --no-memory --rounds 3 --warmup 1 --profile S_r16

@@ -173,3 +173,34 @@ def test_bench_rank_split_is_what_the_rank_costs():
         {}, {k: {**v, "batch_size": 16} for k, v in generation.items()}
     )
     assert [c["target"].split()[0] for c in checks] == ["E_r16@16", "R_top2of4_r16@1"]
+
+
+def test_bench_profile_attributes_a_case_s_extra_time_to_its_ops():
+    """`scripts/bench.py --profile`: each case's step op by op, the difference from its baseline summed right,
+    and E's extra matmuls (its grouped matmuls) found among them."""
+    from perft_exp import bench
+
+    small = _small_bench_model()
+    base = bench.build_base(small, "cpu")
+    batch = bench.make_batch(small, "cpu")
+    cases = {name: bench.Case(name, base) for name in ("frozen", "S_r16", "E_r16")}
+    profiles = bench.profile_steps(cases, batch, "cpu", visits=1, steps=1)
+    assert set(profiles) == set(cases)
+    assert all(ms > 0 for ops in profiles.values() for ms in ops.values())
+    assert "aten::_grouped_mm" in profiles["E_r16"]  # E's PEFT experts (and the frozen experts') matmuls
+    diff = bench.profile_difference(profiles, "E_r16", "S_r16", top=5)
+    e, s = (sum(profiles[name].values()) for name in ("E_r16", "S_r16"))
+    assert diff["extra_ms"] == pytest.approx(e - s)
+    assert diff["matmul_extra_ms"] == pytest.approx(
+        sum(profiles["E_r16"].get(op, 0.0) - profiles["S_r16"].get(op, 0.0) for op in bench.MATMUL_OPS)
+    )
+    extras = [abs(row["extra_ms"]) for row in diff["ops"]]
+    assert len(extras) == 5 and extras == sorted(extras, reverse=True)
+    table = _script("bench")["format_profile"](diff)
+    assert table.startswith("E_r16 over S_r16: ") and f"| {diff['ops'][0]['op']} |" in table
+
+
+def test_bench_profile_baseline_is_a_case():
+    with pytest.raises(SystemExit) as exit_:
+        _script("bench")["main"](["--profile", "nonsense"])
+    assert exit_.value.code == 2
