@@ -123,9 +123,13 @@ CASES: dict[str, dict | None] = {
     "R_top2of4_r1": dict(variant="R", num_experts=4, top_k=2, bottleneck=1),
     "E_r1": dict(variant="E", num_experts=None, top_k=None, bottleneck=1),
     "S_r1": dict(variant="S", num_experts=None, bottleneck=1),
+    # A routing kind beyond the paper (docs/extending.md): R whose tokens take the fewest of their top 2 of 4
+    # experts whose probabilities reach 0.5.
+    "R_top_p_r16": dict(variant="R", num_experts=4, top_k=2, top_p=0.5),
 }
-# Run only when named with --cases: comparisons of one variant's compute paths or ranks, not a variant.
-OPT_IN_CASES = ("E_beside_r16", "E_fused_r16", "R_top2of4_r1", "E_r1", "S_r1")
+# Run only when named with --cases: comparisons of one variant's compute paths or ranks, or of a routing
+# kind beyond the paper, not a variant.
+OPT_IN_CASES = ("E_beside_r16", "E_fused_r16", "R_top2of4_r1", "E_r1", "S_r1", "R_top_p_r16")
 
 
 def build_base(model: BenchModel, device: str, seed: int = 0) -> nn.Module:
@@ -388,15 +392,15 @@ def profile_steps(
 ) -> dict[str, dict[str, float]]:
     """Each case's training step as self time per op, ms a step: {case: {op: ms}} (CPU time on CPU; on CUDA
     the device time of the kernels each op launched). The cases are visited `visits` times in turn (the order
-    reversed every other visit), `steps` steps under `torch.profiler` a visit, and each keeps its quietest
-    visit (the least total): a slow stretch of a shared machine then falls on one visit, not into the
-    comparison."""
+    reversed every other visit), `steps` steps under `torch.profiler` a visit, and each op's time is its
+    median over the visits: an op that one visit caught in a slow stretch of a shared machine does not move
+    the comparison."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     names = list(cases)
-    best: dict[str, dict[str, float]] = {}
+    seen: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     for visit in range(visits):
         for name in names if visit % 2 == 0 else names[::-1]:
             _sync(device)
@@ -413,9 +417,14 @@ def profile_steps(
                 us = event.self_device_time_total if cuda else event.self_cpu_time_total
                 if us > 0:
                     ops[event.key] = us / steps / 1e3
-            if name not in best or sum(ops.values()) < sum(best[name].values()):
-                best[name] = ops
-    return best
+            seen[name].append(ops)
+    return {
+        name: {
+            op: statistics.median(ops.get(op, 0.0) for ops in runs)
+            for op in sorted({op for ops in runs for op in ops})
+        }
+        for name, runs in seen.items()
+    }
 
 
 def profile_difference(
@@ -459,6 +468,7 @@ GENERATION_CASES = (
     "R_top2of4_r1",
     "E_r1",
     "S_r1",
+    "R_top_p_r16",
 )
 # Batch sizes per device: one sequence, and a batch sized to the device (on a GPU a batch of 16 leaves most of
 # the chip idle).

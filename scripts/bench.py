@@ -560,8 +560,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if profile is not None:
         print(
-            "Profile (torch.profiler, self time per op, ms a training step, each case's quietest visit; the "
-            f"profiler's own cost is in both columns; {'device' if args.device == 'cuda' else 'CPU'} time):"
+            "Profile (torch.profiler, self time per op, ms a training step, each op's median over the "
+            "visits; the profiler's own cost is in both columns; "
+            f"{'device' if args.device == 'cuda' else 'CPU'} time):"
         )
         for diff in profile:
             print()
