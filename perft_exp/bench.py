@@ -376,7 +376,8 @@ def time_cases(
 # ---------------------------------------------------------------------------------------------
 # Where a case's extra time goes: its training step under torch.profiler, op by op, against a baseline
 
-# The ops that multiply matrices (self time only, so a matmul's dispatch to mm is not counted twice).
+# The ops that multiply matrices (self time only, so a matmul's dispatch to mm is not counted twice). On CPU
+# `_grouped_mm`'s own time is its per-expert bookkeeping, its products being `mm` calls of their own.
 MATMUL_OPS = frozenset(
     {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm", "aten::addbmm"}
 )
