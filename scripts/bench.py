@@ -413,13 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     profile = None
     if args.profile:
-        visits = 1 if args.quick else 3
+        visits, steps = (1 if args.quick else 3), 3
         print(
-            f"profile: every case's training step under torch.profiler, {visits} visit(s) of 3 steps, "
+            f"profile: every case's training step under torch.profiler, {visits} visit(s) of {steps} steps, "
             f"against {args.profile}",
             flush=True,
         )
-        profiles = bench.profile_steps(cases, batch, args.device, visits=visits)
+        profiles = bench.profile_steps(cases, batch, args.device, visits=visits, steps=steps)
         profile = [
             bench.profile_difference(profiles, name, args.profile) for name in names if name != args.profile
         ]
